@@ -1,0 +1,330 @@
+"""Observe etcd, plan, and execute a Plan as guarded transactions.
+
+Every transaction compares the mod_revision seen when planning for each key it touches (absent
+keys: version 0), the revision of each inventory chunk it rewrites, the ownership fence when it adds
+ownership, and any extra fence the caller gives (the daemon's election key). A plan that fits one
+transaction is applied in one; a larger one is split into batches that respect the server's limits,
+puts first and deletes last. On a failed compare the whole thing is re-read and re-planned, with
+backoff, and after the last attempt a ConflictError names the keys that kept changing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from .errors import ConflictError, GuardError, OwnershipError, UsageError
+from .inventory import Entry, Ownership, encode_chunk, fence_key, inventory_prefix, parse_ownership
+from .model import DesiredState
+from .plan import Action, Change, Observed, Options, Plan, plan
+from .store import Compare, Delete, Get, Op, Put, RequestTooLargeError, Store, absent, mod_is
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_OPS = 128                 # etcd's default --max-txn-ops
+DEFAULT_MAX_BYTES = 1024 * 1024       # well inside etcd's default 1.5 MiB request limit, with protobuf overhead
+MIN_OPS = 4
+
+
+@dataclass
+class Limits:
+    """Transaction limits, learned downwards when the server refuses a batch as too large."""
+
+    max_ops: int = DEFAULT_MAX_OPS
+    max_bytes: int = DEFAULT_MAX_BYTES
+
+    def shrink(self) -> None:
+        if self.max_ops <= MIN_OPS and self.max_bytes <= 64 * 1024:
+            raise UsageError("etcd refuses even the smallest transaction etcdsync can build "
+                             "(check the server's --max-txn-ops and --max-request-bytes)")
+        self.max_ops = max(MIN_OPS, self.max_ops // 2)
+        self.max_bytes = max(64 * 1024, self.max_bytes // 2)
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """etcd as read for one plan, all at one revision."""
+
+    revision: int
+    observed: dict[str, Observed]
+    ownership: Ownership
+
+
+def minimal_prefixes(prefixes: set[str]) -> list[str]:
+    """Drop prefixes covered by a shorter one, so each key is read once."""
+    out: list[str] = []
+    for p in sorted(prefixes):
+        if not p:
+            continue
+        if out and p.startswith(out[-1]):
+            continue
+        out.append(p)
+    return out
+
+
+async def observe(store: Store, desired: DesiredState, *, applyset: str, reserved: str) -> Snapshot:
+    """One ranged read of the reserved prefix, then one per prefix, all pinned to the same revision."""
+    kvs, rev = await store.get_prefix(reserved)
+    ownership = parse_ownership(((kv.key, kv.value, kv.mod_revision) for kv in kvs), reserved)
+    inv = ownership.inventory(applyset)
+    prefixes = minimal_prefixes(set(desired.prefixes) | inv.prefixes | {i.prefix for i in desired.live})
+    results = await asyncio.gather(*(store.get_prefix(p, revision=rev) for p in prefixes))
+    observed: dict[str, Observed] = {}
+    for items, _ in results:
+        for kv in items:
+            if not kv.key.startswith(reserved):
+                observed[kv.key] = Observed(kv.value, kv.mod_revision, kv.lease)
+    return Snapshot(rev, observed, ownership)
+
+
+@dataclass
+class Outcome:
+    """What an apply did: the first plan (what was shown), per-key results of committed batches."""
+
+    plan: Plan
+    done: dict[str, Change] = field(default_factory=dict)
+    revision: int = 0
+    transactions: int = 0
+    retried: list[str] = field(default_factory=list)    # keys that changed under us and were re-planned
+
+    def count(self, action: Action) -> int:
+        return sum(1 for c in self.done.values() if c.action is action)
+
+
+class _Conflict(Exception):
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = keys
+        super().__init__(", ".join(keys))
+
+
+@dataclass
+class _Batch:
+    compares: list[Compare] = field(default_factory=list)
+    ops: list[Op] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
+    new_entries: dict[str, Entry] = field(default_factory=dict)
+    touched: set[str] = field(default_factory=set)        # chunk keys rewritten by this batch
+    own: bool = False
+    size: int = 0
+
+
+class Executor:
+    """Turns one Plan into transactions against the snapshot it was planned from."""
+
+    def __init__(self, store: Store, snap: Snapshot, p: Plan, *, reserved: str, limits: Limits,
+                 fences: Sequence[Compare] = (), progress: Callable[[int], None] | None = None) -> None:
+        self.store = store
+        self.plan = p
+        self.reserved = reserved
+        self.limits = limits
+        self.fences = list(fences)
+        self.progress = progress
+        self.fence = fence_key(reserved)
+        self.fence_rev = snap.ownership.fence_revision
+        self.inv_prefix = inventory_prefix(reserved, p.applyset)
+        # chunk key -> [mod_revision, entries]; every set, since a takeover rewrites another set's chunk
+        self.chunks: dict[str, tuple[int, dict[str, Entry]]] = {}
+        self.chunks_of: dict[str, list[str]] = {}
+        for inv in snap.ownership.sets.values():
+            for ck, chunk in inv.chunks.items():
+                self.chunks[ck] = (chunk.mod_revision, dict(chunk.entries))
+                for key in chunk.entries:
+                    self.chunks_of.setdefault(key, []).append(ck)
+        self.done: dict[str, Change] = {}
+        self.revision = snap.revision
+        self.transactions = 0
+
+    def _chunk_cost(self, ck: str) -> int:
+        _, entries = self.chunks[ck]
+        return sum(len(k) + 8 for k in entries) + 64
+
+    async def run(self) -> None:
+        puts = [c for c in self.plan.writes if c.action not in (Action.DELETE, Action.RELEASE)]
+        removes = [c for c in self.plan.writes if c.action in (Action.DELETE, Action.RELEASE)]
+        batch = _Batch()
+        for change in [*puts, *removes]:
+            if not self._fits(batch, change) and batch.changes:
+                await self._commit(batch)
+                batch = _Batch()
+            self._add(batch, change)
+        if batch.changes:
+            await self._commit(batch)
+
+    @staticmethod
+    def _key_parts(c: Change) -> tuple[Compare | None, Op | None]:
+        """The compare and the operation on the key itself (adoptions compare only)."""
+        if c.action is Action.CREATE:
+            return absent(c.key), Put(c.key, c.new or b"")
+        if c.action is Action.UPDATE:
+            return mod_is(c.key, c.revision), Put(c.key, c.new or b"")
+        if c.action is Action.DELETE:
+            return mod_is(c.key, c.revision), Delete(c.key)
+        if c.own:  # adopt, drift held by warn, create-only: the value must still be what we saw
+            return mod_is(c.key, c.revision), None
+        return None, None
+
+    def _chunks_touched(self, c: Change) -> list[str]:
+        if c.action in (Action.DELETE, Action.RELEASE) or c.retag or c.owner:
+            return self.chunks_of.get(c.key, [])
+        return []
+
+    def _cost(self, batch: _Batch, change: Change) -> tuple[int, int, int]:
+        """(compares, ops, bytes) of the batch with `change` added."""
+        touched = batch.touched.union(self._chunks_touched(change))
+        new_chunk = bool(batch.new_entries) or change.own or change.retag
+        own = batch.own or change.own
+        cmp_, op = self._key_parts(change)
+        compares = len(batch.compares) + int(cmp_ is not None) + len(touched) + int(new_chunk) + int(own) + len(self.fences)
+        ops = len(batch.ops) + int(op is not None) + len(touched) + int(new_chunk) + int(own)
+        size = batch.size + 2 * len(change.key) + len(change.new or b"") + 32
+        size += sum(self._chunk_cost(ck) for ck in touched)
+        size += sum(len(k) + 8 for k in batch.new_entries) + len(change.key) + 72
+        return compares, ops, size
+
+    def _fits(self, batch: _Batch, change: Change) -> bool:
+        compares, ops, size = self._cost(batch, change)
+        return compares <= self.limits.max_ops and ops <= self.limits.max_ops and size <= self.limits.max_bytes
+
+    def _add(self, batch: _Batch, c: Change) -> None:
+        cmp_, op = self._key_parts(c)
+        if cmp_ is not None:
+            batch.compares.append(cmp_)
+        if op is not None:
+            batch.ops.append(op)
+        batch.touched.update(self._chunks_touched(c))
+        if c.own or c.retag:
+            batch.new_entries[c.key] = Entry(c.prefix, c.prune)
+        batch.own = batch.own or c.own
+        batch.size += 2 * len(c.key) + len(c.new or b"") + 32
+        batch.changes.append(c)
+
+    async def _commit(self, batch: _Batch) -> None:
+        compares = list(batch.compares)
+        ops = list(batch.ops)
+        removed = {c.key for c in batch.changes
+                   if c.action in (Action.DELETE, Action.RELEASE) or c.retag or c.owner}
+        rewritten: dict[str, dict[str, Entry]] = {}
+        for ck in sorted(batch.touched):
+            rev, entries = self.chunks[ck]
+            remaining = {k: e for k, e in entries.items() if k not in removed}
+            rewritten[ck] = remaining
+            compares.append(mod_is(ck, rev))
+            ops.append(Put(ck, encode_chunk(remaining)) if remaining else Delete(ck))
+        new_ck = None
+        if batch.new_entries:
+            new_ck = f"{self.inv_prefix}{secrets.token_hex(8)}"
+            compares.append(absent(new_ck))
+            ops.append(Put(new_ck, encode_chunk(batch.new_entries)))
+        if batch.own:
+            compares.append(mod_is(self.fence, self.fence_rev))
+            ops.append(Put(self.fence, self.plan.applyset.encode()))
+        compares.extend(self.fences)
+        failure = [Get(c.key) for c in compares]
+        result = await self.store.txn(compares, ops, failure)
+        self.transactions += 1
+        if not result.succeeded:
+            changed = []
+            for cmp_, got in zip(compares, result.gets):
+                now = got[0].mod_revision if got else 0
+                want = int(cmp_.value) if cmp_.target == "mod" else 0
+                if cmp_.target in ("mod", "version") and now != want:
+                    changed.append(cmp_.key)
+                elif cmp_.target == "create" and (got[0].create_revision if got else 0) != want:
+                    changed.append(cmp_.key)
+            raise _Conflict(changed or [c.key for c in batch.changes])
+        self.revision = result.revision
+        for ck, remaining in rewritten.items():
+            if remaining:
+                self.chunks[ck] = (result.revision, remaining)
+            else:
+                del self.chunks[ck]
+        for key in removed:
+            self.chunks_of.pop(key, None)
+        if new_ck is not None:
+            self.chunks[new_ck] = (result.revision, dict(batch.new_entries))
+            for key in batch.new_entries:
+                self.chunks_of.setdefault(key, []).append(new_ck)
+        if batch.own:
+            self.fence_rev = result.revision
+        for c in batch.changes:
+            self.done[c.key] = c
+        if self.progress is not None:
+            self.progress(len(batch.changes))
+
+
+async def apply(
+    store: Store,
+    desired: DesiredState,
+    *,
+    applyset: str,
+    reserved: str,
+    options: Options = Options(),
+    limits: Limits | None = None,
+    fences: Sequence[Compare] = (),
+    max_attempts: int = 5,
+    dry_run: bool = False,
+    on_plan: Callable[[Plan, int], None] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Outcome:
+    """Observe, plan, refuse or execute; re-read and re-plan on conflicts.
+
+    `on_plan(plan, attempt)` is called with each plan before it is executed (the CLI prints the
+    first one). With `dry_run` nothing is written and the first plan is returned.
+    """
+    limits = limits or Limits()
+    outcome: Outcome | None = None
+    attempt = 0
+    backoff = 0.05
+    while True:
+        snap = await observe(store, desired, applyset=applyset, reserved=reserved)
+        p = plan(desired, snap.observed, snap.ownership.inventory(applyset),
+                 snap.ownership.owners_except(applyset), options)
+        if outcome is None:
+            outcome = Outcome(p, revision=snap.revision)
+        if on_plan is not None:
+            on_plan(p, attempt)
+        if p.conflicts:
+            first = p.conflicts[0]
+            raise OwnershipError(
+                f"{first.key}: owned by apply set {first.owner!r}, not {applyset!r}"
+                + (f" (and {len(p.conflicts) - 1} more keys)" if len(p.conflicts) > 1 else "")
+                + "; pass --take-ownership to move them",
+                [c.key for c in p.conflicts],
+            )
+        if p.refused:
+            raise GuardError(p.refused)
+        if dry_run or not p.has_changes:
+            return outcome
+        ex = Executor(store, snap, p, reserved=reserved, limits=limits, fences=fences, progress=progress)
+        try:
+            await ex.run()
+        except _Conflict as conflict:
+            outcome.done.update(ex.done)
+            outcome.transactions += ex.transactions
+            attempt += 1
+            outcome.retried.extend(k for k in conflict.keys if k not in outcome.retried)
+            log.info("conflict on %s; re-reading and re-planning (attempt %d)", ", ".join(conflict.keys[:5]), attempt + 1)
+            if attempt >= max_attempts:
+                keys = conflict.keys
+                raise ConflictError(
+                    f"{keys[0]}: conflict, changed by another writer on each of {max_attempts} attempts"
+                    + (f" (and {len(keys) - 1} more keys: {', '.join(keys[1:6])})" if len(keys) > 1 else ""),
+                    keys,
+                ) from None
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+            continue
+        except RequestTooLargeError:
+            outcome.done.update(ex.done)
+            outcome.transactions += ex.transactions
+            limits.shrink()
+            log.info("etcd refused a transaction as too large; now at most %d ops / %d bytes",
+                     limits.max_ops, limits.max_bytes)
+            continue
+        outcome.done.update(ex.done)
+        outcome.transactions += ex.transactions
+        outcome.revision = ex.revision
+        return outcome

@@ -1,0 +1,392 @@
+"""The `etcdsync` command: a thin click layer that parses flags, calls the library and maps errors to
+exit codes (0 ok/in sync, 1 diff found differences, 2 usage/manifest/connection, 3 conflict/guard).
+
+Heavy imports (grpc, jsonschema) happen inside the commands so that `etcdsync --help` is fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from .errors import EtcdsyncError, UsageError
+from .settings import RESERVED_PREFIX
+
+if TYPE_CHECKING:
+    from .model import DesiredState
+    from .settings import Connection
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_OK, EXIT_DIFF, EXIT_ERROR, EXIT_REFUSED = 0, 1, 2, 3
+DEFAULT_MANIFESTS = "manifests"
+
+
+class Ctx:
+    """Output settings for one invocation."""
+
+    def __init__(self, *, no_color: bool, output: str, debug: bool, verbose: bool = False) -> None:
+        self.output = output
+        self.debug = debug
+        self.verbose = verbose
+        self.color = (not no_color and "NO_COLOR" not in os.environ and output == "text"
+                      and sys.stdout.isatty())
+
+    def style(self, text: str, **kw: Any) -> str:
+        if not self.color:
+            return text
+        kw = {k: v for k, v in kw.items() if v is not None}
+        return click.style(text, **kw)
+
+    def out(self, text: str = "") -> None:
+        click.echo(text, color=self.color)
+
+    def note(self, text: str) -> None:
+        click.echo(text, err=True)
+
+
+def output_options(f: F) -> F:
+    f = click.option("--debug", is_flag=True, envvar="ETCDSYNC_DEBUG", help="Show tracebacks and debug logs.")(f)
+    f = click.option("--no-color", is_flag=True, help="No colors (also: NO_COLOR set, or not a terminal).")(f)
+    return f
+
+
+def connection_options(f: F) -> F:
+    opts = [
+        click.option("--endpoints", metavar="URLS", help="etcd endpoints, comma separated [ETCDSYNC_ENDPOINTS; default http://127.0.0.1:2379]."),
+        click.option("--user", help="etcd user [ETCDSYNC_USER]."),
+        click.option("--password", help="etcd password [ETCDSYNC_PASSWORD]."),
+        click.option("--cacert", type=click.Path(dir_okay=False), help="CA certificate (PEM) for TLS [ETCDSYNC_CACERT]."),
+        click.option("--cert", type=click.Path(dir_okay=False), help="Client certificate (PEM) [ETCDSYNC_CERT]."),
+        click.option("--key", type=click.Path(dir_okay=False), help="Client key (PEM) [ETCDSYNC_KEY]."),
+        click.option("--timeout", type=float, help="Seconds per request [ETCDSYNC_TIMEOUT; default 5]."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def manifest_options(f: F) -> F:
+    f = click.option("-f", "--filename", "paths", multiple=True, metavar="PATH",
+                     help="Manifest file or directory (repeatable; later paths override earlier ones document "
+                          "by document). Default: ./manifests")(f)
+    return f
+
+
+def plan_options(f: F) -> F:
+    opts = [
+        click.option("--applyset", metavar="NAME", help="Apply set name (default: the ApplySet document, else 'default')."),
+        click.option("--reserved-prefix", default=RESERVED_PREFIX, show_default=True, help="Where etcdsync keeps its inventory."),
+        click.option("--take-ownership", is_flag=True, help="Take keys owned by another apply set."),
+        click.option("--allow-empty", is_flag=True, help="Allow a plan that leaves the apply set owning nothing."),
+        click.option("--max-deletes", type=click.IntRange(min=0), default=100, show_default=True, help="Refuse plans deleting more keys."),
+        click.option("--force", is_flag=True, help="Allow more deletes than --max-deletes."),
+        click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True),
+        click.option("-v", "--verbose", is_flag=True, help="Also list unchanged keys."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def make_connection(kw: dict[str, Any]) -> Connection:
+    from .settings import Connection
+
+    return Connection.from_env(
+        endpoints=kw.pop("endpoints", None), user=kw.pop("user", None), password=kw.pop("password", None),
+        ca_cert=kw.pop("cacert", None), cert=kw.pop("cert", None), key=kw.pop("key", None),
+        timeout=kw.pop("timeout", None),
+    )
+
+
+def load(paths: tuple[str, ...], reserved: str) -> DesiredState:
+    from .manifest import load_manifests
+
+    if not paths:
+        if not os.path.isdir(DEFAULT_MANIFESTS):
+            raise UsageError(f"no -f given and ./{DEFAULT_MANIFESTS} does not exist; pass -f PATH")
+        paths = (DEFAULT_MANIFESTS,)
+    return load_manifests(list(paths), reserved_prefix=reserved)
+
+
+def resolve_applyset(flag: str | None, desired: DesiredState) -> tuple[str, str]:
+    """(name, where it came from)."""
+    from .inventory import check_applyset_name
+
+    if flag:
+        if desired.applyset and desired.applyset != flag:
+            raise UsageError(f"--applyset {flag!r} differs from the ApplySet document {desired.applyset!r} "
+                             f"at {desired.applyset_source}; use one of them")
+        return check_applyset_name(flag), "flag"
+    if desired.applyset:
+        return check_applyset_name(desired.applyset), "document"
+    return "default", "default"
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="etcdsync")
+def cli() -> None:
+    """Declarative config center and service registry for etcd.
+
+    \b
+    Exit codes: 0 success / in sync, 1 diff found differences,
+    2 usage, manifest or connection error, 3 conflict or guard refused.
+    """
+
+
+@cli.command()
+@manifest_options
+@click.option("--reserved-prefix", default=RESERVED_PREFIX, show_default=True)
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@output_options
+def validate(paths: tuple[str, ...], reserved_prefix: str, output: str, no_color: bool, debug: bool) -> None:
+    """Check manifests offline: syntax, schema, value rules, duplicate keys."""
+    ctx = Ctx(no_color=no_color, output=output, debug=debug)
+    desired = load(paths, reserved_prefix)
+    if output == "json":
+        ctx.out(json.dumps({"valid": True, "files": list(desired.files), "keys": len(desired.keys),
+                            "liveInstances": len(desired.live), "applyset": desired.applyset}))
+    else:
+        ctx.out(f"valid: {len(desired.files)} files, {len(desired.keys)} keys, {len(desired.live)} live instances")
+
+
+def _plan_command(kw: dict[str, Any], *, execute: bool) -> int:
+    from . import render
+    from .apply import apply as do_apply
+    from .plan import Options
+    from .store import Store
+
+    ctx = Ctx(no_color=kw.pop("no_color"), output=kw.pop("output"), debug=kw.pop("debug"), verbose=kw.pop("verbose"))
+    conn = make_connection(kw)
+    reserved = kw["reserved_prefix"]
+    desired = load(kw["paths"], reserved)
+    applyset, origin = resolve_applyset(kw["applyset"], desired)
+    if origin == "default" and ctx.output == "text":
+        ctx.note("applyset: 'default' (no --applyset and no ApplySet document; two trees applied under one "
+                 "name prune each other's keys)")
+    options = Options(take_ownership=kw["take_ownership"], allow_empty=kw["allow_empty"],
+                      max_deletes=kw["max_deletes"], force=kw["force"])
+    shown: dict[str, Any] = {}
+
+    def on_plan(p: Any, attempt: int) -> None:
+        if attempt == 0:
+            shown["plan"] = p
+            if ctx.output == "text":
+                ctx.out(render.render_plan(p, style=ctx.style, verbose=ctx.verbose))
+
+    bar: Any = None
+
+    def progress(n: int) -> None:
+        if bar is not None:
+            bar.update(n)
+
+    async def go() -> Any:
+        nonlocal bar
+        async with Store(conn) as store:
+            if not execute:
+                return await do_apply(store, desired, applyset=applyset, reserved=reserved, options=options,
+                                      dry_run=True, on_plan=on_plan)
+
+            def on_plan_exec(p: Any, attempt: int) -> None:
+                nonlocal bar
+                on_plan(p, attempt)
+                writes = len(p.writes)
+                if attempt == 0 and ctx.output == "text" and sys.stderr.isatty() and writes >= 1000 and not p.refused \
+                        and not p.conflicts:
+                    bar = click.progressbar(length=writes, label="applying", file=sys.stderr)
+                    bar.__enter__()
+
+            try:
+                return await do_apply(store, desired, applyset=applyset, reserved=reserved, options=options,
+                                      on_plan=on_plan_exec, progress=progress)
+            finally:
+                if bar is not None:
+                    bar.__exit__(None, None, None)
+
+    try:
+        outcome = run(go())
+    except EtcdsyncError as exc:
+        if ctx.output == "json" and "plan" in shown:
+            doc = render.plan_json(shown["plan"], applyset_origin=origin)
+            doc["error"] = str(exc)
+            ctx.out(json.dumps(doc, indent=2))
+        raise
+    p = outcome.plan
+    if not execute:
+        if ctx.output == "json":
+            ctx.out(json.dumps(render.plan_json(p, applyset_origin=origin), indent=2))
+        return EXIT_DIFF if p.has_changes else EXIT_OK
+    unchanged = sum(1 for c in p.changes if c.key not in outcome.done and not c.writes)
+    if ctx.output == "json":
+        doc = render.plan_json(p, applyset_origin=origin)
+        doc["applied"] = {
+            "revision": outcome.revision,
+            "transactions": outcome.transactions,
+            "retriedKeys": outcome.retried,
+            "results": [render.change_json(c, result=c.action.value) for c in outcome.done.values()],
+        }
+        ctx.out(json.dumps(doc, indent=2))
+    else:
+        if outcome.retried:
+            ctx.note(f"note: {len(outcome.retried)} keys changed during apply (another writer): "
+                     f"{', '.join(outcome.retried[:5])}; re-read and re-planned")
+        if not p.has_changes:
+            ctx.out("in sync: nothing to apply")
+        else:
+            ctx.out(f"applied: {render.result_summary(outcome.done, unchanged)} "
+                    f"in {outcome.transactions} transactions (revision {outcome.revision})")
+        if p.live:
+            ctx.out(f"{len(p.live)} live instances (ttl/check) are left to `etcdsync run`")
+    return EXIT_OK
+
+
+@cli.command()
+@manifest_options
+@plan_options
+@connection_options
+@output_options
+def diff(**kw: Any) -> None:
+    """Show what apply would change (exit 1 when it would change anything)."""
+    sys.exit(_plan_command(kw, execute=False))
+
+
+@cli.command(name="apply")
+@manifest_options
+@plan_options
+@connection_options
+@output_options
+def apply_cmd(**kw: Any) -> None:
+    """Make etcd match the manifests: guarded transactions, prune last."""
+    sys.exit(_plan_command(kw, execute=True))
+
+
+@cli.command()
+@click.option("--prefix", required=True, help="etcd key prefix to export, e.g. /config/payments/.")
+@click.option("--name", help="metadata.name of the ConfigSet (default: derived from the prefix).")
+@click.option("--policy", type=click.Choice(["enforce", "warn", "create-only"]), default=None)
+@connection_options
+@output_options
+def export(prefix: str, name: str | None, policy: str | None, no_color: bool, debug: bool, **kw: Any) -> None:
+    """Write the keys under a prefix as a ConfigSet manifest (to adopt a running system)."""
+    from .export import export_prefix
+    from .store import Store
+
+    conn = make_connection(kw)
+
+    async def go() -> tuple[str, list[str]]:
+        async with Store(conn) as store:
+            kvs, _ = await store.get_prefix(prefix)
+        return export_prefix(prefix, [(kv.key, kv.value, kv.lease) for kv in kvs], name=name, policy=policy)
+
+    text, warnings = run(go())
+    for w in warnings:
+        click.echo(f"warning: {w}", err=True)
+    click.echo(text, nl=False)
+
+
+@cli.command()
+@manifest_options
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Keep etcd's data here (default: a temporary directory, removed on exit).")
+@click.option("--port", type=click.IntRange(1, 65535), help="etcd client port (default: 2379 when free).")
+@click.option("--once", is_flag=True, help="Apply, print, stop etcd and exit (for scripts and tests).")
+@output_options
+def dev(paths: tuple[str, ...], data_dir: str | None, port: int | None, once: bool, no_color: bool, debug: bool) -> None:
+    """Start a throwaway local etcd, apply ./manifests (or -f), and keep etcd up until Ctrl-C."""
+    import time
+
+    from . import render
+    from .apply import apply as do_apply
+    from .dev import banner, start_etcd
+    from .etcdbin import find_binary
+    from .settings import Connection
+    from .store import Store
+
+    ctx = Ctx(no_color=no_color, output="text", debug=debug)
+    desired = load(paths, RESERVED_PREFIX)
+    applyset, _ = resolve_applyset(None, desired)
+    member, tmp = start_etcd(data_dir, port)
+    try:
+        conn = Connection([member.endpoint])
+
+        async def go() -> Any:
+            async with Store(conn) as store:
+                return await do_apply(store, desired, applyset=applyset, reserved=RESERVED_PREFIX,
+                                      on_plan=lambda p, a: ctx.out(render.render_plan(p, style=ctx.style)) if a == 0 else None)
+
+        outcome = run(go())
+        ctx.out(f"applied: {render.result_summary(outcome.done, 0)} (apply set {applyset!r})")
+        ctx.out(banner(member.endpoint, lambda: find_binary("etcdctl")))
+        if once:
+            return
+        ctx.out("The reconciling daemon (`etcdsync run`) is not built yet: etcd stays up until Ctrl-C.")
+        while member.running:
+            time.sleep(0.5)
+        raise UsageError(f"etcd exited unexpectedly: {member.tail_log()[-300:]}")
+    except KeyboardInterrupt:
+        ctx.note("stopping etcd")
+    finally:
+        member.stop()
+        if tmp is not None:
+            tmp.cleanup()
+
+
+@cli.command()
+def schema() -> None:
+    """Print the JSON Schema of manifest documents (for editor completion)."""
+    from .manifest import MANIFEST_SCHEMA
+
+    click.echo(json.dumps(MANIFEST_SCHEMA, indent=2))
+
+
+def _debug_requested(argv: list[str]) -> bool:
+    return "--debug" in argv or os.environ.get("ETCDSYNC_DEBUG", "") not in ("", "0", "false")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: one clear line on stderr per error, exit codes as documented."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = _debug_requested(args)
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        code = cli.main(args=args, prog_name="etcdsync", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        code = EXIT_ERROR
+    except click.Abort:
+        click.echo("aborted", err=True)
+        code = 130
+    except EtcdsyncError as exc:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        click.echo(f"error: {exc}", err=True)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        code = 130
+    except Exception as exc:  # noqa: BLE001 - a bug: still one line unless --debug
+        if debug:
+            raise
+        click.echo(f"error: internal error: {type(exc).__name__}: {exc} (run with --debug for a traceback)", err=True)
+        code = EXIT_ERROR
+    sys.exit(code or 0)
+
+
+if __name__ == "__main__":
+    main()

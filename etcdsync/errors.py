@@ -1,0 +1,77 @@
+"""One error tree for etcdsync; the CLI maps each branch to an exit code.
+
+    EtcdsyncError
+    ├── ManifestError          bad input: file, line, column (exit 2)
+    ├── UsageError             a bad flag or setting (exit 2)
+    ├── EtcdConnectionError    etcd unreachable, timed out, TLS failure (exit 2)
+    │   └── AuthError          wrong user/password, permission denied (exit 2)
+    ├── ConflictError          a concurrent writer won every retry (exit 3)
+    │   └── OwnershipError     a key is owned by another apply set (exit 3)
+    └── GuardError             the deletion guard refused the plan (exit 3)
+
+Messages start with their subject and never contain a secret value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class EtcdsyncError(Exception):
+    """Base of every error etcdsync raises on purpose."""
+
+    exit_code = 2
+
+
+class ManifestError(EtcdsyncError):
+    """A manifest could not be loaded; names the file, line and column (1-based)."""
+
+    def __init__(self, message: str, file: str | None = None, line: int | None = None, column: int | None = None) -> None:
+        self.message = message
+        self.file = file
+        self.line = line
+        self.column = column
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = ""
+        if self.file is not None:
+            where = self.file
+            if self.line is not None:
+                where += f":{self.line}"
+                if self.column is not None:
+                    where += f":{self.column}"
+            where += ": "
+        return f"{where}{self.message}"
+
+
+class UsageError(EtcdsyncError):
+    """A flag, setting or argument is wrong."""
+
+
+class EtcdConnectionError(EtcdsyncError):
+    """etcd could not be reached or answered with a transport error."""
+
+
+class AuthError(EtcdConnectionError):
+    """etcd refused the credentials or the operation."""
+
+
+class ConflictError(EtcdsyncError):
+    """Keys changed under us on every attempt; nothing was overwritten."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, keys: Sequence[str] = ()) -> None:
+        self.keys = tuple(keys)
+        super().__init__(message)
+
+
+class OwnershipError(ConflictError):
+    """A declared key belongs to another apply set."""
+
+
+class GuardError(EtcdsyncError):
+    """The deletion guard refused a plan; nothing was written."""
+
+    exit_code = 3

@@ -1,0 +1,308 @@
+"""YAML text -> a tree of positioned nodes, built iteratively from PyYAML's event stream.
+
+We never let PyYAML construct Python objects: its composer and constructor recurse (a deeply nested
+document raises RecursionError), keep the last of two duplicate keys, expand aliases without bound and
+know python tags. Instead we read the parser's events (libyaml's C parser when available; both parsers
+are state machines, so nesting depth costs them nothing) and build our own nodes with an explicit stack:
+
+- every node keeps its kind, scalar text, style, explicit tag and 1-based start line/column;
+- duplicate mapping keys, non-scalar keys and merge keys (``<<``) are rejected;
+- nesting is bounded (``MAX_DEPTH``), aliases re-use the anchored node (the tree is a DAG) and the
+  number of nodes reachable through aliases is bounded (``MAX_ALIAS_NODES`` per document), recursive
+  aliases are rejected;
+- only the YAML core tags (``!!str``, ``!!int``, ``!!float``, ``!!bool``, ``!!null``, ``!!map``,
+  ``!!seq``) are accepted; ``!!python/...``, ``!foo`` and friends are rejected with their position.
+
+Reading bytes (size bound, strict UTF-8, BOM, control characters) also lives here, so that every
+problem with a file's text is reported with its line and column.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import yaml
+
+from etcdsync.errors import ManifestError
+
+MAX_FILE_BYTES = 64 * 1024 * 1024
+MAX_DEPTH = 64
+MAX_ALIAS_NODES = 10_000
+
+SCALAR = "scalar"
+MAP = "map"
+SEQ = "seq"
+
+CORE_TAG_PREFIX = "tag:yaml.org,2002:"
+SCALAR_TAGS = frozenset(CORE_TAG_PREFIX + t for t in ("str", "int", "float", "bool", "null"))
+MAP_TAG = CORE_TAG_PREFIX + "map"
+SEQ_TAG = CORE_TAG_PREFIX + "seq"
+
+_Loader: Any = getattr(yaml, "CSafeLoader", None) or yaml.SafeLoader
+
+# Characters YAML 1.2 allows in a stream (c-printable) -- anything else is reported by us, with an
+# exact position, rather than by the parser (libyaml reports a byte offset, not a line/column).
+_NOT_PRINTABLE = re.compile("[^\t\n\r\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+class Node:
+    """One YAML node. ``items`` is a list of (key, value) node pairs for a map, of nodes for a seq."""
+
+    __slots__ = ("kind", "value", "plain", "tag", "line", "column", "items", "size", "open")
+
+    def __init__(self, kind: str, value: str | None, plain: bool, tag: str | None, line: int, column: int) -> None:
+        self.kind = kind
+        self.value = value          # scalar text (event.value), None for collections
+        self.plain = plain          # True for a plain (unquoted, non-block) scalar
+        self.tag = tag              # explicit core tag, or None
+        self.line = line            # 1-based
+        self.column = column        # 1-based
+        self.items: list[Any] = []
+        self.size = 1               # nodes in this subtree, aliases expanded
+        self.open = kind != SCALAR  # collection still being built (an alias to it is recursive)
+
+    def __repr__(self) -> str:  # pragma: no cover - debugging aid
+        if self.kind == SCALAR:
+            return f"Node(scalar {self.value!r} @{self.line}:{self.column})"
+        return f"Node({self.kind} n={len(self.items)} @{self.line}:{self.column})"
+
+    # -- helpers for the loader -------------------------------------------------------------
+    def get(self, key: str) -> Node | None:
+        """The value node for ``key`` in a map node (by key text), else None."""
+        if self.kind == MAP:
+            for k, v in self.items:
+                if k.value == key:
+                    return v
+        return None
+
+    def key_node(self, key: str) -> Node | None:
+        if self.kind == MAP:
+            for k, _ in self.items:
+                if k.value == key:
+                    return k
+        return None
+
+    @property
+    def is_null(self) -> bool:
+        """A plain ``null``/``~``/empty scalar (or an explicit ``!!null``)."""
+        if self.kind != SCALAR:
+            return False
+        if self.tag is not None:
+            return self.tag == CORE_TAG_PREFIX + "null"
+        return self.plain and self.value in ("", "~", "null", "Null", "NULL")
+
+
+class Document:
+    """One non-empty document of a file."""
+
+    __slots__ = ("root", "file", "index")
+
+    def __init__(self, root: Node, file: str, index: int) -> None:
+        self.root = root
+        self.file = file
+        self.index = index      # 0-based position of the document in its file
+
+
+# ------------------------------------------------------------------------------------------------
+# bytes -> text
+
+def _position_of_offset(data: bytes, offset: int) -> tuple[int, int]:
+    line_start = data.rfind(b"\n", 0, offset) + 1
+    line = data.count(b"\n", 0, offset) + 1
+    column = len(data[line_start:offset].decode("utf-8", errors="replace")) + 1
+    return line, column
+
+
+def _position_of_index(text: str, index: int) -> tuple[int, int]:
+    line_start = text.rfind("\n", 0, index) + 1
+    return text.count("\n", 0, index) + 1, index - line_start + 1
+
+
+def decode(data: bytes, file: str) -> str:
+    """Strict UTF-8 (an optional BOM is stripped); control characters are rejected with a position."""
+    if len(data) > MAX_FILE_BYTES:
+        raise ManifestError(f"file is too large ({len(data)} bytes, limit {MAX_FILE_BYTES})", file)
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ManifestError("file is not UTF-8 (it starts with a UTF-16 byte order mark); save it as UTF-8", file, 1, 1)
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line, column = _position_of_offset(data, e.start)
+        raise ManifestError(f"file is not valid UTF-8 (byte 0x{data[e.start]:02x})", file, line, column) from None
+    m = _NOT_PRINTABLE.search(text)
+    if m is not None:
+        line, column = _position_of_index(text, m.start())
+        ch = ord(m.group())
+        hint = " (is the file UTF-16? save it as UTF-8)" if ch == 0 else ""
+        raise ManifestError(f"control character U+{ch:04X} is not allowed in YAML{hint}", file, line, column)
+    return text
+
+
+def read_file(path: str) -> str:
+    """Read and decode a manifest file; every failure is a ManifestError naming it."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+    except OSError as e:
+        raise ManifestError(f"cannot read manifest file: {e.strerror or type(e).__name__}", path) from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ManifestError(f"file is too large (over {MAX_FILE_BYTES} bytes)", path)
+    return decode(data, path)
+
+
+# ------------------------------------------------------------------------------------------------
+# text -> documents
+
+def _mark(event: Any) -> tuple[int, int]:
+    m = event.start_mark
+    return m.line + 1, m.column + 1
+
+
+def _check_tag(tag: str | None, kind: str, event: Any, file: str) -> str | None:
+    if tag is None:
+        return None
+    ok = (tag in SCALAR_TAGS) if kind == SCALAR else (tag == (MAP_TAG if kind == MAP else SEQ_TAG))
+    if ok:
+        return tag
+    line, column = _mark(event)
+    shown = "!!" + tag[len(CORE_TAG_PREFIX):] if tag.startswith(CORE_TAG_PREFIX) else tag
+    if tag in SCALAR_TAGS or tag in (MAP_TAG, SEQ_TAG):
+        what = {SCALAR: "a scalar", MAP: "a mapping", SEQ: "a list"}[kind]
+        raise ManifestError(f"tag '{shown}' cannot be used on {what}", file, line, column)
+    raise ManifestError(
+        f"tag '{shown}' is not allowed (only the YAML core tags !!str, !!int, !!float, !!bool, !!null, !!map, !!seq)",
+        file, line, column,
+    )
+
+
+def _yaml_error(e: yaml.YAMLError, file: str) -> ManifestError:
+    problem = getattr(e, "problem", None)
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    context = getattr(e, "context", None)
+    if problem is None:
+        problem = getattr(e, "reason", None) or "cannot parse"
+    msg = f"invalid YAML: {problem}"
+    if context:
+        msg += f" ({context})"
+    if mark is not None:
+        return ManifestError(msg, file, mark.line + 1, mark.column + 1)
+    return ManifestError(msg, file)
+
+
+class _Frame:
+    __slots__ = ("node", "key", "seen")
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.key: Node | None = None              # pending key of a map
+        self.seen: dict[str, Node] | None = {} if node.kind == MAP else None
+
+
+def iter_documents(text: str, file: str) -> Iterator[Document]:
+    """Yield the non-empty documents of ``text`` (documents holding only a null are skipped)."""
+    try:
+        yield from _iter_documents(text, file)
+    except ManifestError:
+        raise
+    except yaml.YAMLError as e:
+        raise _yaml_error(e, file) from None
+    except RecursionError:
+        raise ManifestError(f"nesting is too deep (limit {MAX_DEPTH} levels)", file) from None
+    except MemoryError:
+        raise ManifestError("file is too large to parse", file) from None
+
+
+def _iter_documents(text: str, file: str) -> Iterator[Document]:
+    stack: list[_Frame] = []
+    anchors: dict[str, Node] = {}
+    expanded = 0
+    root: Node | None = None
+    doc_index = -1
+
+    def attach(node: Node, event: Any) -> None:
+        nonlocal root
+        if not stack:
+            root = node
+            return
+        frame = stack[-1]
+        parent = frame.node
+        parent.size += node.size
+        if parent.kind == SEQ:
+            parent.items.append(node)
+            return
+        if frame.key is None:
+            # a key
+            if node.kind != SCALAR:
+                line, column = _mark(event)
+                raise ManifestError("mapping keys must be scalars (strings)", file, line, column)
+            text_ = node.value or ""
+            if text_ == "<<" and node.plain and node.tag is None:
+                raise ManifestError("merge keys ('<<') are not supported: write the values explicitly", file, node.line, node.column)
+            seen = frame.seen
+            assert seen is not None
+            first = seen.get(text_)
+            if first is not None:
+                raise ManifestError(
+                    f"duplicate key '{text_}' (first defined at line {first.line})", file, node.line, node.column
+                )
+            seen[text_] = node
+            frame.key = node
+        else:
+            parent.items.append((frame.key, node))
+            frame.key = None
+
+    for event in yaml.parse(text, Loader=_Loader):
+        cls = type(event)
+        if cls is yaml.ScalarEvent:
+            line, column = _mark(event)
+            style = event.style
+            tag = event.tag
+            if tag is not None:
+                # a plain scalar's implicit tag is never set; "!" (non-specific) is an explicit tag too
+                tag = _check_tag(tag, SCALAR, event, file)
+            node = Node(SCALAR, event.value, not style, tag, line, column)
+            if event.anchor is not None:
+                anchors[event.anchor] = node
+            attach(node, event)
+        elif cls is yaml.MappingStartEvent or cls is yaml.SequenceStartEvent:
+            kind = MAP if cls is yaml.MappingStartEvent else SEQ
+            line, column = _mark(event)
+            if stack and stack[-1].node.kind == MAP and stack[-1].key is None:
+                raise ManifestError("mapping keys must be scalars (strings)", file, line, column)
+            if len(stack) >= MAX_DEPTH:
+                raise ManifestError(f"nesting is too deep (limit {MAX_DEPTH} levels)", file, line, column)
+            node = Node(kind, None, False, _check_tag(event.tag, kind, event, file), line, column)
+            if event.anchor is not None:
+                anchors[event.anchor] = node
+            stack.append(_Frame(node))
+        elif cls is yaml.MappingEndEvent or cls is yaml.SequenceEndEvent:
+            frame = stack.pop()
+            frame.node.open = False
+            attach(frame.node, event)
+        elif cls is yaml.AliasEvent:
+            line, column = _mark(event)
+            target = anchors.get(event.anchor)
+            if target is None:
+                raise ManifestError(f"undefined alias '*{event.anchor}'", file, line, column)
+            if target.open:
+                raise ManifestError(f"recursive alias '*{event.anchor}' (it refers to a node that contains it)", file, line, column)
+            expanded += target.size
+            if expanded > MAX_ALIAS_NODES:
+                raise ManifestError(
+                    f"aliases expand to too many nodes (over {MAX_ALIAS_NODES} in this document)", file, line, column
+                )
+            attach(target, event)
+        elif cls is yaml.DocumentStartEvent:
+            doc_index += 1
+            root = None
+            anchors = {}
+            expanded = 0
+        elif cls is yaml.DocumentEndEvent:
+            if root is not None and not root.is_null:
+                yield Document(root, file, doc_index)
+            root = None
+        # StreamStart/StreamEnd: nothing to do

@@ -1,0 +1,91 @@
+"""Frozen value types shared by the loader, the planner and the executor.
+
+Everything here is plain data: no I/O, no etcd client types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Policy(StrEnum):
+    """What etcdsync does when a declared key differs from etcd."""
+
+    ENFORCE = "enforce"          # overwrite drift
+    WARN = "warn"                # create when absent, report a differing value, never overwrite it
+    CREATE_ONLY = "create-only"  # create when absent, otherwise leave the value alone
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where something was declared: a file and a 1-based line and column."""
+
+    file: str
+    line: int
+    column: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredKey:
+    """One etcd key the manifests declare, with its exact value bytes."""
+
+    key: str
+    value: bytes
+    prefix: str                      # the declaring document's prefix (the read range)
+    policy: Policy = Policy.ENFORCE
+    prune: bool = True
+    secret: bool = False
+    document: str = ""               # "ConfigSet/payments"
+    source: Source | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """A check gating a live registration: TCP connect or HTTP GET of a path."""
+
+    kind: str                        # "tcp" | "http"
+    path: str | None = None          # for http
+    interval: float = 5.0            # seconds
+    timeout: float = 2.0             # seconds
+    failures: int = 3                # consecutive failures before deregistering
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceInstance:
+    """One instance of a Service document; `key`/`value` are exactly what etcd holds."""
+
+    service: str
+    id: str
+    host: str
+    port: int
+    key: str
+    value: bytes
+    prefix: str                      # "<spec.prefix><service>/"
+    format: str = "json"             # "json" | "grpc"
+    metadata: Mapping[str, Any] | None = None
+    ttl: float | None = None         # seconds; set => live registration held by `etcdsync run`
+    check: HealthCheck | None = None
+    document: str = ""
+    source: Source | None = None
+
+    @property
+    def live(self) -> bool:
+        return self.ttl is not None or self.check is not None
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredState:
+    """Everything the manifests declare, after overlays, ready for planning."""
+
+    keys: Mapping[str, DesiredKey] = field(default_factory=dict)   # static keys, by etcd key
+    live: tuple[ServiceInstance, ...] = ()                          # ttl/check instances (daemon only)
+    prefixes: tuple[str, ...] = ()                                  # declared prefixes, sorted, unique
+    applyset: str | None = None                                     # from a `kind: ApplySet` document
+    applyset_source: Source | None = None
+    files: tuple[str, ...] = ()                                     # manifest files read

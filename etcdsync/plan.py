@@ -1,0 +1,206 @@
+"""The planner (pure): desired state + what etcd holds + ownership -> a Plan with one Change per key.
+
+No I/O and no logging here: the same function serves `diff`, `apply` and the daemon, and is
+unit-tested without etcd.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+
+from .inventory import Entry, Inventory
+from .model import DesiredKey, DesiredState, Policy, ServiceInstance, Source
+
+
+class Action(StrEnum):
+    """The closed vocabulary of what happens to one key."""
+
+    CREATE = "create"        # absent -> put
+    UPDATE = "update"        # value differs and the policy lets us write -> put
+    ADOPT = "adopt"          # exists unowned with the desired value -> recorded as owned
+    DELETE = "delete"        # owned, no longer declared -> deleted
+    RELEASE = "release"      # owned, no longer declared, prune: false (or already gone) -> forgotten
+    UNCHANGED = "unchanged"  # nothing to write
+    DRIFT = "drift"          # differs, held by policy `warn`: reported, not touched
+    CONFLICT = "conflict"    # owned by another apply set and no --take-ownership
+
+
+WRITES = frozenset({Action.CREATE, Action.UPDATE, Action.ADOPT, Action.DELETE, Action.RELEASE})
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """One key as etcd holds it (the planner's view; the adapter's KeyValue maps onto it)."""
+
+    value: bytes
+    mod_revision: int
+    lease: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    action: Action
+    key: str
+    old: bytes | None            # value in etcd (None: absent)
+    new: bytes | None            # value to write / declared (None: delete/release)
+    revision: int                # mod_revision seen when planning (0: absent)
+    prefix: str = ""
+    policy: Policy = Policy.ENFORCE
+    prune: bool = True
+    secret: bool = False
+    own: bool = False            # this change adds the key to the inventory (create/adopt/takeover)
+    retag: bool = False          # the inventory entry's prefix/prune flag must be rewritten
+    owner: str | None = None     # another apply set that owns the key (conflict or takeover)
+    note: str = ""
+    document: str = ""
+    source: Source | None = None
+
+    @property
+    def writes(self) -> bool:
+        return self.action in WRITES or self.retag or self.own
+
+    @property
+    def puts_value(self) -> bool:
+        return self.action in (Action.CREATE, Action.UPDATE)
+
+
+@dataclass(frozen=True, slots=True)
+class LiveStatus:
+    """A ttl/check instance: reported by diff, written only by `etcdsync run`."""
+
+    instance: ServiceInstance
+    present: bool
+    current: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    take_ownership: bool = False
+    allow_empty: bool = False
+    max_deletes: int = 100
+    force: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    applyset: str
+    changes: tuple[Change, ...]
+    live: tuple[LiveStatus, ...] = ()
+    owned_before: int = 0
+    refused: str | None = None             # the deletion guard's reason, when it refuses
+    counts: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def conflicts(self) -> tuple[Change, ...]:
+        return tuple(c for c in self.changes if c.action is Action.CONFLICT)
+
+    @property
+    def has_changes(self) -> bool:
+        """True when `apply` would write anything (drift held by `warn` does not count)."""
+        return any(c.writes for c in self.changes)
+
+    @property
+    def owned_after(self) -> int:
+        n = self.owned_before
+        for c in self.changes:
+            if c.own:
+                n += 1
+            elif c.action in (Action.DELETE, Action.RELEASE):
+                n -= 1
+        return n
+
+    @property
+    def writes(self) -> tuple[Change, ...]:
+        return tuple(c for c in self.changes if c.writes)
+
+
+def _change(action: Action, d: DesiredKey, obs: Observed | None, **kw: object) -> Change:
+    return Change(
+        action=action, key=d.key, old=obs.value if obs else None, new=d.value,
+        revision=obs.mod_revision if obs else 0, prefix=d.prefix, policy=d.policy, prune=d.prune,
+        secret=d.secret, document=d.document, source=d.source, **kw,  # type: ignore[arg-type]
+    )
+
+
+def plan(
+    desired: DesiredState,
+    observed: Mapping[str, Observed],
+    inventory: Inventory,
+    other_owners: Mapping[str, str],
+    options: Options = Options(),
+) -> Plan:
+    """Compare declared keys with etcd and the inventory; decide one Action per key."""
+    changes: list[Change] = []
+    owned = inventory.owned
+    for key, d in desired.keys.items():
+        obs = observed.get(key)
+        entry = owned.get(key)
+        mine = entry is not None
+        owner = None if mine else other_owners.get(key)
+        retag = mine and entry != Entry(d.prefix, d.prune)
+        if owner is not None and not options.take_ownership:
+            changes.append(_change(Action.CONFLICT, d, obs, owner=owner,
+                                   note=f"owned by apply set {owner!r}"))
+            continue
+        own = not mine
+        note = f"taken over from apply set {owner!r}" if owner else ""
+        if obs is None:
+            changes.append(_change(Action.CREATE, d, None, own=own, owner=owner, note=note))
+            continue
+        if obs.value == d.value:
+            if own:
+                changes.append(_change(Action.ADOPT, d, obs, own=True, owner=owner,
+                                       note=note or "exists, not owned by any apply set"))
+            else:
+                changes.append(_change(Action.UNCHANGED, d, obs, retag=retag))
+            continue
+        if d.policy is Policy.ENFORCE:
+            if own:
+                note = note or "adopted: existed, not owned by any apply set"
+            changes.append(_change(Action.UPDATE, d, obs, own=own, owner=owner, note=note, retag=retag and not own))
+        elif d.policy is Policy.WARN:
+            changes.append(_change(Action.DRIFT, d, obs, own=own, owner=owner, retag=retag and not own,
+                                   note="drift held by policy warn"))
+        else:  # create-only: an existing value is the runtime's
+            changes.append(_change(Action.UNCHANGED if not own else Action.ADOPT, d, obs, own=own, owner=owner,
+                                   retag=retag and not own, note="create-only: existing value kept"))
+
+    for key, entry in owned.items():
+        if key in desired.keys:
+            continue
+        obs = observed.get(key)
+        base = dict(key=key, old=obs.value if obs else None, new=None, revision=obs.mod_revision if obs else 0,
+                    prefix=entry.prefix, prune=entry.prune)
+        if obs is None:
+            changes.append(Change(Action.RELEASE, note="already absent", **base))  # type: ignore[arg-type]
+        elif not entry.prune:
+            changes.append(Change(Action.RELEASE, note="prune: false, kept in etcd", **base))  # type: ignore[arg-type]
+        elif obs.lease:
+            changes.append(Change(Action.RELEASE, note="now held by a lease, left alone", **base))  # type: ignore[arg-type]
+        else:
+            changes.append(Change(Action.DELETE, **base))  # type: ignore[arg-type]
+
+    changes.sort(key=lambda c: c.key)
+
+    live = tuple(
+        LiveStatus(i, i.key in observed, observed[i.key].value if i.key in observed else None) for i in desired.live
+    )
+    counts = {a.value: 0 for a in Action}
+    for c in changes:
+        counts[c.action.value] += 1
+    result = Plan(inventory.applyset, tuple(changes), live, len(owned), None, counts)
+    return replace(result, refused=guard(result, options))
+
+
+def guard(p: Plan, options: Options) -> str | None:
+    """The deletion guard: the reason a plan is refused, or None."""
+    deletes = p.counts.get(Action.DELETE.value, 0)
+    releases = p.counts.get(Action.RELEASE.value, 0)
+    if (deletes or releases) and p.owned_after <= 0 and not options.allow_empty:
+        return (f"apply set {p.applyset!r} would own nothing afterwards ({deletes} to delete, {releases} to release); "
+                "refusing, pass --allow-empty if that is intended")
+    if deletes > options.max_deletes and not options.force:
+        return f"{deletes} keys to delete, more than --max-deletes {options.max_deletes}; refusing, pass --force if that is intended"
+    return None

@@ -1,0 +1,213 @@
+"""Plans and results as text and JSON (pure: returns strings and dicts, never prints).
+
+Secret values never leave this module in clear: they become a short hash.
+"""
+
+from __future__ import annotations
+
+import base64
+import difflib
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+from .plan import Action, Change, LiveStatus, Plan
+
+MAX_LINES = 20
+MAX_CHARS = 2000
+
+_SYMBOL = {
+    Action.CREATE: "+", Action.UPDATE: "~", Action.ADOPT: ">", Action.DELETE: "-", Action.RELEASE: "<",
+    Action.UNCHANGED: "=", Action.DRIFT: "!", Action.CONFLICT: "x",
+}
+_COLOR = {
+    Action.CREATE: "green", Action.UPDATE: "yellow", Action.ADOPT: "cyan", Action.DELETE: "red",
+    Action.RELEASE: "blue", Action.UNCHANGED: None, Action.DRIFT: "magenta", Action.CONFLICT: "red",
+}
+
+Style = Callable[..., str]
+
+
+def _plain(text: str, **_: Any) -> str:
+    return text
+
+
+def secret_hash(value: bytes | None) -> str:
+    if value is None:
+        return "absent"
+    return "sha256:" + hashlib.sha256(value).hexdigest()[:8]
+
+
+def show_value(value: bytes | None, secret: bool) -> list[str]:
+    """A value as display lines: masked when secret, shortened when long, marked when binary."""
+    if value is None:
+        return []
+    if secret:
+        return [f"(secret, {secret_hash(value)})"]
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        return [f"({len(value)} bytes, not UTF-8)"]
+    if text == "":
+        return ['""  (empty)']
+    lines = text.split("\n")
+    if len(lines) > 1:
+        if lines[-1] == "":
+            lines.pop()
+        else:
+            lines.append("\\ no newline at end")
+    if len(text) > MAX_CHARS or len(lines) > MAX_LINES:
+        shown = text[:MAX_CHARS].split("\n")[:MAX_LINES]
+        return shown + [f"... ({len(value)} bytes in all)"]
+    return lines
+
+
+def _value_diff(old: bytes | None, new: bytes | None, secret: bool) -> list[tuple[str, str]]:
+    """(sign, line) pairs: a line diff for multi-line text, else old then new."""
+    a, b = show_value(old, secret), show_value(new, secret)
+    if not secret and len(a) > 1 and len(b) > 1:
+        out: list[tuple[str, str]] = []
+        for line in difflib.unified_diff(a, b, lineterm="", n=2):
+            if line.startswith(("---", "+++")):
+                continue
+            if line.startswith("@@"):
+                out.append(("@", line))
+            else:
+                out.append((line[:1] or " ", line[1:]))
+        return out
+    return [("-", x) for x in a] + [("+", x) for x in b]
+
+
+def render_change(c: Change, style: Style = _plain) -> list[str]:
+    color = _COLOR[c.action]
+    note = f"  ({c.note})" if c.note else ""
+    if c.secret and not note:
+        note = "  (secret)"
+    head = style(f"{_SYMBOL[c.action]} {c.key}", fg=color, bold=True) + note
+    lines = [head]
+    if c.action is Action.CREATE:
+        pairs = [("+", x) for x in show_value(c.new, c.secret)]
+    elif c.action in (Action.UPDATE, Action.DRIFT):
+        pairs = _value_diff(c.old, c.new, c.secret)
+    elif c.action is Action.DELETE:
+        pairs = [("-", x) for x in show_value(c.old, c.secret)]
+    else:
+        pairs = []
+    for sign, text in pairs:
+        fg = {"+": "green", "-": "red", "@": "cyan"}.get(sign)
+        lines.append("    " + style(f"{sign} {text}" if sign != "@" else text, fg=fg))
+    return lines
+
+
+def render_live(s: LiveStatus, style: Style = _plain) -> str:
+    i = s.instance
+    state = "registered" if s.present else "not registered"
+    what = "ttl " + f"{i.ttl:g}s" if i.ttl else "health-checked"
+    return style(f"* {i.key}", fg="blue") + f"  (live, {what}: {state}; written only by `etcdsync run`)"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def summary(p: Plan) -> str:
+    n = p.counts
+    line = (f"{n['create']} to create, {n['update']} to update, {n['delete']} to delete, "
+            f"{n['unchanged'] + n['drift']} unchanged")
+    extra = []
+    adopt = sum(1 for c in p.changes if c.own and c.action is not Action.CREATE and c.action is not Action.UPDATE)
+    if adopt:
+        extra.append(f"{adopt} to adopt")
+    if n["release"]:
+        extra.append(f"{n['release']} to release")
+    if n["drift"]:
+        extra.append(f"{n['drift']} drifted, held by policy warn")
+    if n["conflict"]:
+        extra.append(f"{n['conflict']} owned by another apply set")
+    if p.live:
+        extra.append(f"{_plural(len(p.live), 'live instance')} left to `etcdsync run`")
+    return line + (f" ({', '.join(extra)})" if extra else "")
+
+
+def render_plan(p: Plan, *, style: Style = _plain, verbose: bool = False) -> str:
+    lines: list[str] = []
+    for c in p.changes:
+        if c.action is Action.UNCHANGED and not c.writes and not verbose:
+            continue
+        lines.extend(render_change(c, style))
+    for s in p.live:
+        lines.append(render_live(s, style))
+    if lines:
+        lines.append("")
+    lines.append(summary(p))
+    if p.refused:
+        lines.append(style(f"refused: {p.refused}", fg="red", bold=True))
+    return "\n".join(lines)
+
+
+def result_summary(done: dict[str, Change], unchanged: int) -> str:
+    count = {a: 0 for a in Action}
+    adopted = 0
+    for c in done.values():
+        count[c.action] += 1
+        if c.own and c.action not in (Action.CREATE, Action.UPDATE):
+            adopted += 1
+    line = (f"{count[Action.CREATE]} created, {count[Action.UPDATE]} updated, "
+            f"{count[Action.DELETE]} deleted, {unchanged} unchanged")
+    extra = []
+    if adopted:
+        extra.append(f"{adopted} adopted")
+    if count[Action.RELEASE]:
+        extra.append(f"{count[Action.RELEASE]} released")
+    return line + (f" ({', '.join(extra)})" if extra else "")
+
+
+def _json_value(value: bytes | None, secret: bool) -> dict[str, Any] | str | None:
+    if value is None:
+        return None
+    if secret:
+        return {"secret": True, "hash": secret_hash(value)}
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return {"base64": base64.b64encode(value).decode("ascii")}
+
+
+def change_json(c: Change, result: str | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "key": c.key,
+        "action": c.action.value,
+        "old": _json_value(c.old, c.secret),
+        "new": _json_value(c.new, c.secret),
+        "policy": c.policy.value,
+        "secret": c.secret,
+        "adopt": c.own and c.owner is None and c.action is not Action.CREATE,
+    }
+    if c.owner:
+        out["owner"] = c.owner
+    if c.note:
+        out["note"] = c.note
+    if c.document:
+        out["document"] = c.document
+    if c.source:
+        out["source"] = str(c.source)
+    if result is not None:
+        out["result"] = result
+    return out
+
+
+def plan_json(p: Plan, *, applyset_origin: str) -> dict[str, Any]:
+    return {
+        "applyset": p.applyset,
+        "applysetFrom": applyset_origin,
+        "inSync": not p.has_changes,
+        "refused": p.refused,
+        "summary": {**dict(p.counts), "adopt": sum(1 for c in p.changes if c.own and c.action
+                                                   not in (Action.CREATE, Action.UPDATE))},
+        "changes": [change_json(c) for c in p.changes],
+        "live": [
+            {"key": s.instance.key, "service": s.instance.service, "id": s.instance.id, "registered": s.present,
+             "ttl": s.instance.ttl, "checked": s.instance.check is not None}
+            for s in p.live
+        ],
+    }

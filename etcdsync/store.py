@@ -1,0 +1,449 @@
+"""The one module that talks to etcd (through etcd3aio); everything else speaks these types.
+
+It covers the client's known gaps: host names are resolved to IP literals, large ranges are read
+in pages at one pinned revision (with a raised gRPC receive limit), mod_revision compares are built
+here, raw gRPC errors are mapped onto etcdsync's error tree, an expired auth token is renewed once
+and the call retried, and a watch that the server cancels for compaction raises `CompactedError`
+instead of blocking.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import grpc
+import grpc.aio
+from etcd3aio import (
+    Etcd3Client,
+    EtcdConnectionError as _ClientConnectionError,
+    EtcdError as _ClientError,
+    EtcdPermissionDeniedError as _ClientPermissionDenied,
+    EtcdTransientError as _ClientTransientError,
+    EtcdUnauthenticatedError as _ClientUnauthenticated,
+)
+from etcd3aio._protobuf import Compare as _PbCompare  # compares are built by hand (no mod_revision helper)
+from etcd3aio.kv import KVService, prefix_range_end
+
+from .errors import AuthError, EtcdConnectionError, EtcdsyncError, UsageError
+from .settings import Connection
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MAX_RECEIVE_BYTES = 512 * 1024 * 1024
+PAGE_KEYS = 10_000
+DEFAULT_PORT = 2379
+
+
+class RequestTooLargeError(EtcdsyncError):
+    """etcd refused a transaction as too large (ops or bytes); the caller splits it."""
+
+
+class CompactedError(EtcdsyncError):
+    """A watch or read asked for a revision etcd already compacted; re-read everything."""
+
+    def __init__(self, message: str, compact_revision: int) -> None:
+        self.compact_revision = compact_revision
+        super().__init__(message)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyValue:
+    key: str
+    value: bytes
+    mod_revision: int
+    create_revision: int
+    version: int
+    lease: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Compare:
+    """A transaction guard on one key. Build with the helpers below."""
+
+    key: str
+    target: str          # "mod" | "version" | "create" | "value"
+    op: str              # "=" | "!=" | "<" | ">"
+    value: int | bytes
+
+
+def mod_is(key: str, revision: int) -> Compare:
+    """The key is unchanged since we saw it at `revision` (0: absent)."""
+    if revision == 0:
+        return absent(key)
+    return Compare(key, "mod", "=", revision)
+
+
+def absent(key: str) -> Compare:
+    return Compare(key, "version", "=", 0)
+
+
+def created_at(key: str, revision: int) -> Compare:
+    return Compare(key, "create", "=", revision)
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    key: str
+    value: bytes
+    lease: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Get:
+    key: str
+
+
+Op = Put | Delete | Get
+
+
+@dataclass(frozen=True, slots=True)
+class TxnResult:
+    succeeded: bool
+    revision: int
+    gets: tuple[tuple[KeyValue, ...], ...] = ()   # results of the Get ops of the branch that ran
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    type: str                 # "put" | "delete"
+    kv: KeyValue              # for delete: key and mod_revision only
+    prev: KeyValue | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WatchBatch:
+    revision: int             # header revision of this response
+    events: tuple[WatchEvent, ...]
+    progress: bool = False    # an empty progress notification
+
+
+def _b(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _s(data: bytes) -> str:
+    return data.decode("utf-8", "surrogateescape")
+
+
+def _kv(pb: Any) -> KeyValue:
+    return KeyValue(_s(pb.key), bytes(pb.value), pb.mod_revision, pb.create_revision, pb.version, pb.lease)
+
+
+_TARGETS = {"mod": _PbCompare.MOD, "version": _PbCompare.VERSION, "create": _PbCompare.CREATE, "value": _PbCompare.VALUE}
+_OPS = {"=": _PbCompare.EQUAL, "!=": _PbCompare.NOT_EQUAL, "<": _PbCompare.LESS, ">": _PbCompare.GREATER}
+
+
+def _pb_compare(c: Compare) -> Any:
+    pb = _PbCompare(result=_OPS[c.op], target=_TARGETS[c.target], key=_b(c.key))
+    if c.target == "mod":
+        pb.mod_revision = int(c.value)  # type: ignore[arg-type]
+    elif c.target == "version":
+        pb.version = int(c.value)  # type: ignore[arg-type]
+    elif c.target == "create":
+        pb.create_revision = int(c.value)  # type: ignore[arg-type]
+    else:
+        pb.value = c.value if isinstance(c.value, bytes) else _b(str(c.value))
+    return pb
+
+
+def _pb_op(op: Op) -> Any:
+    if isinstance(op, Put):
+        return KVService.txn_op_put(_b(op.key), op.value, lease=op.lease)
+    if isinstance(op, Delete):
+        return KVService.txn_op_delete(_b(op.key))
+    return KVService.txn_op_get(_b(op.key))
+
+
+def parse_endpoint(endpoint: str) -> tuple[str, str, int]:
+    """`http://h:p` / `https://h:p` / `h:p` / `h` -> (scheme, host, port)."""
+    text = endpoint.strip()
+    if "://" not in text:
+        text = "http://" + text
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"endpoint {endpoint!r}: expected http://host:port or https://host:port")
+    try:
+        port = parts.port or DEFAULT_PORT
+    except ValueError:
+        raise UsageError(f"endpoint {endpoint!r}: bad port") from None
+    return parts.scheme, parts.hostname, port
+
+
+def _resolve(host: str) -> str:
+    try:
+        ipaddress.IPv4Address(host)
+        return host
+    except ValueError:
+        pass
+    if host == "localhost":
+        return "127.0.0.1"
+    try:
+        infos = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise EtcdConnectionError(f"endpoint {host}: cannot resolve host name ({exc.strerror})") from None
+    return str(infos[0][4][0])
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise UsageError(f"{what} {path}: {exc.strerror}") from None
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details() or ''}".rstrip(": ")
+    return str(exc) or type(exc).__name__
+
+
+class Store:
+    """An open connection to etcd. Use `async with Store(conn) as store:`."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self._client: Etcd3Client | None = None
+        self._auth_lock = asyncio.Lock()
+        self._target = ",".join(conn.endpoints)
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def __aenter__(self) -> Store:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        conn = self.conn
+        schemes, hosts, addrs = set(), [], []
+        for ep in conn.endpoints:
+            scheme, host, port = parse_endpoint(ep)
+            schemes.add(scheme)
+            hosts.append(host)
+            addrs.append(f"{_resolve(host)}:{port}")
+        tls = "https" in schemes or conn.ca_cert is not None
+        kwargs: dict[str, bytes | None] = {}
+        server_name = None
+        if tls:
+            if conn.ca_cert:
+                kwargs["ca_cert"] = _read(conn.ca_cert, "cacert")
+            else:
+                kwargs["ca_cert"] = _system_roots()
+            if conn.cert and conn.key:
+                kwargs["cert_chain"] = _read(conn.cert, "cert")
+                kwargs["cert_key"] = _read(conn.key, "key")
+            server_name = hosts[0]
+        client = Etcd3Client(addrs, rpc_max_attempts=3, tls_server_name=server_name, **kwargs)
+        # etcd answers large ranges in one message; gRPC's default 4 MiB receive limit is too small.
+        client._manager.grpc_options.append(("grpc.max_receive_message_length", MAX_RECEIVE_BYTES))
+        await client.connect()
+        self._client = client
+        if conn.user:
+            await self._authenticate()
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
+
+    @property
+    def client(self) -> Etcd3Client:
+        if self._client is None:
+            raise RuntimeError("store is not connected")
+        return self._client
+
+    async def _authenticate(self) -> None:
+        assert self.conn.user is not None
+        try:
+            async with asyncio.timeout(self.conn.timeout):
+                resp = await self.client.auth.authenticate(self.conn.user, self.conn.password or "")  # type: ignore[union-attr]
+        except TimeoutError:
+            raise EtcdConnectionError(f"etcd {self._target}: no answer within {self.conn.timeout:g}s") from None
+        except _ClientUnauthenticated as exc:
+            raise AuthError(f"etcd {self._target}: authentication failed for user {self.conn.user!r} "
+                            f"(wrong user name or password, or auth is not enabled)") from exc
+        except (_ClientError, grpc.aio.AioRpcError) as exc:
+            raise self._map(exc, "authenticate") from exc
+        self.client.set_token(resp.token)
+
+    # -- error mapping -------------------------------------------------------------
+
+    def _map(self, exc: BaseException, what: str) -> EtcdsyncError:
+        text = _describe(exc)
+        low = text.lower()
+        if "too many operations in txn" in low or "request is too large" in low or "message larger than max" in low:
+            return RequestTooLargeError(f"{what}: {text}")
+        if "required revision has been compacted" in low:
+            return CompactedError(f"{what}: {text}", 0)
+        if isinstance(exc, _ClientPermissionDenied) or "permission denied" in low:
+            return AuthError(f"etcd {self._target}: {what}: permission denied for user {self.conn.user!r}")
+        if isinstance(exc, _ClientUnauthenticated) or "user name is empty" in low:
+            return AuthError(f"etcd {self._target}: {what}: not authenticated ({text}); pass --user/--password")
+        if isinstance(exc, (_ClientConnectionError, _ClientTransientError)) or (
+            isinstance(exc, grpc.aio.AioRpcError) and exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+        ):
+            return EtcdConnectionError(f"etcd {self._target}: unreachable ({_short(text)})")
+        return EtcdConnectionError(f"etcd {self._target}: {what} failed: {_short(text)}")
+
+    async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run one request with the connection timeout, mapped errors and one token renewal."""
+        for attempt in (1, 2):
+            try:
+                async with asyncio.timeout(self.conn.timeout):
+                    return await fn()
+            except TimeoutError:
+                raise EtcdConnectionError(
+                    f"etcd {self._target}: {what}: no answer within {self.conn.timeout:g}s"
+                ) from None
+            except (_ClientError, grpc.aio.AioRpcError) as exc:
+                text = _describe(exc).lower()
+                if attempt == 1 and self.conn.user and ("invalid auth token" in text or "token" in text and "expired" in text):
+                    async with self._auth_lock:
+                        await self._authenticate()
+                    continue
+                raise self._map(exc, what) from exc
+        raise AssertionError("unreachable")
+
+    # -- reads ---------------------------------------------------------------------
+
+    async def get(self, key: str) -> KeyValue | None:
+        resp = await self._call("get", lambda: self.client.kv.get(_b(key), timeout=self.conn.timeout))  # type: ignore[union-attr]
+        return _kv(resp.kvs[0]) if resp.kvs else None
+
+    async def revision(self) -> int:
+        resp = await self._call("get", lambda: self.client.kv.get(b"\x00", count_only=True, timeout=self.conn.timeout))  # type: ignore[union-attr]
+        return int(resp.header.revision)
+
+    async def get_prefix(self, prefix: str, *, revision: int = 0, page: int = PAGE_KEYS) -> tuple[list[KeyValue], int]:
+        """All keys under `prefix` at one revision (paged), and that revision."""
+        return await self.get_range(prefix, _s(prefix_range_end(_b(prefix))), revision=revision, page=page)
+
+    async def get_range(self, start: str, end: str, *, revision: int = 0, page: int = PAGE_KEYS) -> tuple[list[KeyValue], int]:
+        kv = self.client.kv
+        assert kv is not None
+        out: list[KeyValue] = []
+        key = _b(start)
+        range_end = _b(end)
+        rev = revision
+        while True:
+            k, r = key, rev
+            resp = await self._call(
+                "range", lambda: kv.get(k, range_end=range_end, revision=r, limit=page, timeout=self.conn.timeout)
+            )
+            if rev == 0:
+                rev = int(resp.header.revision)
+            out.extend(_kv(item) for item in resp.kvs)
+            if not resp.more or not resp.kvs:
+                return out, rev
+            key = bytes(resp.kvs[-1].key) + b"\x00"
+
+    # -- writes --------------------------------------------------------------------
+
+    async def txn(self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()) -> TxnResult:
+        kv = self.client.kv
+        assert kv is not None
+        cmp = [_pb_compare(c) for c in compares]
+        ok = [_pb_op(o) for o in success]
+        bad = [_pb_op(o) for o in failure]
+        resp = await self._call("txn", lambda: kv.txn(cmp, ok, bad, timeout=self.conn.timeout, max_attempts=1))
+        gets = tuple(
+            tuple(_kv(item) for item in r.response_range.kvs)
+            for r in resp.responses
+            if r.WhichOneof("response") == "response_range"
+        )
+        return TxnResult(bool(resp.succeeded), int(resp.header.revision), gets)
+
+    async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
+        resp = await self._call("put", lambda: self.client.kv.put(_b(key), value, lease=lease, timeout=self.conn.timeout))  # type: ignore[union-attr]
+        return int(resp.header.revision)
+
+    async def delete(self, key: str) -> bool:
+        resp = await self._call("delete", lambda: self.client.kv.delete(_b(key), timeout=self.conn.timeout))  # type: ignore[union-attr]
+        return bool(resp.deleted)
+
+    async def delete_prefix(self, prefix: str) -> int:
+        resp = await self._call(
+            "delete", lambda: self.client.kv.delete(_b(prefix), range_end=prefix_range_end(_b(prefix)), timeout=self.conn.timeout)  # type: ignore[union-attr]
+        )
+        return int(resp.deleted)
+
+    async def compact(self, revision: int) -> None:
+        await self._call("compact", lambda: self.client.kv.compact(revision, physical=True, timeout=self.conn.timeout))  # type: ignore[union-attr]
+
+    # -- leases --------------------------------------------------------------------
+
+    async def lease_grant(self, ttl: int) -> int:
+        resp = await self._call("lease grant", lambda: self.client.lease.grant(ttl, timeout=self.conn.timeout))  # type: ignore[union-attr]
+        return int(resp.ID)
+
+    async def lease_revoke(self, lease_id: int) -> None:
+        try:
+            await self._call("lease revoke", lambda: self.client.lease.revoke(lease_id, timeout=self.conn.timeout))  # type: ignore[union-attr]
+        except EtcdConnectionError as exc:
+            if "not found" not in str(exc):
+                raise
+
+    async def lease_ttl(self, lease_id: int) -> int:
+        """Remaining seconds of a lease; -1 when it no longer exists."""
+        resp = await self._call("lease ttl", lambda: self.client.lease.time_to_live(lease_id, timeout=self.conn.timeout))  # type: ignore[union-attr]
+        return int(resp.TTL)
+
+    # -- watches -------------------------------------------------------------------
+
+    async def watch_prefix(self, prefix: str, *, start_revision: int, progress_notify: bool = True) -> AsyncIterator[WatchBatch]:
+        """Events under `prefix` from `start_revision` on; raises CompactedError when it was compacted."""
+        watch = self.client.watch
+        assert watch is not None
+        stream = watch.watch(_b(prefix), range_end=prefix_range_end(_b(prefix)), start_revision=start_revision,
+                             prev_kv=False, progress_notify=progress_notify)
+        try:
+            async for resp in stream:
+                if resp.compact_revision > 0:
+                    raise CompactedError(f"watch {prefix}: revision {start_revision} was compacted "
+                                         f"(oldest kept: {resp.compact_revision})", int(resp.compact_revision))
+                if resp.canceled:
+                    raise EtcdConnectionError(f"watch {prefix}: canceled by etcd ({resp.cancel_reason or 'no reason'})")
+                events = tuple(
+                    WatchEvent("put" if ev.type == 0 else "delete", _kv(ev.kv)) for ev in resp.events
+                )
+                if resp.created and not events:
+                    continue
+                yield WatchBatch(int(resp.header.revision), events, progress=not events)
+        except grpc.aio.AioRpcError as exc:
+            raise self._map(exc, f"watch {prefix}") from exc
+        except _ClientError as exc:
+            raise self._map(exc, f"watch {prefix}") from exc
+        finally:
+            await stream.aclose()
+
+
+def _short(text: str) -> str:
+    line = text.splitlines()[0] if text else text
+    return line[:300]
+
+
+def _system_roots() -> bytes | None:
+    for path in ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt"):
+        try:
+            with open(path, "rb") as fh:
+                return fh.read()
+        except OSError:
+            continue
+    return None

@@ -1,0 +1,332 @@
+"""End to end: the CLI against a real etcd. Each test owns a key namespace and a reserved prefix."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from conftest import Env
+
+BASE = """\
+apiVersion: etcdsync/v1
+kind: ConfigSet
+metadata:
+  name: app
+spec:
+  prefix: {ns}config/app/
+  data:
+    db/url: postgres://db:5432/app
+    retry: 5
+    region: no
+    version: 1.10
+    features: {beta: true, limit: 3}
+"""
+
+
+def test_diff_apply_diff_and_second_apply_writes_nothing(env: Env) -> None:
+    f = env.write("m/app.yaml", BASE)
+    r = env.cli("diff", "-f", str(f), "--applyset", "t")
+    assert r.code == 1, r
+    assert "5 to create, 0 to update, 0 to delete, 0 unchanged" in r.out
+    assert f"+ {env.ns}config/app/region" in r.out
+
+    r = env.cli("apply", "-f", str(f), "--applyset", "t")
+    assert r.code == 0, r
+    assert "applied: 5 created, 0 updated, 0 deleted, 0 unchanged" in r.out
+    data = env.dump()
+    assert data[f"{env.ns}config/app/region"] == b"no"
+    assert data[f"{env.ns}config/app/version"] == b"1.10"
+    assert data[f"{env.ns}config/app/retry"] == b"5"
+    assert data[f"{env.ns}config/app/features"] == b'{"beta":true,"limit":3}'
+
+    r = env.cli("diff", "-f", str(f), "--applyset", "t")
+    assert r.code == 0, r
+    assert "0 to create, 0 to update, 0 to delete, 5 unchanged" in r.out
+
+    rev = env.revision()
+    r = env.cli("apply", "-f", str(f), "--applyset", "t")
+    assert r.code == 0 and "in sync" in r.out
+    assert env.revision() == rev, "a second apply must not write anything"
+
+
+def test_drift_is_repaired_and_unowned_keys_survive(env: Env) -> None:
+    f = env.write("m/app.yaml", BASE)
+    assert env.cli("apply", "-f", str(f), "--applyset", "t").code == 0
+    env.put(f"{env.ns}config/app/retry", "99")
+    env.put(f"{env.ns}config/app/stranger", "not ours")
+    r = env.cli("diff", "-f", str(f), "--applyset", "t")
+    assert r.code == 1
+    assert "- 99" in r.out and "+ 5" in r.out
+    assert "stranger" not in r.out
+    assert env.cli("apply", "-f", str(f), "--applyset", "t").code == 0
+    assert env.get(f"{env.ns}config/app/retry") == b"5"
+    # remove a key and the whole document's other keys: pruned, the stranger stays
+    env.write("m/app.yaml", BASE.replace("    retry: 5\n", ""))
+    r = env.cli("apply", "-f", str(f), "--applyset", "t")
+    assert r.code == 0, r
+    assert "1 deleted" in r.out
+    assert env.get(f"{env.ns}config/app/retry") is None
+    assert env.get(f"{env.ns}config/app/stranger") == b"not ours"
+
+
+def test_removed_document_is_pruned(env: Env) -> None:
+    env.write("m/app.yaml", BASE)
+    env.write("m/other.yaml", """\
+        apiVersion: etcdsync/v1
+        kind: ConfigSet
+        metadata: {name: other}
+        spec:
+          prefix: {ns}config/other/
+          data: {a: 1, b: 2}
+        """)
+    m = str(env.tmp / "m")
+    assert env.cli("apply", "-f", m, "--applyset", "t").code == 0
+    assert env.get(f"{env.ns}config/other/a") == b"1"
+    (env.tmp / "m" / "other.yaml").unlink()
+    r = env.cli("apply", "-f", m, "--applyset", "t")
+    assert r.code == 0, r
+    assert "2 deleted" in r.out
+    assert env.get(f"{env.ns}config/other/a") is None
+    assert env.get(f"{env.ns}config/app/retry") == b"5"
+
+
+def test_existing_unowned_key_is_adopted_then_pruned(env: Env) -> None:
+    env.put(f"{env.ns}config/app/retry", "5")
+    f = env.write("m/app.yaml", BASE)
+    r = env.cli("diff", "-f", str(f), "--applyset", "t")
+    assert f"> {env.ns}config/app/retry" in r.out and "adopt" in r.out
+    assert env.cli("apply", "-f", str(f), "--applyset", "t").code == 0
+    env.write("m/app.yaml", BASE.replace("    retry: 5\n", ""))
+    assert env.cli("apply", "-f", str(f), "--applyset", "t").code == 0
+    assert env.get(f"{env.ns}config/app/retry") is None
+
+
+def test_key_owned_by_another_set_is_refused_unless_take_ownership(env: Env) -> None:
+    f = env.write("m/app.yaml", BASE)
+    assert env.cli("apply", "-f", str(f), "--applyset", "one").code == 0
+    g = env.write("m2/app.yaml", BASE.replace("retry: 5", "retry: 6"))
+    rev = env.revision()
+    r = env.cli("apply", "-f", str(g), "--applyset", "two")
+    assert r.code == 3, r
+    assert "'one'" in r.err and "'two'" in r.err
+    assert env.revision() == rev
+    r = env.cli("apply", "-f", str(g), "--applyset", "two", "--take-ownership")
+    assert r.code == 0, r
+    assert env.get(f"{env.ns}config/app/retry") == b"6"
+    # "one" no longer owns the keys: emptying it deletes nothing
+    empty = env.write("m3/empty.yaml", "")
+    r = env.cli("apply", "-f", str(empty), "--applyset", "one", "--allow-empty")
+    assert r.code == 0, r
+    assert env.get(f"{env.ns}config/app/retry") == b"6"
+
+
+def test_deletion_guard(env: Env) -> None:
+    f = env.write("m/app.yaml", BASE)
+    assert env.cli("apply", "-f", str(f), "--applyset", "t").code == 0
+    empty = env.write("m/app.yaml", "# nothing here while the editor saves\n")
+    rev = env.revision()
+    r = env.cli("apply", "-f", str(empty), "--applyset", "t")
+    assert r.code == 3 and "--allow-empty" in r.err, r
+    assert env.revision() == rev
+    env.write("m/app.yaml", BASE.replace("  data:\n", "  data:\n    keep: 1\n").replace("    db/url: postgres://db:5432/app\n", "")
+              .replace("    retry: 5\n", "").replace("    region: no\n", ""))
+    r = env.cli("apply", "-f", str(f), "--applyset", "t", "--max-deletes", "2")
+    assert r.code == 3 and "--max-deletes 2" in r.err, r
+    assert env.revision() == rev
+    r = env.cli("diff", "-f", str(f), "--applyset", "t", "--max-deletes", "2")
+    assert r.code == 3 and "refused" in r.out
+    r = env.cli("apply", "-f", str(f), "--applyset", "t", "--max-deletes", "2", "--force")
+    assert r.code == 0, r
+    assert env.get(f"{env.ns}config/app/region") is None
+    r = env.cli("apply", "-f", str(empty), "--applyset", "t", "--allow-empty")
+    assert r.code == 0 and env.dump() == {}
+
+
+def test_policies_warn_create_only_and_prune_false(env: Env) -> None:
+    f = env.write("m/app.yaml", """\
+        apiVersion: etcdsync/v1
+        kind: ConfigSet
+        metadata: {name: app}
+        spec:
+          prefix: {ns}p/
+          data:
+            seed: {value: initial, policy: create-only}
+            watched: {value: "off", policy: warn}
+            kept: {value: x, prune: false}
+            plain: 1
+        """)
+    assert env.cli("apply", "-f", str(f), "--applyset", "t").code == 0
+    env.put(f"{env.ns}p/seed", "runtime")
+    env.put(f"{env.ns}p/watched", "on")
+    r = env.cli("diff", "-f", str(f), "--applyset", "t")
+    assert r.code == 0, r  # warn drift is reported but apply would not write
+    assert f"! {env.ns}p/watched" in r.out and "policy warn" in r.out
+    assert "seed" not in r.out
+    assert env.cli("apply", "-f", str(f), "--applyset", "t").code == 0
+    assert env.get(f"{env.ns}p/seed") == b"runtime"
+    assert env.get(f"{env.ns}p/watched") == b"on"
+    env.write("m/app.yaml", """\
+        apiVersion: etcdsync/v1
+        kind: ConfigSet
+        metadata: {name: app}
+        spec:
+          prefix: {ns}p/
+          data: {plain: 1}
+        """)
+    r = env.cli("apply", "-f", str(f), "--applyset", "t")
+    assert r.code == 0, r
+    assert env.get(f"{env.ns}p/kept") == b"x", "prune: false keys are released, not deleted"
+    assert env.get(f"{env.ns}p/seed") is None
+
+
+def test_bad_manifest_exits_2_with_one_line_and_writes_nothing(env: Env) -> None:
+    f = env.write("m/app.yaml", BASE + "    region: yes\n")  # duplicate key
+    rev = env.revision()
+    r = env.run("apply", "-f", str(f), "--applyset", "t")
+    assert r.code == 2, r
+    lines = [ln for ln in r.err.splitlines() if ln.strip()]
+    assert len(lines) == 1, r.err
+    assert "app.yaml:" in lines[0] and "duplicate" in lines[0].lower()
+    assert "Traceback" not in r.err
+    assert env.revision() == rev
+
+
+def test_unreachable_etcd_is_exit_2_within_timeout(env: Env) -> None:
+    f = env.write("m/app.yaml", BASE)
+    t0 = time.monotonic()
+    r = env.run("diff", "-f", str(f), "--endpoints", "http://127.0.0.1:1", "--timeout", "2")
+    assert r.code == 2, r
+    assert time.monotonic() - t0 < 15
+    assert len(r.err.strip().splitlines()) == 1 and "unreachable" in r.err, r.err
+    assert "Traceback" not in r.err
+
+
+def test_secret_values_never_printed(env: Env) -> None:
+    canary = "canary-SECRET-5f3a"
+    f = env.write("m/app.yaml", """\
+        apiVersion: etcdsync/v1
+        kind: ConfigSet
+        metadata: {name: app}
+        spec:
+          prefix: {ns}s/
+          data:
+            token: {fromEnv: CANARY_TOKEN, secret: true}
+        """)
+    e = {"CANARY_TOKEN": canary}
+    outs = [env.cli("diff", "-f", str(f), "--applyset", "t", env=e),
+            env.cli("diff", "-f", str(f), "--applyset", "t", "-o", "json", env=e),
+            env.cli("apply", "-f", str(f), "--applyset", "t", "--debug", env=e)]
+    env.put(f"{env.ns}s/token", "old-" + canary)
+    outs += [env.cli("diff", "-f", str(f), "--applyset", "t", "-v", env=e),
+             env.cli("apply", "-f", str(f), "--applyset", "t", "-o", "json", env=e)]
+    for r in outs:
+        assert canary not in r.out + r.err, r
+    assert "sha256:" in outs[3].out
+    assert env.get(f"{env.ns}s/token") == canary.encode()
+
+
+def test_json_output(env: Env) -> None:
+    f = env.write("m/app.yaml", BASE)
+    r = env.cli("diff", "-f", str(f), "--applyset", "t", "-o", "json")
+    assert r.code == 1
+    doc = json.loads(r.out)
+    assert doc["applyset"] == "t" and doc["inSync"] is False
+    assert doc["summary"]["create"] == 5
+    assert {c["action"] for c in doc["changes"]} == {"create"}
+    r = env.cli("apply", "-f", str(f), "--applyset", "t", "-o", "json")
+    doc = json.loads(r.out)
+    assert len(doc["applied"]["results"]) == 5 and doc["applied"]["transactions"] == 1
+
+
+def test_default_applyset_is_announced(env: Env) -> None:
+    f = env.write("m/app.yaml", BASE)
+    r = env.cli("diff", "-f", str(f))
+    assert "applyset: 'default'" in r.err
+
+
+def test_export_round_trip(env: Env) -> None:
+    values = {
+        "plain": "hello", "no": "no", "num": "1.10", "octal": "0755", "url": "http://x:1/a?b=c#d",
+        "json": '{"a":[1,2]}', "multi": "line1\nline2\n", "spaces": "  padded  ", "empty": "",
+        "colon": "a: b", "hash": "a #b", "quote": "it's \"q\"", "unicode": "héllo ✓", "dash": "- x",
+        "nested/deep/key": "v", "tab": "a\tb",
+    }
+    for k, v in values.items():
+        env.put(f"{env.ns}exp/{k}", v)
+    r = env.cli("export", "--prefix", f"{env.ns}exp/", "--name", "exp")
+    assert r.code == 0, r
+    f = env.write("m/exp.yaml", r.out)
+    r = env.cli("apply", "-f", str(f), "--applyset", "t")
+    assert r.code == 0, r
+    assert "0 created, 0 updated" in r.out and f"{len(values)} adopted" in r.out
+    assert env.cli("diff", "-f", str(f), "--applyset", "t").code == 0
+    assert {k.removeprefix(f"{env.ns}exp/"): v.decode() for k, v in env.dump(f"{env.ns}exp/").items()} == values
+
+
+def test_validate_offline_and_schema() -> None:
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "etcdsync", "validate", "-f", "manifests"], capture_output=True, text=True,
+                       env={"ETCDSYNC_ENDPOINTS": "http://127.0.0.1:1", "PATH": "/usr/bin:/bin"}, cwd=str(_root()))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("valid:")
+    r = subprocess.run([sys.executable, "-m", "etcdsync", "schema"], capture_output=True, text=True, cwd=str(_root()))
+    schema = json.loads(r.stdout)
+    assert "ConfigSet" in json.dumps(schema)
+
+
+def _root():  # type: ignore[no-untyped-def]
+    from conftest import ROOT
+
+    return ROOT
+
+
+def test_example_tree_applies_and_overlay_diffs(env: Env) -> None:
+    """The shipped manifests/ and overlays/staging against a fresh etcd (own reserved prefix)."""
+    root = _root()
+    base = str(root / "manifests")
+    # the example tree uses absolute prefixes (/config/...): clear them first so the test is repeatable
+    for p in ("/config/payments/", "/config/checkout/", "/services/", "services/"):
+        env.store_call(lambda s, p=p: s.delete_prefix(p))
+    r = env.cli("apply", "-f", base)
+    assert r.code == 0, r
+    assert env.get("/config/payments/region") == b"no"
+    assert env.get("/services/payments/payments-1") == b'{"host":"10.0.0.11","port":3000,"metadata":{"zone":"a"}}'
+    assert env.get("services/checkout/10.0.0.21:50051") == b'{"Op":0,"Addr":"10.0.0.21:50051","Metadata":null}'
+    assert env.cli("diff", "-f", base).code == 0
+    r = env.cli("diff", "-f", base, "-f", str(root / "overlays" / "staging"))
+    assert r.code == 1 and "staging-db" in r.out
+    assert "dev-only-password" not in r.out
+    for p in ("/config/payments/", "/config/checkout/", "/services/", "services/"):
+        env.store_call(lambda s, p=p: s.delete_prefix(p))
+    env.store_call(lambda s: s.delete_prefix(env.reserved))
+
+
+@pytest.mark.parametrize("n", [300])
+def test_large_plan_is_batched_and_reapplies_nothing(env: Env, n: int) -> None:
+    data = "\n".join(f"    k{i:04d}: value-{i}" for i in range(n))
+    f = env.write("m/big.yaml", f"""\
+apiVersion: etcdsync/v1
+kind: ConfigSet
+metadata: {{name: big}}
+spec:
+  prefix: {{ns}}big/
+  data:
+{data}
+""")
+    r = env.cli("apply", "-f", str(f), "--applyset", "t", "-o", "json")
+    assert r.code == 0, r
+    doc = json.loads(r.out)
+    assert doc["applied"]["transactions"] >= 3  # 128 ops per transaction at most
+    assert len(env.dump(f"{env.ns}big/")) == n
+    rev = env.revision()
+    assert env.cli("apply", "-f", str(f), "--applyset", "t").code == 0
+    assert env.revision() == rev
+    # remove everything but one: deletes are batched too, inventory shrinks with them
+    f.write_text(f.read_text().split("    k0001")[0])
+    r = env.cli("apply", "-f", str(f), "--applyset", "t", "--force")
+    assert r.code == 0, r
+    assert list(env.dump(f"{env.ns}big/")) == [f"{env.ns}big/k0000"]

@@ -1,0 +1,130 @@
+"""The pure planner: every Action, the guard, ownership; no etcd."""
+
+from __future__ import annotations
+
+import pytest
+
+from etcdsync.inventory import Chunk, Entry, Inventory
+from etcdsync.model import DesiredKey, DesiredState, Policy
+from etcdsync.plan import Action, Observed, Options, plan
+
+P = "/config/app/"
+
+
+def desired(*keys: DesiredKey) -> DesiredState:
+    return DesiredState(keys={k.key: k for k in keys}, prefixes=(P,))
+
+
+def dk(rel: str, value: str, **kw: object) -> DesiredKey:
+    return DesiredKey(key=P + rel, value=value.encode(), prefix=P, **kw)  # type: ignore[arg-type]
+
+
+def inv(*rels: str, prune: bool = True, name: str = "default") -> Inventory:
+    i = Inventory(name)
+    i.add_chunk(Chunk("/.etcdsync/sets/default/inventory/x", 7, {P + r: Entry(P, prune) for r in rels}))
+    return i
+
+
+def obs(**values: str) -> dict[str, Observed]:
+    return {P + k: Observed(v.encode(), 10 + n) for n, (k, v) in enumerate(values.items())}
+
+
+def one(p, key="a"):  # type: ignore[no-untyped-def]
+    (c,) = [c for c in p.changes if c.key == P + key]
+    return c
+
+
+@pytest.mark.parametrize(
+    "policy, etcd_value, owned, action, own",
+    [
+        (Policy.ENFORCE, None, False, Action.CREATE, True),
+        (Policy.ENFORCE, None, True, Action.CREATE, False),
+        (Policy.ENFORCE, "1", True, Action.UNCHANGED, False),
+        (Policy.ENFORCE, "1", False, Action.ADOPT, True),
+        (Policy.ENFORCE, "2", True, Action.UPDATE, False),
+        (Policy.ENFORCE, "2", False, Action.UPDATE, True),
+        (Policy.WARN, None, False, Action.CREATE, True),
+        (Policy.WARN, "2", True, Action.DRIFT, False),
+        (Policy.WARN, "2", False, Action.DRIFT, True),
+        (Policy.CREATE_ONLY, None, False, Action.CREATE, True),
+        (Policy.CREATE_ONLY, "2", True, Action.UNCHANGED, False),
+        (Policy.CREATE_ONLY, "2", False, Action.ADOPT, True),
+    ],
+)
+def test_declared_key_outcomes(policy: Policy, etcd_value: str | None, owned: bool, action: Action, own: bool) -> None:
+    o = obs(a=etcd_value) if etcd_value is not None else {}
+    p = plan(desired(dk("a", "1", policy=policy)), o, inv("a") if owned else inv(), {})
+    c = one(p)
+    assert (c.action, c.own) == (action, own)
+    if action is Action.UPDATE:
+        assert c.revision == 10 and c.old == b"2" and c.new == b"1"
+
+
+def test_undeclared_owned_key_is_deleted_and_unowned_survives() -> None:
+    o = obs(a="1", gone="x", stranger="y")
+    p = plan(desired(dk("a", "1")), o, inv("a", "gone"), {})
+    assert one(p, "gone").action is Action.DELETE
+    assert one(p, "gone").revision == 11
+    assert not [c for c in p.changes if c.key == P + "stranger"]
+
+
+def test_prune_false_is_released_not_deleted() -> None:
+    p = plan(desired(dk("a", "1")), obs(a="1", keep="x"), inv("a") and _mixed(), {})
+    assert one(p, "keep").action is Action.RELEASE
+
+
+def _mixed() -> Inventory:
+    i = inv("a")
+    i.add_chunk(Chunk("/.etcdsync/sets/default/inventory/y", 8, {P + "keep": Entry(P, False)}))
+    return i
+
+
+def test_owned_key_already_gone_is_released() -> None:
+    p = plan(desired(dk("a", "1")), obs(a="1"), inv("a", "gone"), {})
+    assert one(p, "gone").action is Action.RELEASE
+
+
+def test_retag_when_prune_flag_changes() -> None:
+    p = plan(desired(dk("a", "1", prune=False)), obs(a="1"), inv("a"), {})
+    c = one(p)
+    assert c.action is Action.UNCHANGED and c.retag and p.has_changes
+
+
+def test_other_owner_is_conflict_unless_take_ownership() -> None:
+    p = plan(desired(dk("a", "1")), obs(a="1"), inv(), {P + "a": "other"})
+    assert one(p).action is Action.CONFLICT and p.conflicts
+    p = plan(desired(dk("a", "2")), obs(a="1"), inv(), {P + "a": "other"}, Options(take_ownership=True))
+    c = one(p)
+    assert c.action is Action.UPDATE and c.owner == "other" and c.own
+
+
+def test_in_sync_plan_has_no_changes() -> None:
+    p = plan(desired(dk("a", "1"), dk("b", "2")), obs(a="1", b="2"), inv("a", "b"), {})
+    assert not p.has_changes and p.refused is None
+    assert p.counts["unchanged"] == 2
+
+
+def test_guard_refuses_empty_result() -> None:
+    p = plan(desired(), obs(a="1"), inv("a"), {})
+    assert p.refused and "own nothing" in p.refused
+    assert plan(desired(), obs(a="1"), inv("a"), {}, Options(allow_empty=True)).refused is None
+
+
+def test_guard_refuses_too_many_deletes() -> None:
+    rels = [f"k{i}" for i in range(5)]
+    o = obs(keep="1", **{r: "v" for r in rels})
+    p = plan(desired(dk("keep", "1")), o, inv("keep", *rels), {}, Options(max_deletes=4))
+    assert p.refused and "--max-deletes 4" in p.refused
+    assert plan(desired(dk("keep", "1")), o, inv("keep", *rels), {}, Options(max_deletes=4, force=True)).refused is None
+    assert plan(desired(dk("keep", "1")), o, inv("keep", *rels), {}, Options(max_deletes=5)).refused is None
+
+
+def test_nothing_owned_nothing_declared_is_not_refused() -> None:
+    p = plan(desired(), {}, inv(), {})
+    assert p.refused is None and not p.has_changes
+
+
+def test_owned_key_now_under_a_lease_is_released_not_deleted() -> None:
+    o = {P + "a": Observed(b"1", 10), P + "live": Observed(b"x", 11, lease=99)}
+    p = plan(desired(dk("a", "1")), o, inv("a", "live"), {})
+    assert one(p, "live").action is Action.RELEASE
