@@ -296,18 +296,73 @@ def export(prefix: str, name: str | None, policy: str | None, no_color: bool, de
     click.echo(text, nl=False)
 
 
+def setup_logging(fmt: str, debug: bool) -> None:
+    from .logfmt import configure
+
+    configure(fmt, logging.DEBUG if debug else logging.INFO)
+
+
+def parse_duration(text: str, what: str) -> float:
+    from .manifest.loader import parse_duration as parse
+
+    seconds = parse(text)
+    if seconds is None:
+        raise UsageError(f"{what}: {text!r} is not a duration (use e.g. 10s, 1m30s, 500ms)")
+    return seconds
+
+
+@cli.command(name="run")
+@manifest_options
+@click.option("--applyset", metavar="NAME", help="Apply set name (default: the ApplySet document, else 'default').")
+@click.option("--reserved-prefix", default=RESERVED_PREFIX, show_default=True)
+@click.option("--take-ownership", is_flag=True)
+@click.option("--allow-empty", is_flag=True)
+@click.option("--max-deletes", type=click.IntRange(min=0), default=100, show_default=True)
+@click.option("--force", is_flag=True)
+@click.option("--resync", default="5m", show_default=True, help="Full reconcile interval.")
+@click.option("--debounce", default="200ms", show_default=True, help="Quiet time after a manifest change.")
+@click.option("--metrics-addr", metavar="HOST:PORT", help="Serve /healthz, /readyz and /metrics here.")
+@click.option("--leader-elect", is_flag=True, help="Several daemons on one apply set; only the elected one writes.")
+@click.option("--election-ttl", default="5s", show_default=True, help="Lease TTL of the election key.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@connection_options
+@output_options
+def run_cmd(paths: tuple[str, ...], applyset: str | None, reserved_prefix: str, take_ownership: bool,
+            allow_empty: bool, max_deletes: int, force: bool, resync: str, debounce: str, metrics_addr: str | None,
+            leader_elect: bool, election_ttl: str, log_format: str, no_color: bool, debug: bool, **kw: Any) -> None:
+    """Keep etcd equal to the manifests: watch files and etcd, repair drift, hold live registrations."""
+    from .daemon import Daemon, DaemonSettings
+    from .plan import Options
+
+    setup_logging(log_format, debug)
+    conn = make_connection(kw)
+    if not paths:
+        load((), reserved_prefix)  # the same error as the one-shot commands when ./manifests is missing
+        paths = (DEFAULT_MANIFESTS,)
+    settings = DaemonSettings(
+        paths=paths, applyset_flag=applyset, reserved=reserved_prefix,
+        options=Options(take_ownership=take_ownership, allow_empty=allow_empty, max_deletes=max_deletes, force=force),
+        resync=parse_duration(resync, "--resync"), debounce=parse_duration(debounce, "--debounce"),
+        metrics_addr=metrics_addr, leader_elect=leader_elect, election_ttl=parse_duration(election_ttl, "--election-ttl"),
+    )
+    daemon = Daemon(conn, settings, lambda p: load(tuple(p), reserved_prefix))
+    sys.exit(run(daemon.run()))
+
+
 @cli.command()
 @manifest_options
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Keep etcd's data here (default: a temporary directory, removed on exit).")
 @click.option("--port", type=click.IntRange(1, 65535), help="etcd client port (default: 2379 when free).")
-@click.option("--once", is_flag=True, help="Apply, print, stop etcd and exit (for scripts and tests).")
+@click.option("--metrics-addr", default="127.0.0.1:9090", show_default=True, help="The daemon's /healthz, /readyz, /metrics.")
+@click.option("--once", is_flag=True, help="Apply, print, stop etcd and exit (no daemon).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @output_options
-def dev(paths: tuple[str, ...], data_dir: str | None, port: int | None, once: bool, no_color: bool, debug: bool) -> None:
-    """Start a throwaway local etcd, apply ./manifests (or -f), and keep etcd up until Ctrl-C."""
-    import time
-
+def dev(paths: tuple[str, ...], data_dir: str | None, port: int | None, metrics_addr: str, once: bool,
+        log_format: str, no_color: bool, debug: bool) -> None:
+    """A throwaway local etcd, ./manifests (or -f) applied, and the daemon in the foreground. Ctrl-C cleans up."""
     from . import render
     from .apply import apply as do_apply
+    from .daemon import Daemon, DaemonSettings
     from .dev import banner, start_etcd
     from .etcdbin import find_binary
     from .settings import Connection
@@ -330,16 +385,20 @@ def dev(paths: tuple[str, ...], data_dir: str | None, port: int | None, once: bo
         ctx.out(banner(member.endpoint, lambda: find_binary("etcdctl")))
         if once:
             return
-        ctx.out("The reconciling daemon (`etcdsync run`) is not built yet: etcd stays up until Ctrl-C.")
-        while member.running:
-            time.sleep(0.5)
-        raise UsageError(f"etcd exited unexpectedly: {member.tail_log()[-300:]}")
+        ctx.out(f"daemon: watching {', '.join(paths or (DEFAULT_MANIFESTS,))}; metrics on http://{metrics_addr}/metrics; "
+                "Ctrl-C stops the daemon and etcd")
+        setup_logging(log_format, debug)
+        settings = DaemonSettings(paths=paths or (DEFAULT_MANIFESTS,), reserved=RESERVED_PREFIX, metrics_addr=metrics_addr)
+        code = run(Daemon(conn, settings, lambda p: load(tuple(p), RESERVED_PREFIX)).run())
+        if code:
+            sys.exit(code)
     except KeyboardInterrupt:
-        ctx.note("stopping etcd")
+        ctx.note("stopping")
     finally:
         member.stop()
         if tmp is not None:
             tmp.cleanup()
+        ctx.note("etcd stopped" + ("" if data_dir else ", data removed"))
 
 
 @cli.command()
@@ -360,6 +419,7 @@ def main(argv: list[str] | None = None) -> None:
     debug = _debug_requested(args)
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("etcd3aio").setLevel(logging.ERROR)
     try:
         code = cli.main(args=args, prog_name="etcdsync", standalone_mode=False)
     except click.exceptions.Exit as exc:

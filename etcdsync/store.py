@@ -29,7 +29,7 @@ from etcd3aio import (
     EtcdUnauthenticatedError as _ClientUnauthenticated,
 )
 from etcd3aio._protobuf import Compare as _PbCompare  # compares are built by hand (no mod_revision helper)
-from etcd3aio.kv import KVService, prefix_range_end
+from etcd3aio.kv import KVService, SortOrder, SortTarget, prefix_range_end
 
 from .errors import AuthError, EtcdConnectionError, EtcdsyncError, UsageError
 from .settings import Connection
@@ -253,10 +253,15 @@ class Store:
         client = Etcd3Client(addrs, rpc_max_attempts=3, tls_server_name=server_name, **kwargs)
         # etcd answers large ranges in one message; gRPC's default 4 MiB receive limit is too small.
         client._manager.grpc_options.append(("grpc.max_receive_message_length", MAX_RECEIVE_BYTES))
+        await self.close()
         await client.connect()
         self._client = client
         if conn.user:
-            await self._authenticate()
+            try:
+                await self._authenticate()
+            except BaseException:
+                await self.close()
+                raise
 
     async def close(self) -> None:
         if self._client is not None:
@@ -331,6 +336,15 @@ class Store:
         resp = await self._call("get", lambda: self.client.kv.get(b"\x00", count_only=True, timeout=self.conn.timeout))  # type: ignore[union-attr]
         return int(resp.header.revision)
 
+    async def latest_mod_revision(self, prefix: str) -> tuple[int, int]:
+        """(highest mod_revision of any key under `prefix` or 0, current revision): the watch watchdog's probe."""
+        kv = self.client.kv
+        assert kv is not None
+        resp = await self._call("range", lambda: kv.get(
+            _b(prefix), range_end=prefix_range_end(_b(prefix)), limit=1, keys_only=True,
+            sort_order=SortOrder.DESCEND, sort_target=SortTarget.MOD, timeout=self.conn.timeout))
+        return (int(resp.kvs[0].mod_revision) if resp.kvs else 0), int(resp.header.revision)
+
     async def get_prefix(self, prefix: str, *, revision: int = 0, page: int = PAGE_KEYS) -> tuple[list[KeyValue], int]:
         """All keys under `prefix` at one revision (paged), and that revision."""
         return await self.get_range(prefix, _s(prefix_range_end(_b(prefix))), revision=revision, page=page)
@@ -400,6 +414,22 @@ class Store:
             if "not found" not in str(exc):
                 raise
 
+    async def lease_keepalive(self, lease_id: int) -> int:
+        """Renew a lease once; its new TTL in seconds, or 0 when it no longer exists."""
+        lease = self.client.lease
+        assert lease is not None
+
+        async def once() -> int:
+            stream = lease.keep_alive(lease_id)
+            try:
+                async for resp in stream:
+                    return int(resp.TTL)
+                return 0
+            finally:
+                stream.cancel()
+
+        return await self._call("lease keepalive", once)
+
     async def lease_ttl(self, lease_id: int) -> int:
         """Remaining seconds of a lease; -1 when it no longer exists."""
         resp = await self._call("lease ttl", lambda: self.client.lease.time_to_live(lease_id, timeout=self.conn.timeout))  # type: ignore[union-attr]
@@ -435,6 +465,14 @@ class Store:
 
 
 def _short(text: str) -> str:
+    """The useful part of a gRPC error text."""
+    low = text.lower()
+    for needle, say in (("connection refused", "connection refused"), ("deadline", "timed out"),
+                        ("timed out", "timed out"), ("ssl", "TLS handshake failed"),
+                        ("handshake", "TLS handshake failed"), ("certificate", "TLS certificate rejected"),
+                        ("no route to host", "no route to host"), ("connection reset", "connection reset")):
+        if needle in low:
+            return say
     line = text.splitlines()[0] if text else text
     return line[:300]
 

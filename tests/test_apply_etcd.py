@@ -144,3 +144,17 @@ def test_property_apply_then_plan_is_empty_and_reapply_writes_nothing(env: Env, 
     out = run_apply(env.endpoints, st_(after), env.reserved)
     assert not out.plan.has_changes
     assert env.revision() == rev
+
+
+def test_stale_election_fence_commits_nothing(env: Env) -> None:
+    """A paused ex-leader's writes carry a compare on its (now gone) election key: nothing commits."""
+    from etcdsync.store import created_at
+
+    p = f"{env.ns}fence/"
+    run_apply(env.endpoints, state(p, {"a": "1"}), env.reserved)
+    rev = env.revision()
+    fence = [created_at(f"{env.reserved}election/t/gone", 12345)]
+    with pytest.raises(ConflictError):
+        run_apply(env.endpoints, state(p, {"a": "2", "b": "2"}), env.reserved, fences=fence, max_attempts=2)
+    assert env.revision() == rev
+    assert env.get(p + "a") == b"1" and env.get(p + "b") is None

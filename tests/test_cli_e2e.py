@@ -140,8 +140,9 @@ def test_deletion_guard(env: Env) -> None:
     r = env.cli("apply", "-f", str(f), "--applyset", "t", "--max-deletes", "2", "--force")
     assert r.code == 0, r
     assert env.get(f"{env.ns}config/app/region") is None
+    env.write("m/app.yaml", "")
     r = env.cli("apply", "-f", str(empty), "--applyset", "t", "--allow-empty")
-    assert r.code == 0 and env.dump() == {}
+    assert r.code == 0 and env.dump(f"{env.ns}config/") == {}, r
 
 
 def test_policies_warn_create_only_and_prune_false(env: Env) -> None:
@@ -196,11 +197,12 @@ def test_bad_manifest_exits_2_with_one_line_and_writes_nothing(env: Env) -> None
 def test_unreachable_etcd_is_exit_2_within_timeout(env: Env) -> None:
     f = env.write("m/app.yaml", BASE)
     t0 = time.monotonic()
-    r = env.run("diff", "-f", str(f), "--endpoints", "http://127.0.0.1:1", "--timeout", "2")
+    r = env.run("diff", "-f", str(f), "--applyset", "t", "--endpoints", "http://127.0.0.1:1", "--timeout", "2")
     assert r.code == 2, r
     assert time.monotonic() - t0 < 15
     assert len(r.err.strip().splitlines()) == 1 and "unreachable" in r.err, r.err
     assert "Traceback" not in r.err
+    assert r.err.strip() == "error: etcd http://127.0.0.1:1: unreachable (connection refused)"
 
 
 def test_secret_values_never_printed(env: Env) -> None:

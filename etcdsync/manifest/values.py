@@ -14,19 +14,20 @@ No message raised here ever quotes a value's text: the value may be a secret.
 
 from __future__ import annotations
 
-import json
 import os
 import re
-from dataclasses import dataclass
 from collections.abc import Mapping
+from dataclasses import dataclass
+from json.encoder import encode_basestring as _json_string  # C-accelerated; ensure_ascii=False
 from typing import Any
 
 from etcdsync.errors import ManifestError
 from etcdsync.model import Policy
 
-from .yamlnodes import CORE_TAG_PREFIX, MAP, SCALAR, SEQ, Node
+from .schema import OPTION_NAMES as _OPTION_NAMES
+from .yamlnodes import CORE_TAG_PREFIX, MAP, SCALAR, Node, shown
 
-OPTION_NAMES = frozenset({"value", "fromFile", "fromEnv", "secret", "policy", "prune"})
+OPTION_NAMES = frozenset(_OPTION_NAMES)
 SOURCE_NAMES = ("value", "fromFile", "fromEnv")
 POLICIES = tuple(p.value for p in Policy)
 
@@ -178,10 +179,17 @@ def _json_number(kind: str, text: str, node: Node, file: str | None) -> str:
     return f"{sign}{mantissa}{exponent}"
 
 
+# first characters a plain scalar needs to be anything but a string under the core schema
+_MAYBE_TYPED = frozenset("0123456789+-.~nNtTfF")
+
+
 def _json_scalar(node: Node, file: str | None) -> str:
+    text = node.value or ""
+    if node.tag is None and (not node.plain or (text and text[0] not in _MAYBE_TYPED)):
+        return _json_string(text)  # fast path: certainly a string
     kind, text = resolve_scalar(node, file)
     if kind == "str":
-        return json.dumps(text, ensure_ascii=False)
+        return _json_string(text)
     if kind == "null":
         return "null"
     if kind == "bool":
@@ -204,7 +212,7 @@ def to_json(node: Node, file: str | None) -> str:
                 if not first:
                     append(",")
                 first = False
-                append(json.dumps(k.value or "", ensure_ascii=False))
+                append(_json_string(k.value or ""))
                 append(":")
                 emit(v)
             append("}")
@@ -282,7 +290,7 @@ def compile_entry(key_node: Node, value_node: Node, file: str | None, policy: Po
     if len(sources) != 1:
         what = "none of" if not sources else "more than one of"
         raise _err(
-            f"key '{rel_key}' looks like the long form (only option keys) but has {what} value, fromFile, fromEnv; "
+            f"key '{shown(rel_key)}' looks like the long form (only option keys) but has {what} value, fromFile, fromEnv; "
             "to store such a mapping as JSON, write {value: {...}}",
             value_node, file,
         )
@@ -295,8 +303,8 @@ def compile_entry(key_node: Node, value_node: Node, file: str | None, policy: Po
         pn = opts["policy"]
         text = pn.value if pn.kind == SCALAR else None
         if text not in POLICIES:
-            shown = f" '{text}'" if text is not None and len(text) <= 40 else ""
-            raise _err(f"invalid policy{shown}: expected one of {', '.join(POLICIES)}", pn, file)
+            shown_ = f" '{shown(text, 40)}'" if text is not None else ""
+            raise _err(f"invalid policy{shown_}: expected one of {', '.join(POLICIES)}", pn, file)
         entry.policy = Policy(text)
     src = sources[0]
     if src == "value":
@@ -324,21 +332,21 @@ def resolve_entry(entry: Entry, file: str | None, environ: Mapping[str, str]) ->
                 data = f.read(MAX_FROM_FILE_BYTES + 1)
         except OSError as e:
             raise _err(
-                f"fromFile of key '{entry.rel_key}': cannot read '{entry.from_file}' ({e.strerror or type(e).__name__})",
+                f"fromFile of key '{shown(entry.rel_key)}': cannot read '{shown(entry.from_file)}' ({e.strerror or type(e).__name__})",
                 node, file,
             ) from None
         except ValueError:  # embedded NUL in the path
-            raise _err(f"fromFile of key '{entry.rel_key}': invalid path", node, file) from None
+            raise _err(f"fromFile of key '{shown(entry.rel_key)}': invalid path", node, file) from None
         if len(data) > MAX_FROM_FILE_BYTES:
             raise _err(
-                f"fromFile of key '{entry.rel_key}': '{entry.from_file}' is larger than etcd's request limit", node, file
+                f"fromFile of key '{shown(entry.rel_key)}': '{shown(entry.from_file)}' is larger than etcd's request limit", node, file
             )
         return data
     assert entry.from_env is not None
     node = entry.value_node.get("fromEnv") or entry.value_node
     value = environ.get(entry.from_env)
     if value is None:
-        raise _err(f"fromEnv of key '{entry.rel_key}': environment variable {entry.from_env} is not set", node, file)
+        raise _err(f"fromEnv of key '{shown(entry.rel_key)}': environment variable {shown(entry.from_env)} is not set", node, file)
     if isinstance(value, bytes):
         return value
     return value.encode("utf-8", "surrogateescape")

@@ -47,6 +47,19 @@ _Loader: Any = getattr(yaml, "CSafeLoader", None) or yaml.SafeLoader
 _NOT_PRINTABLE = re.compile("[^\t\n\r\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
+_UNPRINTABLE_IN_MESSAGE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def shown(text: str, limit: int = 200) -> str:
+    """``text`` made safe for a one-line message: control characters and lone surrogates escaped,
+    long text shortened."""
+    if _UNPRINTABLE_IN_MESSAGE.search(text):
+        text = _UNPRINTABLE_IN_MESSAGE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return text
+
+
 class Node:
     """One YAML node. ``items`` is a list of (key, value) node pairs for a map, of nodes for a seq."""
 
@@ -169,12 +182,12 @@ def _check_tag(tag: str | None, kind: str, event: Any, file: str) -> str | None:
     if ok:
         return tag
     line, column = _mark(event)
-    shown = "!!" + tag[len(CORE_TAG_PREFIX):] if tag.startswith(CORE_TAG_PREFIX) else tag
+    tag_text = shown("!!" + tag[len(CORE_TAG_PREFIX):] if tag.startswith(CORE_TAG_PREFIX) else tag, 100)
     if tag in SCALAR_TAGS or tag in (MAP_TAG, SEQ_TAG):
         what = {SCALAR: "a scalar", MAP: "a mapping", SEQ: "a list"}[kind]
-        raise ManifestError(f"tag '{shown}' cannot be used on {what}", file, line, column)
+        raise ManifestError(f"tag '{tag_text}' cannot be used on {what}", file, line, column)
     raise ManifestError(
-        f"tag '{shown}' is not allowed (only the YAML core tags !!str, !!int, !!float, !!bool, !!null, !!map, !!seq)",
+        f"tag '{tag_text}' is not allowed (only the YAML core tags !!str, !!int, !!float, !!bool, !!null, !!map, !!seq)",
         file, line, column,
     )
 
@@ -247,7 +260,7 @@ def _iter_documents(text: str, file: str) -> Iterator[Document]:
             first = seen.get(text_)
             if first is not None:
                 raise ManifestError(
-                    f"duplicate key '{text_}' (first defined at line {first.line})", file, node.line, node.column
+                    f"duplicate key '{shown(text_)}' (first defined at line {first.line})", file, node.line, node.column
                 )
             seen[text_] = node
             frame.key = node
@@ -255,19 +268,42 @@ def _iter_documents(text: str, file: str) -> Iterator[Document]:
             parent.items.append((frame.key, node))
             frame.key = None
 
+    scalar_event = yaml.ScalarEvent
     for event in yaml.parse(text, Loader=_Loader):
         cls = type(event)
-        if cls is yaml.ScalarEvent:
-            line, column = _mark(event)
-            style = event.style
+        if cls is scalar_event:
+            # the hot path (most events are scalars): attach() inlined
+            m = event.start_mark
             tag = event.tag
             if tag is not None:
                 # a plain scalar's implicit tag is never set; "!" (non-specific) is an explicit tag too
                 tag = _check_tag(tag, SCALAR, event, file)
-            node = Node(SCALAR, event.value, not style, tag, line, column)
+            node = Node(SCALAR, event.value, not event.style, tag, m.line + 1, m.column + 1)
             if event.anchor is not None:
                 anchors[event.anchor] = node
-            attach(node, event)
+            if not stack:
+                root = node
+                continue
+            frame = stack[-1]
+            parent = frame.node
+            parent.size += 1
+            seen = frame.seen
+            if seen is None:
+                parent.items.append(node)
+            elif frame.key is None:
+                text_ = node.value or ""
+                if text_ == "<<" and node.plain and tag is None:
+                    raise ManifestError("merge keys ('<<') are not supported: write the values explicitly", file, node.line, node.column)
+                first = seen.get(text_)
+                if first is not None:
+                    raise ManifestError(
+                        f"duplicate key '{shown(text_)}' (first defined at line {first.line})", file, node.line, node.column
+                    )
+                seen[text_] = node
+                frame.key = node
+            else:
+                parent.items.append((frame.key, node))
+                frame.key = None
         elif cls is yaml.MappingStartEvent or cls is yaml.SequenceStartEvent:
             kind = MAP if cls is yaml.MappingStartEvent else SEQ
             line, column = _mark(event)
@@ -287,9 +323,9 @@ def _iter_documents(text: str, file: str) -> Iterator[Document]:
             line, column = _mark(event)
             target = anchors.get(event.anchor)
             if target is None:
-                raise ManifestError(f"undefined alias '*{event.anchor}'", file, line, column)
+                raise ManifestError(f"undefined alias '*{shown(event.anchor, 100)}'", file, line, column)
             if target.open:
-                raise ManifestError(f"recursive alias '*{event.anchor}' (it refers to a node that contains it)", file, line, column)
+                raise ManifestError(f"recursive alias '*{shown(event.anchor, 100)}' (it refers to a node that contains it)", file, line, column)
             expanded += target.size
             if expanded > MAX_ALIAS_NODES:
                 raise ManifestError(

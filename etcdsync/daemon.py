@@ -1,0 +1,486 @@
+"""`etcdsync run`: the continuous reconciler.
+
+Triggers (a manifest file changed, an etcd event on a declared or owned prefix, the resync timer, a
+watch that had to restart) all lead to the same level-triggered reconcile. Drift on a declared key is
+repaired from the watch event itself. Live instances (ttl/check) are held under leases while their
+check passes. etcd being away is survived with capped exponential backoff; a manifest that fails to
+load keeps the last good state. With --leader-elect only the elected daemon writes, and each of its
+writes is fenced on its election key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .apply import minimal_prefixes
+from .checks import Checker
+from .errors import EtcdConnectionError, EtcdsyncError, ManifestError
+from .inventory import InventoryError, inventory_prefix
+from .lease import LeasedKeys
+from .metrics import HttpServer, Metrics
+from .model import DesiredState, ServiceInstance
+from .plan import Options
+from .reconcile import Reconciler, Status
+from .settings import Connection
+from .store import CompactedError, Compare, Store, WatchEvent, created_at
+
+log = logging.getLogger("etcdsync.daemon")
+
+BACKOFF_MIN, BACKOFF_MAX = 0.2, 10.0
+DEFAULT_CHECKED_TTL = 10.0
+
+
+@dataclass
+class DaemonSettings:
+    """Everything `etcdsync run` was asked to do."""
+
+    paths: Sequence[str]
+    """Manifest files or directories (-f)."""
+    applyset_flag: str | None = None
+    """--applyset; else the ApplySet document; else 'default'."""
+    reserved: str = "/.etcdsync/"
+    """Where inventories and election keys live."""
+    options: Options = field(default_factory=Options)
+    """Ownership and deletion-guard options, as for `apply`."""
+    resync: float = 300.0
+    """Seconds between full reconciles even when nothing was noticed."""
+    debounce: float = 0.2
+    """Seconds of quiet after a manifest file change before it is reloaded."""
+    metrics_addr: str | None = None
+    """host:port for /healthz, /readyz and /metrics."""
+    leader_elect: bool = False
+    """Run as one of several daemons on the same apply set; only the leader writes."""
+    election_ttl: float = 5.0
+    """Lease TTL of the election key: how fast a dead leader is replaced."""
+    watchdog: float = 10.0
+    """Seconds between probes that detect a watch which went silent."""
+
+
+class Daemon:
+    def __init__(self, conn: Connection, settings: DaemonSettings, load: callable) -> None:  # type: ignore[valid-type]
+        self.conn = conn
+        self.s = settings
+        self.load = load                                # paths -> DesiredState (raises ManifestError)
+        self.metrics = Metrics()
+        self.status = Status(leader=not settings.leader_elect)
+        self.desired: DesiredState | None = None        # last successfully loaded manifests
+        self.applyset = "default"
+        self.store = Store(conn)
+        self.reconciler: Reconciler | None = None
+        self._trigger = asyncio.Event()
+        self._watch_restart = asyncio.Event()
+        self._reconciled = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._leases: dict[float, LeasedKeys] = {}
+        self._checkers: dict[str, Checker] = {}
+        self._live: dict[str, ServiceInstance] = {}
+        self._registered: set[str] = set()
+        self._election_key: str | None = None
+        self._election_rev = 0
+        self._election: LeasedKeys | None = None
+        self.http: HttpServer | None = None
+
+    # -- readiness ------------------------------------------------------------------
+
+    def readiness(self) -> tuple[bool, dict[str, object]]:
+        st = self.status
+        detail: dict[str, object] = {
+            "manifests": st.manifests_error or "ok",
+            "etcd": st.etcd_error or "ok",
+            "reconcile": st.reconcile_error or ("ok" if st.last_success else "pending"),
+            "leader": st.leader,
+            "applyset": self.applyset,
+            "lastSuccess": st.last_success,
+        }
+        ok = st.manifests_error is None and st.etcd_error is None and st.reconcile_error is None and (
+            st.last_success is not None or (self.s.leader_elect and not st.leader))
+        self.metrics.ready.set(1 if ok else 0)
+        return ok, detail
+
+    def fences(self) -> list[Compare]:
+        if not self.s.leader_elect:
+            return []
+        if self._election_key is None or not self._election_rev:
+            return [created_at(f"{self.s.reserved}election/-never-", -1)]
+        return [created_at(self._election_key, self._election_rev)]
+
+    # -- main -----------------------------------------------------------------------
+
+    async def run(self) -> int:
+        from .cli import resolve_applyset  # the same rule as the one-shot commands
+
+        self.desired = self.load(self.s.paths)          # a bad manifest at start-up is exit 2
+        self.applyset, origin = resolve_applyset(self.s.applyset_flag, self.desired)
+        self.metrics.manifest_valid.set(1)
+        if origin == "default":
+            log.warning("applyset: 'default' (no --applyset and no ApplySet document)")
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        if self.s.metrics_addr:
+            self.http = HttpServer(self.s.metrics_addr, self.metrics, self.readiness)
+            await self.http.start()
+            log.info("serving /healthz /readyz /metrics on %s:%d", self.http.host, self.http.port)
+        self.reconciler = Reconciler(self.store, applyset=self.applyset, reserved=self.s.reserved,
+                                     options=self.s.options, metrics=self.metrics, status=self.status,
+                                     fences=self.fences)
+        files = asyncio.create_task(self._files(), name="files")
+        main = asyncio.create_task(self._main(), name="main")
+        log.info("etcdsync run: apply set %r, %d keys, %d live instances, endpoints %s", self.applyset,
+                 len(self.desired.keys), len(self.desired.live), ",".join(self.conn.endpoints))
+        await self._stop.wait()
+        log.info("stopping: revoking leases of live instances; config keys stay")
+        for t in (files, main):
+            t.cancel()
+        for t in (files, main):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        await self._stop_live()
+        if self._election is not None:
+            await self._election.close(revoke=True)
+        if self.http is not None:
+            await self.http.close()
+        await self.store.close()
+        log.info("stopped")
+        return 0
+
+    async def _connect(self) -> None:
+        backoff = BACKOFF_MIN
+        while True:
+            try:
+                await self.store.connect()
+                return
+            except EtcdConnectionError as exc:
+                self.status.etcd_error = str(exc)
+                log.error("connect: %s; retrying in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+
+    async def _main(self) -> None:
+        """Campaign when asked to, then do the work while we may write."""
+        await self._connect()
+        while True:
+            if self.s.leader_elect:
+                await self._campaign()
+            work = [asyncio.create_task(self._reconcile_loop(), name="reconcile"),
+                    asyncio.create_task(self._watch_loop(), name="watch"),
+                    asyncio.create_task(self._resync_loop(), name="resync")]
+            if self.s.leader_elect:
+                work.append(asyncio.create_task(self._hold_leadership(), name="leadership"))
+            done, pending = await asyncio.wait(work, return_when=asyncio.FIRST_COMPLETED)
+            for t in pending:
+                t.cancel()
+            for t in pending:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+            for t in done:
+                if t.exception() is not None:
+                    log.error("%s stopped: %s", t.get_name(), t.exception())
+            if self.s.leader_elect:
+                await self._stop_live()      # the new leader registers them under its own lease
+            else:
+                await asyncio.sleep(BACKOFF_MIN)
+            self.status.leader = not self.s.leader_elect
+
+    # -- triggers -------------------------------------------------------------------
+
+    def trigger(self) -> None:
+        self._trigger.set()
+
+    async def _resync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.s.resync)
+            log.debug("resync timer")
+            self.trigger()
+
+    async def _files(self) -> None:
+        from watchfiles import awatch
+
+        roots = sorted({str(p if Path(p).is_dir() else Path(p).resolve().parent) for p in self.s.paths})
+        async for _changes in awatch(*roots, debounce=int(self.s.debounce * 1000), step=50,
+                                     stop_event=None, recursive=True):
+            try:
+                desired = self.load(self.s.paths)
+            except ManifestError as exc:
+                self.status.manifests_error = str(exc)
+                self.metrics.manifest_valid.set(0)
+                self.metrics.errors.labels("manifest").inc()
+                log.error("manifests: %s; keeping the last good state", exc)
+                continue
+            self.status.manifests_error = None
+            self.metrics.manifest_valid.set(1)
+            self.desired = desired
+            log.info("manifests changed: %d keys, %d live instances", len(desired.keys), len(desired.live))
+            self.trigger()
+
+    # -- full reconcile ---------------------------------------------------------------
+
+    async def _reconcile_loop(self) -> None:
+        assert self.reconciler is not None
+        backoff = BACKOFF_MIN
+        self.trigger()
+        while True:
+            await self._trigger.wait()
+            self._trigger.clear()
+            desired = self.desired
+            assert desired is not None
+            try:
+                outcome = await self.reconciler.full(desired)
+                await self._sync_live(self.reconciler.active or desired)
+            except (EtcdConnectionError, InventoryError) as exc:
+                self.status.etcd_error = str(exc)
+                self.metrics.errors.labels("etcd").inc()
+                self.metrics.reconciles.labels("error").inc()
+                log.error("reconcile: %s; retrying in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                self.trigger()
+                continue
+            except EtcdsyncError as exc:
+                self.metrics.errors.labels("other").inc()
+                self.status.reconcile_error = str(exc)
+                log.error("reconcile: %s", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
+            self.status.etcd_error = None
+            backoff = BACKOFF_MIN
+            if outcome is not None:
+                self._reconciled.set()
+                self._watch_restart.set()
+
+    # -- watches --------------------------------------------------------------------
+
+    def _watch_prefixes(self) -> list[str]:
+        desired = self.reconciler.active if self.reconciler and self.reconciler.active else self.desired
+        assert desired is not None
+        prefixes = set(desired.prefixes) | {i.prefix for i in desired.live}
+        prefixes.add(inventory_prefix(self.s.reserved, self.applyset))
+        return minimal_prefixes(prefixes)
+
+    async def _watch_loop(self) -> None:
+        """Watch every prefix from the revision after the last full read; restart when the set changes."""
+        assert self.reconciler is not None
+        backoff = BACKOFF_MIN
+        await self._reconciled.wait()
+        start = self.reconciler.revision + 1
+        while True:
+            prefixes = self._watch_prefixes()
+            seen = {p: start - 1 for p in prefixes}
+            tasks = [asyncio.create_task(self._watch_one(p, start, seen), name=f"watch {p}") for p in prefixes]
+            tasks.append(asyncio.create_task(self._watchdog(prefixes, seen), name="watchdog"))
+            failure: BaseException | None = None
+            while True:
+                self._watch_restart.clear()
+                restart = asyncio.create_task(self._watch_restart.wait())
+                done, _ = await asyncio.wait([*tasks, restart], return_when=asyncio.FIRST_COMPLETED)
+                if restart not in done:
+                    restart.cancel()
+                failure = next((t.exception() for t in done if t is not restart and t.exception()), None)
+                if failure is not None or any(t in done for t in tasks):
+                    break
+                if self._watch_prefixes() != prefixes:
+                    break
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+            last = min(seen.values()) if seen else start - 1
+            if isinstance(failure, CompactedError):
+                log.warning("%s; full re-read", failure)
+                self._reconciled.clear()
+                self.trigger()
+                await self._reconciled.wait()
+                start = self.reconciler.revision + 1
+                continue
+            if failure is not None:
+                self.status.etcd_error = f"watch: {failure}"
+                log.warning("watch: %s; resuming from revision %d in %.1fs", failure, last + 1, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                start = last + 1
+                self.trigger()
+                continue
+            backoff = BACKOFF_MIN
+            # the prefixes changed: new ones start after the last full read, which covered them
+            start = min(last + 1, self.reconciler.revision + 1)
+
+    async def _watch_one(self, prefix: str, start: int, seen: dict[str, int]) -> None:
+        assert self.reconciler is not None
+        async for batch in self.store.watch_prefix(prefix, start_revision=start):
+            received = time.perf_counter()
+            seen[prefix] = max(seen[prefix], batch.revision if batch.progress else
+                               max(ev.kv.mod_revision for ev in batch.events))
+            self.status.etcd_error = None
+            for ev in batch.events:
+                await self._on_event(ev, received)
+
+    async def _on_event(self, ev: WatchEvent, received: float) -> None:
+        assert self.reconciler is not None
+        key = ev.kv.key
+        if key in self._live:
+            if key in self._registered:
+                inst = self._live[key]
+                if ev.type == "delete" or ev.kv.value != inst.value:
+                    log.warning("%s: live registration %s externally; restoring", key,
+                                "deleted" if ev.type == "delete" else "changed")
+                    await self._lease_for(inst).refresh(key)
+            return
+        if key.startswith(self.s.reserved):
+            # another writer changed our inventory (a concurrent apply): re-read everything
+            if ev.kv.mod_revision > self.reconciler.revision:
+                self.trigger()
+            return
+        result = await self.reconciler.repair(ev, received)
+        if result is False:
+            self.trigger()
+
+    async def _watchdog(self, prefixes: list[str], seen: dict[str, int]) -> None:
+        """A watch that silently stopped delivering: the prefix changed but no event came. Restart it."""
+        suspect: dict[str, int] = {}
+        while True:
+            await asyncio.sleep(self.s.watchdog)
+            for p in prefixes:
+                latest, _ = await self.store.latest_mod_revision(p)
+                if latest > seen[p]:
+                    if suspect.get(p) == latest:
+                        raise EtcdConnectionError(f"watch on {p} is silent (missed revision {latest})")
+                    suspect[p] = latest
+                else:
+                    suspect.pop(p, None)
+
+    # -- live instances ---------------------------------------------------------------
+
+    def _lease_for(self, inst: ServiceInstance) -> LeasedKeys:
+        ttl = inst.ttl or DEFAULT_CHECKED_TTL
+        leased = self._leases.get(ttl)
+        if leased is None:
+            leased = self._leases[ttl] = LeasedKeys(self.store, ttl, fences=self.fences)
+        return leased
+
+    async def _sync_live(self, desired: DesiredState) -> None:
+        wanted = {i.key: i for i in desired.live}
+        for key in list(self._live):
+            if key not in wanted or wanted[key] != self._live[key]:
+                await self._drop_live(key)
+        for key, inst in wanted.items():
+            if key in self._live:
+                continue
+            self._live[key] = inst
+            leased = self._lease_for(inst)
+            if not leased.lease_id:
+                await leased.start()
+            if inst.check is None:
+                await leased.put(key, inst.value)
+                self._registered.add(key)
+            else:
+                checker = Checker(inst.check, inst.host, inst.port, self._check_callback(key), name=key)
+                self._checkers[key] = checker
+                checker.start()
+        self.metrics.live_instances.set(len(self._registered))
+
+    def _check_callback(self, key: str):  # type: ignore[no-untyped-def]
+        async def on_state(up: bool) -> None:
+            inst = self._live.get(key)
+            if inst is None:
+                return
+            leased = self._lease_for(inst)
+            if up:
+                await leased.put(key, inst.value)
+                self._registered.add(key)
+                log.info("%s: registered (check passes)", key)
+            else:
+                was = key in self._registered
+                self._registered.discard(key)
+                await leased.remove(key)
+                if was:
+                    log.warning("%s: deregistered (check fails)", key)
+            self.metrics.live_instances.set(len(self._registered))
+
+        return on_state
+
+    async def _drop_live(self, key: str) -> None:
+        inst = self._live.pop(key)
+        checker = self._checkers.pop(key, None)
+        if checker is not None:
+            await checker.stop()
+        self._registered.discard(key)
+        with contextlib.suppress(EtcdsyncError):
+            await self._lease_for(inst).remove(key)
+
+    async def _stop_live(self) -> None:
+        for checker in self._checkers.values():
+            await checker.stop()
+        self._checkers.clear()
+        for leased in self._leases.values():
+            with contextlib.suppress(Exception):
+                await leased.close(revoke=True)
+        self._leases.clear()
+        self._live.clear()
+        self._registered.clear()
+        self.metrics.live_instances.set(0)
+
+    # -- leader election ----------------------------------------------------------------
+
+    def _election_prefix(self) -> str:
+        return f"{self.s.reserved}election/{self.applyset}/"
+
+    async def _campaign(self) -> None:
+        """Put our candidate key under a lease and wait until it has the lowest create_revision."""
+        import secrets
+
+        self.status.leader = False
+        self.metrics.leader.set(0)
+        while True:
+            try:
+                if self._election is None:
+                    self._election_key = f"{self._election_prefix()}{secrets.token_hex(8)}"
+                    self._election = LeasedKeys(self.store, self.s.election_ttl)
+                    self._election.items[self._election_key] = b"candidate"
+                    await self._election.start()
+                    log.info("leader election: campaigning as %s", self._election_key)
+                if await self._is_leader():
+                    self.status.leader = True
+                    self.metrics.leader.set(1)
+                    log.info("leader election: elected (%s)", self._election_key)
+                    return
+            except EtcdConnectionError as exc:
+                self.status.etcd_error = str(exc)
+                log.warning("leader election: %s", exc)
+            await asyncio.sleep(min(1.0, self.s.election_ttl / 5))
+
+    async def _is_leader(self) -> bool:
+        kvs, _ = await self.store.get_prefix(self._election_prefix())
+        mine = next((kv for kv in kvs if kv.key == self._election_key), None)
+        if mine is None:
+            self._election_rev = 0
+            return False
+        first = min(kvs, key=lambda kv: kv.create_revision)
+        if first.key == self._election_key:
+            self._election_rev = mine.create_revision
+            return True
+        return False
+
+    async def _hold_leadership(self) -> None:
+        """Return (ending the work) as soon as we are no longer the leader."""
+        while True:
+            await asyncio.sleep(min(1.0, self.s.election_ttl / 5))
+            try:
+                still = await self._is_leader()
+            except EtcdConnectionError as exc:
+                log.warning("leader election: %s", exc)
+                continue
+            if not still:
+                log.warning("leader election: lost leadership; stopping writes")
+                self.status.leader = False
+                self.metrics.leader.set(0)
+                self._election_rev = 0
+                return

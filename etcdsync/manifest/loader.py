@@ -1,0 +1,493 @@
+"""Manifest files -> documents -> DesiredState.
+
+Pipeline: ``collect_files`` (one layer per ``-f`` path) -> read + parse each file into positioned node
+trees (``yamlnodes``) -> per document: apiVersion/kind, schema validation (``schema``), and compilation
+into keys (``values``; fromFile/fromEnv are *not* read yet) -> overlays (a later layer's document with
+the same kind and name replaces the earlier one whole) -> for the surviving documents: read
+fromFile/fromEnv, check sizes, reject an etcd key declared twice -> DesiredState.
+
+Every failure is a ManifestError with file, line and column; nothing else escapes ``load_manifests``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import math
+import os
+import re
+import stat
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from etcdsync.errors import ManifestError
+from etcdsync.instances import encode_instance, grpc_addr, instance_key
+from etcdsync.model import DesiredKey, DesiredState, HealthCheck, Policy, ServiceInstance, Source
+
+from . import values
+from .schema import API_VERSION, KINDS, validate_document
+from .yamlnodes import MAP, SCALAR, SEQ, Document, Node, iter_documents, read_file
+from .yamlnodes import shown as _show
+
+# etcd's default --max-request-bytes (1.5 MiB), minus 1 KiB for the request's own overhead.
+MAX_KEY_VALUE_BYTES = 1536 * 1024 - 1024
+
+DEFAULT_JSON_PREFIX = "/services/"
+DEFAULT_GRPC_PREFIX = "services/"
+
+_BAD_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# anything wrong with a relative key: control characters, lone surrogates, a leading '/', '.'/'..' segments
+_BAD_KEY = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]|^/|(?:^|/)\\.\\.?(?:/|$)")
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_DURATION = re.compile(r"(?:[0-9]+(?:\.[0-9]+)?(?:ms|s|m|h))+")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+# ------------------------------------------------------------------------------------------------
+# files
+
+def _walk(root: Path) -> list[Path]:
+    found: list[Path] = []
+    seen_dirs: set[str] = set()
+    todo = [root]
+    while todo:
+        d = todo.pop()
+        try:
+            real = os.path.realpath(d)
+            if real in seen_dirs:  # a symlink loop
+                continue
+            seen_dirs.add(real)
+            with os.scandir(d) as it:
+                entries = list(it)
+        except OSError as e:
+            raise ManifestError(f"cannot read manifest directory: {e.strerror or type(e).__name__}", str(d)) from None
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                is_dir = entry.is_dir()  # follows symlinks
+                is_file = entry.is_file()
+            except OSError:
+                continue
+            if is_dir:
+                todo.append(Path(entry.path))
+            elif is_file and entry.name.lower().endswith((".yaml", ".yml")):
+                found.append(Path(entry.path))
+    found.sort(key=lambda p: p.relative_to(root).parts)
+    return found
+
+
+def collect_files(paths: Sequence[str | os.PathLike[str]]) -> list[list[Path]]:
+    """One list of manifest files per ``-f`` path: the file itself, or the ``*.yaml``/``*.yml`` files
+    of a directory, recursively, sorted by relative path (hidden files and directories skipped)."""
+    layers: list[list[Path]] = []
+    for p in paths:
+        path = Path(p)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            raise ManifestError(f"manifest path not found: {os.fspath(p)}", os.fspath(p)) from None
+        except (OSError, ValueError) as e:
+            reason = getattr(e, "strerror", None) or type(e).__name__
+            raise ManifestError(f"cannot access manifest path {os.fspath(p)}: {reason}", os.fspath(p)) from None
+        layers.append(_walk(path) if stat.S_ISDIR(st.st_mode) else [path])
+    return layers
+
+
+# ------------------------------------------------------------------------------------------------
+# compiled documents
+
+@dataclass(slots=True)
+class _Doc:
+    kind: str
+    name: str
+    file: str
+    source: Source
+    statics: list[DesiredKey] = field(default_factory=list)            # value known
+    deferred: list[tuple[DesiredKey, values.Entry]] = field(default_factory=list)  # fromFile/fromEnv
+    live: list[ServiceInstance] = field(default_factory=list)
+    prefixes: list[str] = field(default_factory=list)
+
+    @property
+    def ident(self) -> str:
+        return f"{self.kind}/{self.name}"
+
+
+def _src(file: str, node: Node) -> Source:
+    return Source(file, node.line, node.column)
+
+
+def _err(message: str, file: str, node: Node) -> ManifestError:
+    return ManifestError(message, file, node.line, node.column)
+
+
+def _check_prefix(prefix: str, what: str, file: str, node: Node, reserved: str) -> None:
+    if _BAD_CHARS.search(prefix):
+        raise _err(f"{what} '{_show(prefix)}' contains a control character", file, node)
+    if any(seg in (".", "..") for seg in prefix.split("/")):
+        raise _err(f"{what} '{_show(prefix)}' contains a '.' or '..' path segment", file, node)
+    if reserved and prefix.startswith(reserved):
+        raise _err(f"{what} '{_show(prefix)}' is under etcdsync's reserved prefix {reserved}", file, node)
+
+
+def _check_name(name: str, what: str, file: str, node: Node) -> None:
+    if not name:
+        raise _err(f"{what} must not be empty", file, node)
+    if _BAD_CHARS.search(name):
+        raise _err(f"{what} '{_show(name)}' contains a control character", file, node)
+    if "/" in name:
+        raise _err(f"{what} '{_show(name)}' must not contain '/'", file, node)
+    if name == "." or ".." in name:
+        raise _err(f"{what} '{_show(name)}' must not be '.' or contain '..'", file, node)
+
+
+def _check_full_key(key: str, file: str, node: Node, reserved: str) -> None:
+    if reserved and key.startswith(reserved):
+        raise _err(f"key '{_show(key)}' is under etcdsync's reserved prefix {reserved}", file, node)
+
+
+def parse_duration(value: Any) -> float | None:
+    """Seconds from "10s", "1.5s", "500ms", "1m30s", "2h" or a number; None when invalid or <= 0."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str) and _DURATION.fullmatch(value):
+        seconds = sum(float(n) * _UNIT[u] for n, u in _DURATION_PART.findall(value))
+    else:
+        return None
+    if not math.isfinite(seconds) or seconds <= 0:
+        return None
+    return seconds
+
+
+def _duration(value: Any, where: str, file: str, node: Node) -> float:
+    seconds = parse_duration(value)
+    if seconds is None:
+        raise _err(f"{where} is not a valid duration: use e.g. 10s, 1m30s, 500ms or a number of seconds (> 0)", file, node)
+    return seconds
+
+
+def _health_check(plain: Mapping[str, Any], where: str, file: str, node: Node) -> HealthCheck:
+    kwargs: dict[str, Any] = {}
+    for opt in ("interval", "timeout"):
+        if opt in plain:
+            kwargs[opt] = _duration(plain[opt], f"{where}.{opt}", file, node.get(opt) or node)
+    if "failures" in plain:
+        kwargs["failures"] = plain["failures"]
+    if "http" in plain:
+        path = plain["http"]
+        if _BAD_CHARS.search(path) or " " in path:
+            raise _err(f"{where}.http must be a URL path without spaces or control characters", file, node.get("http") or node)
+        return HealthCheck("http", path, **kwargs)
+    return HealthCheck("tcp", None, **kwargs)
+
+
+def _compile_configset(doc: _Doc, root: Node, spec: Mapping[str, Any], reserved: str) -> None:
+    file = doc.file
+    spec_node = root.get("spec")
+    assert spec_node is not None
+    prefix_node = spec_node.get("prefix") or spec_node
+    prefix: str = spec["prefix"]
+    _check_prefix(prefix, "prefix", file, prefix_node, reserved)
+    doc.prefixes.append(prefix)
+    policy = Policy(spec.get("policy", "enforce"))
+    prune = bool(spec.get("prune", True))
+    data = spec_node.get("data")
+    if data is None or data.kind != MAP:
+        return
+    ident = doc.ident
+    statics = doc.statics
+    for key_node, value_node in data.items:
+        rel = key_node.value or ""
+        if not rel or _BAD_KEY.search(rel):
+            _reject_key(rel, file, key_node)
+        full = prefix + rel
+        if reserved and full.startswith(reserved):
+            _check_full_key(full, file, key_node, reserved)
+        source = Source(file, key_node.line, key_node.column)
+        if value_node.kind == SCALAR and value_node.tag is None:
+            # fast path: the text rule
+            try:
+                value = (value_node.value or "").encode("utf-8")
+            except UnicodeEncodeError:
+                value = values.encode_text(value_node.value or "", value_node, file)
+            _check_size(full, value, source)
+            statics.append(DesiredKey(full, value, prefix, policy, prune, False, ident, source))
+            continue
+        entry = values.compile_entry(key_node, value_node, file, policy, prune)
+        dk = DesiredKey(full, entry.value or b"", prefix, entry.policy, entry.prune, entry.secret, ident, source)
+        if entry.value is None:
+            doc.deferred.append((dk, entry))
+        else:
+            _check_size(full, entry.value, source)
+            statics.append(dk)
+
+
+def _reject_key(rel: str, file: str, key_node: Node) -> None:
+    if not rel:
+        raise _err("empty key in data", file, key_node)
+    if _BAD_CHARS.search(rel):
+        raise _err(f"key '{_show(rel)}' contains a control character or lone surrogate (NUL, newline, ...)", file, key_node)
+    if rel.startswith("/"):
+        raise _err(f"key '{_show(rel)}' must be relative to the prefix (remove the leading '/')", file, key_node)
+    raise _err(f"key '{_show(rel)}' contains a '.' or '..' path segment (keys must stay under their prefix)", file, key_node)
+
+
+def _check_size(key: str, value: bytes, source: Source) -> None:
+    size = len(key) + len(value)
+    if size > MAX_KEY_VALUE_BYTES // 4:  # cheap bound first: a str char is at most 4 UTF-8 bytes
+        size = len(key.encode("utf-8", "surrogatepass")) + len(value)
+        if size > MAX_KEY_VALUE_BYTES:
+            raise ManifestError(
+                f"key '{_show(key)}' is too large: key and value are {size} bytes, over etcd's request limit "
+                f"({MAX_KEY_VALUE_BYTES} bytes)",
+                source.file, source.line, source.column,
+            )
+
+
+def _compile_service(doc: _Doc, root: Node, spec: Mapping[str, Any], reserved: str) -> None:
+    file = doc.file
+    spec_node = root.get("spec")
+    assert spec_node is not None
+    meta_node = root.get("metadata")
+    name_node = (meta_node.get("name") if meta_node is not None else None) or root
+    _check_name(doc.name, "service name", file, name_node)
+    fmt: str = spec.get("format", "json")
+    prefix_node = spec_node.get("prefix") or spec_node
+    prefix: str = spec.get("prefix", DEFAULT_GRPC_PREFIX if fmt == "grpc" else DEFAULT_JSON_PREFIX)
+    if fmt == "grpc" and prefix.startswith("/"):
+        raise _err(
+            f"prefix '{_show(prefix)}' must not start with '/' for the grpc format: gRPC's etcd resolver strips one "
+            f"leading slash from the target (use e.g. '{_show(prefix[1:])}')",
+            file, prefix_node,
+        )
+    if fmt == "json" and not prefix.startswith("/"):
+        raise _err(f"prefix '{_show(prefix)}' must start with '/' (e.g. /services/)", file, prefix_node)
+    _check_prefix(prefix, "prefix", file, prefix_node, reserved)
+    svc_prefix = f"{prefix}{doc.name}/"
+    _check_prefix(svc_prefix, "service prefix", file, prefix_node, reserved)
+    doc.prefixes.append(svc_prefix)
+
+    spec_ttl = _duration(spec["ttl"], "spec.ttl", file, spec_node.get("ttl") or spec_node) if "ttl" in spec else None
+    spec_check = _health_check(spec["check"], "spec.check", file, spec_node.get("check") or spec_node) if "check" in spec else None
+
+    inst_list = spec_node.get("instances")
+    if inst_list is None or inst_list.kind != SEQ:
+        return
+    seen_ids: dict[str, Node] = {}
+    for i, inst_node in enumerate(inst_list.items):
+        where = f"spec.instances[{i}]"
+        inst = values.to_python(inst_node, file)
+        host: str = inst["host"]
+        port: int = inst["port"]
+        host_node = inst_node.get("host") or inst_node
+        if _BAD_CHARS.search(host) or "/" in host or " " in host:
+            raise _err(f"{where}.host '{_show(host)}' must not contain '/', spaces or control characters", file, host_node)
+        id_node = inst_node.get("id")
+        if id_node is not None:
+            id_: str = id_node.value or ""
+            _check_name(id_, "instance id", file, id_node)
+        else:
+            id_ = grpc_addr(host, port)
+        first = seen_ids.get(id_)
+        if first is not None:
+            raise _err(
+                f"duplicate instance id '{_show(id_)}' in service '{doc.name}' (first at line {first.line})",
+                file, id_node or inst_node,
+            )
+        seen_ids[id_] = id_node or inst_node
+        metadata_json: str | None = None
+        metadata: Any = None
+        meta_node = inst_node.get("metadata")
+        if meta_node is not None and not meta_node.is_null:
+            metadata_json = values.to_json(meta_node, file)
+            metadata = json.loads(metadata_json)
+        value = encode_instance(fmt, host, port, metadata_json=metadata_json)
+        key = instance_key(prefix, doc.name, id_, fmt, host, port)
+        _check_full_key(key, file, inst_node, reserved)
+        ttl = _duration(inst["ttl"], f"{where}.ttl", file, inst_node.get("ttl") or inst_node) if "ttl" in inst else spec_ttl
+        check = (
+            _health_check(inst["check"], f"{where}.check", file, inst_node.get("check") or inst_node)
+            if "check" in inst else spec_check
+        )
+        source = _src(file, inst_node)
+        if ttl is None and check is None:
+            _check_size(key, value, source)
+            doc.statics.append(DesiredKey(key, value, svc_prefix, Policy.ENFORCE, True, False, doc.ident, source))
+        else:
+            doc.live.append(
+                ServiceInstance(
+                    service=doc.name, id=id_, host=host, port=port, key=key, value=value, prefix=svc_prefix,
+                    format=fmt, metadata=metadata, ttl=ttl, check=check, document=doc.ident, source=source,
+                )
+            )
+
+
+def _skip_data(path: tuple[Any, ...], node: Node) -> Any:
+    # keep the (possibly huge) data mapping out of schema validation: values.py checks its values
+    if path == ("spec", "data") and node.kind == MAP:
+        return {}
+    return None
+
+
+def _compile_document(d: Document, reserved: str) -> _Doc:
+    root, file = d.root, d.file
+    if root.kind != MAP:
+        raise _err("a manifest document must be a mapping (apiVersion, kind, metadata, spec)", file, root)
+    for field_ in ("apiVersion", "kind"):
+        if root.get(field_) is None:
+            raise _err(f"missing required field '{field_}'", file, root)
+    api_node = root.get("apiVersion")
+    kind_node = root.get("kind")
+    assert api_node is not None and kind_node is not None
+    api = api_node.value if api_node.kind == SCALAR else None
+    if api != API_VERSION:
+        shown = f" '{_show(api)}'" if api is not None else ""
+        raise _err(f"unknown apiVersion{shown} (expected {API_VERSION})", file, api_node)
+    kind = kind_node.value if kind_node.kind == SCALAR else None
+    if kind not in KINDS:
+        shown = f" '{_show(kind)}'" if kind is not None else ""
+        raise _err(f"unknown kind{shown} (expected one of {', '.join(KINDS)})", file, kind_node)
+    plain = values.to_python(root, file, skip=_skip_data)
+    validate_document(kind, plain, root, file)
+    name: str = plain["metadata"]["name"]
+    meta_node = root.get("metadata")
+    name_node = (meta_node.get("name") if meta_node is not None else None) or root
+    if _BAD_CHARS.search(name):
+        raise _err(f"metadata.name '{_show(name)}' contains a control character", file, name_node)
+    doc = _Doc(kind, name, file, _src(file, root))
+    spec = plain.get("spec") or {}
+    if kind == "ConfigSet":
+        _compile_configset(doc, root, spec, reserved)
+    elif kind == "Service":
+        _compile_service(doc, root, spec, reserved)
+    else:
+        _check_name(name, "apply set name", file, name_node)
+    return doc
+
+
+# ------------------------------------------------------------------------------------------------
+# load
+
+class _Ctx:
+    file: str | None = None
+
+
+def load_manifests(
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    environ: Mapping[str, str] | None = None,
+    reserved_prefix: str = "/.etcdsync/",
+) -> DesiredState:
+    """Load, validate and overlay the manifests of ``paths`` (one layer each) into a DesiredState.
+
+    Raises only ManifestError (file, line, column), whose message never contains a secret value.
+    """
+    ctx = _Ctx()
+    # Loading creates ~10 objects per key and no reference cycles: the cyclic GC would only rescan
+    # them again and again (it doubles the time of a 100,000-key load), so pause it meanwhile.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _load(paths, os.environ if environ is None else environ, reserved_prefix, ctx)
+    except ManifestError:
+        raise
+    except RecursionError:
+        raise ManifestError("nesting is too deep", ctx.file) from None
+    except MemoryError:
+        raise ManifestError("out of memory while loading (file too large?)", ctx.file) from None
+    except Exception as e:  # a bug or an unforeseen input: still one clean error, no secret in it
+        raise ManifestError(f"cannot load manifest: internal error ({type(e).__name__})", ctx.file) from e
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _load(paths: Sequence[str | os.PathLike[str]], environ: Mapping[str, str], reserved: str, ctx: _Ctx) -> DesiredState:
+    layers = collect_files(paths)
+    files: list[str] = []
+    final: dict[tuple[str, str], _Doc] = {}
+    for layer in layers:
+        in_layer: dict[tuple[str, str], _Doc] = {}
+        for path in layer:
+            file = os.fspath(path)
+            ctx.file = file
+            files.append(file)
+            text = read_file(file)
+            for d in iter_documents(text, file):
+                doc = _compile_document(d, reserved)
+                ident = (doc.kind, doc.name)
+                other = in_layer.get(ident)
+                if other is not None:
+                    raise ManifestError(
+                        f"duplicate document {doc.ident}: also declared at {other.source} "
+                        "(one -f layer may declare each kind/name once; later -f paths override earlier ones)",
+                        file, doc.source.line, doc.source.column,
+                    )
+                in_layer[ident] = doc
+        final.update(in_layer)
+    ctx.file = None
+
+    docs = list(final.values())
+    applysets = [d for d in docs if d.kind == "ApplySet"]
+    if len(applysets) > 1:
+        a, b = applysets[0], applysets[1]
+        raise ManifestError(
+            f"more than one ApplySet document: '{a.name}' at {a.source} and '{b.name}'",
+            b.file, b.source.line, b.source.column,
+        )
+
+    keys: dict[str, DesiredKey] = {}
+    live: list[ServiceInstance] = []
+    live_keys: dict[str, Source] = {}
+    prefixes: set[str] = set()
+
+    def duplicate(key: str, first: Source | None, source: Source) -> ManifestError:
+        return ManifestError(
+            f"duplicate etcd key '{_show(key)}': declared at {first} and at {source}",
+            source.file, source.line, source.column,
+        )
+
+    for doc in docs:
+        ctx.file = doc.file
+        prefixes.update(doc.prefixes)
+        statics = doc.statics
+        if doc.deferred:
+            statics = list(statics)
+            for dk, entry in doc.deferred:
+                value = values.resolve_entry(entry, doc.file, environ)
+                assert dk.source is not None
+                _check_size(dk.key, value, dk.source)
+                statics.append(dataclasses.replace(dk, value=value))
+        for dk in statics:
+            assert dk.source is not None
+            other = keys.get(dk.key)
+            if other is not None:
+                raise duplicate(dk.key, other.source, dk.source)
+            keys[dk.key] = dk
+        for inst in doc.live:
+            source = inst.source or doc.source
+            first = keys[inst.key].source if inst.key in keys else live_keys.get(inst.key)
+            if first is not None:
+                raise duplicate(inst.key, first, source)
+            live_keys[inst.key] = source
+            live.append(inst)
+    for key, dk in keys.items():
+        if key in live_keys:  # a live instance declared before a static key
+            assert dk.source is not None
+            raise duplicate(key, live_keys[key], dk.source)
+    ctx.file = None
+
+    applyset = applysets[0] if applysets else None
+    return DesiredState(
+        keys=dict(sorted(keys.items())),
+        live=tuple(live),
+        prefixes=tuple(sorted(prefixes)),
+        applyset=applyset.name if applyset else None,
+        applyset_source=applyset.source if applyset else None,
+        files=tuple(files),
+    )

@@ -1,0 +1,290 @@
+"""`etcdsync run` as a real subprocess against real etcd. Every wait is bounded."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import ROOT, Env
+from etcdsync.etcdbin import EtcdCluster, free_ports
+
+CONFIG = """\
+apiVersion: etcdsync/v1
+kind: ConfigSet
+metadata: {{name: app}}
+spec:
+  prefix: {ns}app/
+  data:
+    a: {a}
+    b: two
+    seed: {{value: initial, policy: create-only}}
+    watched: {{value: "off", policy: warn}}
+"""
+
+
+def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = cond()
+            if last:
+                return last
+        except Exception as exc:  # noqa: BLE001 - keep polling until the deadline
+            last = exc
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+class Daemon:
+    def __init__(self, env: Env, mdir: Path, *extra: str, endpoints: list[str] | None = None) -> None:
+        self.port = free_ports(1)[0]
+        self.log = env.tmp / f"daemon-{self.port}.log"
+        args = [sys.executable, "-m", "etcdsync", "run", "-f", str(mdir), "--applyset", "t",
+                "--reserved-prefix", env.reserved, "--metrics-addr", f"127.0.0.1:{self.port}",
+                "--endpoints", ",".join(endpoints or env.endpoints), "--debounce", "100ms", *extra]
+        environ = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(self.log, "wb"), env=environ,
+                                     stdin=subprocess.DEVNULL)
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def ready(self) -> dict[str, Any]:
+        return json.loads(self.get("/readyz")[1])
+
+    def wait_ready(self, timeout: float = 20) -> None:
+        wait_for(lambda: self.get("/readyz")[0] == 200, timeout, f"daemon ready ({self.logs()[-800:]})")
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
+        if self.proc.poll() is None:
+            if sig != signal.SIGKILL:
+                self.proc.send_signal(signal.SIGCONT)
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+                raise AssertionError(f"daemon did not stop within {timeout}s:\n{self.logs()[-2000:]}")
+        return self.proc.returncode
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    started: list[Daemon] = []
+    yield started
+    for d in started:
+        if d.proc.poll() is None:
+            d.proc.send_signal(signal.SIGCONT)
+            d.proc.kill()
+            d.proc.wait(5)
+
+
+def manifest(env: Env, a: str = "one", name: str = "m/app.yaml") -> Path:
+    path = env.write(name, CONFIG.format(ns=env.ns, a=a))
+    return path.parent
+
+
+def test_converges_repairs_drift_follows_edits_and_keeps_last_good_state(env: Env, daemons: list[Daemon]) -> None:
+    mdir = manifest(env)
+    env.put(f"{env.ns}app/stranger", "not ours")
+    d = Daemon(env, mdir)
+    daemons.append(d)
+    d.wait_ready()
+    assert env.get(f"{env.ns}app/a") == b"one"
+    # drift on an enforce key: repaired from the watch event
+    env.etcdctl("put", f"{env.ns}app/a", "drifted")
+    wait_for(lambda: env.get(f"{env.ns}app/a") == b"one", 5, "drift repaired")
+    env.etcdctl("del", f"{env.ns}app/b")
+    wait_for(lambda: env.get(f"{env.ns}app/b") == b"two", 5, "deleted key restored")
+    # create-only: a runtime change stays; deleting restores the seed
+    env.etcdctl("put", f"{env.ns}app/seed", "runtime")
+    env.etcdctl("put", f"{env.ns}app/watched", "on")
+    time.sleep(0.5)
+    assert env.get(f"{env.ns}app/seed") == b"runtime"
+    assert env.get(f"{env.ns}app/watched") == b"on"
+    env.etcdctl("del", f"{env.ns}app/seed")
+    wait_for(lambda: env.get(f"{env.ns}app/seed") == b"initial", 5, "create-only key restored")
+    # a file edit is followed
+    manifest(env, a="edited")
+    wait_for(lambda: env.get(f"{env.ns}app/a") == b"edited", 5, "file edit applied")
+    # a broken edit keeps the last good state and is reported
+    (mdir / "app.yaml").write_text(CONFIG.format(ns=env.ns, a="broken") + "  bogus: [\n")
+    wait_for(lambda: "app.yaml" in str(d.ready().get("manifests")), 5, "readyz reports the manifest error")
+    assert d.get("/readyz")[0] == 503
+    assert env.get(f"{env.ns}app/a") == b"edited"
+    env.etcdctl("put", f"{env.ns}app/a", "drift-again")
+    wait_for(lambda: env.get(f"{env.ns}app/a") == b"edited", 5, "last good state still enforced")
+    # an emptied file prunes nothing (the deletion guard)
+    (mdir / "app.yaml").write_text("")
+    wait_for(lambda: "refused" in str(d.ready().get("reconcile")), 5, "guard refusal reported")
+    time.sleep(0.3)
+    assert env.get(f"{env.ns}app/a") == b"edited" and env.get(f"{env.ns}app/b") == b"two"
+    assert env.get(f"{env.ns}app/stranger") == b"not ours"
+    _, metrics = d.get("/metrics")
+    assert 'etcdsync_drift_total{action="repaired",policy="enforce"}' in metrics
+    assert 'etcdsync_drift_total{action="reported",policy="warn"}' in metrics
+    assert "etcdsync_manifests_valid 1.0" in metrics  # the empty file did load; the guard refused it
+    assert 'etcdsync_reconciles_total{result="refused"}' in metrics
+    assert d.get("/healthz") == (200, "ok\n")
+    assert d.stop() == 0
+    assert env.get(f"{env.ns}app/a") == b"edited", "config keys stay after SIGTERM"
+
+
+LIVE = """\
+apiVersion: etcdsync/v1
+kind: Service
+metadata: {{name: web}}
+spec:
+  prefix: {ns}services/
+  ttl: 2s
+  instances:
+    - {{id: plain, host: 127.0.0.1, port: 1}}
+    - {{id: checked, host: 127.0.0.1, port: {port}, check: {{tcp: true, interval: 200ms, failures: 2}}}}
+"""
+
+
+def test_live_instances_leases_checks_and_sigterm(env: Env, daemons: list[Daemon]) -> None:
+    port = free_ports(1)[0]
+    mdir = env.write("m/live.yaml", LIVE.format(ns=env.ns, port=port)).parent
+    env.write("m/app.yaml", CONFIG.format(ns=env.ns, a="one"))
+    d = Daemon(env, mdir)
+    daemons.append(d)
+    d.wait_ready()
+    plain, checked = f"{env.ns}services/web/plain", f"{env.ns}services/web/checked"
+    wait_for(lambda: env.get(plain) == b'{"host":"127.0.0.1","port":1}', 5, "plain live instance registered")
+    assert env.get(checked) is None, "nothing listens on the checked port yet"
+    # a passing check registers, a failing one deregisters
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", port))
+    server.listen(16)
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+                conn.close()
+            except OSError:
+                pass
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    try:
+        wait_for(lambda: env.get(checked) is not None, 5, "checked instance registered once its check passes")
+    finally:
+        stop.set()
+        t.join(2)
+        server.close()
+    wait_for(lambda: env.get(checked) is None, 5, "checked instance deregistered after failures")
+    # the lease is kept alive past several TTLs
+    time.sleep(5)
+    assert env.get(plain) is not None
+    # someone revokes the lease with etcdctl: re-registered
+    lease_hex = env.etcdctl("get", plain, "-w", "json")
+    lease_id = json.loads(lease_hex)["kvs"][0]["lease"]
+    env.etcdctl("lease", "revoke", format(lease_id, "x"))
+    wait_for(lambda: env.get(plain) is not None, 5, "re-registered after lease revoke")
+    assert "re-registered" in d.logs() or "restoring" in d.logs()
+    # SIGTERM: leased instances vanish at once, config stays
+    assert d.stop() == 0
+    assert env.get(plain) is None
+    assert env.get(f"{env.ns}app/a") == b"one"
+
+
+def test_crashed_daemon_leaves_live_instances_to_expire(env: Env, daemons: list[Daemon]) -> None:
+    mdir = env.write("m/live.yaml", LIVE.format(ns=env.ns, port=1)).parent
+    d = Daemon(env, mdir)
+    daemons.append(d)
+    d.wait_ready()
+    plain = f"{env.ns}services/web/plain"
+    wait_for(lambda: env.get(plain) is not None, 5, "registered")
+    d.stop(signal.SIGKILL)
+    assert env.get(plain) is not None
+    t0 = time.monotonic()
+    wait_for(lambda: env.get(plain) is None, 2 + 4, "expired with the lease")
+    assert time.monotonic() - t0 < 2 + 2.5
+
+
+def test_etcd_restart_and_compaction(tmp_path: Path, daemons: list[Daemon]) -> None:
+    cluster = EtcdCluster(1, base_dir=str(tmp_path / "etcd"))
+    cluster.start()
+    try:
+        env = Env(cluster.endpoints, "/r/", "/r/.etcdsync/", tmp_path)
+        mdir = manifest(env)
+        d = Daemon(env, mdir, "--timeout", "1")
+        daemons.append(d)
+        d.wait_ready()
+        member = cluster.members[0]
+        member.stop()
+        wait_for(lambda: d.get("/readyz")[0] == 503, 15, "not ready while etcd is down")
+        member.start()
+        env.etcdctl("put", "/r/app/a", "drift-after-restart")
+        wait_for(lambda: env.get("/r/app/a") == b"one", 15, f"drift repaired after restart\n{d.logs()[-1500:]}")
+        wait_for(lambda: d.get("/readyz")[0] == 200, 15, "ready again")
+        # compaction while the daemon is paused: it must notice and re-read everything
+        d.proc.send_signal(signal.SIGSTOP)
+        for i in range(5):
+            env.etcdctl("put", "/r/app/a", f"while-paused-{i}")
+        rev = env.revision()
+        env.etcdctl("compact", str(rev))
+        d.proc.send_signal(signal.SIGCONT)
+        wait_for(lambda: env.get("/r/app/a") == b"one", 15, f"converged after compaction\n{d.logs()[-1500:]}")
+        assert d.stop() == 0
+    finally:
+        cluster.stop()
+
+
+def test_leader_election_takeover_and_fencing(env: Env, daemons: list[Daemon]) -> None:
+    a_dir = env.write("a/app.yaml", CONFIG.format(ns=env.ns, a="from-a")).parent
+    b_dir = env.write("b/app.yaml", CONFIG.format(ns=env.ns, a="from-b")).parent
+    a = Daemon(env, a_dir, "--leader-elect", "--election-ttl", "2s")
+    daemons.append(a)
+    a.wait_ready()
+    wait_for(lambda: a.ready()["leader"] is True, 10, "first daemon elected")
+    b = Daemon(env, b_dir, "--leader-elect", "--election-ttl", "2s")
+    daemons.append(b)
+    b.wait_ready()
+    assert b.ready()["leader"] is False
+    assert env.get(f"{env.ns}app/a") == b"from-a"
+    time.sleep(1)
+    assert env.get(f"{env.ns}app/a") == b"from-a", "the standby must not write"
+    # pause the leader past its lease: the standby takes over within a few seconds
+    a.proc.send_signal(signal.SIGSTOP)
+    t0 = time.monotonic()
+    wait_for(lambda: env.get(f"{env.ns}app/a") == b"from-b", 15, "standby took over")
+    assert time.monotonic() - t0 < 10
+    rev_before = int(json.loads(env.etcdctl("get", f"{env.ns}app/a", "-w", "json"))["kvs"][0]["mod_revision"])
+    # the paused ex-leader wakes up and sees "drift" (from-b); its fenced writes must not commit
+    a.proc.send_signal(signal.SIGCONT)
+    time.sleep(3)
+    kv = json.loads(env.etcdctl("get", f"{env.ns}app/a", "-w", "json"))["kvs"][0]
+    assert int(kv["mod_revision"]) == rev_before, f"ex-leader wrote!\n{a.logs()[-2000:]}"
+    wait_for(lambda: a.ready()["leader"] is False, 10, "ex-leader steps down")
+    # kill the new leader: the old one takes over again
+    b.stop(signal.SIGKILL)
+    wait_for(lambda: env.get(f"{env.ns}app/a") == b"from-a", 15, "takeover after kill")
+    assert a.stop() == 0
