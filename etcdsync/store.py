@@ -437,19 +437,29 @@ class Store:
 
     # -- watches -------------------------------------------------------------------
 
-    async def watch_prefix(self, prefix: str, *, start_revision: int, progress_notify: bool = True) -> AsyncIterator[WatchBatch]:
+    def watch_prefix(self, prefix: str, *, start_revision: int, progress_notify: bool = True) -> AsyncIterator[WatchBatch]:
         """Events under `prefix` from `start_revision` on; raises CompactedError when it was compacted."""
+        return self.watch(prefix, prefix=True, start_revision=start_revision, progress_notify=progress_notify)
+
+    async def watch(self, key: str, *, prefix: bool = False, start_revision: int,
+                    progress_notify: bool = True) -> AsyncIterator[WatchBatch]:
+        """Events on `key` (or under it with prefix=True) from `start_revision` on.
+
+        The client resumes by itself after transient disconnects; a compacted start revision raises
+        CompactedError (etcd cancels such a watch, and the client would otherwise wait forever).
+        """
         watch = self.client.watch
         assert watch is not None
-        stream = watch.watch(_b(prefix), range_end=prefix_range_end(_b(prefix)), start_revision=start_revision,
+        range_end = prefix_range_end(_b(key)) if prefix else None
+        stream = watch.watch(_b(key), range_end=range_end, start_revision=start_revision,
                              prev_kv=False, progress_notify=progress_notify)
         try:
             async for resp in stream:
                 if resp.compact_revision > 0:
-                    raise CompactedError(f"watch {prefix}: revision {start_revision} was compacted "
+                    raise CompactedError(f"watch {key}: revision {start_revision} was compacted "
                                          f"(oldest kept: {resp.compact_revision})", int(resp.compact_revision))
                 if resp.canceled:
-                    raise EtcdConnectionError(f"watch {prefix}: canceled by etcd ({resp.cancel_reason or 'no reason'})")
+                    raise EtcdConnectionError(f"watch {key}: canceled by etcd ({resp.cancel_reason or 'no reason'})")
                 events = tuple(
                     WatchEvent("put" if ev.type == 0 else "delete", _kv(ev.kv)) for ev in resp.events
                 )
@@ -457,9 +467,9 @@ class Store:
                     continue
                 yield WatchBatch(int(resp.header.revision), events, progress=not events)
         except grpc.aio.AioRpcError as exc:
-            raise self._map(exc, f"watch {prefix}") from exc
+            raise self._map(exc, f"watch {key}") from exc
         except _ClientError as exc:
-            raise self._map(exc, f"watch {prefix}") from exc
+            raise self._map(exc, f"watch {key}") from exc
         finally:
             await stream.aclose()
 

@@ -123,7 +123,7 @@ CASES = {
     "prefix-nul": (DOC + 'spec:\n  prefix: "/c\\0/"\n', "contains a control character", 5, 11),
     "key-leading-slash": (H + "    /abs: 1\n", "key '/abs' must be relative to the prefix", 8, 5),
     "key-empty": (H + '    "": 1\n', "empty key in data", 8, 5),
-    "prefix-relative": (DOC + "spec: {prefix: c/}\n", "spec.prefix must start with '/'", 4, 16),
+    "prefix-relative": (DOC + "spec: {prefix: c/}\n", "spec.prefix must start and end with '/'", 4, 16),
     "prefix-reserved": (DOC + "spec:\n  prefix: /.etcdsync/x/\n", "prefix '/.etcdsync/x/' is under etcdsync's reserved prefix /.etcdsync/", 5, 11),
     "key-reserved": (DOC + "spec:\n  prefix: /\n  data:\n    .etcdsync/inventory: x\n", "key '/.etcdsync/inventory' is under etcdsync's reserved prefix", 7, 5),
     # values
@@ -412,3 +412,20 @@ _TREE = st.recursive(
 ))
 def test_property_dumped_structures_load_or_raise_manifest_error(tmp_path: Path, doc: object) -> None:
     _load_anything(tmp_path / "m.yaml", yaml.safe_dump(doc, allow_unicode=True).encode("utf-8", "surrogatepass"))
+
+
+@pytest.mark.parametrize("prefix", ["/config/payments", "config/payments/", "x"])
+def test_configset_prefix_must_start_and_end_with_slash(tmp_path: Path, prefix: str) -> None:
+    e = load_error(tmp_path, H.replace("prefix: /c/", f"prefix: {prefix}") + "    db/url: x\n")
+    assert e.line == 6 and "must start and end with '/'" in e.message
+
+
+def test_empty_secret_from_env_is_an_error_and_not_quoted(tmp_path: Path) -> None:
+    e = load_error(tmp_path, H + "    token: {fromEnv: TOKEN, secret: true}\n", environ={"TOKEN": ""})
+    assert e.line == 8 and "is empty" in e.message
+
+
+def test_empty_non_secret_from_env_is_an_empty_value(tmp_path: Path) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text(H + "    note: {fromEnv: NOTE}\n")
+    assert load_manifests([path], environ={"NOTE": ""}).keys["/c/note"].value == b""

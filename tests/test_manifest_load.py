@@ -120,6 +120,17 @@ def test_collect_files_is_deterministic_and_handles_symlink_loops(tmp_path: Path
     assert [p.name for p in layers[0]][0] == "a.yaml"
 
 
+def test_collect_files_broken_symlink_is_an_error(tmp_path: Path) -> None:
+    root = tmp_path / "m"
+    write(root / "a.yaml", "")
+    (root / "b.yaml").symlink_to(tmp_path / "gone.yaml")
+    (root / "notes.txt").symlink_to(tmp_path / "gone.txt")  # not a manifest: ignored
+    with pytest.raises(ManifestError) as ei:
+        collect_files([root])
+    assert ei.value.file == str(root / "b.yaml")
+    assert "broken symbolic link" in ei.value.message
+
+
 @pytest.mark.parametrize("missing", ["nope.yaml", "nope/dir"])
 def test_collect_files_missing_path(tmp_path: Path, missing: str) -> None:
     with pytest.raises(ManifestError) as ei:

@@ -74,8 +74,12 @@ def _walk(root: Path) -> list[Path]:
                 continue
             if is_dir:
                 todo.append(Path(entry.path))
-            elif is_file and entry.name.lower().endswith((".yaml", ".yml")):
-                found.append(Path(entry.path))
+            elif entry.name.lower().endswith((".yaml", ".yml")):
+                if not is_file and entry.is_symlink() and not os.path.exists(entry.path):
+                    # skipping it would silently drop its documents (and prune their keys)
+                    raise ManifestError("manifest file is a broken symbolic link", entry.path)
+                if is_file:
+                    found.append(Path(entry.path))
     found.sort(key=lambda p: p.relative_to(root).parts)
     return found
 
@@ -192,6 +196,9 @@ def _compile_configset(doc: _Doc, root: Node, spec: Mapping[str, Any], reserved:
     assert spec_node is not None
     prefix_node = spec_node.get("prefix") or spec_node
     prefix: str = spec["prefix"]
+    if not prefix.startswith("/") or not prefix.endswith("/"):
+        raise _err(f"prefix '{_show(prefix)}' must start and end with '/' (e.g. /config/payments/): keys are "
+                   "the prefix followed by the relative key", file, prefix_node)
     _check_prefix(prefix, "prefix", file, prefix_node, reserved)
     doc.prefixes.append(prefix)
     policy = Policy(spec.get("policy", "enforce"))

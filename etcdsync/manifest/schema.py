@@ -152,8 +152,8 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                 "properties": {
                     "prefix": {
                         "type": "string",
-                        "pattern": "^/",
-                        "description": "Every key in data is relative to this prefix, e.g. /config/payments/.",
+                        "pattern": "^/(.*/)?$",
+                        "description": "Every key in data is relative to this prefix, e.g. /config/payments/ (starts and ends with '/').",
                     },
                     "policy": {"$ref": "#/$defs/policy", "default": "enforce"},
                     "prune": {"type": "boolean", "default": True, "description": "Default for the keys: false never deletes them."},
@@ -204,6 +204,7 @@ MANIFEST_SCHEMA: dict[str, Any] = {
 _PATTERN_MESSAGES = {
     DURATION_PATTERN: "is not a valid duration: use e.g. 10s, 1m30s, 500ms or a number of seconds",
     "^/": "must start with '/'",
+    "^/(.*/)?$": "must start and end with '/' (e.g. /config/payments/): keys are the prefix followed by the relative key",
 }
 _TITLE_MESSAGES = {
     "duration": "is not a valid duration: use e.g. 10s, 1m30s, 500ms or a number of seconds (> 0)",

@@ -347,6 +347,10 @@ def resolve_entry(entry: Entry, file: str | None, environ: Mapping[str, str]) ->
     value = environ.get(entry.from_env)
     if value is None:
         raise _err(f"fromEnv of key '{shown(entry.rel_key)}': environment variable {shown(entry.from_env)} is not set", node, file)
+    if value == "" and entry.secret:
+        # CI systems turn a missing secret into an empty variable: never write an empty secret
+        raise _err(f"fromEnv of key '{shown(entry.rel_key)}': environment variable {shown(entry.from_env)} is empty "
+                   "(a secret must not be empty)", node, file)
     if isinstance(value, bytes):
         return value
     return value.encode("utf-8", "surrogateescape")
