@@ -401,6 +401,92 @@ def dev(paths: tuple[str, ...], data_dir: str | None, port: int | None, metrics_
         ctx.note("etcd stopped" + ("" if data_dir else ", data removed"))
 
 
+@cli.group()
+def services() -> None:
+    """Discovery from the shell: list or watch a service's instances."""
+
+
+def _instances_text(name: str, items: list[Any]) -> str:
+    if not items:
+        return f"{name}: no instances"
+    rows = [("ID", "HOST", "PORT", "METADATA")] + [
+        (i.id, i.host, str(i.port), "" if i.metadata is None else json.dumps(i.metadata, separators=(",", ":")))
+        for i in items
+    ]
+    widths = [max(len(r[c]) for r in rows) for c in range(3)]
+    return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}".rstrip() for r in rows)
+
+
+def _instances_json(name: str, items: list[Any]) -> str:
+    return json.dumps({"service": name, "instances": [
+        {"id": i.id, "host": i.host, "port": i.port, "metadata": i.metadata} for i in items]})
+
+
+def service_options(f: F) -> F:
+    f = click.option("--prefix", default=None, help="Registry prefix (default /services/, or services/ for grpc).")(f)
+    f = click.option("--format", "fmt", type=click.Choice(["json", "grpc"]), default="json", show_default=True)(f)
+    f = click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)(f)
+    return f
+
+
+@services.command(name="ls")
+@click.argument("name")
+@service_options
+@connection_options
+@output_options
+def services_ls(name: str, prefix: str | None, fmt: str, output: str, no_color: bool, debug: bool, **kw: Any) -> None:
+    """List the instances of service NAME."""
+    from .aio import AsyncRegistry
+
+    conn = make_connection(kw)
+
+    async def go() -> list[Any]:
+        reg = AsyncRegistry(conn, prefix=prefix or ("services/" if fmt == "grpc" else "/services/"), format=fmt)
+        try:
+            return await reg.discover(name)
+        finally:
+            await reg.close()
+
+    items = run(go())
+    click.echo(_instances_json(name, items) if output == "json" else _instances_text(name, items))
+
+
+@services.command(name="watch")
+@click.argument("name")
+@service_options
+@connection_options
+@output_options
+def services_watch(name: str, prefix: str | None, fmt: str, output: str, no_color: bool, debug: bool, **kw: Any) -> None:
+    """Print the instances of service NAME now and on every change, until Ctrl-C."""
+    import time
+
+    from .aio import AsyncRegistry
+
+    conn = make_connection(kw)
+
+    def show(items: list[Any]) -> None:
+        if output == "json":
+            click.echo(_instances_json(name, items))
+        else:
+            click.echo(f"--- {time.strftime('%H:%M:%S')} {name}: {len(items)} instances")
+            click.echo(_instances_text(name, items))
+        sys.stdout.flush()
+
+    async def go() -> None:
+        reg = AsyncRegistry(conn, prefix=prefix or ("services/" if fmt == "grpc" else "/services/"), format=fmt)
+        w = await reg.watch(name, show)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            w.cancel()
+            await reg.close()
+
+    try:
+        run(go())
+    except KeyboardInterrupt:
+        pass
+
+
 @cli.command()
 def schema() -> None:
     """Print the JSON Schema of manifest documents (for editor completion)."""

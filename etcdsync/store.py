@@ -10,6 +10,7 @@ instead of blocking.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import socket
@@ -252,7 +253,13 @@ class Store:
             server_name = hosts[0]
         client = Etcd3Client(addrs, rpc_max_attempts=3, tls_server_name=server_name, **kwargs)
         # etcd answers large ranges in one message; gRPC's default 4 MiB receive limit is too small.
-        client._manager.grpc_options.append(("grpc.max_receive_message_length", MAX_RECEIVE_BYTES))
+        client._manager.grpc_options.extend([
+            ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+            # reconnect quickly when etcd comes back (gRPC's default backoff grows to 120 s)
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 2000),
+        ])
         await self.close()
         await client.connect()
         self._client = client
@@ -471,7 +478,8 @@ class Store:
         except _ClientError as exc:
             raise self._map(exc, f"watch {key}") from exc
         finally:
-            await stream.aclose()
+            with contextlib.suppress(RuntimeError, grpc.aio.AioRpcError, _ClientError):
+                await stream.aclose()
 
 
 def _short(text: str) -> str:
