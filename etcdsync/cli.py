@@ -353,17 +353,17 @@ def run_cmd(paths: tuple[str, ...], applyset: str | None, reserved_prefix: str, 
 @manifest_options
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Keep etcd's data here (default: a temporary directory, removed on exit).")
 @click.option("--port", type=click.IntRange(1, 65535), help="etcd client port (default: 2379 when free).")
-@click.option("--metrics-addr", default="127.0.0.1:9090", show_default=True, help="The daemon's /healthz, /readyz, /metrics.")
+@click.option("--metrics-addr", default=None, help="The daemon's /healthz, /readyz, /metrics [default: 127.0.0.1:9090 when free].")
 @click.option("--once", is_flag=True, help="Apply, print, stop etcd and exit (no daemon).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @output_options
-def dev(paths: tuple[str, ...], data_dir: str | None, port: int | None, metrics_addr: str, once: bool,
+def dev(paths: tuple[str, ...], data_dir: str | None, port: int | None, metrics_addr: str | None, once: bool,
         log_format: str, no_color: bool, debug: bool) -> None:
     """A throwaway local etcd, ./manifests (or -f) applied, and the daemon in the foreground. Ctrl-C cleans up."""
     from . import render
     from .apply import apply as do_apply
     from .daemon import Daemon, DaemonSettings
-    from .dev import banner, start_etcd
+    from .dev import banner, default_metrics_addr, start_etcd
     from .etcdbin import find_binary
     from .settings import Connection
     from .store import Store
@@ -385,6 +385,7 @@ def dev(paths: tuple[str, ...], data_dir: str | None, port: int | None, metrics_
         ctx.out(banner(member.endpoint, lambda: find_binary("etcdctl")))
         if once:
             return
+        metrics_addr = metrics_addr or default_metrics_addr()
         ctx.out(f"daemon: watching {', '.join(paths or (DEFAULT_MANIFESTS,))}; metrics on http://{metrics_addr}/metrics; "
                 "Ctrl-C stops the daemon and etcd")
         setup_logging(log_format, debug)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .apply import minimal_prefixes
 from .checks import Checker
-from .errors import EtcdConnectionError, EtcdsyncError, ManifestError
+from .errors import EtcdConnectionError, EtcdsyncError, ManifestError, UsageError
 from .inventory import InventoryError, inventory_prefix
 from .lease import LeasedKeys
 from .metrics import HttpServer, Metrics
@@ -125,8 +125,11 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         if self.s.metrics_addr:
-            self.http = HttpServer(self.s.metrics_addr, self.metrics, self.readiness)
-            await self.http.start()
+            try:
+                self.http = HttpServer(self.s.metrics_addr, self.metrics, self.readiness)
+                await self.http.start()
+            except (OSError, ValueError) as exc:
+                raise UsageError(f"--metrics-addr {self.s.metrics_addr}: cannot listen ({getattr(exc, 'strerror', None) or exc})") from None
             log.info("serving /healthz /readyz /metrics on %s:%d", self.http.host, self.http.port)
         self.reconciler = Reconciler(self.store, applyset=self.applyset, reserved=self.s.reserved,
                                      options=self.s.options, metrics=self.metrics, status=self.status,

@@ -36,6 +36,11 @@ def start_etcd(data_dir: str | None, port: int | None) -> tuple[EtcdMember, temp
     return member, tmp
 
 
+def default_metrics_addr() -> str:
+    port = 9090 if _port_free(9090) else free_ports(1)[0]
+    return f"127.0.0.1:{port}"
+
+
 def banner(endpoint: str, etcdctl: Callable[[], str]) -> str:
     return "\n".join([
         f"etcd is running at {endpoint}",

@@ -326,7 +326,7 @@ class Store:
                 ) from None
             except (_ClientError, grpc.aio.AioRpcError) as exc:
                 text = _describe(exc).lower()
-                if attempt == 1 and self.conn.user and ("invalid auth token" in text or "token" in text and "expired" in text):
+                if attempt == 1 and self.conn.user and _token_problem(text):
                     async with self._auth_lock:
                         await self._authenticate()
                     continue
@@ -473,13 +473,21 @@ class Store:
                 if resp.created and not events:
                     continue
                 yield WatchBatch(int(resp.header.revision), events, progress=not events)
-        except grpc.aio.AioRpcError as exc:
-            raise self._map(exc, f"watch {key}") from exc
-        except _ClientError as exc:
-            raise self._map(exc, f"watch {key}") from exc
+        except (grpc.aio.AioRpcError, _ClientError) as exc:
+            mapped = self._map(exc, f"watch {key}")
+            if isinstance(mapped, AuthError) and self.conn.user:
+                # an expired token: renew it so that the caller's resumed watch is accepted
+                with contextlib.suppress(EtcdsyncError):
+                    async with self._auth_lock:
+                        await self._authenticate()
+            raise mapped from exc
         finally:
             with contextlib.suppress(RuntimeError, grpc.aio.AioRpcError, _ClientError):
                 await stream.aclose()
+
+
+def _token_problem(text: str) -> bool:
+    return "invalid auth token" in text or ("token" in text and "expired" in text) or "unauthenticated" in text
 
 
 def _short(text: str) -> str:

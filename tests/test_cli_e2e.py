@@ -332,3 +332,21 @@ spec:
     r = env.cli("apply", "-f", str(f), "--applyset", "t", "--force")
     assert r.code == 0, r
     assert list(env.dump(f"{env.ns}big/")) == [f"{env.ns}big/k0000"]
+
+
+def test_dev_once_starts_etcd_applies_and_cleans_up(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from etcdsync.etcdbin import free_ports
+
+    port = free_ports(1)[0]
+    r = subprocess.run([sys.executable, "-m", "etcdsync", "dev", "--once", "--port", str(port), "-f",
+                        str(ROOT / "manifests")], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "applied: 20 created" in r.stdout
+    assert f"etcd is running at http://127.0.0.1:{port}" in r.stdout
+    assert "etcd stopped, data removed" in r.stderr
