@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_OPS = 128                 # etcd's default --max-txn-ops
 DEFAULT_MAX_BYTES = 1024 * 1024       # well inside etcd's default 1.5 MiB request limit, with protobuf overhead
 MIN_OPS = 4
+MERGE_BELOW = 64          # inventory chunks with fewer entries are merged...
+MERGE_MIN_CHUNKS = 8      # ...once there are this many of them...
+MERGE_CAP = 4096          # ...into chunks of at most this many entries
 
 
 @dataclass
@@ -89,6 +92,7 @@ class Outcome:
     revision: int = 0
     transactions: int = 0
     retried: list[str] = field(default_factory=list)    # keys that changed under us and were re-planned
+    revisions: list[int] = field(default_factory=list)  # revisions of our own committed transactions
 
     def count(self, action: Action) -> int:
         return sum(1 for c in self.done.values() if c.action is action)
@@ -115,8 +119,10 @@ class Executor:
     """Turns one Plan into transactions against the snapshot it was planned from."""
 
     def __init__(self, store: Store, snap: Snapshot, p: Plan, *, reserved: str, limits: Limits,
-                 fences: Sequence[Compare] = (), progress: Callable[[int], None] | None = None) -> None:
+                 fences: Sequence[Compare] = (), progress: Callable[[int], None] | None = None,
+                 on_commit: Callable[[int], None] | None = None) -> None:
         self.store = store
+        self.on_commit = on_commit
         self.plan = p
         self.reserved = reserved
         self.limits = limits
@@ -136,6 +142,7 @@ class Executor:
         self.done: dict[str, Change] = {}
         self.revision = snap.revision
         self.transactions = 0
+        self.revisions: list[int] = []
 
     def _chunk_cost(self, ck: str) -> int:
         _, entries = self.chunks[ck]
@@ -152,6 +159,55 @@ class Executor:
             self._add(batch, change)
         if batch.changes:
             await self._commit(batch)
+        await self._merge_small_chunks()
+
+    async def _merge_small_chunks(self) -> None:
+        """Housekeeping: fold many small inventory chunks (one per past apply) into a few large ones.
+
+        One transaction per merged chunk: the old chunks are deleted and the merged one written
+        atomically, each old chunk compared on its revision; a conflict just skips the merge.
+        """
+        small = sorted(ck for ck, (_, entries) in self.chunks.items()
+                       if ck.startswith(self.inv_prefix) and len(entries) < MERGE_BELOW)
+        if len(small) < MERGE_MIN_CHUNKS:
+            return
+        group: list[str] = []
+        size = 0
+        groups: list[list[str]] = []
+        for ck in small:
+            n = len(self.chunks[ck][1])
+            cost = self._chunk_cost(ck)
+            if group and (size + n > MERGE_CAP or len(group) + 2 > self.limits.max_ops - len(self.fences)
+                          or sum(self._chunk_cost(c) for c in group) + cost > self.limits.max_bytes // 2):
+                groups.append(group)
+                group, size = [], 0
+            group.append(ck)
+            size += n
+        if group:
+            groups.append(group)
+        for group in groups:
+            if len(group) < 2:
+                continue
+            merged: dict[str, Entry] = {}
+            for ck in group:
+                merged.update(self.chunks[ck][1])
+            new_ck = f"{self.inv_prefix}{secrets.token_hex(8)}"
+            compares = [mod_is(ck, self.chunks[ck][0]) for ck in group] + [absent(new_ck), *self.fences]
+            ops: list[Op] = [Delete(ck) for ck in group] + [Put(new_ck, encode_chunk(merged))]
+            result = await self.store.txn(compares, ops)
+            self.transactions += 1
+            if not result.succeeded:
+                log.info("inventory merge skipped: chunks changed concurrently")
+                return
+            self.revisions.append(result.revision)
+            if self.on_commit is not None:
+                self.on_commit(result.revision)
+            self.revision = result.revision
+            for ck in group:
+                del self.chunks[ck]
+            self.chunks[new_ck] = (result.revision, merged)
+            for key in merged:
+                self.chunks_of[key] = [c for c in self.chunks_of.get(key, []) if c not in group] + [new_ck]
 
     @staticmethod
     def _key_parts(c: Change) -> tuple[Compare | None, Op | None]:
@@ -236,6 +292,9 @@ class Executor:
                     changed.append(cmp_.key)
             raise _Conflict(changed or [c.key for c in batch.changes])
         self.revision = result.revision
+        self.revisions.append(result.revision)
+        if self.on_commit is not None:
+            self.on_commit(result.revision)
         for ck, remaining in rewritten.items():
             if remaining:
                 self.chunks[ck] = (result.revision, remaining)
@@ -268,6 +327,7 @@ async def apply(
     dry_run: bool = False,
     on_plan: Callable[[Plan, int], None] | None = None,
     progress: Callable[[int], None] | None = None,
+    on_commit: Callable[[int], None] | None = None,
 ) -> Outcome:
     """Observe, plan, refuse or execute; re-read and re-plan on conflicts.
 
@@ -298,12 +358,14 @@ async def apply(
             raise GuardError(p.refused)
         if dry_run or not p.has_changes:
             return outcome
-        ex = Executor(store, snap, p, reserved=reserved, limits=limits, fences=fences, progress=progress)
+        ex = Executor(store, snap, p, reserved=reserved, limits=limits, fences=fences, progress=progress,
+                      on_commit=on_commit)
         try:
             await ex.run()
         except _Conflict as conflict:
             outcome.done.update(ex.done)
             outcome.transactions += ex.transactions
+            outcome.revisions.extend(ex.revisions)
             attempt += 1
             outcome.retried.extend(k for k in conflict.keys if k not in outcome.retried)
             log.info("conflict on %s; re-reading and re-planning (attempt %d)", ", ".join(conflict.keys[:5]), attempt + 1)
@@ -320,11 +382,13 @@ async def apply(
         except RequestTooLargeError:
             outcome.done.update(ex.done)
             outcome.transactions += ex.transactions
+            outcome.revisions.extend(ex.revisions)
             limits.shrink()
             log.info("etcd refused a transaction as too large; now at most %d ops / %d bytes",
                      limits.max_ops, limits.max_bytes)
             continue
         outcome.done.update(ex.done)
         outcome.transactions += ex.transactions
+        outcome.revisions.extend(ex.revisions)
         outcome.revision = ex.revision
         return outcome

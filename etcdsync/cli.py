@@ -276,10 +276,14 @@ def apply_cmd(**kw: Any) -> None:
 @click.option("--prefix", required=True, help="etcd key prefix to export, e.g. /config/payments/.")
 @click.option("--name", help="metadata.name of the ConfigSet (default: derived from the prefix).")
 @click.option("--policy", type=click.Choice(["enforce", "warn", "create-only"]), default=None)
+@click.option("--reserved-prefix", default=RESERVED_PREFIX, show_default=True, help="Never exported.")
 @connection_options
 @output_options
-def export(prefix: str, name: str | None, policy: str | None, no_color: bool, debug: bool, **kw: Any) -> None:
+def export(prefix: str, name: str | None, policy: str | None, reserved_prefix: str, no_color: bool, debug: bool,
+           **kw: Any) -> None:
     """Write the keys under a prefix as a ConfigSet manifest (to adopt a running system)."""
+    if not prefix.startswith("/") or not prefix.endswith("/"):
+        raise UsageError(f"--prefix {prefix!r}: must start and end with '/' (a ConfigSet prefix)")
     from .export import export_prefix
     from .store import Store
 
@@ -288,7 +292,8 @@ def export(prefix: str, name: str | None, policy: str | None, no_color: bool, de
     async def go() -> tuple[str, list[str]]:
         async with Store(conn) as store:
             kvs, _ = await store.get_prefix(prefix)
-        return export_prefix(prefix, [(kv.key, kv.value, kv.lease) for kv in kvs], name=name, policy=policy)
+        return export_prefix(prefix, [(kv.key, kv.value, kv.lease) for kv in kvs if not kv.key.startswith(reserved_prefix)],
+                             name=name, policy=policy)
 
     text, warnings = run(go())
     for w in warnings:

@@ -339,7 +339,7 @@ class Daemon:
             return
         if key.startswith(self.s.reserved):
             # another writer changed our inventory (a concurrent apply): re-read everything
-            if ev.kv.mod_revision > self.reconciler.revision:
+            if ev.kv.mod_revision not in self.reconciler.own_revisions and ev.kv.mod_revision > self.reconciler.revision:
                 self.trigger()
             return
         result = await self.reconciler.repair(ev, received)

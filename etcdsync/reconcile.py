@@ -8,6 +8,7 @@ the compare fails, something newer happened and a full reconcile is asked for in
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -58,14 +59,15 @@ class Reconciler:
         self.limits = Limits()
         self.active: DesiredState | None = None     # the last desired state that applied (what repair() keeps)
         self.revision = 0                            # etcd revision after the last full reconcile
-        self.owned_prefixes: set[str] = set()
+        self.own_revisions: collections.deque[int] = collections.deque(maxlen=4096)  # our commits
 
     async def full(self, desired: DesiredState) -> Outcome | None:
         """Apply `desired`; on refusal or conflict keep the last good state. Connection errors propagate."""
         start = time.perf_counter()
         try:
             outcome = await apply(self.store, desired, applyset=self.applyset, reserved=self.reserved,
-                                  options=self.options, limits=self.limits, fences=self.fences())
+                                  options=self.options, limits=self.limits, fences=self.fences(),
+                                  on_commit=self.own_revisions.append)
         except GuardError as exc:
             self._failed("refused", f"refused, keeping the last good state: {exc}")
             return None
@@ -129,6 +131,7 @@ class Reconciler:
         if not result.succeeded:
             return False
         self.revision = max(self.revision, result.revision)
+        self.own_revisions.append(result.revision)
         elapsed = time.perf_counter() - received
         self.metrics.repair_duration.observe(elapsed)
         self.metrics.drift.labels(d.policy.value, "repaired").inc()

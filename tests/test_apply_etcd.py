@@ -158,3 +158,23 @@ def test_stale_election_fence_commits_nothing(env: Env) -> None:
         run_apply(env.endpoints, state(p, {"a": "2", "b": "2"}), env.reserved, fences=fence, max_attempts=2)
     assert env.revision() == rev
     assert env.get(p + "a") == b"1" and env.get(p + "b") is None
+
+
+def test_many_small_applies_keep_the_inventory_compact(env: Env) -> None:
+    p = f"{env.ns}frag/"
+    values: dict[str, str] = {}
+    for i in range(12):  # twelve applies adding two keys each: twelve tiny chunks, then merged
+        values[f"k{i:02d}a"] = "1"
+        values[f"k{i:02d}b"] = "1"
+        run_apply(env.endpoints, state(p, values), env.reserved)
+    chunks = env.dump(inventory_prefix(env.reserved, "t"))
+    assert len(chunks) < 8, f"{len(chunks)} chunks"
+
+    async def owned() -> set[str]:
+        async with Store(Connection(env.endpoints)) as store:
+            snap = await observe(store, state(p, {}), applyset="t", reserved=env.reserved)
+            return set(snap.ownership.inventory("t").owned)
+
+    assert asyncio.run(owned()) == {p + k for k in values}
+    out = run_apply(env.endpoints, state(p, values), env.reserved)
+    assert not out.plan.has_changes
