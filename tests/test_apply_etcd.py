@@ -6,8 +6,10 @@ import asyncio
 from typing import Any
 
 import pytest
-
 from conftest import Env
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from etcdsync.apply import Limits, apply, observe
 from etcdsync.errors import ConflictError
 from etcdsync.etcdbin import EtcdCluster
@@ -113,8 +115,6 @@ def test_plan_that_fits_one_transaction_is_atomic(env: Env) -> None:
     revs = env.store_call(lambda s: s.get_prefix(p))[0]
     assert {kv.mod_revision for kv in revs} == {out.revision}
 
-
-from hypothesis import HealthCheck, given, settings, strategies as st
 
 _segment = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_.", min_size=1, max_size=8).filter(
     lambda s: s not in (".", ".."))

@@ -6,7 +6,6 @@ import json
 import time
 
 import pytest
-
 from conftest import Env
 
 BASE = """\
@@ -340,6 +339,7 @@ def test_dev_once_starts_etcd_applies_and_cleans_up(tmp_path) -> None:  # type: 
     import sys
 
     from conftest import ROOT
+
     from etcdsync.etcdbin import free_ports
 
     port = free_ports(1)[0]

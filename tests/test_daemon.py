@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import ROOT, Env
+
 from etcdsync.etcdbin import EtcdCluster, free_ports
 
 CONFIG = """\
@@ -86,7 +86,7 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
-                raise AssertionError(f"daemon did not stop within {timeout}s:\n{self.logs()[-2000:]}")
+                raise AssertionError(f"daemon did not stop within {timeout}s:\n{self.logs()[-2000:]}") from None
         return self.proc.returncode
 
 

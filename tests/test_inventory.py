@@ -6,7 +6,13 @@ import pytest
 
 from etcdsync.errors import UsageError
 from etcdsync.inventory import (
-    Entry, InventoryError, check_applyset_name, decode_chunk, encode_chunk, fence_key, parse_ownership,
+    Entry,
+    InventoryError,
+    check_applyset_name,
+    decode_chunk,
+    encode_chunk,
+    fence_key,
+    parse_ownership,
 )
 
 R = "/.etcdsync/"

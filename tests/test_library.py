@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import ROOT, Env
 
 import etcdsync
-from conftest import ROOT, Env
 from etcdsync import ConfigStore, Connection, Instance, Registry
 from etcdsync.aio import AsyncConfigStore, AsyncRegistry
 from etcdsync.etcdbin import EtcdCluster

@@ -336,7 +336,7 @@ SECRET = "hunter2-SECRET-VALUE"
 @pytest.mark.parametrize(
     ("content", "environ"),
     [
-        pytest.param(H + f"    token: {{fromEnv: TOKEN, secret: true}}\n", {"TOKEN": SECRET * 100_000}, id="too-large-env"),
+        pytest.param(H + "    token: {fromEnv: TOKEN, secret: true}\n", {"TOKEN": SECRET * 100_000}, id="too-large-env"),
         pytest.param(H + f"    token: {{value: {{a: .inf, b: {SECRET}}}, secret: true}}\n", {}, id="inf-in-secret-json"),
         pytest.param(H + f"    token: {{value: {SECRET}, secret: true, policy: {SECRET}}}\n".replace(f"policy: {SECRET}", "policy: nope"), {}, id="bad-policy"),
         pytest.param(H + f"    token: {{value: \"{SECRET}, secret: true}}\n", {}, id="broken-quote"),

@@ -472,9 +472,9 @@ def _load(paths: Sequence[str | os.PathLike[str]], environ: Mapping[str, str], r
                 statics.append(dataclasses.replace(dk, value=value))
         for dk in statics:
             assert dk.source is not None
-            other = keys.get(dk.key)
-            if other is not None:
-                raise duplicate(dk.key, other.source, dk.source)
+            seen = keys.get(dk.key)
+            if seen is not None:
+                raise duplicate(dk.key, seen.source, dk.source)
             keys[dk.key] = dk
         for inst in doc.live:
             source = inst.source or doc.source

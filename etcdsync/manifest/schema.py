@@ -307,7 +307,7 @@ def _error_to_manifest(err: Any, root: Node, file: str) -> tuple[tuple[int, int,
         rank = 1
     elif v == "type":
         types = err.validator_value if isinstance(err.validator_value, list) else [err.validator_value]
-        expected = " or ".join(_TYPE_NAMES.get(t, t) for t in types if t != "null") or "null"
+        expected = " or ".join(str(_TYPE_NAMES.get(t, t)) for t in types if t != "null") or "null"
         msg = f"{where} must be {expected}, not {_describe(err.instance)}"
     elif v == "enum":
         msg = f"invalid {where} {_show(err.instance)}: expected one of {', '.join(map(str, err.validator_value))}"

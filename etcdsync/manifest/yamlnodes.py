@@ -87,14 +87,14 @@ class Node:
         if self.kind == MAP:
             for k, v in self.items:
                 if k.value == key:
-                    return v
+                    return v  # type: ignore[no-any-return]
         return None
 
     def key_node(self, key: str) -> Node | None:
         if self.kind == MAP:
             for k, _ in self.items:
                 if k.value == key:
-                    return k
+                    return k  # type: ignore[no-any-return]
         return None
 
     @property
