@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .apply import minimal_prefixes
 from .checks import Checker
@@ -77,6 +78,7 @@ class Daemon:
         self._trigger = asyncio.Event()
         self._watch_restart = asyncio.Event()
         self._reconciled = asyncio.Event()
+        self._stopping = False
         self._stop = asyncio.Event()
         self._leases: dict[float, LeasedKeys] = {}
         self._checkers: dict[str, Checker] = {}
@@ -140,6 +142,7 @@ class Daemon:
                  len(self.desired.keys), len(self.desired.live), ",".join(self.conn.endpoints))
         await self._stop.wait()
         log.info("stopping: revoking leases of live instances; config keys stay")
+        self._stopping = True
         for t in (files, main):
             t.cancel()
         for t in (files, main):
@@ -177,14 +180,16 @@ class Daemon:
                     asyncio.create_task(self._resync_loop(), name="resync")]
             if self.s.leader_elect:
                 work.append(asyncio.create_task(self._hold_leadership(), name="leadership"))
-            done, pending = await asyncio.wait(work, return_when=asyncio.FIRST_COMPLETED)
-            for t in pending:
-                t.cancel()
-            for t in pending:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
+            try:
+                done, pending = await asyncio.wait(work, return_when=asyncio.FIRST_COMPLETED)
+            finally:  # also when _main itself is cancelled (shutdown): no work task may outlive it
+                for t in work:
+                    t.cancel()
+                for t in work:
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await t
             for t in done:
-                if t.exception() is not None:
+                if not t.cancelled() and t.exception() is not None:
                     log.error("%s stopped: %s", t.get_name(), t.exception())
             if self.s.leader_elect:
                 await self._stop_live()      # the new leader registers them under its own lease
@@ -277,25 +282,29 @@ class Daemon:
         while True:
             prefixes = self._watch_prefixes()
             seen = {p: start - 1 for p in prefixes}
-            tasks = [asyncio.create_task(self._watch_one(p, start, seen), name=f"watch {p}") for p in prefixes]
+            tasks: list[asyncio.Task[Any]] = [
+                asyncio.create_task(self._watch_one(p, start, seen), name=f"watch {p}") for p in prefixes]
             tasks.append(asyncio.create_task(self._watchdog(prefixes, seen), name="watchdog"))
             failure: BaseException | None = None
-            while True:
-                self._watch_restart.clear()
-                restart = asyncio.create_task(self._watch_restart.wait())
-                done, _ = await asyncio.wait([*tasks, restart], return_when=asyncio.FIRST_COMPLETED)
-                if restart not in done:
+            try:
+                while True:
+                    self._watch_restart.clear()
+                    restart = asyncio.create_task(self._watch_restart.wait())
+                    tasks.append(restart)
+                    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                    tasks.remove(restart)
                     restart.cancel()
-                failure = next((t.exception() for t in done if t is not restart and t.exception()), None)
-                if failure is not None or any(t in done for t in tasks):
-                    break
-                if self._watch_prefixes() != prefixes:
-                    break
-            for t in tasks:
-                t.cancel()
-            for t in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
+                    failure = next((t.exception() for t in done if t is not restart and t.exception()), None)
+                    if failure is not None or any(t in done for t in tasks):
+                        break
+                    if self._watch_prefixes() != prefixes:
+                        break
+            finally:  # also when this loop is cancelled: the watch tasks must not outlive it
+                for t in tasks:
+                    t.cancel()
+                for t in tasks:
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await t
             last = min(seen.values()) if seen else start - 1
             if isinstance(failure, CompactedError):
                 log.warning("%s; full re-read", failure)
@@ -330,7 +339,7 @@ class Daemon:
         assert self.reconciler is not None
         key = ev.kv.key
         if key in self._live:
-            if key in self._registered:
+            if key in self._registered and not self._stopping:
                 inst = self._live[key]
                 if ev.type == "delete" or ev.kv.value != inst.value:
                     log.warning("%s: live registration %s externally; restoring", key,
