@@ -27,6 +27,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_OK, EXIT_DIFF, EXIT_ERROR, EXIT_REFUSED = 0, 1, 2, 3
 DEFAULT_MANIFESTS = "manifests"
+DIFF_LIMIT = 500  # keys shown in a text diff without -v
 
 
 class Ctx:
@@ -183,7 +184,8 @@ def _plan_command(kw: dict[str, Any], *, execute: bool) -> int:
         if attempt == 0:
             shown["plan"] = p
             if ctx.output == "text":
-                ctx.out(render.render_plan(p, style=ctx.style, verbose=ctx.verbose))
+                ctx.out(render.render_plan(p, style=ctx.style, verbose=ctx.verbose,
+                                           limit=None if ctx.verbose else DIFF_LIMIT))
 
     bar: Any = None
 

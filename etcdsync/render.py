@@ -129,12 +129,20 @@ def summary(p: Plan) -> str:
     return line + (f" ({', '.join(extra)})" if extra else "")
 
 
-def render_plan(p: Plan, *, style: Style = _plain, verbose: bool = False) -> str:
+def render_plan(p: Plan, *, style: Style = _plain, verbose: bool = False, limit: int | None = None) -> str:
+    """The diff; with `limit`, at most that many changed keys are shown before a count of the rest."""
     lines: list[str] = []
+    shown = hidden = 0
     for c in p.changes:
         if c.action is Action.UNCHANGED and not c.writes and not verbose:
             continue
+        if limit is not None and shown >= limit:
+            hidden += 1
+            continue
+        shown += 1
         lines.extend(render_change(c, style))
+    if hidden:
+        lines.append(f"... and {hidden} more keys (-v or -o json lists every key)")
     for s in p.live:
         lines.append(render_live(s, style))
     if lines:

@@ -70,3 +70,14 @@ def test_json_has_one_entry_per_key() -> None:
     assert len(keys) == len(set(keys)) == 11
     assert doc["live"][0]["registered"] is False
     assert {c["key"]: c["old"] for c in doc["changes"]}[P + "binary"] == {"base64": "//4="}
+
+
+def test_long_diffs_are_cut_with_a_count() -> None:
+    from etcdsync.inventory import Inventory as Inv
+
+    keys = [DesiredKey(f"{P}k{i:03d}", b"v", P) for i in range(30)]
+    p = plan(DesiredState(keys={k.key: k for k in keys}, prefixes=(P,)), {}, Inv("x"), {})
+    text = render_plan(p, limit=10)
+    assert text.count("\n+ ") + text.startswith("+ ") == 10
+    assert "... and 20 more keys (-v or -o json lists every key)" in text
+    assert "30 to create" in text
