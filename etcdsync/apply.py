@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from .errors import ConflictError, GuardError, OwnershipError, UsageError
 from .inventory import Entry, Ownership, encode_chunk, fence_key, inventory_prefix, parse_ownership
 from .model import DesiredState
-from .plan import Action, Change, Observed, Options, Plan, plan
+from .plan import Action, Change, ObservedLike, Options, Plan, plan
 from .store import Compare, Delete, Get, Op, Put, RequestTooLargeError, Store, absent, mod_is
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,7 @@ MIN_OPS = 4
 MERGE_BELOW = 64          # inventory chunks with fewer entries are merged...
 MERGE_MIN_CHUNKS = 8      # ...once there are this many of them...
 MERGE_CAP = 4096          # ...into chunks of at most this many entries
+MAX_IN_FLIGHT = 4         # independent batches (creates/updates) committed concurrently
 
 
 @dataclass
@@ -52,7 +53,7 @@ class Snapshot:
     """etcd as read for one plan, all at one revision."""
 
     revision: int
-    observed: dict[str, Observed]
+    observed: dict[str, ObservedLike]
     ownership: Ownership
 
 
@@ -75,11 +76,12 @@ async def observe(store: Store, desired: DesiredState, *, applyset: str, reserve
     inv = ownership.inventory(applyset)
     prefixes = minimal_prefixes(set(desired.prefixes) | inv.prefixes | {i.prefix for i in desired.live})
     results = await asyncio.gather(*(store.get_prefix(p, revision=rev) for p in prefixes))
-    observed: dict[str, Observed] = {}
+    observed: dict[str, ObservedLike] = {}
     for items, _ in results:
         for kv in items:
-            if not kv.key.startswith(reserved):
-                observed[kv.key] = Observed(kv.value, kv.mod_revision, kv.lease)
+            observed[kv.key] = kv
+    for key in [k for k in observed if k.startswith(reserved)]:  # a declared prefix may cover ours
+        del observed[key]
     return Snapshot(rev, observed, ownership)
 
 
@@ -111,8 +113,24 @@ class _Batch:
     changes: list[Change] = field(default_factory=list)
     new_entries: dict[str, Entry] = field(default_factory=dict)
     touched: set[str] = field(default_factory=set)        # chunk keys rewritten by this batch
-    own: bool = False
-    size: int = 0
+    fenced: bool = False                                  # adds ownership of existing keys: compare the fence
+    size: int = 0                                         # bytes of the key operations
+    entries_size: int = 0                                 # bytes of the new chunk
+    touched_size: int = 0                                 # bytes of the rewritten chunks
+
+    @property
+    def independent(self) -> bool:
+        """Touches no shared inventory state: may commit while other such batches are in flight."""
+        return not self.touched and not self.fenced
+
+
+_KEY_WRITES = frozenset({Action.CREATE, Action.UPDATE, Action.DELETE})   # see Executor._key_parts
+
+
+def _needs_fence(c: Change) -> bool:
+    # Creating a key compares its absence, which already excludes a concurrent creator; adopting an
+    # existing key (or taking it over) must exclude a concurrent adopter: the ownership fence does.
+    return c.own and c.action is not Action.CREATE
 
 
 class Executor:
@@ -151,14 +169,42 @@ class Executor:
     async def run(self) -> None:
         puts = [c for c in self.plan.writes if c.action not in (Action.DELETE, Action.RELEASE)]
         removes = [c for c in self.plan.writes if c.action in (Action.DELETE, Action.RELEASE)]
-        batch = _Batch()
-        for change in [*puts, *removes]:
-            if not self._fits(batch, change) and batch.changes:
+        pending: set[asyncio.Task[None]] = set()
+
+        async def settle(limit: int) -> None:
+            """Wait until at most `limit` batches are in flight; re-raise the first failure."""
+            while len(pending) > limit:
+                done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                pending.difference_update(done)
+                failed = next((t for t in done if t.exception() is not None), None)
+                if failed is not None:
+                    if pending:
+                        await asyncio.wait(pending)
+                    exc = failed.exception()
+                    assert exc is not None
+                    raise exc
+
+        async def flush(batch: _Batch) -> None:
+            if batch.independent:
+                await settle(MAX_IN_FLIGHT - 1)
+                pending.add(asyncio.create_task(self._commit(batch)))
+            else:
+                await settle(0)
                 await self._commit(batch)
-                batch = _Batch()
-            self._add(batch, change)
-        if batch.changes:
-            await self._commit(batch)
+
+        try:
+            batch = _Batch()
+            for change in [*puts, *removes]:
+                if batch.changes and not self._fits(batch, change):
+                    await flush(batch)
+                    batch = _Batch()
+                self._add(batch, change)
+            if batch.changes:
+                await flush(batch)
+            await settle(0)
+        finally:
+            for t in pending:
+                t.cancel()
         await self._merge_small_chunks()
 
     async def _merge_small_chunks(self) -> None:
@@ -202,7 +248,7 @@ class Executor:
             self.revisions.append(result.revision)
             if self.on_commit is not None:
                 self.on_commit(result.revision)
-            self.revision = result.revision
+            self.revision = max(self.revision, result.revision)
             for ck in group:
                 del self.chunks[ck]
             self.chunks[new_ck] = (result.revision, merged)
@@ -228,16 +274,18 @@ class Executor:
         return []
 
     def _cost(self, batch: _Batch, change: Change) -> tuple[int, int, int]:
-        """(compares, ops, bytes) of the batch with `change` added."""
-        touched = batch.touched.union(self._chunks_touched(change))
-        new_chunk = bool(batch.new_entries) or change.own or change.retag
-        own = batch.own or change.own
-        cmp_, op = self._key_parts(change)
-        compares = len(batch.compares) + int(cmp_ is not None) + len(touched) + int(new_chunk) + int(own) + len(self.fences)
-        ops = len(batch.ops) + int(op is not None) + len(touched) + int(new_chunk) + int(own)
-        size = batch.size + 2 * len(change.key) + len(change.new or b"") + 32
-        size += sum(self._chunk_cost(ck) for ck in touched)
-        size += sum(len(k) + 8 for k in batch.new_entries) + len(change.key) + 72
+        """(compares, ops, bytes) of the batch with `change` added; O(1) in the batch size."""
+        new_touched = [ck for ck in self._chunks_touched(change) if ck not in batch.touched]
+        touched = len(batch.touched) + len(new_touched)
+        owning = change.own or change.retag
+        new_chunk = int(bool(batch.new_entries) or owning)
+        fence = int(batch.fenced or _needs_fence(change))
+        writes_key = change.action in _KEY_WRITES
+        compares = len(batch.compares) + int(writes_key or change.own) + touched + new_chunk + fence + len(self.fences)
+        ops = len(batch.ops) + int(writes_key) + touched + new_chunk + fence
+        size = (batch.size + 2 * len(change.key) + len(change.new or b"") + 32
+                + batch.touched_size + sum(self._chunk_cost(ck) for ck in new_touched)
+                + batch.entries_size + (len(change.key) + 8 if owning else 0) + 128)
         return compares, ops, size
 
     def _fits(self, batch: _Batch, change: Change) -> bool:
@@ -250,10 +298,14 @@ class Executor:
             batch.compares.append(cmp_)
         if op is not None:
             batch.ops.append(op)
-        batch.touched.update(self._chunks_touched(c))
+        for ck in self._chunks_touched(c):
+            if ck not in batch.touched:
+                batch.touched.add(ck)
+                batch.touched_size += self._chunk_cost(ck)
         if c.own or c.retag:
             batch.new_entries[c.key] = Entry(c.prefix, c.prune)
-        batch.own = batch.own or c.own
+            batch.entries_size += len(c.key) + 8
+        batch.fenced = batch.fenced or _needs_fence(c)
         batch.size += 2 * len(c.key) + len(c.new or b"") + 32
         batch.changes.append(c)
 
@@ -274,16 +326,17 @@ class Executor:
             new_ck = f"{self.inv_prefix}{secrets.token_hex(8)}"
             compares.append(absent(new_ck))
             ops.append(Put(new_ck, encode_chunk(batch.new_entries)))
-        if batch.own:
+        if batch.fenced:
             compares.append(mod_is(self.fence, self.fence_rev))
             ops.append(Put(self.fence, self.plan.applyset.encode()))
         compares.extend(self.fences)
-        failure = [Get(c.key) for c in compares]
-        result = await self.store.txn(compares, ops, failure)
+        result = await self.store.txn(compares, ops)
         self.transactions += 1
         if not result.succeeded:
+            # which compares failed: read those keys now (one transaction of gets, only on failure)
+            seen = await self.store.txn([], [Get(c.key) for c in compares])
             changed = []
-            for cmp_, got in zip(compares, result.gets, strict=True):
+            for cmp_, got in zip(compares, seen.gets, strict=True):
                 now = got[0].mod_revision if got else 0
                 want = int(cmp_.value) if cmp_.target == "mod" else 0
                 if cmp_.target in ("mod", "version") and now != want:
@@ -291,7 +344,7 @@ class Executor:
                 elif cmp_.target == "create" and (got[0].create_revision if got else 0) != want:
                     changed.append(cmp_.key)
             raise _Conflict(changed or [c.key for c in batch.changes])
-        self.revision = result.revision
+        self.revision = max(self.revision, result.revision)
         self.revisions.append(result.revision)
         if self.on_commit is not None:
             self.on_commit(result.revision)
@@ -306,7 +359,7 @@ class Executor:
             self.chunks[new_ck] = (result.revision, dict(batch.new_entries))
             for key in batch.new_entries:
                 self.chunks_of.setdefault(key, []).append(new_ck)
-        if batch.own:
+        if batch.fenced:
             self.fence_rev = result.revision
         for c in batch.changes:
             self.done[c.key] = c

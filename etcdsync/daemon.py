@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import time
@@ -119,6 +120,7 @@ class Daemon:
         from .cli import resolve_applyset  # the same rule as the one-shot commands
 
         self.desired = self.load(self.s.paths)          # a bad manifest at start-up is exit 2
+        gc.freeze()   # the desired state lives long: keep the cyclic collector from rescanning it
         self.applyset, origin = resolve_applyset(self.s.applyset_flag, self.desired)
         self.metrics.manifest_valid.set(1)
         if origin == "default":
@@ -225,6 +227,7 @@ class Daemon:
             self.status.manifests_error = None
             self.metrics.manifest_valid.set(1)
             self.desired = desired
+            gc.freeze()
             log.info("manifests changed: %d keys, %d live instances", len(desired.keys), len(desired.live))
             self.trigger()
 

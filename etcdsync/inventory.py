@@ -127,11 +127,12 @@ def decode_chunk(key: str, value: bytes) -> dict[str, Entry]:
         noprune = set(doc.get("noprune", ()))
         out: dict[str, Entry] = {}
         for prefix, rels in doc["prefixes"].items():
+            keep, drop = Entry(prefix, True), Entry(prefix, False)  # shared: entries are frozen
             for rel in rels:
                 if not isinstance(rel, str):
                     raise ValueError("relative key is not a string")
                 full = prefix + rel
-                out[full] = Entry(prefix, full not in noprune)
+                out[full] = drop if full in noprune else keep
         return out
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise InventoryError(f"{key}: inventory chunk is not readable ({exc}); "

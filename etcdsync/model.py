@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class Policy(StrEnum):
@@ -31,9 +31,9 @@ class Source:
         return f"{self.file}:{self.line}:{self.column}"
 
 
-@dataclass(frozen=True, slots=True)
-class DesiredKey:
-    """One etcd key the manifests declare, with its exact value bytes."""
+class DesiredKey(NamedTuple):
+    """One etcd key the manifests declare, with its exact value bytes (a NamedTuple: cheap to build
+    by the 100,000)."""
 
     key: str
     value: bytes

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from typing import NamedTuple, Protocol
 
 from .inventory import Entry, Inventory
 from .model import DesiredKey, DesiredState, Policy, ServiceInstance, Source
@@ -30,17 +31,29 @@ class Action(StrEnum):
 WRITES = frozenset({Action.CREATE, Action.UPDATE, Action.ADOPT, Action.DELETE, Action.RELEASE})
 
 
+class ObservedLike(Protocol):
+    """What the planner reads of a key in etcd (the adapter's KeyValue fits, so it is used as is)."""
+
+    @property
+    def value(self) -> bytes: ...
+    @property
+    def mod_revision(self) -> int: ...
+    @property
+    def lease(self) -> int: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Observed:
-    """One key as etcd holds it (the planner's view; the adapter's KeyValue maps onto it)."""
+    """One key as etcd holds it (for tests and callers without a KeyValue)."""
 
     value: bytes
     mod_revision: int
     lease: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Change:
+class Change(NamedTuple):
+    """One key's outcome (a NamedTuple: built once per declared key, on the hot path)."""
+
     action: Action
     key: str
     old: bytes | None            # value in etcd (None: absent)
@@ -116,7 +129,7 @@ class Plan:
         return tuple(c for c in self.changes if c.writes)
 
 
-def _change(action: Action, d: DesiredKey, obs: Observed | None, **kw: object) -> Change:
+def _change(action: Action, d: DesiredKey, obs: ObservedLike | None, **kw: object) -> Change:
     return Change(
         action=action, key=d.key, old=obs.value if obs else None, new=d.value,
         revision=obs.mod_revision if obs else 0, prefix=d.prefix, policy=d.policy, prune=d.prune,
@@ -126,7 +139,7 @@ def _change(action: Action, d: DesiredKey, obs: Observed | None, **kw: object) -
 
 def plan(
     desired: DesiredState,
-    observed: Mapping[str, Observed],
+    observed: Mapping[str, ObservedLike],
     inventory: Inventory,
     other_owners: Mapping[str, str],
     options: Options = Options(),
@@ -137,6 +150,12 @@ def plan(
     for key, d in desired.keys.items():
         obs = observed.get(key)
         entry = owned.get(key)
+        if obs is not None and entry is not None and obs.value == d.value and \
+                entry.prefix == d.prefix and entry.prune == d.prune:
+            # in sync and owned (the bulk of a large tree): built positionally, it is the hot path
+            changes.append(Change(Action.UNCHANGED, key, obs.value, d.value, obs.mod_revision, d.prefix, d.policy,
+                                  d.prune, d.secret, False, False, None, "", d.document, d.source))
+            continue
         mine = entry is not None
         owner = None if mine else other_owners.get(key)
         retag = mine and entry != Entry(d.prefix, d.prune)

@@ -61,12 +61,30 @@ def _rt() -> _Runtime:
 
 
 def _at_exit() -> None:
-    """Revoke every live registration so instances vanish at once when the interpreter exits."""
+    """Revoke every live registration so instances vanish at once when the interpreter exits,
+    then stop the watches and the loop cleanly."""
     for registry in list(_registries):
         try:
             registry.close(timeout=5)
         except Exception as exc:  # noqa: BLE001 - exiting anyway; the leases will expire
             log.warning("etcdsync: could not deregister at exit (%s); the lease will expire", exc)
+    rt = _runtime
+    if rt is None:
+        return
+
+    async def cancel_all() -> None:
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.get_running_loop().shutdown_asyncgens()
+
+    try:
+        rt.call(cancel_all(), timeout=5)
+        rt.loop.call_soon_threadsafe(rt.loop.stop)
+        rt.thread.join(5)
+    except Exception:  # noqa: BLE001 - best effort at exit
+        pass
 
 
 def _dispatcher(callback: Callable[[Any], Any], name: str) -> tuple[Callable[[Any], None], concurrent.futures.ThreadPoolExecutor]:

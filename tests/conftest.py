@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import io
 import os
 import secrets
@@ -79,6 +80,7 @@ class Env:
         os.environ.pop("NO_COLOR", None)
         os.environ.update(env or {})
         code = 0
+        gc_was_enabled = gc.isenabled()  # main() turns the cyclic collector off for one-shot commands
         try:
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
                 try:
@@ -88,6 +90,8 @@ class Env:
         finally:
             os.environ.clear()
             os.environ.update(old)
+            if gc_was_enabled:
+                gc.enable()
         return Result(code, out.getvalue(), err.getvalue())
 
     def run(self, *args: str, env: dict[str, str] | None = None, timeout: float = 60) -> Result:

@@ -11,7 +11,6 @@ Every failure is a ManifestError with file, line and column; nothing else escape
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import json
 import math
@@ -469,7 +468,7 @@ def _load(paths: Sequence[str | os.PathLike[str]], environ: Mapping[str, str], r
                 value = values.resolve_entry(entry, doc.file, environ)
                 assert dk.source is not None
                 _check_size(dk.key, value, dk.source)
-                statics.append(dataclasses.replace(dk, value=value))
+                statics.append(dk._replace(value=value))
         for dk in statics:
             assert dk.source is not None
             seen = keys.get(dk.key)
