@@ -266,6 +266,7 @@ class Daemon:
             if outcome is not None:
                 self._reconciled.set()
                 self._watch_restart.set()
+            outcome = None  # do not hold the plan (one Change per key) while idle
 
     # -- watches --------------------------------------------------------------------
 

@@ -60,6 +60,9 @@ def shown(text: str, limit: int = 200) -> str:
     return text
 
 
+_NO_ITEMS: list[Any] = []
+
+
 class Node:
     """One YAML node. ``items`` is a list of (key, value) node pairs for a map, of nodes for a seq."""
 
@@ -72,7 +75,7 @@ class Node:
         self.tag = tag              # explicit core tag, or None
         self.line = line            # 1-based
         self.column = column        # 1-based
-        self.items: list[Any] = []
+        self.items: list[Any] = [] if kind != SCALAR else _NO_ITEMS  # scalars share one (never appended to)
         self.size = 1               # nodes in this subtree, aliases expanded
         self.open = kind != SCALAR  # collection still being built (an alias to it is recursive)
 
