@@ -85,7 +85,7 @@ async def observe(store: Store, desired: DesiredState, *, applyset: str, reserve
     return Snapshot(rev, observed, ownership)
 
 
-@dataclass
+@dataclass(repr=False)
 class Outcome:
     """What an apply did: the first plan (what was shown), per-key results of committed batches."""
 
@@ -95,6 +95,9 @@ class Outcome:
     transactions: int = 0
     retried: list[str] = field(default_factory=list)    # keys that changed under us and were re-planned
     revisions: list[int] = field(default_factory=list)  # revisions of our own committed transactions
+
+    def __repr__(self) -> str:  # the default would list every key
+        return f"Outcome({self.plan!r}, done={len(self.done)}, transactions={self.transactions})"
 
     def count(self, action: Action) -> int:
         return sum(1 for c in self.done.values() if c.action is action)

@@ -96,7 +96,7 @@ class Options:
     force: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class Plan:
     applyset: str
     changes: tuple[Change, ...]
@@ -104,6 +104,9 @@ class Plan:
     owned_before: int = 0
     refused: str | None = None             # the deletion guard's reason, when it refuses
     counts: Mapping[str, int] = field(default_factory=dict)
+
+    def __repr__(self) -> str:  # the default would list every key
+        return f"Plan(applyset={self.applyset!r}, changes={len(self.changes)}, counts={dict(self.counts)})"
 
     @property
     def conflicts(self) -> tuple[Change, ...]:
