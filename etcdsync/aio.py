@@ -101,8 +101,7 @@ class Watch:
 
     async def wait_closed(self) -> None:
         if self.task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+            await asyncio.gather(self.task, return_exceptions=True)
 
 
 async def _call(callback: Callback, arg: Any) -> None:

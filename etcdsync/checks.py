@@ -8,6 +8,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from .model import HealthCheck
+from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +56,7 @@ class Checker:
         self._task = asyncio.create_task(self._run(), name=f"check-{self.name}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
         while True:

@@ -521,6 +521,9 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: one clear line on stderr per error, exit codes as documented."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = _debug_requested(args)
+    # gRPC's C core logs its own lines (TLS handshake failures, ...) to stderr; errors are ours to
+    # report in one line. Must be set before grpc is imported.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR" if debug else "NONE")
     # A one-shot command builds one large, acyclic object graph (100,000 keys: ~1M objects) and
     # exits; the cyclic collector rescanning it doubled diff/apply times. The daemon turns it back on.
     gc.disable()

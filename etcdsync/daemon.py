@@ -32,6 +32,7 @@ from .plan import Options
 from .reconcile import Reconciler, Status
 from .settings import Connection
 from .store import CompactedError, Compare, Store, WatchEvent, created_at
+from .tasks import cancel_and_wait
 
 log = logging.getLogger("etcdsync.daemon")
 
@@ -61,7 +62,7 @@ class DaemonSettings:
     """Run as one of several daemons on the same apply set; only the leader writes."""
     election_ttl: float = 5.0
     """Lease TTL of the election key: how fast a dead leader is replaced."""
-    watchdog: float = 10.0
+    watchdog: float = 5.0
     """Seconds between probes that detect a watch which went silent."""
 
 
@@ -145,11 +146,7 @@ class Daemon:
         await self._stop.wait()
         log.info("stopping: revoking leases of live instances; config keys stay")
         self._stopping = True
-        for t in (files, main):
-            t.cancel()
-        for t in (files, main):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_and_wait(files, main)
         await self._stop_live()
         if self._election is not None:
             await self._election.close(revoke=True)
@@ -185,11 +182,7 @@ class Daemon:
             try:
                 done, pending = await asyncio.wait(work, return_when=asyncio.FIRST_COMPLETED)
             finally:  # also when _main itself is cancelled (shutdown): no work task may outlive it
-                for t in work:
-                    t.cancel()
-                for t in work:
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await t
+                await cancel_and_wait(*work)
             for t in done:
                 if not t.cancelled() and t.exception() is not None:
                     log.error("%s stopped: %s", t.get_name(), t.exception())
@@ -216,8 +209,8 @@ class Daemon:
         roots = sorted({str(p if Path(p).is_dir() else Path(p).resolve().parent) for p in self.s.paths})
         async for _changes in awatch(*roots, debounce=int(self.s.debounce * 1000), step=50,
                                      stop_event=None, recursive=True):
-            try:
-                desired = self.load(self.s.paths)
+            try:  # off the event loop: a large tree takes a second, and drift repair must not wait
+                desired = await asyncio.to_thread(self.load, self.s.paths)
             except ManifestError as exc:
                 self.status.manifests_error = str(exc)
                 self.metrics.manifest_valid.set(0)
@@ -304,11 +297,7 @@ class Daemon:
                     if self._watch_prefixes() != prefixes:
                         break
             finally:  # also when this loop is cancelled: the watch tasks must not outlive it
-                for t in tasks:
-                    t.cancel()
-                for t in tasks:
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await t
+                await cancel_and_wait(*tasks)
             last = min(seen.values()) if seen else start - 1
             if isinstance(failure, CompactedError):
                 log.warning("%s; full re-read", failure)
@@ -318,6 +307,8 @@ class Daemon:
                 start = self.reconciler.revision + 1
                 continue
             if failure is not None:
+                if last >= start:  # the watch delivered before failing: this is a new failure
+                    backoff = BACKOFF_MIN
                 self.status.etcd_error = f"watch: {failure}"
                 log.warning("watch: %s; resuming from revision %d in %.1fs", failure, last + 1, backoff)
                 await asyncio.sleep(backoff)
@@ -360,18 +351,19 @@ class Daemon:
             self.trigger()
 
     async def _watchdog(self, prefixes: list[str], seen: dict[str, int]) -> None:
-        """A watch that silently stopped delivering: the prefix changed but no event came. Restart it."""
-        suspect: dict[str, int] = {}
+        """A watch that silently stopped delivering: the prefix changed but no event came. Restart it.
+
+        (gRPC keepalives catch a dead or paused member within ~7 s; this catches the rest.) A change
+        the watch has not delivered one second after the probe saw it counts as missed.
+        """
         while True:
             await asyncio.sleep(self.s.watchdog)
             for p in prefixes:
                 latest, _ = await self.store.latest_mod_revision(p)
                 if latest > seen[p]:
-                    if suspect.get(p) == latest:
+                    await asyncio.sleep(1.0)
+                    if latest > seen[p]:
                         raise EtcdConnectionError(f"watch on {p} is silent (missed revision {latest})")
-                    suspect[p] = latest
-                else:
-                    suspect.pop(p, None)
 
     # -- live instances ---------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 Layout (R is the reserved prefix, default `/.etcdsync/`):
 
-    R sets/<applyset>/inventory/<chunk-id>   JSON chunk: {"v":1,"prefixes":{prefix:[relative keys]},"noprune":[keys]}
+    R sets/<applyset>/inventory/<chunk-id>   JSON chunk: {"v":1,"prefixes":{prefix:[relative keys]},
+                                             "noprune":[keys],"secret":[keys]}
     R ownership                              fence bumped by every transaction that adds ownership
 
 An inventory is split into chunks so that 100,000 owned keys stay within etcd's request limits: a
@@ -52,6 +53,7 @@ class Entry:
 
     prefix: str
     prune: bool = True
+    secret: bool = False      # remembered so a key removed from the manifests is still masked
 
 
 @dataclass(slots=True)
@@ -108,14 +110,21 @@ class Ownership:
 def encode_chunk(entries: Mapping[str, Entry]) -> bytes:
     prefixes: dict[str, list[str]] = {}
     noprune: list[str] = []
+    secret: list[str] = []
     for key in sorted(entries):
         entry = entries[key]
-        prefixes.setdefault(entry.prefix, []).append(key[len(entry.prefix):] if key.startswith(entry.prefix) else key)
+        if not key.startswith(entry.prefix):
+            raise ValueError(f"{key}: not under its recorded prefix {entry.prefix}")
+        prefixes.setdefault(entry.prefix, []).append(key[len(entry.prefix):])
         if not entry.prune:
             noprune.append(key)
+        if entry.secret:
+            secret.append(key)
     doc: dict[str, object] = {"v": CHUNK_VERSION, "prefixes": prefixes}
     if noprune:
         doc["noprune"] = noprune
+    if secret:
+        doc["secret"] = secret
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
@@ -125,14 +134,18 @@ def decode_chunk(key: str, value: bytes) -> dict[str, Entry]:
         if not isinstance(doc, dict) or doc.get("v") != CHUNK_VERSION:
             raise ValueError(f"unsupported inventory version {doc.get('v') if isinstance(doc, dict) else doc!r}")
         noprune = set(doc.get("noprune", ()))
+        secret = set(doc.get("secret", ()))
         out: dict[str, Entry] = {}
         for prefix, rels in doc["prefixes"].items():
-            keep, drop = Entry(prefix, True), Entry(prefix, False)  # shared: entries are frozen
+            plain = Entry(prefix, True)  # shared: entries are frozen
             for rel in rels:
                 if not isinstance(rel, str):
                     raise ValueError("relative key is not a string")
                 full = prefix + rel
-                out[full] = drop if full in noprune else keep
+                if full in noprune or full in secret:
+                    out[full] = Entry(prefix, full not in noprune, full in secret)
+                else:
+                    out[full] = plain
         return out
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise InventoryError(f"{key}: inventory chunk is not readable ({exc}); "

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 
 from .errors import EtcdConnectionError
 from .store import Compare, Delete, Put, Store
+from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +77,7 @@ class LeasedKeys:
 
     async def close(self, *, revoke: bool = True) -> None:
         self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        await cancel_and_wait(self._task)
         if revoke and self.lease_id:
             with contextlib.suppress(EtcdConnectionError):
                 await self.store.lease_revoke(self.lease_id)

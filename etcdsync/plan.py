@@ -154,14 +154,14 @@ def plan(
         obs = observed.get(key)
         entry = owned.get(key)
         if obs is not None and entry is not None and obs.value == d.value and \
-                entry.prefix == d.prefix and entry.prune == d.prune:
+                entry.prefix == d.prefix and entry.prune == d.prune and entry.secret == d.secret:
             # in sync and owned (the bulk of a large tree): built positionally, it is the hot path
             changes.append(Change(Action.UNCHANGED, key, obs.value, d.value, obs.mod_revision, d.prefix, d.policy,
                                   d.prune, d.secret, False, False, None, "", d.document, d.source))
             continue
         mine = entry is not None
         owner = None if mine else other_owners.get(key)
-        retag = mine and entry != Entry(d.prefix, d.prune)
+        retag = mine and entry != Entry(d.prefix, d.prune, d.secret)
         if owner is not None and not options.take_ownership:
             changes.append(_change(Action.CONFLICT, d, obs, owner=owner,
                                    note=f"owned by apply set {owner!r}"))
@@ -194,7 +194,7 @@ def plan(
             continue
         obs = observed.get(key)
         base = dict(key=key, old=obs.value if obs else None, new=None, revision=obs.mod_revision if obs else 0,
-                    prefix=entry.prefix, prune=entry.prune)
+                    prefix=entry.prefix, prune=entry.prune, secret=entry.secret)
         if obs is None:
             changes.append(Change(Action.RELEASE, note="already absent", **base))  # type: ignore[arg-type]
         elif not entry.prune:

@@ -39,6 +39,7 @@ from etcd3aio import (
 from etcd3aio import (
     EtcdUnauthenticatedError as _ClientUnauthenticated,
 )
+from etcd3aio import _protobuf as _pb  # watch streams are opened here (progress requests)
 from etcd3aio._protobuf import Compare as _PbCompare  # compares are built by hand (no mod_revision helper)
 from etcd3aio.kv import KVService, SortOrder, SortTarget, prefix_range_end
 
@@ -51,6 +52,7 @@ T = TypeVar("T")
 
 MAX_RECEIVE_BYTES = 512 * 1024 * 1024
 PAGE_KEYS = 10_000
+WATCH_LIVENESS = 1.0      # seconds between progress requests on a watch stream
 DEFAULT_PORT = 2379
 
 
@@ -260,7 +262,13 @@ class Store:
             server_name = hosts[0]
         client = Etcd3Client(addrs, rpc_max_attempts=3, tls_server_name=server_name, **kwargs)  # type: ignore[arg-type]
         # etcd answers large ranges in one message; gRPC's default 4 MiB receive limit is too small.
+        # notice a dead or paused member within ~7 s (etcd refuses pings more often than every 5 s)
+        client._manager.grpc_options[:] = [
+            (k, v) for k, v in client._manager.grpc_options if k not in ("grpc.keepalive_time_ms", "grpc.keepalive_timeout_ms")
+        ]
         client._manager.grpc_options.extend([
+            ("grpc.keepalive_time_ms", 5000),
+            ("grpc.keepalive_timeout_ms", 2000),
             ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
             # reconnect quickly when etcd comes back (gRPC's default backoff grows to 120 s)
             ("grpc.initial_reconnect_backoff_ms", 100),
@@ -299,6 +307,9 @@ class Store:
             raise AuthError(f"etcd {self._target}: authentication failed for user {self.conn.user!r} "
                             f"(wrong user name or password, or auth is not enabled)") from exc
         except (_ClientError, grpc.aio.AioRpcError) as exc:
+            if "authentication failed" in _describe(exc).lower():  # etcd answers INVALID_ARGUMENT
+                raise AuthError(f"etcd {self._target}: authentication failed for user {self.conn.user!r} "
+                                "(wrong user name or password)") from exc
             raise self._map(exc, "authenticate") from exc
         self.client.set_token(resp.token)
 
@@ -456,27 +467,53 @@ class Store:
         return self.watch(prefix, prefix=True, start_revision=start_revision, progress_notify=progress_notify)
 
     async def watch(self, key: str, *, prefix: bool = False, start_revision: int,
-                    progress_notify: bool = True) -> AsyncIterator[WatchBatch]:
+                    progress_notify: bool = True, liveness: float | None = WATCH_LIVENESS) -> AsyncIterator[WatchBatch]:
         """Events on `key` (or under it with prefix=True) from `start_revision` on.
 
-        The client resumes by itself after transient disconnects; a compacted start revision raises
-        CompactedError (etcd cancels such a watch, and the client would otherwise wait forever).
+        One gRPC stream per call, opened here rather than through the client's watch helper so that
+        it can be checked: every `liveness` seconds a progress request goes down the stream, and if
+        nothing at all comes back within another `liveness` seconds the stream is declared silent
+        (a paused or partitioned member keeps TCP open; gRPC keepalives alone take ~7 s) and an
+        EtcdConnectionError is raised. Progress answers also carry the revision up to which
+        everything was delivered. A compacted start revision raises CompactedError. The caller
+        resumes from the last revision it saw.
         """
-        watch = self.client.watch
-        assert watch is not None
-        range_end = prefix_range_end(_b(key)) if prefix else None
-        stream = watch.watch(_b(key), range_end=range_end, start_revision=start_revision,
-                             prev_kv=False, progress_notify=progress_notify)
+        channel = self.client._channel
+        assert channel is not None and self.client.watch is not None
+        metadata = self.client.watch._metadata or None
+        range_end = prefix_range_end(_b(key)) if prefix else b""
+        create = _pb.WatchCreateRequest(key=_b(key), range_end=range_end, start_revision=start_revision,
+                                        progress_notify=progress_notify)
+
+        async def requests() -> AsyncIterator[Any]:
+            yield _pb.WatchRequest(create_request=create)
+            while True:
+                if liveness is None:
+                    await asyncio.Future()
+                else:
+                    await asyncio.sleep(liveness)
+                    yield _pb.WatchRequest(progress_request=_pb.rpc_pb2.WatchProgressRequest())  # type: ignore[attr-defined]
+
+        call = _pb.WatchStub(channel).Watch(requests(), metadata=metadata)
+        deadline = None if liveness is None else liveness + 2.0
         try:
-            async for resp in stream:
+            while True:
+                try:
+                    resp = await asyncio.wait_for(call.read(), deadline)
+                except TimeoutError:
+                    raise EtcdConnectionError(f"watch {key}: stream silent for {deadline:g}s "
+                                              "(member paused or partitioned); resuming elsewhere") from None
+                if resp is grpc.aio.EOF:
+                    raise EtcdConnectionError(f"watch {key}: stream closed by etcd")
                 if resp.compact_revision > 0:
                     raise CompactedError(f"watch {key}: revision {start_revision} was compacted "
                                          f"(oldest kept: {resp.compact_revision})", int(resp.compact_revision))
                 if resp.canceled:
-                    raise EtcdConnectionError(f"watch {key}: canceled by etcd ({resp.cancel_reason or 'no reason'})")
-                events = tuple(
-                    WatchEvent("put" if ev.type == 0 else "delete", _kv(ev.kv)) for ev in resp.events
-                )
+                    reason = resp.cancel_reason or "no reason"
+                    if "permission denied" in reason.lower() or "auth" in reason.lower():
+                        raise AuthError(f"watch {key}: canceled by etcd ({reason})")
+                    raise EtcdConnectionError(f"watch {key}: canceled by etcd ({reason})")
+                events = tuple(WatchEvent("put" if ev.type == 0 else "delete", _kv(ev.kv)) for ev in resp.events)
                 if resp.created and not events:
                     continue
                 yield WatchBatch(int(resp.header.revision), events, progress=not events)
@@ -489,8 +526,7 @@ class Store:
                         await self._authenticate()
             raise mapped from exc
         finally:
-            with contextlib.suppress(RuntimeError, grpc.aio.AioRpcError, _ClientError):
-                await stream.aclose()  # type: ignore[attr-defined]
+            call.cancel()
 
 
 def _token_problem(text: str) -> bool:

@@ -297,7 +297,7 @@ def test_missing_from_file(tmp_path: Path) -> None:
 def test_from_file_directory(tmp_path: Path) -> None:
     (tmp_path / "certs").mkdir()
     e = load_error(tmp_path, H + "    cert: {fromFile: certs}\n")
-    assert "cannot read 'certs'" in e.message
+    assert "'certs' is not a regular file" in e.message
 
 
 def test_missing_from_env(tmp_path: Path) -> None:
@@ -429,3 +429,25 @@ def test_empty_non_secret_from_env_is_an_empty_value(tmp_path: Path) -> None:
     path = tmp_path / "m.yaml"
     path.write_text(H + "    note: {fromEnv: NOTE}\n")
     assert load_manifests([path], environ={"NOTE": ""}).keys["/c/note"].value == b""
+
+
+@pytest.mark.parametrize("rel", ["a//b", "trailing/"])
+def test_empty_key_segments_are_rejected(tmp_path: Path, rel: str) -> None:
+    e = load_error(tmp_path, H + f"    {rel}: 1\n")
+    assert e.line == 8 and "empty path segment" in e.message
+
+
+def test_many_aliases_of_a_large_scalar_are_bounded(tmp_path: Path) -> None:
+    refs = ", ".join(["*b"] * 1500)
+    t0 = time.monotonic()
+    e = load_error(tmp_path, H + f'    big: &b "{"x" * (1024 * 1024)}"\n    j: [{refs}]\n')
+    assert "aliases expand to too many nodes" in e.message
+    assert time.monotonic() - t0 < 5
+
+
+def test_fromfile_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    import os
+
+    os.mkfifo(tmp_path / "pipe")
+    e = load_error(tmp_path, H + "    k: {fromFile: pipe}\n")
+    assert "not a regular file" in e.message

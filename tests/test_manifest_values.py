@@ -239,7 +239,6 @@ def test_keys_sources_and_document(tmp_path: Path) -> None:
         ("ünï/cödé", "/c/ünï/cödé"),
         ("a..b", "/c/a..b"),
         (".hidden", "/c/.hidden"),
-        ("trailing/", "/c/trailing/"),
     ],
 )
 def test_key_is_prefix_plus_relative_key_text(tmp_path: Path, key: str, full: str) -> None:

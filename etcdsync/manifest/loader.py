@@ -38,8 +38,9 @@ DEFAULT_JSON_PREFIX = "/services/"
 DEFAULT_GRPC_PREFIX = "services/"
 
 _BAD_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-# anything wrong with a relative key: control characters, lone surrogates, a leading '/', '.'/'..' segments
-_BAD_KEY = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]|^/|(?:^|/)\\.\\.?(?:/|$)")
+# anything wrong with a relative key: control characters, lone surrogates, a leading '/', '.'/'..' or
+# empty segments
+_BAD_KEY = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]|^/|(?:^|/)\\.\\.?(?:/|$)|//|/$")
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _DURATION = re.compile(r"(?:[0-9]+(?:\.[0-9]+)?(?:ms|s|m|h))+")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -240,6 +241,8 @@ def _reject_key(rel: str, file: str, key_node: Node) -> None:
         raise _err(f"key '{_show(rel)}' contains a control character or lone surrogate (NUL, newline, ...)", file, key_node)
     if rel.startswith("/"):
         raise _err(f"key '{_show(rel)}' must be relative to the prefix (remove the leading '/')", file, key_node)
+    if "//" in rel or rel.endswith("/"):
+        raise _err(f"key '{_show(rel)}' has an empty path segment ('//' or a trailing '/')", file, key_node)
     raise _err(f"key '{_show(rel)}' contains a '.' or '..' path segment (keys must stay under their prefix)", file, key_node)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from json.encoder import encode_basestring as _json_string  # C-accelerated; ensure_ascii=False
@@ -328,6 +329,9 @@ def resolve_entry(entry: Entry, file: str | None, environ: Mapping[str, str]) ->
         base = os.path.dirname(file) if file else "."
         path = os.path.join(base, entry.from_file)
         try:
+            if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device would block or never end
+                raise _err(f"fromFile of key '{shown(entry.rel_key)}': '{shown(entry.from_file)}' is not a regular file "
+                           "(a pipe, device or directory)", node, file)
             with open(path, "rb") as f:
                 data = f.read(MAX_FROM_FILE_BYTES + 1)
         except OSError as e:

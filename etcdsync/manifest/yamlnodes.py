@@ -8,8 +8,8 @@ are state machines, so nesting depth costs them nothing) and build our own nodes
 - every node keeps its kind, scalar text, style, explicit tag and 1-based start line/column;
 - duplicate mapping keys, non-scalar keys and merge keys (``<<``) are rejected;
 - nesting is bounded (``MAX_DEPTH``), aliases re-use the anchored node (the tree is a DAG) and the
-  number of nodes reachable through aliases is bounded (``MAX_ALIAS_NODES`` per document), recursive
-  aliases are rejected;
+  number of nodes reachable through aliases is bounded (``MAX_ALIAS_NODES`` per document, a node
+  counting once more per KiB of its text), recursive aliases are rejected;
 - only the YAML core tags (``!!str``, ``!!int``, ``!!float``, ``!!bool``, ``!!null``, ``!!map``,
   ``!!seq``) are accepted; ``!!python/...``, ``!foo`` and friends are rejected with their position.
 
@@ -19,7 +19,9 @@ problem with a file's text is reported with its line and column.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from collections.abc import Iterator
 from typing import Any
 
@@ -76,7 +78,9 @@ class Node:
         self.line = line            # 1-based
         self.column = column        # 1-based
         self.items: list[Any] = [] if kind != SCALAR else _NO_ITEMS  # scalars share one (never appended to)
-        self.size = 1               # nodes in this subtree, aliases expanded
+        # weight of this subtree, aliases expanded: one per node, plus one per KiB of scalar text (so
+        # many aliases of one large scalar are bounded like many aliases of a large subtree)
+        self.size = 1 + (len(value) >> 10 if value else 0)
         self.open = kind != SCALAR  # collection still being built (an alias to it is recursive)
 
     def __repr__(self) -> str:  # pragma: no cover - debugging aid
@@ -161,6 +165,8 @@ def decode(data: bytes, file: str) -> str:
 def read_file(path: str) -> str:
     """Read and decode a manifest file; every failure is a ManifestError naming it."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO given with -f would block forever
+            raise ManifestError("not a regular file (a pipe, device or directory)", path)
         with open(path, "rb") as f:
             data = f.read(MAX_FILE_BYTES + 1)
     except OSError as e:
@@ -289,7 +295,7 @@ def _iter_documents(text: str, file: str) -> Iterator[Document]:
                 continue
             frame = stack[-1]
             parent = frame.node
-            parent.size += 1
+            parent.size += node.size
             seen = frame.seen
             if seen is None:
                 parent.items.append(node)

