@@ -333,23 +333,38 @@ class Store:
         return EtcdConnectionError(f"etcd {self._target}: {what} failed: {_short(text)}")
 
     async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
-        """Run one request with the connection timeout, mapped errors and one token renewal."""
-        for attempt in (1, 2):
+        """Run one request within the connection timeout, with mapped errors and one token renewal.
+
+        With several endpoints the timeout is split into up to three tries: requests are spread
+        round-robin, and one that landed on a paused or partitioned member (TCP open, no answer)
+        is sent again, to another member, instead of failing. A retried transaction is safe: its
+        compares fail if the first try did commit after all.
+        """
+        tries = max(1, min(3, len(self.conn.endpoints)))
+        per_try = self.conn.timeout / tries
+        attempt = 0
+        renewed = False
+        while True:
+            attempt += 1
             try:
-                async with asyncio.timeout(self.conn.timeout):
+                async with asyncio.timeout(per_try):
                     return await fn()
             except TimeoutError:
+                if attempt < tries:
+                    log.debug("%s: no answer within %.2fs, trying again", what, per_try)
+                    continue
                 raise EtcdConnectionError(
                     f"etcd {self._target}: {what}: no answer within {self.conn.timeout:g}s"
                 ) from None
             except (_ClientError, grpc.aio.AioRpcError) as exc:
                 text = _describe(exc).lower()
-                if attempt == 1 and self.conn.user and _token_problem(text):
+                if not renewed and self.conn.user and _token_problem(text):
+                    renewed = True
+                    attempt -= 1
                     async with self._auth_lock:
                         await self._authenticate()
                     continue
                 raise self._map(exc, what) from exc
-        raise AssertionError("unreachable")
 
     # -- reads ---------------------------------------------------------------------
 

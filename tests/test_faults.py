@@ -287,10 +287,14 @@ def test_leader_kills_and_quorum_loss_never_stop_the_daemon_nor_expire_registrat
         assert all(ctl.get(k) is None for k in live), "SIGTERM revokes the registrations"
 
 
-@pytest.mark.xfail(strict=False, reason="KNOWN: a SIGSTOPped member stalls drift repair for 3-7 s: watch streams now "
-                   "detect silence within 3 s (progress requests) and resume, but gRPC's round-robin may put the "
-                   "resumed watch and unary calls on the paused member again until keepalive marks it down "
-                   "(~7 s). Fix: pin one endpoint in store.py and fail over on timeout, like clientv3.")
+# A SIGSTOPped member can delay repair by a few seconds (seen: 0.02-3.8 s): watch streams detect
+# silence within 3 s (progress requests) and resume, and requests that land on the paused member are
+# retried on another within the timeout, but gRPC's round-robin may pick the paused member again until
+# keepalive marks it down (~7 s). The bound asserted is what is guaranteed (10 s); the goal is
+# milliseconds (pin one endpoint in store.py and fail over on a timeout, like clientv3).
+REPAIR_BOUND_WITH_PAUSED_MEMBER = 10.0
+
+
 def test_a_paused_member_does_not_stall_drift_repair(tmp_path: Path, cluster3: EtcdCluster, daemons: Daemons) -> None:
     """Each member in turn is SIGSTOPped (TCP stays open, nothing answers): whichever member carries
     the daemon's watch stream, drift is still repaired within seconds, as quorum never went away."""
@@ -308,12 +312,13 @@ def test_a_paused_member_does_not_stall_drift_repair(tmp_path: Path, cluster3: E
             for i in range(2):
                 others("put", "/x/app/a", f"drift-{m.name}-{i}")
                 t0 = time.monotonic()
-                deadline = t0 + 5
+                deadline = t0 + REPAIR_BOUND_WITH_PAUSED_MEMBER
                 while time.monotonic() < deadline and others.get("/x/app/a") != b"one":
                     time.sleep(0.1)
                 latencies.append((f"{m.name}-{i}", round(time.monotonic() - t0, 2)))
                 assert others.get("/x/app/a") == b"one", (
-                    f"drift not repaired within 5s while {m.name} is paused; latencies {latencies}\n{d.logs()[-2000:]}")
+                    f"drift not repaired within {REPAIR_BOUND_WITH_PAUSED_MEMBER}s while {m.name} is paused; "
+                    f"latencies {latencies}\n{d.logs()[-2000:]}")
         finally:
             m.resume()
     assert d.alive
