@@ -12,7 +12,7 @@ import collections
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .apply import Limits, Outcome, apply
 from .errors import ConflictError, GuardError, OwnershipError
@@ -34,7 +34,6 @@ class Status:
     reconcile_error: str | None = None
     last_success: float | None = None
     leader: bool = True
-    details: dict[str, str] = field(default_factory=dict)
 
 
 class Reconciler:

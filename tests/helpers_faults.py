@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import wait_for  # noqa: F401  (re-exported to the fault tests)
 
 from etcdsync.etcdbin import EtcdCluster, EtcdMember, find_binary, free_ports
 from etcdsync.inventory import decode_chunk, inventory_prefix
@@ -34,18 +35,6 @@ ROOT = Path(__file__).resolve().parent.parent
 GiB = 1024 ** 3
 
 
-def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition", step: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = cond()
-            if last:
-                return last
-        except Exception as exc:  # noqa: BLE001 - keep polling until the deadline
-            last = exc
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 # ------------------------------------------------------------------------------------------------

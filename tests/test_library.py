@@ -14,25 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, Env
+from conftest import ROOT, Env, wait_for
 
 import etcdsync
 from etcdsync import ConfigStore, Connection, Instance, Registry
 from etcdsync.aio import AsyncConfigStore, AsyncRegistry
 from etcdsync.etcdbin import EtcdCluster
-
-
-def wait_for(cond: Any, timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = cond()
-        except etcdsync.EtcdConnectionError:
-            value = None
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_public_names_are_pinned() -> None:
