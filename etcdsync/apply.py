@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .errors import ConflictError, GuardError, OwnershipError, UsageError
@@ -95,6 +95,8 @@ class Outcome:
     transactions: int = 0
     retried: list[str] = field(default_factory=list)    # keys that changed under us and were re-planned
     revisions: list[int] = field(default_factory=list)  # revisions of our own committed transactions
+    read_revision: int = 0                              # the revision the last plan was read at
+    owned_in: dict[str, tuple[str, int]] = field(default_factory=dict)  # with track_ownership: key -> chunk, rev
 
     def __repr__(self) -> str:  # the default would list every key
         return f"Outcome({self.plan!r}, done={len(self.done)}, transactions={self.transactions})"
@@ -175,17 +177,18 @@ class Executor:
         pending: set[asyncio.Task[None]] = set()
 
         async def settle(limit: int) -> None:
-            """Wait until at most `limit` batches are in flight; re-raise the first failure."""
+            """Wait until at most `limit` batches are in flight; on a failure wait for all of them and
+            raise the first error (every task's outcome is collected here, none is left to asyncio)."""
             while len(pending) > limit:
                 done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 pending.difference_update(done)
-                failed = next((t for t in done if t.exception() is not None), None)
-                if failed is not None:
+                errors = [t.exception() for t in done]
+                if any(errors):
                     if pending:
-                        await asyncio.wait(pending)
-                    exc = failed.exception()
-                    assert exc is not None
-                    raise exc
+                        rest, _ = await asyncio.wait(pending)
+                        pending.clear()
+                        errors += [t.exception() for t in rest]
+                    raise next(e for e in errors if e is not None)
 
         async def flush(batch: _Batch) -> None:
             if batch.independent:
@@ -208,6 +211,8 @@ class Executor:
         finally:
             for t in pending:
                 t.cancel()
+            if pending:  # collected, so that no failure is reported as "never retrieved"
+                await asyncio.gather(*pending, return_exceptions=True)
         await self._merge_small_chunks()
 
     async def _merge_small_chunks(self) -> None:
@@ -384,11 +389,15 @@ async def apply(
     on_plan: Callable[[Plan, int], None] | None = None,
     progress: Callable[[int], None] | None = None,
     on_commit: Callable[[int], None] | None = None,
+    on_execute: Callable[[Plan], None] | None = None,
+    track_ownership: bool = False,
 ) -> Outcome:
     """Observe, plan, refuse or execute; re-read and re-plan on conflicts.
 
     `on_plan(plan, attempt)` is called with each plan before it is executed (the CLI prints the
-    first one). With `dry_run` nothing is written and the first plan is returned.
+    first one); `on_execute(plan)` once a plan passed every guard, right before its first write.
+    With `dry_run` nothing is written and the first plan is returned. With `track_ownership` the
+    outcome says which inventory chunk (and its revision) records each owned key afterwards.
     """
     limits = limits or Limits()
     options = options or Options()
@@ -413,8 +422,14 @@ async def apply(
             )
         if p.refused:
             raise GuardError(p.refused)
+        outcome.read_revision = snap.revision
         if dry_run or not p.has_changes:
+            if track_ownership:
+                inv = snap.ownership.inventory(applyset)
+                outcome.owned_in = _owned_in((ck, c.mod_revision, c.entries) for ck, c in inv.chunks.items())
             return outcome
+        if on_execute is not None:
+            on_execute(p)
         ex = Executor(store, snap, p, reserved=reserved, limits=limits, fences=fences, progress=progress,
                       on_commit=on_commit)
         try:
@@ -448,4 +463,16 @@ async def apply(
         outcome.transactions += ex.transactions
         outcome.revisions.extend(ex.revisions)
         outcome.revision = ex.revision
+        if track_ownership:
+            prefix = inventory_prefix(reserved, applyset)
+            outcome.owned_in = _owned_in((ck, rev, entries) for ck, (rev, entries) in ex.chunks.items()
+                                         if ck.startswith(prefix))
         return outcome
+
+
+def _owned_in(chunks: Iterable[tuple[str, int, Mapping[str, Entry]]]) -> dict[str, tuple[str, int]]:
+    out: dict[str, tuple[str, int]] = {}
+    for ck, rev, entries in chunks:
+        for key in entries:
+            out.setdefault(key, (ck, rev))
+    return out

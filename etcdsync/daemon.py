@@ -14,11 +14,11 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from .apply import minimal_prefixes
@@ -66,6 +66,15 @@ class DaemonSettings:
     """Seconds between probes that detect a watch which went silent."""
 
 
+def _outermost(dirs: set[str]) -> list[str]:
+    """Drop directories inside another one of the set (watched recursively already)."""
+    out: list[str] = []
+    for d in sorted(dirs):
+        if not any(d == o or d.startswith(o + os.sep) for o in out):
+            out.append(d)
+    return out
+
+
 class Daemon:
     def __init__(self, conn: Connection, settings: DaemonSettings, load: Callable[[Sequence[str]], DesiredState]) -> None:
         self.conn = conn
@@ -89,7 +98,10 @@ class Daemon:
         self._election_key: str | None = None
         self._election_rev = 0
         self._election: LeasedKeys | None = None
+        self._loading = asyncio.Lock()
         self.http: HttpServer | None = None
+        self.metrics.ready.set_function(lambda: 1.0 if self.readiness()[0] else 0.0)
+        self.metrics.leader.set(0 if settings.leader_elect else 1)
 
     # -- readiness ------------------------------------------------------------------
 
@@ -105,7 +117,6 @@ class Daemon:
         }
         ok = st.manifests_error is None and st.etcd_error is None and st.reconcile_error is None and (
             st.last_success is not None or (self.s.leader_elect and not st.leader))
-        self.metrics.ready.set(1 if ok else 0)
         return ok, detail
 
     def fences(self) -> list[Compare]:
@@ -191,6 +202,7 @@ class Daemon:
             else:
                 await asyncio.sleep(BACKOFF_MIN)
             self.status.leader = not self.s.leader_elect
+            self.metrics.leader.set(0 if self.s.leader_elect else 1)
 
     # -- triggers -------------------------------------------------------------------
 
@@ -200,29 +212,79 @@ class Daemon:
     async def _resync_loop(self) -> None:
         while True:
             await asyncio.sleep(self.s.resync)
-            log.debug("resync timer")
+            log.debug("resync timer: re-reading the manifests and their sources")
+            await self._reload(quiet=True)
             self.trigger()
+
+    async def _reload(self, *, quiet: bool = False) -> bool:
+        """Load the manifests (and fromFile sources) from disk again; keep the last good state on error.
+
+        Returns True when the desired state changed."""
+        async with self._loading:
+            try:  # off the event loop: a large tree takes a second, and drift repair must not wait
+                desired = await asyncio.to_thread(self.load, self.s.paths)
+            except ManifestError as exc:
+                if self.status.manifests_error != str(exc):
+                    self.metrics.errors.labels("manifest").inc()
+                    log.error("manifests: %s; keeping the last good state", exc)
+                self.status.manifests_error = str(exc)
+                self.metrics.manifest_valid.set(0)
+                return False
+            if self.status.manifests_error is not None:
+                log.info("manifests: load error resolved")
+            self.status.manifests_error = None
+            self.metrics.manifest_valid.set(1)
+            changed = desired != self.desired
+            self.desired = desired
+            gc.freeze()
+            if changed or not quiet:
+                log.info("manifests %s: %d keys, %d live instances", "changed" if changed else "re-read",
+                         len(desired.keys), len(desired.live))
+            return changed
+
+    def _watched(self) -> tuple[list[str], Callable[[Any, str], bool]]:
+        """The directories to watch and the filter of paths that may trigger a reload: manifest files
+        (`*.yaml`/`*.yml` under a -f directory, not hidden; a file named with -f) and the fromFile
+        sources of the loaded manifests. Anything else there (a log file, an editor's swap file) is
+        ignored, so the daemon never reacts to its own output."""
+        dirs: set[str] = set()
+        files: set[str] = set()
+        for p in self.s.paths:
+            path = os.path.abspath(p)
+            if os.path.isdir(path):
+                dirs.add(path)
+            else:
+                files.add(path)
+        sources = set(self.desired.sources if self.desired else ())
+        roots = dirs | {os.path.dirname(f) for f in files | sources}
+        real_dirs = {os.path.realpath(d) for d in dirs}
+        named = files | sources | {os.path.realpath(f) for f in files | sources}
+
+        def wanted(_change: Any, path: str) -> bool:
+            if path in named:
+                return True
+            if not path.endswith((".yaml", ".yml")):
+                return False
+            for d in dirs | real_dirs:
+                if path.startswith(d + os.sep):
+                    rel = path[len(d) + 1:]
+                    return not any(part.startswith(".") for part in rel.split(os.sep))
+            return False
+
+        return sorted(r for r in _outermost(roots) if os.path.isdir(r)), wanted
 
     async def _files(self) -> None:
         from watchfiles import awatch
 
-        roots = sorted({str(p if Path(p).is_dir() else Path(p).resolve().parent) for p in self.s.paths})
-        async for _changes in awatch(*roots, debounce=int(self.s.debounce * 1000), step=50,
-                                     stop_event=None, recursive=True):
-            try:  # off the event loop: a large tree takes a second, and drift repair must not wait
-                desired = await asyncio.to_thread(self.load, self.s.paths)
-            except ManifestError as exc:
-                self.status.manifests_error = str(exc)
-                self.metrics.manifest_valid.set(0)
-                self.metrics.errors.labels("manifest").inc()
-                log.error("manifests: %s; keeping the last good state", exc)
-                continue
-            self.status.manifests_error = None
-            self.metrics.manifest_valid.set(1)
-            self.desired = desired
-            gc.freeze()
-            log.info("manifests changed: %d keys, %d live instances", len(desired.keys), len(desired.live))
-            self.trigger()
+        while True:
+            roots, wanted = self._watched()
+            restart = asyncio.Event()
+            async for _changes in awatch(*roots, watch_filter=wanted, debounce=int(self.s.debounce * 1000),
+                                         step=50, stop_event=restart, recursive=True):
+                if await self._reload():
+                    self.trigger()
+                if self._watched()[0] != roots:   # a new fromFile source outside the watched folders
+                    restart.set()
 
     # -- full reconcile ---------------------------------------------------------------
 
@@ -343,7 +405,7 @@ class Daemon:
             return
         if key.startswith(self.s.reserved):
             # another writer changed our inventory (a concurrent apply): re-read everything
-            if ev.kv.mod_revision not in self.reconciler.own_revisions and ev.kv.mod_revision > self.reconciler.revision:
+            if not self.reconciler.accounted(ev.kv.mod_revision):
                 self.trigger()
             return
         result = await self.reconciler.repair(ev, received)

@@ -8,6 +8,7 @@ the compare fails, something newer happened and a full reconcile is asked for in
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import time
@@ -24,6 +25,8 @@ from .store import Compare, Put, Store, WatchEvent, absent, mod_is
 
 log = logging.getLogger("etcdsync.reconcile")
 
+OWN_REVISIONS_KEPT = 4096
+
 
 @dataclass
 class Status:
@@ -37,6 +40,14 @@ class Status:
 
 
 class Reconciler:
+    """One writer per apply set: full reconciles and per-key repairs never run at the same time.
+
+    `active` is the desired state repairs keep. It becomes the new manifests the moment a reconcile
+    starts writing them (never after it finishes), so no repair compares against an older manifest.
+    Events at revisions this reconciler committed itself, or at or below the revision the last full
+    reconcile read at, are never drift: that reconcile already accounted for them.
+    """
+
     def __init__(
         self,
         store: Store,
@@ -56,17 +67,39 @@ class Reconciler:
         self.status = status
         self.fences = fences
         self.limits = Limits()
-        self.active: DesiredState | None = None     # the last desired state that applied (what repair() keeps)
-        self.revision = 0                            # etcd revision after the last full reconcile
-        self.own_revisions: collections.deque[int] = collections.deque(maxlen=4096)  # our commits
+        self.lock = asyncio.Lock()
+        self.active: DesiredState | None = None     # what repair() keeps (see the class docstring)
+        self.revision = 0                            # the revision the last successful full reconcile read at
+        self.owned_in: dict[str, tuple[str, int]] = {}   # owned key -> (its inventory chunk, chunk mod_revision)
+        self._own: set[int] = set()                  # revisions of our own commits (bounded, oldest dropped)
+        self._own_order: collections.deque[int] = collections.deque()
+        self._warned: dict[str, int] = {}            # warn-policy key -> mod_revision already reported
+
+    def own(self, revision: int) -> bool:
+        """True for a revision this reconciler committed."""
+        return revision in self._own
+
+    def _committed(self, revision: int) -> None:
+        self._own.add(revision)
+        self._own_order.append(revision)
+        while len(self._own_order) > OWN_REVISIONS_KEPT:
+            self._own.discard(self._own_order.popleft())
+
+    def _start_writing(self, desired: DesiredState) -> None:
+        self.active = desired
 
     async def full(self, desired: DesiredState) -> Outcome | None:
         """Apply `desired`; on refusal or conflict keep the last good state. Connection errors propagate."""
+        async with self.lock:
+            return await self._full(desired)
+
+    async def _full(self, desired: DesiredState) -> Outcome | None:
         start = time.perf_counter()
         try:
             outcome = await apply(self.store, desired, applyset=self.applyset, reserved=self.reserved,
                                   options=self.options, limits=self.limits, fences=self.fences(),
-                                  on_commit=self.own_revisions.append)
+                                  on_commit=self._committed, on_execute=lambda _plan: self._start_writing(desired),
+                                  track_ownership=True)
         except GuardError as exc:
             self._failed("refused", f"refused, keeping the last good state: {exc}")
             return None
@@ -80,10 +113,10 @@ class Reconciler:
         self.metrics.reconciles.labels("success").inc()
         self.metrics.last_success.set_to_current_time()
         self.active = desired
-        self.revision = max(outcome.revision, self.revision)
+        self.revision = max(outcome.read_revision, self.revision)
+        self.owned_in = outcome.owned_in
         p = outcome.plan
-        owned = p.owned_after
-        self.metrics.owned_keys.set(owned)
+        self.metrics.owned_keys.set(p.owned_after)
         self.status.reconcile_error = None
         self.status.last_success = time.time()
         if outcome.done:
@@ -91,10 +124,14 @@ class Reconciler:
             unchanged = sum(1 for c in p.changes if not c.writes)
             log.info("reconcile: %s: %s%s", result_summary(outcome.done, unchanged), ", ".join(keys[:20]),
                      f" (+{len(keys) - 20} more)" if len(keys) > 20 else "")
+        warned: dict[str, int] = {}
         for c in p.changes:
             if c.action is Action.DRIFT:
-                self.metrics.drift.labels("warn", "reported").inc()
-                log.warning("%s: drift held by policy warn (etcd differs from the manifest)", c.key)
+                warned[c.key] = c.revision
+                if self._warned.get(c.key) != c.revision:
+                    self.metrics.drift.labels("warn", "reported").inc()
+                    log.warning("%s: drift held by policy warn (etcd differs from the manifest)", c.key)
+        self._warned = warned
         return outcome
 
     def _failed(self, result: str, message: str) -> None:
@@ -103,13 +140,24 @@ class Reconciler:
         self.status.reconcile_error = message
         log.error("reconcile: %s", message)
 
+    def accounted(self, revision: int) -> bool:
+        """An event at this revision needs no answer: ours, or seen by the last full reconcile."""
+        return revision <= self.revision or revision in self._own
+
     async def repair(self, event: WatchEvent, received: float) -> bool | None:
         """Fix drift on one declared key from its watch event.
 
         Returns True when repaired, False when a full reconcile is needed, None when nothing to do.
+        The transaction compares the key (its event's mod_revision, or its absence) and the inventory
+        chunk that records it as ours, so a repair never writes over a newer write and never puts a
+        key the apply set no longer owns.
         """
+        async with self.lock:
+            return await self._repair(event, received)
+
+    async def _repair(self, event: WatchEvent, received: float) -> bool | None:
         desired = self.active
-        if desired is None:
+        if desired is None or self.accounted(event.kv.mod_revision):
             return None
         d = desired.keys.get(event.kv.key)
         if d is None:
@@ -118,19 +166,24 @@ class Reconciler:
             if event.kv.value == d.value:
                 return None
             if d.policy is Policy.WARN:
-                self.metrics.drift.labels("warn", "reported").inc()
-                log.warning("%s: drift held by policy warn (etcd differs from the manifest)", d.key)
+                if self._warned.get(d.key) != event.kv.mod_revision:
+                    self._warned[d.key] = event.kv.mod_revision
+                    self.metrics.drift.labels("warn", "reported").inc()
+                    log.warning("%s: drift held by policy warn (etcd differs from the manifest)", d.key)
                 return None
             if d.policy is Policy.CREATE_ONLY:
                 return None
             guard = mod_is(d.key, event.kv.mod_revision)
         else:
             guard = absent(d.key)
-        result = await self.store.txn([guard, *self.fences()], [Put(d.key, d.value)])
+        owned = self.owned_in.get(d.key)
+        if owned is None:
+            return False     # not recorded as ours: only a full reconcile may decide
+        chunk, chunk_rev = owned
+        result = await self.store.txn([guard, mod_is(chunk, chunk_rev), *self.fences()], [Put(d.key, d.value)])
         if not result.succeeded:
             return False
-        self.revision = max(self.revision, result.revision)
-        self.own_revisions.append(result.revision)
+        self._committed(result.revision)
         elapsed = time.perf_counter() - received
         self.metrics.repair_duration.observe(elapsed)
         self.metrics.drift.labels(d.policy.value, "repaired").inc()

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import io
+import json
 import os
 import secrets
 import subprocess
@@ -121,18 +122,38 @@ class Env:
                            env=full_env, timeout=timeout, cwd=self.tmp, stdin=subprocess.DEVNULL)
         return Result(p.returncode, p.stdout, p.stderr)
 
-    # -- direct etcd access for assertions (through etcdctl, independent of our client) --
+    # -- direct etcd access for assertions: etcdctl and etcd's JSON gateway, never etcdsync's adapter --
+
+    hist: Any = None      # the test's history Recorder, when it has one: writes here are "another client"
+
+    @property
+    def gw(self) -> Any:
+        from etcdgw import Gateway
+
+        return Gateway(self.endpoints)
+
+    def _outside(self, revision: int) -> int:
+        if self.hist is not None:
+            self.hist.mark_outside(revision)
+        return revision
 
     def etcdctl(self, *args: str, input: bytes | None = None) -> str:
-        p = subprocess.run([find_binary("etcdctl"), "--endpoints", ",".join(self.endpoints), *args],
+        argv = list(args)
+        marks = bool(argv) and argv[0] in ("put", "del", "txn") and "-w" not in argv
+        if marks:
+            argv += ["-w", "json"]
+        p = subprocess.run([find_binary("etcdctl"), "--endpoints", ",".join(self.endpoints), *argv],
                            capture_output=True, input=input, timeout=30,
                            env={**os.environ, "ETCDCTL_API": "3"})
         if p.returncode != 0:
             raise RuntimeError(f"etcdctl {' '.join(args)}: {p.stderr.decode(errors='replace')}")
-        return p.stdout.decode("utf-8", "replace")
+        out = p.stdout.decode("utf-8", "replace")
+        if marks:
+            self._outside(int(json.loads(out)["header"]["revision"]))
+        return out
 
     def store_call(self, fn: Any) -> Any:
-        """Run `await fn(store)` against this etcd with etcdsync's adapter."""
+        """Run `await fn(store)` against this etcd with etcdsync's adapter (for tests of the adapter)."""
         from etcdsync.settings import Connection
         from etcdsync.store import Store
 
@@ -143,38 +164,63 @@ class Env:
         return asyncio.run(go())
 
     def get(self, key: str) -> bytes | None:
-        async def go(s: Any) -> Any:
-            kv = await s.get(key)
-            return kv.value if kv else None
+        kv = self.gw.get(key)
+        return kv.value if kv else None
 
-        return self.store_call(go)
+    def kv(self, key: str) -> Any:
+        """The key as etcd holds it (value, revisions, lease), or None."""
+        return self.gw.get(key)
 
     def put(self, key: str, value: bytes | str) -> int:
-        data = value.encode() if isinstance(value, str) else value
-
-        async def go(s: Any) -> Any:
-            return await s.put(key, data)
-
-        return self.store_call(go)
+        return self._outside(self.gw.put(key, value))
 
     def delete(self, key: str) -> bool:
-        return self.store_call(lambda s: s.delete(key))
+        rev, n = self.gw.delete(key)
+        if n:
+            self._outside(rev)
+        return n > 0
 
     def dump(self, prefix: str | None = None) -> dict[str, bytes]:
-        async def go(s: Any) -> Any:
-            kvs, _ = await s.get_prefix(prefix or self.ns)
-            return {kv.key: kv.value for kv in kvs}
-
-        return self.store_call(go)
+        kvs, _ = self.gw.range(prefix or self.ns, prefix=True)
+        return {kv.key: kv.value for kv in kvs}
 
     def revision(self) -> int:
-        return self.store_call(lambda s: s.revision())
+        return int(self.gw.revision())
 
 
 @pytest.fixture
 def env(etcd: EtcdCluster, tmp_path: Path) -> Env:
     ns = f"/t{secrets.token_hex(4)}/"
     return Env(etcd.endpoints, ns, f"{ns}.etcdsync/", tmp_path)
+
+
+@pytest.fixture
+def history(env: Env, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """etcd's event history of this test's namespace (reserved prefix included), checked at the end.
+
+    The test declares each manifest version (`history.declare(...)` / `declare_files`) before writing
+    it; writes through `env` count as another client's. At teardown every check of tests/history.py
+    runs, unless the test already failed.
+    """
+    from history import recorder
+
+    rec = recorder(env.endpoints, [env.ns], env.reserved)
+    env.hist = rec
+    try:
+        yield rec
+        failed = getattr(request.node, "rep_call", None)
+        if failed is None or not failed.failed:
+            rec.check()
+    finally:
+        rec.stop()
+        env.hist = None
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    setattr(item, f"rep_{report.when}", report)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from conftest import ROOT, Env, wait_for
+from history import Declared, Recorder
 
 from etcdsync.etcdbin import EtcdCluster, free_ports
 
@@ -88,8 +89,34 @@ def daemons() -> Iterator[list[Daemon]]:
 
 
 def manifest(env: Env, a: str = "one", name: str = "m/app.yaml") -> Path:
+    """Write CONFIG with `a`; when the test records history, declare the version first."""
+    if env.hist is not None:
+        env.hist.declare(declared(env, a))
     path = env.write(name, CONFIG.format(ns=env.ns, a=a))
     return path.parent
+
+
+def declared(env: Env, a: str) -> dict[str, Declared]:
+    ns = env.ns
+    return {f"{ns}app/a": Declared(a.encode()), f"{ns}app/b": Declared(b"two"),
+            f"{ns}app/seed": Declared(b"initial", "create-only"), f"{ns}app/watched": Declared(b"off", "warn")}
+
+
+def test_edits_never_flap_and_the_daemon_goes_quiet(env: Env, history: Recorder, daemons: list[Daemon]) -> None:
+    """Regression: each edit used to be "repaired" back to the previous manifest (c0 c1 c0 c1 c2 ...)."""
+    mdir = manifest(env, a="c0")
+    d = Daemon(env, mdir, "--resync", "1s")
+    daemons.append(d)
+    d.wait_ready()
+    for i in range(1, 6):
+        manifest(env, a=f"c{i}")
+        wait_for(lambda i=i: env.get(f"{env.ns}app/a") == f"c{i}".encode(), 10, f"edit c{i} applied")
+        time.sleep(0.3)
+    history.check()
+    history.assert_quiet(2.5)   # includes two resyncs
+    values = [e.value for e in history.snapshot() if e.key == f"{env.ns}app/a"]
+    assert values == [f"c{i}".encode() for i in range(6)], history.history_of(f"{env.ns}app/a")
+    assert "drift repaired" not in d.logs()
 
 
 def test_converges_repairs_drift_follows_edits_and_keeps_last_good_state(env: Env, daemons: list[Daemon]) -> None:

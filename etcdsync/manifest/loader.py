@@ -419,6 +419,7 @@ def load_manifests(
 def _load(paths: Sequence[str | os.PathLike[str]], environ: Mapping[str, str], reserved: str, ctx: _Ctx) -> DesiredState:
     layers = collect_files(paths)
     files: list[str] = []
+    sources: set[str] = set()
     final: dict[tuple[str, str], _Doc] = {}
     for layer in layers:
         in_layer: dict[tuple[str, str], _Doc] = {}
@@ -469,6 +470,8 @@ def _load(paths: Sequence[str | os.PathLike[str]], environ: Mapping[str, str], r
             statics = list(statics)
             for dk, entry in doc.deferred:
                 value = values.resolve_entry(entry, doc.file, environ)
+                if entry.from_file is not None:  # the daemon watches it: a change reloads
+                    sources.add(os.path.abspath(os.path.join(os.path.dirname(doc.file or "."), entry.from_file)))
                 assert dk.source is not None
                 _check_size(dk.key, value, dk.source)
                 statics.append(dk._replace(value=value))
@@ -499,4 +502,5 @@ def _load(paths: Sequence[str | os.PathLike[str]], environ: Mapping[str, str], r
         applyset=applyset.name if applyset else None,
         applyset_source=applyset.source if applyset else None,
         files=tuple(files),
+        sources=tuple(sorted(sources)),
     )
