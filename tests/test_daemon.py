@@ -37,9 +37,10 @@ spec:
 
 
 class Daemon:
-    def __init__(self, env: Env, mdir: Path, *extra: str, endpoints: list[str] | None = None) -> None:
+    def __init__(self, env: Env, mdir: Path, *extra: str, endpoints: list[str] | None = None,
+                 log_dir: Path | None = None) -> None:
         self.port = free_ports(1)[0]
-        self.log = env.tmp / f"daemon-{self.port}.log"
+        self.log = (log_dir or env.tmp) / f"daemon-{self.port}.log"
         args = [sys.executable, "-m", "etcdsync", "run", "-f", str(mdir), "--applyset", "t",
                 "--reserved-prefix", env.reserved, "--metrics-addr", f"127.0.0.1:{self.port}",
                 "--endpoints", ",".join(endpoints or env.endpoints), "--debounce", "100ms", *extra]
@@ -302,3 +303,103 @@ def test_leader_election_takeover_and_fencing(env: Env, daemons: list[Daemon]) -
     b.stop(signal.SIGKILL)
     wait_for(lambda: env.get(f"{env.ns}app/a") == b"from-a", 15, "takeover after kill")
     assert a.stop() == 0
+
+
+def test_a_key_removed_from_the_manifest_is_deleted_once_and_never_resurrected(
+        env: Env, history: Recorder, daemons: list[Daemon]) -> None:
+    """Regression: the reconcile deleted a removed key, then "drift repair" put it back, unowned."""
+    extra = "    gone: soon\n"
+    history.declare({**declared(env, "one"), f"{env.ns}app/gone": Declared(b"soon")})
+    mdir = env.write("m/app.yaml", CONFIG.format(ns=env.ns, a="one") + extra).parent
+    d = Daemon(env, mdir, "--resync", "1s")
+    daemons.append(d)
+    d.wait_ready()
+    assert env.get(f"{env.ns}app/gone") == b"soon"
+    manifest(env, a="two")      # drops `gone`, changes `a`
+    wait_for(lambda: env.get(f"{env.ns}app/a") == b"two", 10, "edit applied")
+    wait_for(lambda: env.get(f"{env.ns}app/gone") is None, 10, "removed key pruned")
+    history.assert_quiet(2.5)
+    assert env.get(f"{env.ns}app/gone") is None, history.history_of(f"{env.ns}app/gone")
+    gone = [e.type for e in history.snapshot() if e.key == f"{env.ns}app/gone"]
+    assert gone == ["put", "delete"], history.history_of(f"{env.ns}app/gone")
+    r = env.cli("diff", "-f", str(mdir), "--applyset", "t")
+    assert r.code == 0, r.out + r.err
+
+
+def test_only_manifests_and_their_sources_trigger_a_reload(env: Env, history: Recorder,
+                                                           daemons: list[Daemon]) -> None:
+    """Regression: the daemon's own log file next to the manifest made it reload ~10 times a second.
+    A fromFile source outside the -f folder is watched, and a resync re-reads it from disk."""
+    certs = env.tmp / "certs"
+    certs.mkdir()
+    (certs / "tls.pem").write_text("cert-1")
+    mdir = env.tmp / "m"
+    text = CONFIG.format(ns=env.ns, a="one") + "    cert: {fromFile: ../certs/tls.pem}\n"
+    history.declare({**declared(env, "one"), f"{env.ns}app/cert": Declared(b"cert-1")})
+    env.write("m/app.yaml", text)
+    d = Daemon(env, mdir / "app.yaml", "--resync", "2s", log_dir=mdir)
+    daemons.append(d)
+    d.wait_ready()
+    assert env.get(f"{env.ns}app/cert") == b"cert-1"
+    # the daemon logs into the manifest folder, and someone writes other files there: no reloads
+    (mdir / "notes.txt").write_text("x")
+    (mdir / "other.yaml").write_text("not named with -f")
+    time.sleep(1.5)
+    reloads = d.logs().count("manifests changed") + d.logs().count("manifests re-read")
+    assert reloads == 0, d.logs()[-2000:]
+    # the source changes outside the -f folder: followed
+    history.declare({**declared(env, "one"), f"{env.ns}app/cert": Declared(b"cert-2")})
+    (certs / "tls.pem").write_text("cert-2")
+    wait_for(lambda: env.get(f"{env.ns}app/cert") == b"cert-2", 10, f"source change applied\n{d.logs()[-1500:]}")
+    # the source's folder is swapped (how Kubernetes updates a mounted secret): the watch may not see
+    # it, the resync re-reads the source from disk
+    history.declare({**declared(env, "one"), f"{env.ns}app/cert": Declared(b"cert-3")})
+    (env.tmp / "certs").rename(env.tmp / "certs.old")
+    (env.tmp / "certs").mkdir()
+    (env.tmp / "certs" / "tls.pem").write_text("cert-3")
+    wait_for(lambda: env.get(f"{env.ns}app/cert") == b"cert-3", 10, f"resync re-read the source\n{d.logs()[-1500:]}")
+    history.assert_quiet(2.5)
+
+
+def test_metrics_tell_the_truth_without_a_readyz_request(env: Env, history: Recorder,
+                                                         daemons: list[Daemon]) -> None:
+    mdir = manifest(env)
+    env.put(f"{env.ns}app/watched", "on")           # warn drift, present before the daemon starts
+    d = Daemon(env, mdir, "--resync", "500ms")
+    daemons.append(d)
+
+    def metric(name: str) -> float | None:
+        for line in d.get("/metrics")[1].splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+        return None
+
+    wait_for(lambda: metric("etcdsync_ready") == 1.0, 20, f"ready in /metrics alone\n{d.logs()[-1500:]}")
+    assert metric("etcdsync_leader") == 1.0, "without --leader-elect the daemon writes: it is the leader"
+    warn = 'etcdsync_drift_total{action="reported",policy="warn"}'
+    assert metric(warn) == 1.0
+    time.sleep(2)                                   # four resyncs: the same drift is not counted again
+    assert metric(warn) == 1.0
+    env.put(f"{env.ns}app/watched", "again")        # a new drift is
+    wait_for(lambda: metric(warn) == 2.0, 5, "new warn drift counted once")
+
+
+def test_concurrent_applies_print_no_traceback(env: Env, history: Recorder) -> None:
+    """Regression: three applies racing on 3,000 keys printed `Task exception was never retrieved`."""
+    lines = [f"    k{i:05d}: v{i}" for i in range(3000)]
+    env.write("big/app.yaml", "apiVersion: etcdsync/v1\nkind: ConfigSet\nmetadata: {name: big}\n"
+              f"spec:\n  prefix: {env.ns}big/\n  data:\n" + "\n".join(lines) + "\n")
+    history.declare({f"{env.ns}big/k{i:05d}": f"v{i}" for i in range(3000)})
+    for _round in range(2):
+        env.delete(f"{env.ns}big/k00000")
+        procs = [subprocess.Popen([sys.executable, "-m", "etcdsync", "apply", "--reserved-prefix", env.reserved,
+                                   "-f", str(env.tmp / "big"), "--applyset", "big", "--endpoints", ",".join(env.endpoints)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                                  stdin=subprocess.DEVNULL) for _ in range(3)]
+        for p in procs:
+            out, err = p.communicate(timeout=120)
+            text = err.decode(errors="replace")
+            assert p.returncode in (0, 3), text
+            assert "Traceback" not in text and "never retrieved" not in text, text
+        env.etcdctl("del", "--prefix", f"{env.ns}big/")
+        env.etcdctl("del", "--prefix", env.reserved)
