@@ -14,6 +14,8 @@ verifies:
   it put is in an inventory at the revision of the put (the same transaction), and no key left every
   inventory while it still held a value it was meant to prune;
 - policies: a `create-only` or `warn` key that exists is never overwritten;
+- no needless writes: etcdsync never puts the value a key already holds (a repair that did not
+  compare the key's revision shows up this way when two writes race it);
 - quiescence (`assert_quiet`): nothing at all is written over a quiet period.
 
 A violation names the key, the revisions and the values in order.
@@ -219,13 +221,21 @@ class Recorder:
         previous version may still be committing when the test declares the next)."""
         out: list[str] = []
         present: dict[str, bool] = {k: True for k in self.initial}
+        value: dict[str, bytes] = {k: kv.value for k, kv in self.initial.items()}
         last: dict[str, int] = {}
         flagged: set[str] = set()
         for ev in events:
             key = ev.key
             existed = present.get(key, False)
+            before = value.get(key)
             present[key] = ev.type == "put"
+            value[key] = ev.value
             if not self.ours(ev) or key.startswith(self.reserved) or ev.lease or key in flagged:
+                continue
+            if ev.type == "put" and existed and before == ev.value:
+                out.append(f"{key}: etcdsync rewrote the value it already had at revision {ev.revision} "
+                           f"(a write without drift: a blind or duplicate write); history: {self.history_of(key)}")
+                flagged.add(key)
                 continue
             current = max((i for i, at in enumerate(self.version_at) if at < ev.revision), default=0)
             lo = max(last.get(key, 0), current - 1, 0)

@@ -403,3 +403,25 @@ def test_concurrent_applies_print_no_traceback(env: Env, history: Recorder) -> N
             assert "Traceback" not in text and "never retrieved" not in text, text
         env.etcdctl("del", "--prefix", f"{env.ns}big/")
         env.etcdctl("del", "--prefix", env.reserved)
+
+
+def test_a_repair_never_overwrites_a_newer_write_it_has_not_seen(env: Env, history: Recorder,
+                                                                 daemons: list[Daemon]) -> None:
+    """Two writes land while the daemon is paused: the repair of the first must fail its compare (the
+    second is newer), so the key is repaired once, from what the daemon has seen, never twice."""
+    mdir = manifest(env)
+    d = Daemon(env, mdir)
+    daemons.append(d)
+    d.wait_ready()
+    key = f"{env.ns}app/a"
+    for i in range(3):
+        d.proc.send_signal(signal.SIGSTOP)
+        try:
+            env.put(key, f"first-{i}")
+            env.put(key, f"second-{i}")
+        finally:
+            d.proc.send_signal(signal.SIGCONT)
+        wait_for(lambda: env.get(key) == b"one", 10, "repaired")
+        history.assert_quiet(0.5)
+    ours = [e for e in history.snapshot() if e.key == key and history.ours(e)]
+    assert len(ours) == 1 + 3, history.history_of(key)
