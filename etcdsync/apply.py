@@ -20,7 +20,7 @@ from .errors import ConflictError, GuardError, OwnershipError, UsageError
 from .inventory import Entry, Ownership, encode_chunk, fence_key, inventory_prefix, parse_ownership
 from .model import DesiredState
 from .plan import Action, Change, ObservedLike, Options, Plan, plan
-from .store import Compare, Delete, Get, Op, Put, RequestTooLargeError, Store, absent, mod_is
+from .store import Compare, Delete, Get, KeyValue, Op, Put, RequestTooLargeError, Store, absent, mod_is
 
 log = logging.getLogger(__name__)
 
@@ -343,14 +343,7 @@ class Executor:
         if not result.succeeded:
             # which compares failed: read those keys now (one transaction of gets, only on failure)
             seen = await self.store.txn([], [Get(c.key) for c in compares])
-            changed = []
-            for cmp_, got in zip(compares, seen.gets, strict=True):
-                now = got[0].mod_revision if got else 0
-                want = int(cmp_.value) if cmp_.target == "mod" else 0
-                if cmp_.target in ("mod", "version") and now != want:
-                    changed.append(cmp_.key)
-                elif cmp_.target == "create" and (got[0].create_revision if got else 0) != want:
-                    changed.append(cmp_.key)
+            changed = [cmp_.key for cmp_, got in zip(compares, seen.gets, strict=True) if not _holds(cmp_, got)]
             raise _Conflict(changed or [c.key for c in batch.changes])
         self.revision = max(self.revision, result.revision)
         self.revisions.append(result.revision)
@@ -373,6 +366,14 @@ class Executor:
             self.done[c.key] = c
         if self.progress is not None:
             self.progress(len(batch.changes))
+
+
+def _holds(cmp_: Compare, got: Sequence[KeyValue]) -> bool:
+    """Whether an equality compare holds for the key as read now (to name the keys that moved)."""
+    kv = got[0] if got else None
+    now = {"mod": kv.mod_revision if kv else 0, "version": kv.version if kv else 0,
+           "create": kv.create_revision if kv else 0}.get(cmp_.target)
+    return now is None or now == int(cmp_.value)
 
 
 async def apply(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import io
 import logging
 import os
 import signal
@@ -66,6 +67,15 @@ class DaemonSettings:
     """Seconds between probes that detect a watch which went silent."""
 
 
+def _dump_tasks() -> None:
+    """SIGUSR1: log where every task of the daemon is waiting (for a daemon that seems stuck)."""
+    buf = io.StringIO()
+    for task in asyncio.all_tasks():
+        buf.write(f"task {task.get_name()}:\n")
+        task.print_stack(limit=12, file=buf)
+    log.warning("SIGUSR1: %d tasks\n%s", len(asyncio.all_tasks()), buf.getvalue())
+
+
 def _outermost(dirs: set[str]) -> list[str]:
     """Drop directories inside another one of the set (watched recursively already)."""
     out: list[str] = []
@@ -87,6 +97,8 @@ class Daemon:
         self.store = Store(conn)
         self.reconciler: Reconciler | None = None
         self._trigger = asyncio.Event()
+        self._trigger_always = False
+        self._trigger_revision = 0
         self._watch_restart = asyncio.Event()
         self._reconciled = asyncio.Event()
         self._stopping = False
@@ -140,6 +152,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)
         if self.s.metrics_addr:
             try:
                 self.http = HttpServer(self.s.metrics_addr, self.metrics, self.readiness)
@@ -206,7 +219,13 @@ class Daemon:
 
     # -- triggers -------------------------------------------------------------------
 
-    def trigger(self) -> None:
+    def trigger(self, revision: int | None = None) -> None:
+        """Ask for a full reconcile. With `revision` (an etcd event that needs one), the request is
+        dropped when a full reconcile reads at or after that revision before it is served."""
+        if revision is None:
+            self._trigger_always = True
+        else:
+            self._trigger_revision = max(self._trigger_revision, revision)
         self._trigger.set()
 
     async def _resync_loop(self) -> None:
@@ -295,6 +314,10 @@ class Daemon:
         while True:
             await self._trigger.wait()
             self._trigger.clear()
+            always, revision = self._trigger_always, self._trigger_revision
+            self._trigger_always, self._trigger_revision = False, 0
+            if not always and revision <= self.reconciler.revision:
+                continue      # every event that asked for it was covered by the last full read
             desired = self.desired
             assert desired is not None
             try:
@@ -406,11 +429,11 @@ class Daemon:
         if key.startswith(self.s.reserved):
             # another writer changed our inventory (a concurrent apply): re-read everything
             if not self.reconciler.accounted(ev.kv.mod_revision):
-                self.trigger()
+                self.trigger(ev.kv.mod_revision)
             return
         result = await self.reconciler.repair(ev, received)
         if result is False:
-            self.trigger()
+            self.trigger(ev.kv.mod_revision)
 
     async def _watchdog(self, prefixes: list[str], seen: dict[str, int]) -> None:
         """A watch that silently stopped delivering: the prefix changed but no event came. Restart it.

@@ -25,8 +25,10 @@ from etcdsync.etcdbin import EtcdCluster, find_binary
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition", step: float = 0.05) -> Any:
-    """Poll `cond` until it returns something truthy (exceptions count as not yet), bounded by `timeout`."""
+def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str | Callable[[], str] = "condition",
+             step: float = 0.05) -> Any:
+    """Poll `cond` until it returns something truthy (exceptions count as not yet), bounded by `timeout`.
+    `what` may be a callable, evaluated only on failure (e.g. to show a daemon's log at that moment)."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -37,7 +39,7 @@ def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condit
         except Exception as exc:  # noqa: BLE001 - keep polling until the deadline
             last = exc
         time.sleep(step)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+    raise AssertionError(f"timed out after {timeout}s waiting for {what() if callable(what) else what} (last: {last!r})")
 
 
 @pytest.fixture(scope="session")

@@ -288,8 +288,9 @@ class Recorder:
             for ev in group:
                 if ev.key.startswith(self.reserved) or ev.key.endswith(".history-sync"):
                     continue
-                if self.ours(ev):
-                    if ev.type == "put" and not ev.lease and ev.key not in after:
+                leased = ev.lease or (ev.type == "delete" and present.get(ev.key))
+                if self.ours(ev) and not leased:   # leased keys are registrations, not owned config
+                    if ev.type == "put" and ev.key not in after:
                         out.append(f"{ev.key}: etcdsync put it at revision {rev} but no inventory lists it "
                                    f"at that revision; history: {self.history_of(ev.key)}")
                     if ev.type == "delete" and ev.key not in before:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from conftest import ROOT, Env, wait_for
-from history import Declared, Recorder
+from history import Declared, Recorder, recorder
 
 from etcdsync.etcdbin import EtcdCluster, free_ports
 
@@ -120,7 +120,8 @@ def test_edits_never_flap_and_the_daemon_goes_quiet(env: Env, history: Recorder,
     assert "drift repaired" not in d.logs()
 
 
-def test_converges_repairs_drift_follows_edits_and_keeps_last_good_state(env: Env, daemons: list[Daemon]) -> None:
+def test_converges_repairs_drift_follows_edits_and_keeps_last_good_state(env: Env, history: Recorder,
+                                                                        daemons: list[Daemon]) -> None:
     mdir = manifest(env)
     env.put(f"{env.ns}app/stranger", "not ours")
     d = Daemon(env, mdir)
@@ -144,6 +145,7 @@ def test_converges_repairs_drift_follows_edits_and_keeps_last_good_state(env: En
     manifest(env, a="edited")
     wait_for(lambda: env.get(f"{env.ns}app/a") == b"edited", 5, "file edit applied")
     # a broken edit keeps the last good state and is reported
+    history.declare(declared(env, "edited"))     # a broken file declares nothing new
     (mdir / "app.yaml").write_text(CONFIG.format(ns=env.ns, a="broken") + "  bogus: [\n")
     wait_for(lambda: "app.yaml" in str(d.ready().get("manifests")), 5, "readyz reports the manifest error")
     assert d.get("/readyz")[0] == 503
@@ -179,9 +181,10 @@ spec:
 """
 
 
-def test_live_instances_leases_checks_and_sigterm(env: Env, daemons: list[Daemon]) -> None:
+def test_live_instances_leases_checks_and_sigterm(env: Env, history: Recorder, daemons: list[Daemon]) -> None:
     port = free_ports(1)[0]
     mdir = env.write("m/live.yaml", LIVE.format(ns=env.ns, port=port)).parent
+    history.declare(declared(env, "one"))
     env.write("m/app.yaml", CONFIG.format(ns=env.ns, a="one"))
     d = Daemon(env, mdir)
     daemons.append(d)
@@ -230,7 +233,7 @@ def test_live_instances_leases_checks_and_sigterm(env: Env, daemons: list[Daemon
     assert env.get(f"{env.ns}app/a") == b"one"
 
 
-def test_crashed_daemon_leaves_live_instances_to_expire(env: Env, daemons: list[Daemon]) -> None:
+def test_crashed_daemon_leaves_live_instances_to_expire(env: Env, history: Recorder, daemons: list[Daemon]) -> None:
     mdir = env.write("m/live.yaml", LIVE.format(ns=env.ns, port=1)).parent
     d = Daemon(env, mdir)
     daemons.append(d)
@@ -249,6 +252,7 @@ def test_etcd_restart_and_compaction(tmp_path: Path, daemons: list[Daemon]) -> N
     cluster.start()
     try:
         env = Env(cluster.endpoints, "/r/", "/r/.etcdsync/", tmp_path)
+        env.hist = recorder(env.endpoints, [env.ns], env.reserved)
         mdir = manifest(env)
         d = Daemon(env, mdir, "--timeout", "1")
         daemons.append(d)
@@ -268,12 +272,18 @@ def test_etcd_restart_and_compaction(tmp_path: Path, daemons: list[Daemon]) -> N
         env.etcdctl("compact", str(rev))
         d.proc.send_signal(signal.SIGCONT)
         wait_for(lambda: env.get("/r/app/a") == b"one", 15, f"converged after compaction\n{d.logs()[-1500:]}")
+        env.hist.check()
+        env.hist.assert_quiet(1.5)
         assert d.stop() == 0
     finally:
+        if env.hist is not None:
+            env.hist.stop()
         cluster.stop()
 
 
-def test_leader_election_takeover_and_fencing(env: Env, daemons: list[Daemon]) -> None:
+def test_leader_election_takeover_and_fencing(env: Env, history: Recorder, daemons: list[Daemon]) -> None:
+    # two trees, one apply set: each daemon's value is "declared" while it leads
+    history.declare(declared(env, "from-a"))
     a_dir = env.write("a/app.yaml", CONFIG.format(ns=env.ns, a="from-a")).parent
     b_dir = env.write("b/app.yaml", CONFIG.format(ns=env.ns, a="from-b")).parent
     a = Daemon(env, a_dir, "--leader-elect", "--election-ttl", "2s")
@@ -288,9 +298,11 @@ def test_leader_election_takeover_and_fencing(env: Env, daemons: list[Daemon]) -
     time.sleep(1)
     assert env.get(f"{env.ns}app/a") == b"from-a", "the standby must not write"
     # pause the leader past its lease: the standby takes over within a few seconds
+    history.declare(declared(env, "from-b"))
     a.proc.send_signal(signal.SIGSTOP)
     t0 = time.monotonic()
-    wait_for(lambda: env.get(f"{env.ns}app/a") == b"from-b", 15, "standby took over")
+    wait_for(lambda: env.get(f"{env.ns}app/a") == b"from-b", 15,
+             lambda: f"standby took over\n--- a ---\n{a.logs()[-1500:]}\n--- b ---\n{b.logs()[-2500:]}")
     assert time.monotonic() - t0 < 10
     rev_before = int(json.loads(env.etcdctl("get", f"{env.ns}app/a", "-w", "json"))["kvs"][0]["mod_revision"])
     # the paused ex-leader wakes up and sees "drift" (from-b); its fenced writes must not commit
@@ -300,8 +312,15 @@ def test_leader_election_takeover_and_fencing(env: Env, daemons: list[Daemon]) -
     assert int(kv["mod_revision"]) == rev_before, f"ex-leader wrote!\n{a.logs()[-2000:]}"
     wait_for(lambda: a.ready()["leader"] is False, 10, "ex-leader steps down")
     # kill the new leader: the old one takes over again
+    history.declare(declared(env, "from-a"))
     b.stop(signal.SIGKILL)
-    wait_for(lambda: env.get(f"{env.ns}app/a") == b"from-a", 15, "takeover after kill")
+
+    def stuck() -> str:
+        a.proc.send_signal(signal.SIGUSR1)   # the daemon logs where each of its tasks waits
+        time.sleep(0.5)
+        return f"takeover after kill\n--- a ---\n{a.logs()[-6000:]}\n--- b ---\n{b.logs()[-1500:]}"
+
+    wait_for(lambda: env.get(f"{env.ns}app/a") == b"from-a", 15, stuck)
     assert a.stop() == 0
 
 
@@ -425,3 +444,136 @@ def test_a_repair_never_overwrites_a_newer_write_it_has_not_seen(env: Env, histo
         history.assert_quiet(0.5)
     ours = [e for e in history.snapshot() if e.key == key and history.ours(e)]
     assert len(ours) == 1 + 3, history.history_of(key)
+
+
+def test_a_repair_never_recreates_a_key_the_set_no_longer_owns(env: Env, history: Recorder,
+                                                               daemons: list[Daemon]) -> None:
+    """Another apply set takes a key over; then someone deletes it. The daemon still declares it (its
+    reconcile is refused by the ownership conflict and keeps the last good state), but it no longer
+    owns the key, so its repair must not put it back."""
+    mdir = manifest(env)
+    d = Daemon(env, mdir)
+    daemons.append(d)
+    d.wait_ready()
+    other = env.write("other/b.yaml", f"""\
+        apiVersion: etcdsync/v1
+        kind: ConfigSet
+        metadata: {{name: b}}
+        spec:
+          prefix: {env.ns}app/
+          data: {{b: two}}
+        """)
+    r = env.run("apply", "-f", str(other), "--applyset", "other", "--take-ownership")
+    assert r.code == 0, r.err
+    wait_for(lambda: "conflict" in str(d.ready().get("reconcile")), 10, f"conflict reported\n{d.logs()[-1500:]}")
+    env.delete(f"{env.ns}app/b")
+    time.sleep(1.5)     # a repair would take milliseconds
+    assert env.get(f"{env.ns}app/b") is None, f"re-created a key another set owns\n{d.logs()[-1500:]}"
+
+
+LIVE2 = """\
+apiVersion: etcdsync/v1
+kind: Service
+metadata: {{name: api}}
+spec:
+  prefix: {ns}services/
+  ttl: 5s
+  instances:
+{instances}
+"""
+
+
+def test_live_instance_removed_or_changed_by_an_edit(env: Env, history: Recorder, daemons: list[Daemon]) -> None:
+    def write(instances: str) -> Path:
+        return env.write("m/live.yaml", LIVE2.format(ns=env.ns, instances=instances)).parent
+
+    mdir = write("    - {id: one, host: 127.0.0.1, port: 1}\n    - {id: two, host: 127.0.0.1, port: 2}")
+    d = Daemon(env, mdir)
+    daemons.append(d)
+    d.wait_ready()
+    one, two = f"{env.ns}services/api/one", f"{env.ns}services/api/two"
+    wait_for(lambda: env.get(one) and env.get(two), 5, "both registered")
+    write("    - {id: one, host: 127.0.0.1, port: 11}")
+    wait_for(lambda: env.get(two) is None, 5, f"removed instance deregistered\n{d.logs()[-1500:]}")
+    wait_for(lambda: env.get(one) == b'{"host":"127.0.0.1","port":11}', 5, "changed instance re-registered")
+    assert env.kv(one).lease != 0
+
+
+def test_a_prefix_added_by_an_edit_is_watched(env: Env, history: Recorder, daemons: list[Daemon]) -> None:
+    mdir = manifest(env)
+    d = Daemon(env, mdir)
+    daemons.append(d)
+    d.wait_ready()
+    history.declare({**declared(env, "one"), f"{env.ns}new/x": Declared(b"1")})
+    env.write("m/new.yaml", f"""\
+        apiVersion: etcdsync/v1
+        kind: ConfigSet
+        metadata: {{name: new}}
+        spec:
+          prefix: {env.ns}new/
+          data: {{x: "1"}}
+        """)
+    wait_for(lambda: env.get(f"{env.ns}new/x") == b"1", 10, "new prefix applied")
+    time.sleep(0.5)
+    env.put(f"{env.ns}new/x", "drift")
+    wait_for(lambda: env.get(f"{env.ns}new/x") == b"1", 4, f"drift under the new prefix repaired\n{d.logs()[-1500:]}")
+
+
+def test_another_writer_changing_the_inventory_triggers_a_full_reconcile(env: Env, history: Recorder,
+                                                                        daemons: list[Daemon]) -> None:
+    mdir = manifest(env)
+    d = Daemon(env, mdir)
+    daemons.append(d)
+    d.wait_ready()
+    inv = f"{env.reserved}sets/t/inventory/"
+    assert env.dump(inv)
+    time.sleep(1.0)   # the first reconcile's own inventory write must not count as another writer's
+    assert reconciles(d) == 1.0, d.logs()[-1500:]
+    env.etcdctl("del", "--prefix", inv)          # someone wipes what the daemon owns
+    wait_for(lambda: len(b"".join(env.dump(inv).values()).split(b'"')) > 4, 4,
+             f"inventory re-recorded by a full reconcile\n{d.logs()[-1500:]}")
+    history.assert_quiet(1.0)
+    assert reconciles(d) == 2.0, "one full reconcile for the other writer's change, none for our own rewrite"
+
+
+def reconciles(d: Daemon) -> float:
+    for line in d.get("/metrics")[1].splitlines():
+        if line.startswith('etcdsync_reconciles_total{result="success"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_a_reconcile_that_fails_half_way_never_lets_repairs_restore_the_old_manifest(
+        tmp_path: Path, daemons: list[Daemon]) -> None:
+    """An edit is committed in several transactions, and its last one can never commit (a value
+    larger than the server's --max-request-bytes), so the reconcile fails half way. The keys of the
+    batches that did commit hold the new manifest's values: a drift on them must be repaired to the
+    new value, never to the previous manifest's."""
+    with EtcdCluster(1, extra_args=["--max-request-bytes", "80000"]) as small:
+        env = Env(small.endpoints, "/half/", "/half/.etcdsync/", tmp_path)
+        env.hist = recorder(env.endpoints, [env.ns], env.reserved)
+        try:
+            def write(v: str, big: bool = False) -> Path:
+                keys = {f"/half/k{i:02d}": v for i in range(40)}
+                env.hist.declare({**keys, "/half/zz": "x" * 100_000} if big else keys)
+                data = "\n".join(f"    k{i:02d}: {v}" for i in range(40))
+                if big:
+                    data += "\n    zz: " + "x" * 100_000
+                return env.write("m/app.yaml", "apiVersion: etcdsync/v1\nkind: ConfigSet\nmetadata: {name: h}\n"
+                                 f"spec:\n  prefix: /half/\n  data:\n{data}\n").parent
+
+            mdir = write("old")
+            d = Daemon(env, mdir)
+            daemons.append(d)
+            d.wait_ready()
+            write("new", big=True)
+            wait_for(lambda: "refuses" in str(d.ready().get("reconcile")), 20,
+                     lambda: f"the reconcile failed half way\n{d.logs()[-1500:]}")
+            assert env.get("/half/k00") == b"new", "the first batch committed"
+            assert env.get("/half/zz") is None
+            env.put("/half/k00", "drift")
+            wait_for(lambda: env.get("/half/k00") != b"drift", 5, "drift repaired")
+            assert env.get("/half/k00") == b"new", env.hist.history_of("/half/k00")
+            env.hist.check()
+        finally:
+            env.hist.stop()
