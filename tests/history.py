@@ -195,12 +195,13 @@ class Recorder:
     def writes_between(self, a: int, b: int) -> list[Event]:
         return [e for e in self.snapshot() if a < e.revision <= b and self.ours(e)]
 
-    def assert_quiet(self, seconds: float) -> None:
-        """Nothing etcdsync writes for `seconds` (the daemon converged and stays idle)."""
+    def assert_quiet(self, seconds: float, *, under: str = "") -> None:
+        """Nothing etcdsync writes for `seconds` (the daemon converged and stays idle); with `under`,
+        nothing under that prefix."""
         a = self.sync()
         time.sleep(seconds)
         b = self.sync()
-        writes = self.writes_between(a, b)
+        writes = [e for e in self.writes_between(a, b) if e.key.startswith(under)]
         if writes:
             lines = [f"rev {e.revision} {e.type} {e.key} = {e.value[:60]!r}" for e in writes[:20]]
             raise AssertionError(f"not quiet: {len(writes)} writes between revisions {a} and {b} "

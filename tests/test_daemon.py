@@ -136,7 +136,7 @@ def test_converges_repairs_drift_follows_edits_and_keeps_last_good_state(env: En
     # create-only: a runtime change stays; deleting restores the seed
     env.etcdctl("put", f"{env.ns}app/seed", "runtime")
     env.etcdctl("put", f"{env.ns}app/watched", "on")
-    time.sleep(0.5)
+    history.assert_quiet(1.0)                       # neither is written back
     assert env.get(f"{env.ns}app/seed") == b"runtime"
     assert env.get(f"{env.ns}app/watched") == b"on"
     env.etcdctl("del", f"{env.ns}app/seed")
@@ -295,8 +295,7 @@ def test_leader_election_takeover_and_fencing(env: Env, history: Recorder, daemo
     b.wait_ready()
     assert b.ready()["leader"] is False
     assert env.get(f"{env.ns}app/a") == b"from-a"
-    time.sleep(1)
-    assert env.get(f"{env.ns}app/a") == b"from-a", "the standby must not write"
+    history.assert_quiet(1.0)                       # the standby must not write
     # pause the leader past its lease: the standby takes over within a few seconds
     history.declare(declared(env, "from-b"))
     a.proc.send_signal(signal.SIGSTOP)
@@ -307,7 +306,7 @@ def test_leader_election_takeover_and_fencing(env: Env, history: Recorder, daemo
     rev_before = int(json.loads(env.etcdctl("get", f"{env.ns}app/a", "-w", "json"))["kvs"][0]["mod_revision"])
     # the paused ex-leader wakes up and sees "drift" (from-b); its fenced writes must not commit
     a.proc.send_signal(signal.SIGCONT)
-    time.sleep(3)
+    history.assert_quiet(3.0, under=f"{env.ns}app/")   # no config write by either daemon
     kv = json.loads(env.etcdctl("get", f"{env.ns}app/a", "-w", "json"))["kvs"][0]
     assert int(kv["mod_revision"]) == rev_before, f"ex-leader wrote!\n{a.logs()[-2000:]}"
     wait_for(lambda: a.ready()["leader"] is False, 10, "ex-leader steps down")
@@ -467,7 +466,7 @@ def test_a_repair_never_recreates_a_key_the_set_no_longer_owns(env: Env, history
     assert r.code == 0, r.err
     wait_for(lambda: "conflict" in str(d.ready().get("reconcile")), 10, f"conflict reported\n{d.logs()[-1500:]}")
     env.delete(f"{env.ns}app/b")
-    time.sleep(1.5)     # a repair would take milliseconds
+    history.assert_quiet(1.5)                       # a repair would take milliseconds
     assert env.get(f"{env.ns}app/b") is None, f"re-created a key another set owns\n{d.logs()[-1500:]}"
 
 
