@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import io
 import logging
 import os
 import signal
@@ -69,11 +68,12 @@ class DaemonSettings:
 
 def _dump_tasks() -> None:
     """SIGUSR1: log where every task of the daemon is waiting (for a daemon that seems stuck)."""
-    buf = io.StringIO()
+    lines = []
     for task in asyncio.all_tasks():
-        buf.write(f"task {task.get_name()}:\n")
-        task.print_stack(limit=12, file=buf)
-    log.warning("SIGUSR1: %d tasks\n%s", len(asyncio.all_tasks()), buf.getvalue())
+        lines.append(f"task {task.get_name()}:")
+        for frame in task.get_stack(limit=12):
+            lines.append(f"  {frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
+    log.warning("SIGUSR1: %d tasks\n%s", len(asyncio.all_tasks()), "\n".join(lines))
 
 
 def _outermost(dirs: set[str]) -> list[str]:

@@ -295,7 +295,7 @@ def test_leader_election_takeover_and_fencing(env: Env, history: Recorder, daemo
     b.wait_ready()
     assert b.ready()["leader"] is False
     assert env.get(f"{env.ns}app/a") == b"from-a"
-    history.assert_quiet(1.0)                       # the standby must not write
+    history.assert_quiet(1.0, under=f"{env.ns}app/")   # the standby must not write
     # pause the leader past its lease: the standby takes over within a few seconds
     history.declare(declared(env, "from-b"))
     a.proc.send_signal(signal.SIGSTOP)
