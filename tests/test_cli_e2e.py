@@ -23,6 +23,9 @@ spec:
     features: {beta: true, limit: 3}
 """
 
+# a manifest that declares no key (a file without documents is an error instead)
+NOTHING = "apiVersion: etcdsync/v1\nkind: ConfigSet\nmetadata: {name: app}\nspec: {prefix: /nothing/}\n"
+
 
 def test_diff_apply_diff_and_second_apply_writes_nothing(env: Env) -> None:
     f = env.write("m/app.yaml", BASE)
@@ -91,6 +94,40 @@ def test_removed_document_is_pruned(env: Env) -> None:
     assert env.get(f"{env.ns}config/app/retry") == b"5"
 
 
+@pytest.mark.parametrize("content", ["", "   \n\n", "# payments, being rewritten\n", "---\n...\n"])
+def test_a_file_emptied_in_a_tree_is_exit_2_and_prunes_nothing(env: Env, content: str) -> None:
+    env.write("m/app.yaml", BASE)
+    pay = env.write("m/payments.yaml", """\
+        apiVersion: etcdsync/v1
+        kind: ConfigSet
+        metadata: {name: payments}
+        spec:
+          prefix: {ns}config/payments/
+          data:
+            url: https://pay
+            seed: {value: initial, policy: create-only}
+            token: {fromEnv: PAY_TOKEN, secret: true}
+        """)
+    m = str(env.tmp / "m")
+    assert env.cli("apply", "-f", m, "--applyset", "t", env={"PAY_TOKEN": "s3cr3t"}).code == 0
+    env.put(f"{env.ns}config/payments/seed", "runtime")
+    before = env.dump()
+    pay.write_text(content)  # `: > payments.yaml`, an editor mid-save
+    rev = env.revision()
+    for cmd in ("validate", "diff", "apply"):
+        r = env.cli(cmd, "-f", m, *(("--applyset", "t") if cmd != "validate" else ()))
+        assert r.code == 2, (cmd, r)
+        assert r.err.strip() == f"error: {pay}: holds no documents; delete the file to prune its keys", r.err
+    assert env.revision() == rev, "nothing written or deleted"
+    assert env.dump() == before
+    assert before[f"{env.ns}config/payments/token"] == b"s3cr3t"
+    assert before[f"{env.ns}config/payments/seed"] == b"runtime"
+    pay.unlink()  # deleting the file is the way to prune its keys
+    r = env.cli("apply", "-f", m, "--applyset", "t")
+    assert r.code == 0 and "3 deleted" in r.out, r
+    assert env.get(f"{env.ns}config/payments/url") is None and env.get(f"{env.ns}config/app/retry") == b"5"
+
+
 def test_existing_unowned_key_is_adopted_then_pruned(env: Env) -> None:
     env.put(f"{env.ns}config/app/retry", "5")
     f = env.write("m/app.yaml", BASE)
@@ -115,7 +152,7 @@ def test_key_owned_by_another_set_is_refused_unless_take_ownership(env: Env) -> 
     assert r.code == 0, r
     assert env.get(f"{env.ns}config/app/retry") == b"6"
     # "one" no longer owns the keys: emptying it deletes nothing
-    empty = env.write("m3/empty.yaml", "")
+    empty = env.write("m3/empty.yaml", NOTHING)
     r = env.cli("apply", "-f", str(empty), "--applyset", "one", "--allow-empty")
     assert r.code == 0, r
     assert env.get(f"{env.ns}config/app/retry") == b"6"
@@ -124,7 +161,7 @@ def test_key_owned_by_another_set_is_refused_unless_take_ownership(env: Env) -> 
 def test_deletion_guard(env: Env) -> None:
     f = env.write("m/app.yaml", BASE)
     assert env.cli("apply", "-f", str(f), "--applyset", "t").code == 0
-    empty = env.write("m/app.yaml", "# nothing here while the editor saves\n")
+    empty = env.write("m/app.yaml", NOTHING)
     rev = env.revision()
     r = env.cli("apply", "-f", str(empty), "--applyset", "t")
     assert r.code == 3 and "--allow-empty" in r.err, r
@@ -139,7 +176,7 @@ def test_deletion_guard(env: Env) -> None:
     r = env.cli("apply", "-f", str(f), "--applyset", "t", "--max-deletes", "2", "--force")
     assert r.code == 0, r
     assert env.get(f"{env.ns}config/app/region") is None
-    env.write("m/app.yaml", "")
+    env.write("m/app.yaml", NOTHING)
     r = env.cli("apply", "-f", str(empty), "--applyset", "t", "--allow-empty")
     assert r.code == 0 and env.dump(f"{env.ns}config/") == {}, r
 

@@ -151,10 +151,14 @@ def test_collect_files_missing_path(tmp_path: Path, missing: str) -> None:
         pytest.param("\ufeff", id="bom-only"),
     ],
 )
-def test_empty_files_yield_nothing(tmp_path: Path, content: str) -> None:
-    f = write(tmp_path / "m.yaml", content)
-    state = load_manifests([f], environ={})
-    assert state == DesiredState(files=(str(f),))
+def test_a_file_without_documents_is_an_error(tmp_path: Path, content: str) -> None:
+    # an editor mid-save or `: > file` must never read as "this file declares nothing" (which prunes)
+    write(tmp_path / "m" / "a.yaml", configset("a", "/a/", {"k": "1"}))
+    f = write(tmp_path / "m" / "b.yaml", content)
+    with pytest.raises(ManifestError) as ei:
+        load_manifests([tmp_path / "m"], environ={})
+    assert ei.value.file == str(f)
+    assert ei.value.message == "holds no documents; delete the file to prune its keys"
 
 
 def test_empty_directory_yields_nothing(tmp_path: Path) -> None:
@@ -171,8 +175,8 @@ def test_many_documents_and_empty_ones_between(tmp_path: Path) -> None:
 
 def test_files_lists_every_file_read(tmp_path: Path) -> None:
     a = write(tmp_path / "base" / "a.yaml", configset("a", "/a/", {"k": "1"}))
-    b = write(tmp_path / "base" / "b.yaml", "")
-    o = write(tmp_path / "over.yaml", "")
+    b = write(tmp_path / "base" / "b.yaml", applyset("s"))
+    o = write(tmp_path / "over.yaml", "# a comment\n---\n" + configset("o", "/o/", {}))
     assert load_manifests([tmp_path / "base", o], environ={}).files == (str(a), str(b), str(o))
 
 

@@ -427,7 +427,9 @@ def _load(paths: Sequence[str | os.PathLike[str]], environ: Mapping[str, str], r
             ctx.file = file
             files.append(file)
             text = read_file(file)
+            n_docs = 0
             for d in iter_documents(text, file):
+                n_docs += 1
                 doc = _compile_document(d, reserved)
                 ident = (doc.kind, doc.name)
                 other = in_layer.get(ident)
@@ -438,6 +440,9 @@ def _load(paths: Sequence[str | os.PathLike[str]], environ: Mapping[str, str], r
                         file, doc.source.line, doc.source.column,
                     )
                 in_layer[ident] = doc
+            if not n_docs:
+                # an editor mid-save or `: > file`: reading it as "declares nothing" would prune its keys
+                raise ManifestError("holds no documents; delete the file to prune its keys", file)
         final.update(in_layer)
     ctx.file = None
 
