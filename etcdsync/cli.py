@@ -118,6 +118,10 @@ def load(paths: tuple[str, ...], reserved: str) -> DesiredState:
     return load_manifests(list(paths), reserved_prefix=reserved)
 
 
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def resolve_applyset(flag: str | None, desired: DesiredState) -> tuple[str, str]:
     """(name, where it came from)."""
     from .inventory import check_applyset_name
@@ -168,7 +172,8 @@ def validate(paths: tuple[str, ...], reserved_prefix: str, output: str, no_color
         ctx.out(json.dumps({"valid": True, "files": list(desired.files), "keys": len(desired.keys),
                             "liveInstances": len(desired.live), "applyset": desired.applyset}))
     else:
-        ctx.out(f"valid: {len(desired.files)} files, {len(desired.keys)} keys, {len(desired.live)} live instances")
+        ctx.out(f"valid: {plural(len(desired.files), 'file')}, {plural(len(desired.keys), 'key')}, "
+                f"{plural(len(desired.live), 'live instance')}")
 
 
 def _plan_command(kw: dict[str, Any], *, execute: bool) -> int:
@@ -256,9 +261,10 @@ def _plan_command(kw: dict[str, Any], *, execute: bool) -> int:
             ctx.out("in sync: nothing to apply")
         else:
             ctx.out(f"applied: {render.result_summary(outcome.done, unchanged)} "
-                    f"in {outcome.transactions} transactions (revision {outcome.revision})")
+                    f"in {plural(outcome.transactions, 'transaction')} (revision {outcome.revision})")
         if p.live:
-            ctx.out(f"{len(p.live)} live instances (ttl/check) are left to `etcdsync run`")
+            ctx.out(f"{plural(len(p.live), 'live instance')} (ttl/check) {'is' if len(p.live) == 1 else 'are'} "
+                    "left to `etcdsync run`")
     return EXIT_OK
 
 

@@ -132,6 +132,18 @@ class Plan:
         return tuple(c for c in self.changes if c.writes)
 
 
+def retag_note(entry: Entry, d: DesiredKey) -> str:
+    """What changes in a key's ownership record (its prefix, prune or secret flag)."""
+    parts = []
+    if entry.prefix != d.prefix:
+        parts.append(f"prefix {entry.prefix} -> {d.prefix}")
+    if entry.prune != d.prune:
+        parts.append(f"prune {str(entry.prune).lower()} -> {str(d.prune).lower()}")
+    if entry.secret != d.secret:
+        parts.append(f"secret {str(entry.secret).lower()} -> {str(d.secret).lower()}")
+    return "ownership record: " + ", ".join(parts)
+
+
 def _change(action: Action, d: DesiredKey, obs: ObservedLike | None, **kw: object) -> Change:
     return Change(
         action=action, key=d.key, old=obs.value if obs else None, new=d.value,
@@ -176,7 +188,8 @@ def plan(
                 changes.append(_change(Action.ADOPT, d, obs, own=True, owner=owner,
                                        note=note or "exists, not owned by any apply set"))
             else:
-                changes.append(_change(Action.UNCHANGED, d, obs, retag=retag))
+                changes.append(_change(Action.UNCHANGED, d, obs, retag=retag,
+                                       note=retag_note(entry, d) if retag and entry is not None else ""))
             continue
         if d.policy is Policy.ENFORCE:
             if own:
@@ -186,8 +199,11 @@ def plan(
             changes.append(_change(Action.DRIFT, d, obs, own=own, owner=owner, retag=retag and not own,
                                    note="drift held by policy warn"))
         else:  # create-only: an existing value is the runtime's
+            note = "create-only: existing value kept"
+            if retag and entry is not None:
+                note += "; " + retag_note(entry, d)
             changes.append(_change(Action.UNCHANGED if not own else Action.ADOPT, d, obs, own=own, owner=owner,
-                                   retag=retag and not own, note="create-only: existing value kept"))
+                                   retag=retag and not own, note=note))
 
     for key, entry in owned.items():
         if key in desired.keys:

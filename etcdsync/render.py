@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import difflib
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .plan import Action, Change, LiveStatus, Plan
@@ -110,12 +110,21 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
+def ownership_only(changes: Iterable[Change]) -> int:
+    """Changes whose only write is the key's ownership record (a key moved to another document or
+    prefix, a prune or secret flag flipped): `diff` counts them as differences, so the summary must."""
+    return sum(1 for c in changes if c.retag and c.action in (Action.UNCHANGED, Action.DRIFT))
+
+
 def summary(p: Plan) -> str:
     n = p.counts
     line = (f"{n['create']} to create, {n['update']} to update, {n['delete']} to delete, "
             f"{n['unchanged'] + n['drift']} unchanged")
     extra = []
     adopt = sum(1 for c in p.changes if c.own and c.action is not Action.CREATE and c.action is not Action.UPDATE)
+    records = ownership_only(p.changes)
+    if records:
+        extra.append(f"{_plural(records, 'ownership record')} to update")
     if adopt:
         extra.append(f"{adopt} to adopt")
     if n["release"]:
@@ -142,7 +151,7 @@ def render_plan(p: Plan, *, style: Style = _plain, verbose: bool = False, limit:
         shown += 1
         lines.extend(render_change(c, style))
     if hidden:
-        lines.append(f"... and {hidden} more keys (-v or -o json lists every key)")
+        lines.append(f"... and {hidden} more {'key' if hidden == 1 else 'keys'} (-v or -o json lists every key)")
     for s in p.live:
         lines.append(render_live(s, style))
     if lines:
@@ -163,6 +172,9 @@ def result_summary(done: dict[str, Change], unchanged: int) -> str:
     line = (f"{count[Action.CREATE]} created, {count[Action.UPDATE]} updated, "
             f"{count[Action.DELETE]} deleted, {unchanged} unchanged")
     extra = []
+    records = ownership_only(done.values())
+    if records:
+        extra.append(f"{_plural(records, 'ownership record')} updated")
     if adopted:
         extra.append(f"{adopted} adopted")
     if count[Action.RELEASE]:
@@ -211,7 +223,8 @@ def plan_json(p: Plan, *, applyset_origin: str) -> dict[str, Any]:
         "inSync": not p.has_changes,
         "refused": p.refused,
         "summary": {**dict(p.counts), "adopt": sum(1 for c in p.changes if c.own and c.action
-                                                   not in (Action.CREATE, Action.UPDATE))},
+                                                   not in (Action.CREATE, Action.UPDATE)),
+                    "ownership": ownership_only(p.changes)},
         "changes": [change_json(c) for c in p.changes],
         "live": [
             {"key": s.instance.key, "service": s.instance.service, "id": s.instance.id, "registered": s.present,

@@ -128,6 +128,43 @@ def test_a_file_emptied_in_a_tree_is_exit_2_and_prunes_nothing(env: Env, content
     assert env.get(f"{env.ns}config/payments/url") is None and env.get(f"{env.ns}config/app/retry") == b"5"
 
 
+def test_moving_a_key_between_documents_is_reported_and_singular_counts(env: Env) -> None:
+    one = env.write("m/app.yaml", BASE)
+    r = env.cli("apply", "-f", str(one), "--applyset", "t")
+    assert r.code == 0 and " in 1 transaction (revision" in r.out, r
+    # retry moves to a document with a shorter prefix: same key, same value, new ownership record
+    env.write("m/app.yaml", BASE.replace("    retry: 5\n", ""))
+    env.write("m/retry.yaml", """\
+        apiVersion: etcdsync/v1
+        kind: ConfigSet
+        metadata: {name: retry}
+        spec:
+          prefix: {ns}config/
+          data: {app/retry: 5}
+        """)
+    m = str(env.tmp / "m")
+    r = env.cli("diff", "-f", m, "--applyset", "t")
+    assert r.code == 1, r
+    assert "0 to create, 0 to update, 0 to delete, 5 unchanged (1 ownership record to update)" in r.out, r.out
+    r = env.cli("apply", "-f", m, "--applyset", "t")
+    assert r.code == 0, r
+    assert "(1 ownership record updated) in 1 transaction (revision" in r.out, r.out
+    assert env.cli("diff", "-f", m, "--applyset", "t").code == 0
+    live = env.write("l/svc.yaml", """\
+        apiVersion: etcdsync/v1
+        kind: Service
+        metadata: {name: web}
+        spec:
+          prefix: {ns}services/
+          ttl: 5s
+          instances: [{id: w1, host: 127.0.0.1, port: 80}]
+        """)
+    r = env.cli("validate", "-f", str(live))
+    assert r.out.strip() == "valid: 1 file, 0 keys, 1 live instance", r.out
+    r = env.cli("apply", "-f", str(live), "--applyset", "l")
+    assert "1 live instance (ttl/check) is left to `etcdsync run`" in r.out, r.out
+
+
 def test_existing_unowned_key_is_adopted_then_pruned(env: Env) -> None:
     env.put(f"{env.ns}config/app/retry", "5")
     f = env.write("m/app.yaml", BASE)

@@ -81,3 +81,31 @@ def test_long_diffs_are_cut_with_a_count() -> None:
     assert text.count("\n+ ") + text.startswith("+ ") == 10
     assert "... and 20 more keys (-v or -o json lists every key)" in text
     assert "30 to create" in text
+
+
+def test_ownership_only_changes_are_named_in_the_summary() -> None:
+    # a key moved to another document's prefix and a prune flag flipped: nothing to put, but the
+    # inventory is rewritten, so `diff` exits 1 and the summary must say why
+    a, b = "/config/", "/config/shop/"
+    keys = [DesiredKey(b + "moved", b"1", b, document="ConfigSet/shop"),
+            DesiredKey(a + "kept", b"2", a, prune=False, document="ConfigSet/all")]
+    inv = Inventory("x")
+    inv.add_chunk(Chunk("/.etcdsync/sets/x/inventory/a", 2, {b + "moved": Entry(a), a + "kept": Entry(a)}))
+    observed = {b + "moved": Observed(b"1", 3), a + "kept": Observed(b"2", 4)}
+    p = plan(DesiredState(keys={k.key: k for k in keys}, prefixes=(a, b)), observed, inv, {})
+    assert p.has_changes
+    text = render_plan(p)
+    assert text.splitlines()[-1] == "0 to create, 0 to update, 0 to delete, 2 unchanged (2 ownership records to update)"
+    assert "= /config/shop/moved  (ownership record: prefix /config/ -> /config/shop/)" in text
+    assert "= /config/kept  (ownership record: prune true -> false)" in text
+    assert plan_json(p, applyset_origin="flag")["summary"]["ownership"] == 2
+    one = plan(DesiredState(keys={keys[0].key: keys[0]}, prefixes=(b,)), observed, inv, {})
+    assert render_plan(one).endswith("0 to create, 0 to update, 1 to delete, 1 unchanged (1 ownership record to update)")
+
+
+def test_result_summary_names_ownership_updates_and_grammar() -> None:
+    from etcdsync.plan import Action, Change
+    from etcdsync.render import result_summary
+
+    done = {"/k": Change(Action.UNCHANGED, "/k", b"1", b"1", 3, "/", retag=True)}
+    assert result_summary(done, 0) == "0 created, 0 updated, 0 deleted, 0 unchanged (1 ownership record updated)"
