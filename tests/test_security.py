@@ -459,3 +459,34 @@ def test_secrets_never_appear_in_daemon_logs_readyz_or_metrics(log_format: str, 
     assert "drift repaired" in logs and "owned by" in logs, logs[-2000:]
     for where, text in [*texts, (f"daemon log ({log_format})", logs)]:
         can.check(text, where)
+
+
+# ------------------------------------------------------------------------------------------------
+# hostile ownership records: a record etcdsync cannot read exactly is exit 2, nothing written
+
+OTHER = ["p", "r", "e", "c", "i", "o", "u", "s"]
+
+
+@pytest.mark.parametrize("key,value", [
+    ("sets/t/inventory/evil", b'{"v":1,"prefixes":{"{ns}other/":"precious"}}'),
+    ("sets/t/inventory/evil", b'{"v":true,"prefixes":{"{ns}other/":["p","r"]}}'),
+    ("sets/t/inventory/evil", b'{"v":1,"prefixes":{"{ns}app/":["../other/p"]}}'),
+    ("sets/t/inventory/evil", b'{"v":1,"prefixes":{"{ns}other/":["p"]},"owner":"t"}'),
+    ("ownership", b"\x1b]0;pwned\x07"),
+])
+def test_a_bad_ownership_record_is_exit_2_and_deletes_nothing(env: Env, key: str, value: bytes) -> None:
+    f = env.write("m/app.yaml", configset("app", f"{env.ns}app/", {"x": "1"}))
+    assert env.cli("apply", "-f", str(f), "--applyset", "t").code == 0
+    for ch in OTHER:
+        env.put(f"{env.ns}other/{ch}", "precious")
+    # the manifest no longer declares anything in /other/ (and never did)
+    env.write("m/app.yaml", configset("app", f"{env.ns}app/", {"y": "2"}))
+    env.put(env.reserved + key, value.replace(b"{ns}", env.ns.encode()))
+    before, rev = env.dump(), env.revision()
+    for cmd in ("diff", "apply"):
+        r = env.cli(cmd, "-f", str(f), "--applyset", "t")
+        assert r.code == 2, (cmd, r)
+        lines = r.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {env.reserved}{key}: "), r.err
+        assert "\x1b" not in r.err and "\x07" not in r.err
+    assert env.revision() == rev and env.dump() == before, "nothing written or deleted"
