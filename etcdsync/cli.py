@@ -54,6 +54,29 @@ class Ctx:
         click.echo(text, err=True)
 
 
+def check_reserved_prefix(_ctx: Any, _param: Any, value: str) -> str:
+    """--reserved-prefix: absolute, ending in '/', no '.'/'..' segment, no control character."""
+    from .manifest.yamlnodes import shown
+
+    problem = None
+    if not value.startswith("/") or not value.endswith("/"):
+        problem = "must start and end with '/' (e.g. /.etcdsync/)"
+    elif value == "/":
+        problem = "must not be '/' (every key would be etcdsync's)"
+    elif any(ord(ch) < 32 or 0x7f <= ord(ch) <= 0x9f for ch in value):
+        problem = "must not contain control characters"
+    elif any(seg in (".", "..") for seg in value.split("/")):
+        problem = "must not contain '.' or '..' segments"
+    if problem:
+        raise UsageError(f"--reserved-prefix '{shown(value)}': {problem}")
+    return value
+
+
+def reserved_option(help: str = "Where etcdsync keeps its inventory.") -> Callable[[F], F]:
+    return click.option("--reserved-prefix", default=RESERVED_PREFIX, show_default=True, help=help,
+                        callback=check_reserved_prefix)
+
+
 def output_options(f: F) -> F:
     f = click.option("--debug", is_flag=True, envvar="ETCDSYNC_DEBUG", help="Show tracebacks and debug logs.")(f)
     f = click.option("--no-color", is_flag=True, help="No colors (also: NO_COLOR set, or not a terminal).")(f)
@@ -85,7 +108,7 @@ def manifest_options(f: F) -> F:
 def plan_options(f: F) -> F:
     opts = [
         click.option("--applyset", metavar="NAME", help="Apply set name (default: the ApplySet document, else 'default')."),
-        click.option("--reserved-prefix", default=RESERVED_PREFIX, show_default=True, help="Where etcdsync keeps its inventory."),
+        reserved_option(),
         click.option("--take-ownership", is_flag=True, help="Take keys owned by another apply set."),
         click.option("--allow-empty", is_flag=True, help="Allow a plan that leaves the apply set owning nothing."),
         click.option("--max-deletes", type=click.IntRange(min=0), default=100, show_default=True, help="Refuse plans deleting more keys."),
@@ -161,7 +184,7 @@ def cli() -> None:
 
 @cli.command()
 @manifest_options
-@click.option("--reserved-prefix", default=RESERVED_PREFIX, show_default=True)
+@reserved_option()
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @output_options
 def validate(paths: tuple[str, ...], reserved_prefix: str, output: str, no_color: bool, debug: bool) -> None:
@@ -292,7 +315,7 @@ def apply_cmd(**kw: Any) -> None:
 @click.option("--prefix", required=True, help="etcd key prefix to export, e.g. /config/payments/.")
 @click.option("--name", help="metadata.name of the ConfigSet (default: derived from the prefix).")
 @click.option("--policy", type=click.Choice(["enforce", "warn", "create-only"]), default=None)
-@click.option("--reserved-prefix", default=RESERVED_PREFIX, show_default=True, help="Never exported.")
+@reserved_option("Where etcdsync keeps its inventory (never exported).")
 @connection_options
 @output_options
 def export(prefix: str, name: str | None, policy: str | None, reserved_prefix: str, no_color: bool, debug: bool,
@@ -335,7 +358,7 @@ def parse_duration(text: str, what: str) -> float:
 @cli.command(name="run")
 @manifest_options
 @click.option("--applyset", metavar="NAME", help="Apply set name (default: the ApplySet document, else 'default').")
-@click.option("--reserved-prefix", default=RESERVED_PREFIX, show_default=True)
+@reserved_option()
 @click.option("--take-ownership", is_flag=True)
 @click.option("--allow-empty", is_flag=True)
 @click.option("--max-deletes", type=click.IntRange(min=0), default=100, show_default=True)

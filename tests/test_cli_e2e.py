@@ -424,3 +424,19 @@ def test_dev_once_starts_etcd_applies_and_cleans_up(tmp_path) -> None:  # type: 
     assert "applied: 20 created" in r.stdout
     assert f"etcd is running at http://127.0.0.1:{port}" in r.stdout
     assert "etcd stopped, data removed" in r.stderr
+
+
+@pytest.mark.parametrize("cmd", ["validate", "diff", "apply", "export", "run"])
+@pytest.mark.parametrize("bad", ["", "/meta", "relative/", "/a/../b/", "/a/\x1b[2J/"])
+def test_bad_reserved_prefix_is_a_one_line_usage_error(env: Env, cmd: str, bad: str) -> None:
+    f = env.write("m/app.yaml", BASE)
+    rev = env.revision()
+    args = ["--prefix", f"{env.ns}config/"] if cmd == "export" else ["-f", str(f), "--applyset", "t"]
+    if cmd == "validate":
+        args = ["-f", str(f)]
+    r = env.cli(cmd, *args, "--reserved-prefix", bad)  # the last --reserved-prefix wins over env.cli's
+    assert r.code == 2, r
+    lines = r.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --reserved-prefix"), r.err
+    assert "\x1b" not in r.err
+    assert env.revision() == rev
