@@ -451,3 +451,24 @@ def test_fromfile_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "pipe")
     e = load_error(tmp_path, H + "    k: {fromFile: pipe}\n")
     assert "not a regular file" in e.message
+
+
+# ------------------------------------------------------------------------------------------------
+# the long form is unambiguous: a typo never turns a secret into a printed JSON value
+
+@pytest.mark.parametrize(("entry", "bad", "suggest", "col"), [
+    ("k: {valeu: s3cr3t-x, secret: true}", "valeu", "value", 9),
+    ("k: {fromfile: pw.txt, secret: true}", "fromfile", "fromFile", 9),
+    ("k: {fromEnv: TOKEN, secert: true}", "secert", "secret", 25),
+    ("k: {fromEnv: TOKEN, polcy: warn}", "polcy", "policy", 25),
+    ("k: {value: s3cr3t-x, secret: true, purne: false}", "purne", "prune", 40),
+    ("k: {secret: true, data: s3cr3t-x}", "data", None, 23),
+])
+def test_long_form_typo_is_an_error_with_the_closest_option(tmp_path: Path, entry: str, bad: str,
+                                                              suggest: str | None, col: int) -> None:
+    e = load_error(tmp_path, H + "    " + entry + "\n", environ={"TOKEN": "t"})
+    assert (e.line, e.column) == (8, col), str(e)
+    assert f"'{bad}' is not an option of the long form" in e.message
+    if suggest:
+        assert f"did you mean '{suggest}'?" in e.message
+    assert "s3cr3t" not in str(e)

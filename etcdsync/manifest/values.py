@@ -14,6 +14,7 @@ No message raised here ever quotes a value's text: the value may be a secret.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import stat
@@ -282,9 +283,35 @@ def _source_text(name: str, node: Node, file: str | None) -> str:
     return node.value or ""
 
 
+# a mapping holding one of these is meant as the long form, never as a JSON value
+LONG_FORM_MARKERS = frozenset({"secret", "fromFile", "fromEnv"})
+
+
+def _check_not_mistyped_long_form(rel_key: str, value_node: Node, file: str | None) -> None:
+    """A mapping with secret/fromFile/fromEnv among its keys must be the long form: a typo such as
+    ``{valeu: X, secret: true}`` would otherwise store (and print) the secret as JSON."""
+    if value_node.kind != MAP or not any((k.value or "") in LONG_FORM_MARKERS for k, _ in value_node.items):
+        return
+    for k, _ in value_node.items:
+        name = k.value or ""
+        if name not in OPTION_NAMES:
+            close = difflib.get_close_matches(name, _OPTION_NAMES, n=1, cutoff=0.5) or \
+                difflib.get_close_matches(name.lower(), [o.lower() for o in _OPTION_NAMES], n=1, cutoff=0.5)
+            hint = ""
+            if close:
+                hint = f" (did you mean '{next(o for o in _OPTION_NAMES if o.lower() == close[0].lower())}'?)"
+            raise _err(
+                f"key '{shown(rel_key)}': '{shown(name, 40)}' is not an option of the long form{hint}; a mapping with "
+                f"secret, fromFile or fromEnv may hold only {', '.join(_OPTION_NAMES)} "
+                "(to store a JSON object, write {value: {...}})",
+                k, file,
+            )
+
+
 def compile_entry(key_node: Node, value_node: Node, file: str | None, policy: Policy, prune: bool) -> Entry:
     rel_key = key_node.value or ""
     if not is_long_form(value_node):
+        _check_not_mistyped_long_form(rel_key, value_node, file)
         return Entry(rel_key, key_node, value_node, node_value(value_node, file), policy=policy, prune=prune)
     opts = {(k.value or ""): v for k, v in value_node.items}
     sources = [s for s in SOURCE_NAMES if s in opts]
