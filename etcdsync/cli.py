@@ -99,10 +99,28 @@ def connection_options(f: F) -> F:
 
 
 def manifest_options(f: F) -> F:
+    f = click.option("--env-allow", "env_allow", multiple=True, metavar="GLOB", envvar="ETCDSYNC_ENV_ALLOW",
+                     help="fromEnv may read only variables matching one of these globs (repeatable) "
+                          "[ETCDSYNC_ENV_ALLOW, space separated]. ETCDSYNC_* and ETCDCTL_* are never read.")(f)
+    f = click.option("--file-root", "file_roots", multiple=True, metavar="DIR", envvar="ETCDSYNC_FILE_ROOTS",
+                     type=click.Path(file_okay=True, dir_okay=True),
+                     help="fromFile may also read files under DIR (repeatable) [ETCDSYNC_FILE_ROOTS, "
+                          "':' separated]. Default: only the manifest root of each -f path.")(f)
     f = click.option("-f", "--filename", "paths", multiple=True, metavar="PATH",
                      help="Manifest file or directory (repeatable; later paths override earlier ones document "
                           "by document). Default: ./manifests")(f)
     return f
+
+
+def check_sources(file_roots: tuple[str, ...], env_allow: tuple[str, ...]) -> None:
+    from .manifest.yamlnodes import shown
+
+    for root in file_roots:
+        if not root or not os.path.isdir(root):
+            raise UsageError(f"--file-root '{shown(root)}': not a directory")
+    for glob in env_allow:
+        if not glob or any(ord(ch) < 32 for ch in glob):
+            raise UsageError(f"--env-allow '{shown(glob)}': not a name or glob")
 
 
 def plan_options(f: F) -> F:
@@ -131,14 +149,15 @@ def make_connection(kw: dict[str, Any]) -> Connection:
     )
 
 
-def load(paths: tuple[str, ...], reserved: str) -> DesiredState:
+def load(paths: tuple[str, ...], reserved: str, *, file_roots: tuple[str, ...] = (),
+         env_allow: tuple[str, ...] = ()) -> DesiredState:
     from .manifest import load_manifests
 
     if not paths:
         if not os.path.isdir(DEFAULT_MANIFESTS):
             raise UsageError(f"no -f given and ./{DEFAULT_MANIFESTS} does not exist; pass -f PATH")
         paths = (DEFAULT_MANIFESTS,)
-    return load_manifests(list(paths), reserved_prefix=reserved)
+    return load_manifests(list(paths), reserved_prefix=reserved, file_roots=file_roots, env_allow=env_allow)
 
 
 def plural(n: int, word: str) -> str:
@@ -187,10 +206,12 @@ def cli() -> None:
 @reserved_option()
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @output_options
-def validate(paths: tuple[str, ...], reserved_prefix: str, output: str, no_color: bool, debug: bool) -> None:
+def validate(paths: tuple[str, ...], file_roots: tuple[str, ...], env_allow: tuple[str, ...], reserved_prefix: str,
+             output: str, no_color: bool, debug: bool) -> None:
     """Check manifests offline: syntax, schema, value rules, duplicate keys."""
     ctx = Ctx(no_color=no_color, output=output, debug=debug)
-    desired = load(paths, reserved_prefix)
+    check_sources(file_roots, env_allow)
+    desired = load(paths, reserved_prefix, file_roots=file_roots, env_allow=env_allow)
     if output == "json":
         ctx.out(json.dumps({"valid": True, "files": list(desired.files), "keys": len(desired.keys),
                             "liveInstances": len(desired.live), "applyset": desired.applyset}))
@@ -208,7 +229,8 @@ def _plan_command(kw: dict[str, Any], *, execute: bool) -> int:
     ctx = Ctx(no_color=kw.pop("no_color"), output=kw.pop("output"), debug=kw.pop("debug"), verbose=kw.pop("verbose"))
     conn = make_connection(kw)
     reserved = kw["reserved_prefix"]
-    desired = load(kw["paths"], reserved)
+    check_sources(kw["file_roots"], kw["env_allow"])
+    desired = load(kw["paths"], reserved, file_roots=kw["file_roots"], env_allow=kw["env_allow"])
     applyset, origin = resolve_applyset(kw["applyset"], desired)
     if origin == "default" and ctx.output == "text":
         ctx.note("applyset: 'default' (no --applyset and no ApplySet document; two trees applied under one "
@@ -371,7 +393,8 @@ def parse_duration(text: str, what: str) -> float:
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @connection_options
 @output_options
-def run_cmd(paths: tuple[str, ...], applyset: str | None, reserved_prefix: str, take_ownership: bool,
+def run_cmd(paths: tuple[str, ...], file_roots: tuple[str, ...], env_allow: tuple[str, ...], applyset: str | None,
+            reserved_prefix: str, take_ownership: bool,
             allow_empty: bool, max_deletes: int, force: bool, resync: str, debounce: str, metrics_addr: str | None,
             leader_elect: bool, election_ttl: str, log_format: str, no_color: bool, debug: bool, **kw: Any) -> None:
     """Keep etcd equal to the manifests: watch files and etcd, repair drift, hold live registrations."""
@@ -380,6 +403,7 @@ def run_cmd(paths: tuple[str, ...], applyset: str | None, reserved_prefix: str, 
 
     setup_logging(log_format, debug)
     conn = make_connection(kw)
+    check_sources(file_roots, env_allow)
     if not paths:
         load((), reserved_prefix)  # the same error as the one-shot commands when ./manifests is missing
         paths = (DEFAULT_MANIFESTS,)
@@ -389,7 +413,8 @@ def run_cmd(paths: tuple[str, ...], applyset: str | None, reserved_prefix: str, 
         resync=parse_duration(resync, "--resync"), debounce=parse_duration(debounce, "--debounce"),
         metrics_addr=metrics_addr, leader_elect=leader_elect, election_ttl=parse_duration(election_ttl, "--election-ttl"),
     )
-    daemon = Daemon(conn, settings, lambda p: load(tuple(p), reserved_prefix))
+    daemon = Daemon(conn, settings,
+                    lambda p: load(tuple(p), reserved_prefix, file_roots=file_roots, env_allow=env_allow))
     gc.enable()
     sys.exit(run(daemon.run()))
 
@@ -402,7 +427,7 @@ def run_cmd(paths: tuple[str, ...], applyset: str | None, reserved_prefix: str, 
 @click.option("--once", is_flag=True, help="Apply, print, stop etcd and exit (no daemon).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @output_options
-def dev(paths: tuple[str, ...], data_dir: str | None, port: int | None, metrics_addr: str | None, once: bool,
+def dev(paths: tuple[str, ...], file_roots: tuple[str, ...], env_allow: tuple[str, ...], data_dir: str | None, port: int | None, metrics_addr: str | None, once: bool,
         log_format: str, no_color: bool, debug: bool) -> None:
     """A throwaway local etcd, ./manifests (or -f) applied, and the daemon in the foreground. Ctrl-C cleans up."""
     from . import render
@@ -414,7 +439,8 @@ def dev(paths: tuple[str, ...], data_dir: str | None, port: int | None, metrics_
     from .store import Store
 
     ctx = Ctx(no_color=no_color, output="text", debug=debug)
-    desired = load(paths, RESERVED_PREFIX)
+    check_sources(file_roots, env_allow)
+    desired = load(paths, RESERVED_PREFIX, file_roots=file_roots, env_allow=env_allow)
     applyset, _ = resolve_applyset(None, desired)
     member, tmp = start_etcd(data_dir, port)
     try:
@@ -436,7 +462,8 @@ def dev(paths: tuple[str, ...], data_dir: str | None, port: int | None, metrics_
         setup_logging(log_format, debug)
         gc.enable()
         settings = DaemonSettings(paths=paths or (DEFAULT_MANIFESTS,), reserved=RESERVED_PREFIX, metrics_addr=metrics_addr)
-        code = run(Daemon(conn, settings, lambda p: load(tuple(p), RESERVED_PREFIX)).run())
+        code = run(Daemon(conn, settings, lambda p: load(tuple(p), RESERVED_PREFIX, file_roots=file_roots,
+                                                         env_allow=env_allow)).run())
         if code:
             sys.exit(code)
     except KeyboardInterrupt:

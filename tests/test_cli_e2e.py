@@ -373,6 +373,8 @@ def test_example_tree_applies_and_overlay_diffs(env: Env) -> None:
     assert env.get("services/checkout/10.0.0.21:50051") == b'{"Op":0,"Addr":"10.0.0.21:50051","Metadata":null}'
     assert env.cli("diff", "-f", base).code == 0
     r = env.cli("diff", "-f", base, "-f", str(root / "overlays" / "staging"))
+    assert r.code == 2 and "outside the manifest root" in r.err, r  # the overlay reads ../../manifests/files
+    r = env.cli("diff", "-f", base, "-f", str(root / "overlays" / "staging"), "--file-root", str(root / "manifests" / "files"))
     assert r.code == 1 and "staging-db" in r.out
     assert "dev-only-password" not in r.out
     for p in ("/config/payments/", "/config/checkout/", "/services/", "services/"):

@@ -71,7 +71,8 @@ spec:
 def test_design_example(tmp_path: Path) -> None:
     write(tmp_path / "certs" / "tls.pem", "CERT\n")
     f = write(tmp_path / "manifests" / "app.yaml", DESIGN_EXAMPLE)
-    state = load_manifests([tmp_path / "manifests"], environ={"PAY_API_TOKEN": "tok"})
+    state = load_manifests([tmp_path / "manifests"], environ={"PAY_API_TOKEN": "tok"},
+                           file_roots=[tmp_path / "certs"])  # ../certs is outside the manifest root
     assert isinstance(state, DesiredState)
     assert {k: v.value for k, v in state.keys.items()} == {
         "/config/payments/api/token": b"tok",

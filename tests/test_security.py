@@ -490,3 +490,83 @@ def test_a_bad_ownership_record_is_exit_2_and_deletes_nothing(env: Env, key: str
         assert len(lines) == 1 and lines[0].startswith(f"error: {env.reserved}{key}: "), r.err
         assert "\x1b" not in r.err and "\x07" not in r.err
     assert env.revision() == rev and env.dump() == before, "nothing written or deleted"
+
+
+# ------------------------------------------------------------------------------------------------
+# a manifest cannot read outside its tree, nor etcdsync's own credentials
+
+PW = {"ETCDSYNC_USER": "sync", "ETCDSYNC_PASSWORD": "pw-canary-0451"}
+
+
+@pytest.mark.parametrize("source", ["/proc/self/environ", "/etc/passwd", "../../../../../../../../etc/passwd",
+                                    "../outside/secret.txt", "link"])
+def test_from_file_outside_the_tree_is_exit_2_and_prints_nothing_of_it(env: Env, source: str) -> None:
+    (env.tmp / "outside").mkdir()
+    (env.tmp / "outside" / "secret.txt").write_text("outside-canary")
+    f = env.write("m/app.yaml", configset("app", f"{env.ns}app/", {"a": "1"}) + f"    harmless: {{fromFile: {source}}}\n")
+    (env.tmp / "m" / "link").symlink_to(env.tmp / "outside" / "secret.txt")
+    rev = env.revision()
+    for cmd in ("validate", "diff", "apply"):
+        # the subprocess, so /proc/self/environ would be the CLI's own environment with the password
+        r = env.run(cmd, "-f", str(env.tmp / "m"), *(("--applyset", "t") if cmd != "validate" else ()), env=PW)
+        assert r.code == 2, (cmd, r)
+        lines = r.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {f}:8:"), r.err
+        for leak in ("pw-canary", "root:", "outside-canary"):
+            assert leak not in r.out + r.err, (cmd, leak)
+    assert env.revision() == rev
+
+
+def test_file_root_flag_and_env_allow_a_directory_outside_the_tree(env: Env) -> None:
+    certs = env.tmp / "certs"
+    certs.mkdir()
+    (certs / "tls.pem").write_text("CERT")
+    f = env.write("m/app.yaml", configset("app", f"{env.ns}app/", {"a": "1"}) + "    tls: {fromFile: ../certs/tls.pem}\n")
+    m = str(env.tmp / "m")
+    r = env.cli("diff", "-f", m, "--applyset", "t")
+    assert r.code == 2 and "outside the manifest root" in r.err and f"{f}:8:" in r.err, r
+    r = env.cli("diff", "-f", m, "--applyset", "t", "--file-root", str(certs))
+    assert r.code == 1 and "+ CERT" in r.out, r
+    r = env.cli("apply", "-f", m, "--applyset", "t", env={"ETCDSYNC_FILE_ROOTS": f"/nonexistent-x:{certs}"})
+    assert r.code == 2 and r.err.strip() == "error: --file-root '/nonexistent-x': not a directory", r
+    r = env.cli("apply", "-f", m, "--applyset", "t", env={"ETCDSYNC_FILE_ROOTS": f"{env.tmp / 'm'}:{certs}"})
+    assert r.code == 0, r
+    assert env.get(f"{env.ns}app/tls") == b"CERT"
+
+
+def test_from_env_never_reads_credentials_and_env_allow_restricts(env: Env) -> None:
+    f = env.write("m/app.yaml", configset("app", f"{env.ns}app/", {"a": "1"}) + "    pw: {fromEnv: ETCDSYNC_PASSWORD}\n")
+    rev = env.revision()
+    r = env.run("diff", "-f", str(f), "--applyset", "t", env=PW)
+    assert r.code == 2 and "etcdsync's own settings" in r.err and f"{f}:8:" in r.err, r
+    assert "pw-canary" not in r.out + r.err
+    f.write_text(configset("app", f"{env.ns}app/", {"a": "1"}) + "    home: {fromEnv: HOME}\n    tok: {fromEnv: APP_TOKEN}\n")
+    extra = {"APP_TOKEN": "tok", "HOME": "/home/x"}
+    r = env.cli("apply", "-f", str(f), "--applyset", "t", "--env-allow", "APP_*", env=extra)
+    assert r.code == 2 and "HOME is not allowed by --env-allow (APP_*)" in r.err, r
+    r = env.cli("apply", "-f", str(f), "--applyset", "t", env={**extra, "ETCDSYNC_ENV_ALLOW": "APP_* DB_*"})
+    assert r.code == 2 and "HOME is not allowed by --env-allow (APP_* DB_*)" in r.err, r
+    assert env.revision() == rev
+    r = env.cli("apply", "-f", str(f), "--applyset", "t", "--env-allow", "APP_*", "--env-allow", "HOME", env=extra)
+    assert r.code == 0, r
+
+
+def test_daemon_takes_the_same_file_root_and_env_allow(env: Env, daemons: Daemons) -> None:
+    certs = env.tmp / "certs"
+    certs.mkdir()
+    (certs / "tls.pem").write_text("CERT")
+    env.write("m/app.yaml", configset("app", f"{env.ns}app/", {"a": "1"})
+              + "    tls: {fromFile: ../certs/tls.pem}\n    tok: {fromEnv: APP_TOKEN}\n")
+    extra = {"APP_TOKEN": "tok"}
+    bad = daemons.start(env.tmp, [env.tmp / "m"], endpoints=env.endpoints, reserved=env.reserved, env=extra, name="bad")
+    assert bad.proc.wait(30) == 2
+    assert "outside the manifest root" in bad.logs()
+    denied = daemons.start(env.tmp, [env.tmp / "m"], "--file-root", str(certs), "--env-allow", "DB_*",
+                           endpoints=env.endpoints, reserved=env.reserved, env=extra, name="denied")
+    assert denied.proc.wait(30) == 2
+    assert "APP_TOKEN is not allowed by --env-allow" in denied.logs()
+    d = daemons.start(env.tmp, [env.tmp / "m"], "--file-root", str(certs), "--env-allow", "APP_*",
+                      endpoints=env.endpoints, reserved=env.reserved, env=extra, name="good")
+    d.wait_ready()
+    wait_for(lambda: env.get(f"{env.ns}app/tls") == b"CERT" and env.get(f"{env.ns}app/tok") == b"tok", 10, "applied")
+    assert d.stop() == 0

@@ -391,8 +391,15 @@ def load_manifests(
     *,
     environ: Mapping[str, str] | None = None,
     reserved_prefix: str = "/.etcdsync/",
+    file_roots: Sequence[str | os.PathLike[str]] = (),
+    env_allow: Sequence[str] = (),
 ) -> DesiredState:
     """Load, validate and overlay the manifests of ``paths`` (one layer each) into a DesiredState.
+
+    A fromFile source must resolve (symbolic links followed) inside the root of its layer (the ``-f``
+    directory, or the directory of an ``-f`` file) or inside one of ``file_roots``, and never under
+    /proc, /sys or /dev. fromEnv never reads ETCDSYNC_* or ETCDCTL_*, and with ``env_allow`` (shell
+    globs) only matching names.
 
     Raises only ManifestError (file, line, column), whose message never contains a secret value.
     """
@@ -402,7 +409,8 @@ def load_manifests(
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _load(paths, os.environ if environ is None else environ, reserved_prefix, ctx)
+        sources = _Sources([os.path.realpath(r) for r in file_roots], tuple(env_allow))
+        return _load(paths, os.environ if environ is None else environ, reserved_prefix, ctx, sources)
     except ManifestError:
         raise
     except RecursionError:
@@ -416,14 +424,36 @@ def load_manifests(
             gc.enable()
 
 
-def _load(paths: Sequence[str | os.PathLike[str]], environ: Mapping[str, str], reserved: str, ctx: _Ctx) -> DesiredState:
+@dataclass(slots=True)
+class _Sources:
+    file_roots: list[str]
+    env_allow: tuple[str, ...]
+    by_root: dict[str, values.SourcePolicy] = field(default_factory=dict)
+
+    def policy(self, root: str) -> values.SourcePolicy:
+        p = self.by_root.get(root)
+        if p is None:
+            p = self.by_root[root] = values.SourcePolicy((root, *self.file_roots), self.env_allow)
+        return p
+
+
+def _layer_root(path: str | os.PathLike[str]) -> str:
+    real = os.path.realpath(path)
+    return real if os.path.isdir(real) else os.path.dirname(real)
+
+
+def _load(paths: Sequence[str | os.PathLike[str]], environ: Mapping[str, str], reserved: str, ctx: _Ctx,
+          sources: _Sources) -> DesiredState:
     layers = collect_files(paths)
     files: list[str] = []
     final: dict[tuple[str, str], _Doc] = {}
-    for layer in layers:
+    root_of: dict[str, str] = {}
+    for layer_path, layer in zip(paths, layers):
         in_layer: dict[tuple[str, str], _Doc] = {}
+        root = _layer_root(layer_path)
         for path in layer:
             file = os.fspath(path)
+            root_of[file] = root
             ctx.file = file
             files.append(file)
             text = read_file(file)
@@ -473,7 +503,7 @@ def _load(paths: Sequence[str | os.PathLike[str]], environ: Mapping[str, str], r
         if doc.deferred:
             statics = list(statics)
             for dk, entry in doc.deferred:
-                value = values.resolve_entry(entry, doc.file, environ)
+                value = values.resolve_entry(entry, doc.file, environ, sources.policy(root_of[doc.file]))
                 assert dk.source is not None
                 _check_size(dk.key, value, dk.source)
                 statics.append(dk._replace(value=value))
