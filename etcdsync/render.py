@@ -132,7 +132,11 @@ def summary(p: Plan) -> str:
     if n["drift"]:
         extra.append(f"{n['drift']} drifted, held by policy warn")
     if n["conflict"]:
-        extra.append(f"{n['conflict']} owned by another apply set")
+        leased = sum(1 for c in p.changes if c.action is Action.CONFLICT and c.owner is None)
+        if n["conflict"] - leased:
+            extra.append(f"{n['conflict'] - leased} owned by another apply set")
+        if leased:
+            extra.append(f"{leased} held by another client's lease")
     if p.live:
         extra.append(f"{_plural(len(p.live), 'live instance')} left to `etcdsync run`")
     return line + (f" ({', '.join(extra)})" if extra else "")
@@ -205,6 +209,8 @@ def change_json(c: Change, result: str | None = None) -> dict[str, Any]:
     }
     if c.owner:
         out["owner"] = c.owner
+    if c.lease:
+        out["lease"] = f"{c.lease:x}"
     if c.note:
         out["note"] = c.note
     if c.document:

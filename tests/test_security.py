@@ -570,3 +570,35 @@ def test_daemon_takes_the_same_file_root_and_env_allow(env: Env, daemons: Daemon
     d.wait_ready()
     wait_for(lambda: env.get(f"{env.ns}app/tls") == b"CERT" and env.get(f"{env.ns}app/tok") == b"tok", 10, "applied")
     assert d.stop() == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# keys another client holds under a lease are a conflict, never taken silently
+
+def test_leased_key_of_another_client_is_a_conflict_unless_take_ownership(env: Env) -> None:
+    lease = env.etcdctl("lease", "grant", "300").split()[1]  # "lease 694d... granted with TTL(300s)"
+    env.etcdctl("put", f"{env.ns}lz/leader", "node-b", f"--lease={lease}")
+    f = env.write("m/app.yaml", configset("lz", f"{env.ns}lz/", {"leader": "node-a", "other": "1"}))
+    rev = env.revision()
+    r = env.cli("diff", "-f", str(f), "--applyset", "t")
+    assert r.code == 3, r  # a conflict, like a key owned by another apply set
+    assert f"x {env.ns}lz/leader  (held by lease {lease} of another client)" in r.out, r.out
+    assert "1 held by another client's lease" in r.out
+    doc = json.loads(env.cli("diff", "-f", str(f), "--applyset", "t", "-o", "json").out)
+    (leader,) = [c for c in doc["changes"] if c["key"].endswith("/leader")]
+    assert leader["action"] == "conflict" and leader["lease"] == lease
+    r = env.cli("apply", "-f", str(f), "--applyset", "t")
+    assert r.code == 3, r
+    assert r.err.strip().splitlines()[-1] == (f"error: {env.ns}lz/leader: held by lease {lease} of another client; "
+                                              "pass --take-ownership to take it (it is then written without the lease)")
+    assert env.revision() == rev
+    # same value: still a conflict (adopting would leave it to expire under the other client's lease)
+    env.etcdctl("put", f"{env.ns}lz/leader", "node-a", f"--lease={lease}")
+    rev = env.revision()
+    assert env.cli("apply", "-f", str(f), "--applyset", "t").code == 3
+    assert env.revision() == rev
+    r = env.cli("apply", "-f", str(f), "--applyset", "t", "--take-ownership")
+    assert r.code == 0, r
+    kv = json.loads(env.etcdctl("get", f"{env.ns}lz/leader", "-w", "json"))["kvs"][0]
+    assert base64.b64decode(kv["value"]) == b"node-a" and not kv.get("lease"), "written without the lease"
+    assert env.cli("diff", "-f", str(f), "--applyset", "t").code == 0
