@@ -300,8 +300,8 @@ def _plan_command(kw: dict[str, Any], *, execute: bool) -> int:
         ctx.out(json.dumps(doc, indent=2))
     else:
         if outcome.retried:
-            ctx.note(f"note: {len(outcome.retried)} keys changed during apply (another writer): "
-                     f"{', '.join(outcome.retried[:5])}; re-read and re-planned")
+            ctx.note(f"note: {plural(len(outcome.retried), 'key')} changed during apply (another writer): "
+                     f"{render.escape(', '.join(outcome.retried[:5]))}; re-read and re-planned")
         if not p.has_changes:
             ctx.out("in sync: nothing to apply")
         else:
@@ -356,9 +356,11 @@ def export(prefix: str, name: str | None, policy: str | None, reserved_prefix: s
         return export_prefix(prefix, [(kv.key, kv.value, kv.lease) for kv in kvs if not kv.key.startswith(reserved_prefix)],
                              name=name, policy=policy)
 
+    from .render import escape
+
     text, warnings = run(go())
     for w in warnings:
-        click.echo(f"warning: {w}", err=True)
+        click.echo(f"warning: {escape(w)}", err=True)
     click.echo(text, nl=False)
 
 
@@ -481,10 +483,13 @@ def services() -> None:
 
 
 def _instances_text(name: str, items: list[Any]) -> str:
+    from .render import escape
+
     if not items:
-        return f"{name}: no instances"
+        return f"{escape(name)}: no instances"
     rows = [("ID", "HOST", "PORT", "METADATA")] + [
-        (i.id, i.host, str(i.port), "" if i.metadata is None else json.dumps(i.metadata, separators=(",", ":")))
+        (escape(i.id), escape(i.host), str(i.port),
+         "" if i.metadata is None else escape(json.dumps(i.metadata, separators=(",", ":"), ensure_ascii=False)))
         for i in items
     ]
     widths = [max(len(r[c]) for r in rows) for c in range(3)]
@@ -601,7 +606,9 @@ def main(argv: list[str] | None = None) -> None:
             import traceback
 
             traceback.print_exc()
-        click.echo(f"error: {exc}", err=True)
+        from .render import escape
+
+        click.echo(f"error: {escape(str(exc))}", err=True)
         code = exc.exit_code
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
@@ -609,7 +616,10 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # noqa: BLE001 - a bug: still one line unless --debug
         if debug:
             raise
-        click.echo(f"error: internal error: {type(exc).__name__}: {exc} (run with --debug for a traceback)", err=True)
+        from .render import escape
+
+        click.echo(f"error: internal error: {type(exc).__name__}: {escape(str(exc))} (run with --debug for a traceback)",
+                   err=True)
         code = EXIT_ERROR
     sys.exit(code or 0)
 

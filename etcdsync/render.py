@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import difflib
 import hashlib
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -32,6 +33,26 @@ def _plain(text: str, **_: Any) -> str:
     return text
 
 
+# what must never reach a terminal or a reader raw: C0/C1 controls (ESC starts OSC/CSI sequences that
+# retitle the window, clear the screen or rewrite what was printed), DEL, lone surrogates, and
+# characters that make text display as something else (bidirectional and zero-width characters)
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
+_NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _escape_char(m: re.Match[str]) -> str:
+    ch = m.group()
+    named = _NAMED.get(ch)
+    if named:
+        return named
+    return f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
+
+
+def escape(text: str) -> str:
+    """``text`` safe to print: control, bidirectional and zero-width characters as backslash escapes."""
+    return _UNSAFE.sub(_escape_char, text) if _UNSAFE.search(text) else text
+
+
 def secret_hash(value: bytes | None) -> str:
     if value is None:
         return "absent"
@@ -50,14 +71,14 @@ def show_value(value: bytes | None, secret: bool) -> list[str]:
         return [f"({len(value)} bytes, not UTF-8)"]
     if text == "":
         return ['""  (empty)']
-    lines = text.split("\n")
+    lines = [escape(line) for line in text.split("\n")]
     if len(lines) > 1:
         if lines[-1] == "":
             lines.pop()
         else:
             lines.append("\\ no newline at end")
     if len(text) > MAX_CHARS or len(lines) > MAX_LINES:
-        shown = text[:MAX_CHARS].split("\n")[:MAX_LINES]
+        shown = [escape(line) for line in text[:MAX_CHARS].split("\n")[:MAX_LINES]]
         return shown + [f"... ({len(value)} bytes in all)"]
     return lines
 
@@ -80,10 +101,10 @@ def _value_diff(old: bytes | None, new: bytes | None, secret: bool) -> list[tupl
 
 def render_change(c: Change, style: Style = _plain) -> list[str]:
     color = _COLOR[c.action]
-    note = f"  ({c.note})" if c.note else ""
+    note = f"  ({escape(c.note)})" if c.note else ""
     if c.secret and not note:
         note = "  (secret)"
-    head = style(f"{_SYMBOL[c.action]} {c.key}", fg=color, bold=True) + note
+    head = style(f"{_SYMBOL[c.action]} {escape(c.key)}", fg=color, bold=True) + note
     lines = [head]
     if c.action is Action.CREATE:
         pairs = [("+", x) for x in show_value(c.new, c.secret)]
@@ -103,7 +124,7 @@ def render_live(s: LiveStatus, style: Style = _plain) -> str:
     i = s.instance
     state = "registered" if s.present else "not registered"
     what = "ttl " + f"{i.ttl:g}s" if i.ttl else "health-checked"
-    return style(f"* {i.key}", fg="blue") + f"  (live, {what}: {state}; written only by `etcdsync run`)"
+    return style(f"* {escape(i.key)}", fg="blue") + f"  (live, {what}: {state}; written only by `etcdsync run`)"
 
 
 def _plural(n: int, word: str) -> str:

@@ -570,3 +570,34 @@ def test_env_allow_restricts_from_env(tmp_path: Path) -> None:
     f.write_text(H + "    a: {fromEnv: ETCDSYNC_PASSWORD}\n")
     with pytest.raises(ManifestError, match="own settings"):
         load_manifests([f], environ={"ETCDSYNC_PASSWORD": "x"}, env_allow=["*"])
+
+
+# ------------------------------------------------------------------------------------------------
+# keys that display as something else are rejected
+
+@pytest.mark.parametrize("key", ["evil\u202egpj.exe", "a\u200bb", "\u2066x\u2069", "a\u200db", "x\ufeffy",
+                                 "r\u200fl", "a\u2060b", "a\u202ab"])
+def test_keys_with_bidi_or_zero_width_characters_are_rejected(tmp_path: Path, key: str) -> None:
+    e = load_error(tmp_path, H + "    ok: 1\n" + f'    "{key}": 1\n')
+    assert (e.line, e.column) == (9, 5)
+    assert "bidirectional or zero-width" in e.message
+    assert not set(str(e)) & set("\u202e\u200b\u2066\u2069\u200d\ufeff\u200f\u2060\u202a")
+
+
+@pytest.mark.parametrize("where", ["prefix", "name"])
+def test_prefix_and_names_with_bidi_characters_are_rejected(tmp_path: Path, where: str) -> None:
+    text = H.replace("/c/", "/c\u202e/") if where == "prefix" else S + "  instances: [{id: \"a\u200bb\", host: h, port: 1}]\n"
+    e = load_error(tmp_path, text + ("    k: 1\n" if where == "prefix" else ""))
+    assert "bidirectional or zero-width" in e.message, str(e)
+
+
+def test_non_nfc_key_is_rejected_with_the_nfc_form_suggested(tmp_path: Path) -> None:
+    nfd = "cafe\u0301/men\u0303u"  # café/menũ, decomposed
+    e = load_error(tmp_path, H + f'    "{nfd}": 1\n')
+    assert (e.line, e.column) == (8, 5)
+    assert "not in Unicode NFC" in e.message
+    assert "write it as 'caf\u00e9/me\u00f1u' ('caf\\xe9/me\\xf1u';" in e.message, e.message
+    assert "('cafe\\u0301/men\\u0303u')" in e.message
+    f = tmp_path / "ok.yaml"
+    f.write_text(H + '    "caf\u00e9/me\u00f1u": 1\n', encoding="utf-8")
+    assert list(load_manifests([f], environ={}).keys) == ["/c/caf\u00e9/me\u00f1u"]

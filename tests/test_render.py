@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import click
+import pytest
 
 from etcdsync.inventory import Chunk, Entry, Inventory
 from etcdsync.model import DesiredKey, DesiredState, Policy, ServiceInstance
@@ -109,3 +110,37 @@ def test_result_summary_names_ownership_updates_and_grammar() -> None:
 
     done = {"/k": Change(Action.UNCHANGED, "/k", b"1", b"1", 3, "/", retag=True)}
     assert result_summary(done, 0) == "0 created, 0 updated, 0 deleted, 0 unchanged (1 ownership record updated)"
+
+
+HOSTILE = [
+    "\x1b]0;TITLE\x07", "\x1b[2J\x1b[H", "\x9b31m", "a\rb", "\x08\x08ok", "x\u202egnp.exe", "zero\u200bwidth",
+    "\u2066iso\u2069", "\x00nul", "\x7f", "bom\ufeff",
+]
+UNSAFE = set("\x1b\x07\x9b\r\x08\u202e\u200b\u2066\u2069\x00\x7f\ufeff")
+
+
+@pytest.mark.parametrize("bad", HOSTILE)
+def test_text_diff_escapes_control_and_bidi_characters_in_keys_and_values(bad: str) -> None:
+    key = P + "k" + bad
+    keys = [DesiredKey(P + "new", ("v" + bad + "\nline2").encode(), P), DesiredKey(P + "upd", ("1" + bad).encode(), P)]
+    observed = {P + "upd": Observed(("0" + bad).encode(), 3), key: Observed(bad.encode(), 4)}
+    inv = Inventory("x")
+    inv.add_chunk(Chunk("/.etcdsync/sets/x/inventory/a", 2, {key: Entry(P), P + "upd": Entry(P)}))
+    p = plan(DesiredState(keys={k.key: k for k in keys}, prefixes=(P,)), observed, inv, {})
+    for text in (render_plan(p), render_plan(p, verbose=True), render_plan(p, style=click.style)):
+        assert not UNSAFE & set(click.unstyle(text)), repr(text)
+    from etcdsync.render import escape
+
+    text = render_plan(p)
+    assert "line2" in text and f"{P}k{escape(bad)}" in text and escape(bad) != bad
+    # JSON output escapes them by JSON's rules
+    doc = json.dumps(plan_json(p, applyset_origin="flag"), indent=2)
+    assert not UNSAFE & set(doc)
+    assert json.loads(doc)["changes"][0]["key"] == key
+
+
+def test_escape_is_readable() -> None:
+    from etcdsync.render import escape
+
+    assert escape("a\x1b]0;T\x07b\u202ec\u200bd\te") == "a\\x1b]0;T\\x07b\\u202ec\\u200bd\\te"
+    assert escape("plain ünïcödé €") == "plain ünïcödé €"

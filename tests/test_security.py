@@ -602,3 +602,44 @@ def test_leased_key_of_another_client_is_a_conflict_unless_take_ownership(env: E
     kv = json.loads(env.etcdctl("get", f"{env.ns}lz/leader", "-w", "json"))["kvs"][0]
     assert base64.b64decode(kv["value"]) == b"node-a" and not kv.get("lease"), "written without the lease"
     assert env.cli("diff", "-f", str(f), "--applyset", "t").code == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# nothing printed can drive a terminal or display as something else
+
+OSC = "\x1b]0;TITLE\x07"
+RAW = set("\x1b\x07\x9b\u202e\u200b")
+
+
+def test_escape_sequences_in_values_never_reach_the_terminal(env: Env) -> None:
+    f = env.write("m/app.yaml", f"""\
+        apiVersion: etcdsync/v1
+        kind: ConfigSet
+        metadata: {{name: app}}
+        spec:
+          prefix: {{ns}}app/
+          data:
+            title: "\\e]0;TITLE\\a"
+            rlo: "abc\\u202Egnp.exe"
+            multi: "line1\\n\\e[2Jline2\\n"
+            drifted: plain
+        """)
+    env.put(f"{env.ns}app/drifted", f"x{OSC}\u200by")
+    for extra in ((), ("--no-color",), ("-v",), ("-o", "json")):
+        r = env.run("diff", "-f", str(f), "--applyset", "t", *extra)
+        assert r.code == 1, r
+        assert not RAW & set(r.out + r.err), (extra, r.out)
+    r = env.run("apply", "-f", str(f), "--applyset", "t")
+    assert r.code == 0 and not RAW & set(r.out + r.err), r
+    assert "\\x1b]0;TITLE\\x07" in r.out and "abc\\u202egnp.exe" in r.out
+    assert env.get(f"{env.ns}app/title") == OSC.encode(), "the value itself is stored exactly"
+
+
+def test_log_lines_and_errors_escape_control_characters() -> None:
+    import logging
+
+    from etcdsync.logfmt import TextFormatter
+
+    rec = logging.LogRecord("x", logging.INFO, __file__, 1, "%s: drift repaired", (f"/k{OSC}\nFAKE line",), None)
+    line = TextFormatter("%(message)s").format(rec)
+    assert line == "/k\\x1b]0;TITLE\\x07\\nFAKE line: drift repaired"
