@@ -351,10 +351,17 @@ def export(prefix: str, name: str | None, policy: str | None, reserved_prefix: s
     conn = make_connection(kw)
 
     async def go() -> tuple[str, list[str]]:
+        from .inventory import parse_ownership
+
         async with Store(conn) as store:
-            kvs, _ = await store.get_prefix(prefix)
+            owned, rev = await store.get_prefix(reserved_prefix)
+            kvs, _ = await store.get_prefix(prefix, revision=rev)
+        # keys any apply set records as secret are exported as placeholders, never with their value
+        ownership = parse_ownership(((kv.key, kv.value, kv.mod_revision) for kv in owned), reserved_prefix)
+        secret = {key: name for name, inv in sorted(ownership.sets.items(), reverse=True)
+                  for key, entry in inv.owned.items() if entry.secret}
         return export_prefix(prefix, [(kv.key, kv.value, kv.lease) for kv in kvs if not kv.key.startswith(reserved_prefix)],
-                             name=name, policy=policy)
+                             name=name, policy=policy, secret=secret)
 
     from .render import escape
 
