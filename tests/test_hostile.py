@@ -72,6 +72,11 @@ def fifo_source(path: Path) -> None:
 
 MARKER = Path("/tmp/etcdsync-hostile-pwned")
 
+def symlink_out(path: Path) -> None:
+    os.symlink("/etc/passwd", path.parent / "innocent.txt")
+    path.write_text(H + "    f: {fromFile: innocent.txt}\n")
+
+
 # name -> file content (str/bytes) or a function that writes the file, and an optional word the
 # one-line error must contain
 CORPUS: dict[str, tuple[str | bytes | Callable[[Path], None], str]] = {
@@ -113,9 +118,24 @@ CORPUS: dict[str, tuple[str | bytes | Callable[[Path], None], str]] = {
     "inf-in-json": (H + "    j: {a: .inf}\n", "inf"),
     "nan-in-json": (H + "    j: [.nan]\n", "nan"),
     "fromfile-missing": (H + "    f: {fromFile: nope.txt}\n", "nope.txt"),
-    "fromenv-missing": (H + "    f: {fromEnv: ETCDSYNC_HOSTILE_UNSET}\n", "ETCDSYNC_HOSTILE_UNSET"),
-    "fromfile-dev-zero": (H + "    f: {fromFile: /dev/zero}\n", ""),
+    "fromenv-missing": (H + "    f: {fromEnv: HOSTILE_UNSET_VARIABLE}\n", "HOSTILE_UNSET_VARIABLE"),
+    "fromfile-dev-zero": (H + "    f: {fromFile: /dev/zero}\n", "/dev"),
     "long-form-no-source": (H + "    f: {policy: warn, secret: true}\n", ""),
+    # reading outside the tree (issue 11)
+    "fromfile-absolute": (H + "    f: {fromFile: /etc/passwd}\n", "outside the manifest root"),
+    "fromfile-traversal": (H + "    f: {fromFile: ../../../../../../../../etc/passwd}\n", "outside the manifest root"),
+    "fromfile-proc-environ": (H + "    harmless: {fromFile: /proc/self/environ}\n", "/proc"),
+    "fromfile-proc-traversal": (H + "    f: {fromFile: ../../../../../../../proc/self/environ}\n", "/proc"),
+    "fromfile-symlink-out": (symlink_out, "outside the manifest root"),
+    "fromenv-own-password": (H + "    f: {fromEnv: ETCDSYNC_PASSWORD}\n", "own settings"),
+    "fromenv-etcdctl": (H + "    f: {fromEnv: ETCDCTL_PASSWORD}\n", "own settings"),
+    "long-form-typo": (H + "    f: {valeu: s3cret, secret: true}\n", "did you mean 'value'"),
+    "bidi-key": (H + '    "invoice\u202Efdp.exe": x\n', "bidirectional"),
+    "zero-width-key": (H + '    "a\u200Bb": x\n', "zero-width"),
+    "nfd-key": (H + '    "cafe\u0301": x\n', "NFC"),
+    "osc-in-key": (H + '    "a\e]0;TITLE\a": x\n', "control"),
+    "empty-file": ("", "holds no documents"),
+    "comments-only": ("# nothing yet\n\n", "holds no documents"),
     "binary-garbage": (bytes(range(256)) * 64, ""),
 }
 
@@ -142,6 +162,8 @@ def refused(run: object, path: Path, word: str = "") -> None:
     assert str(path) in lines[0] or path.name in lines[0], f"the error does not name the file: {lines[0][:300]!r}"
     assert "Traceback" not in err and "internal error" not in lines[0], lines[0][:300]
     assert word.lower() in lines[0].lower(), f"expected {word!r} in {lines[0][:300]!r}"
+    assert not set(lines[0]) & set("\x1b\x07\u202e\u200b\x00"), f"unescaped control in {lines[0][:300]!r}"
+    assert "root:" not in err and "ETCDSYNC_ENDPOINTS=" not in err, "file contents leaked"
     assert seconds < 10, f"took {seconds:.1f}s"
 
 
