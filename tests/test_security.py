@@ -612,12 +612,12 @@ RAW = set("\x1b\x07\x9b\u202e\u200b")
 
 
 def test_escape_sequences_in_values_never_reach_the_terminal(env: Env) -> None:
-    f = env.write("m/app.yaml", f"""\
+    f = env.write("m/app.yaml", """\
         apiVersion: etcdsync/v1
         kind: ConfigSet
-        metadata: {{name: app}}
+        metadata: {name: app}
         spec:
-          prefix: {{ns}}app/
+          prefix: {ns}app/
           data:
             title: "\\e]0;TITLE\\a"
             rlo: "abc\\u202Egnp.exe"

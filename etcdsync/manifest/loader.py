@@ -475,7 +475,7 @@ def _load(paths: Sequence[str | os.PathLike[str]], environ: Mapping[str, str], r
     files: list[str] = []
     final: dict[tuple[str, str], _Doc] = {}
     root_of: dict[str, str] = {}
-    for layer_path, layer in zip(paths, layers):
+    for layer_path, layer in zip(paths, layers, strict=True):
         in_layer: dict[tuple[str, str], _Doc] = {}
         root = _layer_root(layer_path)
         for path in layer:
