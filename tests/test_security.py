@@ -15,6 +15,13 @@ Proved here against real etcd servers:
   values, and values other writers put on secret keys never appear in the text diff, `-o json`, `-v`,
   `--debug`, ownership conflicts, guard refusals, errors, the daemon's text and JSON logs (with
   `--debug`), /readyz or /metrics.
+- Hardening (issue 11): the README's least-privilege role, created by running the README's own
+  commands, lets the daemon's user diff, apply and run, and etcd refuses its writes outside the
+  granted prefixes; fromFile cannot read outside the tree (/proc/self/environ, /etc/passwd, `..`,
+  symbolic links) unless a --file-root allows it; fromEnv never reads ETCDSYNC_*/ETCDCTL_* and obeys
+  --env-allow (CLI and daemon); malformed ownership records are exit 2 and delete nothing; a key held
+  under another client's lease is a conflict; escape sequences never reach the terminal; export
+  writes placeholders for secrets.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from pathlib import Path
 import pytest
 from certs import make_ca
 from conftest import Env
-from helpers_faults import Ctl, Daemons, cli, wait_for
+from helpers_faults import ROOT, Ctl, Daemons, cli, wait_for
 
 from etcdsync.etcdbin import EtcdCluster
 
@@ -689,3 +696,110 @@ def test_export_placeholder_names_are_unique_valid_and_never_etcdsyncs_own() -> 
     assert all(n[0].isalpha() and n.replace("_", "").isalnum() and n.isascii() for n in names), names
     assert not any(n.startswith(("ETCDSYNC_", "ETCDCTL_")) for n in names), names
     assert len(warnings) == 5 and b"v" not in text.encode().split(b"data:")[1].replace(b"fromEnv", b"").replace(b"secret", b"")
+
+
+# ------------------------------------------------------------------------------------------------
+# the README's least-privilege role, created exactly as documented
+
+
+def readme_role_commands() -> str:
+    text = (ROOT / "README.md").read_text()
+    after = text[text.index("<!-- security-role"):]
+    block = after[after.index("```sh\n") + len("```sh\n"):]
+    return block[:block.index("```")]
+
+
+PAYMENTS = """\
+apiVersion: etcdsync/v1
+kind: ApplySet
+metadata: {name: payments}
+---
+apiVersion: etcdsync/v1
+kind: ConfigSet
+metadata: {name: payments}
+spec:
+  prefix: /config/payments/
+  data:
+    db/url: postgres://db/pay
+    retry: 5
+    token: {fromEnv: PAY_TOKEN, secret: true}
+---
+apiVersion: etcdsync/v1
+kind: Service
+metadata: {name: payments}
+spec:
+  prefix: /services/
+  instances:
+    - {id: p1, host: 10.0.0.1, port: 3000}
+"""
+
+
+def test_readme_least_privilege_role(tmp_path: Path, daemons: Daemons) -> None:
+    import os
+    import subprocess
+
+    from etcdsync.etcdbin import find_binary
+
+    c = EtcdCluster(1, base_dir=str(tmp_path / "etcd"))
+    c.start()
+    try:
+        root = Ctl(c.endpoints, user="root:rootpw")
+        Ctl(c.endpoints)("user", "add", "root:rootpw", "--interactive=false")
+        Ctl(c.endpoints)("auth", "enable")
+        commands = readme_role_commands()
+        assert "etcdctl role add etcdsync-payments" in commands
+        # an administrator runs the README's commands on the auth-enabled cluster
+        bindir = str(Path(find_binary("etcdctl")).parent)
+        p = subprocess.run(["bash", "-euo", "pipefail", "-c", commands], capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "PATH": bindir + os.pathsep + os.environ["PATH"], "ETCDCTL_API": "3",
+                                "ETCDCTL_ENDPOINTS": ",".join(c.endpoints), "ETCDCTL_USER": "root:rootpw",
+                                "ETCDSYNC_PASSWORD": "paypw"})
+        assert p.returncode == 0, p.stderr
+        user = {"ETCDSYNC_USER": "etcdsync-payments", "ETCDSYNC_PASSWORD": "paypw", "PAY_TOKEN": "t0k"}
+        mdir = tmp_path / "m"
+        mdir.mkdir()
+        (mdir / "payments.yaml").write_text(PAYMENTS)
+        args = ["-f", str(mdir), "--applyset", "payments"]
+        root("put", "/config/payments/retry", "5")  # adopting an existing key writes the ownership fence
+        assert cli("diff", *args, endpoints=c.endpoints, env=user).code == 1
+        r = cli("apply", *args, endpoints=c.endpoints, env=user)
+        assert r.code == 0 and "1 adopted" in r.out, r.err
+        assert root.values("/config/payments/") == {"/config/payments/db/url": b"postgres://db/pay",
+                                                    "/config/payments/retry": b"5", "/config/payments/token": b"t0k"}
+        assert root.get("/services/payments/p1") is not None
+        assert cli("diff", *args, endpoints=c.endpoints, env=user).code == 0
+        # the daemon, elected, repairs drift as that user
+        d = daemons.start(tmp_path, [mdir], "--leader-elect", endpoints=c.endpoints, reserved="/.etcdsync/",
+                          applyset="payments", env=user)
+        d.wait_ready()
+        root("put", "/config/payments/db/url", "drift")
+        wait_for(lambda: root.get("/config/payments/db/url") == b"postgres://db/pay", 10,
+                 f"drift repaired by the daemon\n{d.logs()[-1500:]}")
+        assert d.stop() == 0
+        assert "permission denied" not in d.logs().lower()
+        # pruning works within the role
+        (mdir / "payments.yaml").write_text(PAYMENTS.replace("    retry: 5\n", ""))
+        r = cli("apply", *args, endpoints=c.endpoints, env=user)
+        assert r.code == 0 and "1 deleted" in r.out, r.err
+        # a manifest reaching outside the granted prefixes is refused by etcd: exit 2, nothing written
+        (mdir / "other.yaml").write_text("apiVersion: etcdsync/v1\nkind: ConfigSet\nmetadata: {name: other}\n"
+                                         "spec:\n  prefix: /config/other/\n  data: {x: 1}\n")
+        before = root.revision()
+        r = cli("apply", *args, endpoints=c.endpoints, env=user)
+        one_line(r, "permission denied")
+        assert root.revision() == before and root.values("/config/other/") == {}
+        (mdir / "other.yaml").unlink()
+        # taking another apply set's key needs write access to that set's records: refused too
+        shared = tmp_path / "shared.yaml"
+        shared.write_text("apiVersion: etcdsync/v1\nkind: ConfigSet\nmetadata: {name: s}\n"
+                          "spec:\n  prefix: /config/payments/\n  data: {shared: from-other}\n")
+        assert cli("apply", "-f", str(shared), "--applyset", "other", endpoints=c.endpoints,
+                   env={"ETCDSYNC_USER": "root", "ETCDSYNC_PASSWORD": "rootpw"}).code == 0
+        (mdir / "payments.yaml").write_text(PAYMENTS.replace("    retry: 5\n", "    shared: mine\n"))
+        assert cli("apply", *args, endpoints=c.endpoints, env=user).code == 3
+        before = root.revision()
+        r = cli("apply", *args, "--take-ownership", endpoints=c.endpoints, env=user)
+        one_line(r, "permission denied")
+        assert root.revision() == before and root.get("/config/payments/shared") == b"from-other"
+    finally:
+        c.stop()
