@@ -601,3 +601,17 @@ def test_non_nfc_key_is_rejected_with_the_nfc_form_suggested(tmp_path: Path) -> 
     f = tmp_path / "ok.yaml"
     f.write_text(H + '    "caf\u00e9/me\u00f1u": 1\n', encoding="utf-8")
     assert list(load_manifests([f], environ={}).keys) == ["/c/caf\u00e9/me\u00f1u"]
+
+
+def test_root_of_a_symlinked_file_is_the_directory_it_was_given_in(tmp_path: Path) -> None:
+    # -f a/app.yaml where app.yaml links to b/app.yaml: relative paths are read from a/, so a/ is the root
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "ok.txt").write_text("ok")
+    (tmp_path / "b" / "secret.txt").write_text("b-secret")
+    (tmp_path / "b" / "app.yaml").write_text(H + "    k: {fromFile: ok.txt}\n")
+    os.symlink(tmp_path / "b" / "app.yaml", tmp_path / "a" / "app.yaml")
+    assert load_manifests([tmp_path / "a" / "app.yaml"], environ={}).keys["/c/k"].value == b"ok"
+    (tmp_path / "b" / "app.yaml").write_text(H + "    k: {fromFile: ../b/secret.txt}\n")
+    with pytest.raises(ManifestError, match="outside the manifest root"):
+        load_manifests([tmp_path / "a" / "app.yaml"], environ={})

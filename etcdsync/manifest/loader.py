@@ -465,8 +465,11 @@ class _Sources:
 
 
 def _layer_root(path: str | os.PathLike[str]) -> str:
-    real = os.path.realpath(path)
-    return real if os.path.isdir(real) else os.path.dirname(real)
+    """The resolved -f directory, or the resolved directory an -f file was named in (fromFile paths
+    are relative to that directory, also when the file itself is a symbolic link)."""
+    if os.path.isdir(path):
+        return os.path.realpath(path)
+    return os.path.realpath(os.path.dirname(os.path.abspath(path)))
 
 
 def _load(paths: Sequence[str | os.PathLike[str]], environ: Mapping[str, str], reserved: str, ctx: _Ctx,
