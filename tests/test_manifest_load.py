@@ -396,3 +396,16 @@ def test_import_is_light() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True,
                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert out.stdout.strip() == "False"
+
+
+def test_sources_lists_the_resolved_from_file_paths_read(tmp_path: Path) -> None:
+    # the daemon watches these to re-load when a source changes
+    write(tmp_path / "m" / "files" / "a.txt", "a")
+    write(tmp_path / "m" / "files" / "b.txt", "b")
+    os.symlink(tmp_path / "m" / "files" / "b.txt", tmp_path / "m" / "link.txt")
+    write(tmp_path / "m" / "app.yaml", configset("app", "/c/", {"a": "{fromFile: files/a.txt}", "b": "{fromFile: link.txt}",
+                                                                  "c": "{fromFile: files/a.txt}", "d": "plain"}))
+    state = load_manifests([tmp_path / "m"], environ={})
+    real = os.path.realpath(tmp_path / "m" / "files")
+    assert state.sources == (f"{real}/a.txt", f"{real}/b.txt")
+    assert load_manifests([write(tmp_path / "n.yaml", applyset("x"))], environ={}).sources == ()

@@ -564,4 +564,5 @@ def _load(paths: Sequence[str | os.PathLike[str]], environ: Mapping[str, str], r
         applyset=applyset.name if applyset else None,
         applyset_source=applyset.source if applyset else None,
         files=tuple(files),
+        sources=tuple(sorted({path for p in sources.by_root.values() for path in p.read})),
     )

@@ -20,7 +20,7 @@ import os
 import re
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from json.encoder import encode_basestring as _json_string  # C-accelerated; ensure_ascii=False
 from typing import Any
 
@@ -366,6 +366,7 @@ class SourcePolicy:
 
     roots: tuple[str, ...]
     env_allow: tuple[str, ...] = ()
+    read: list[str] = field(default_factory=list)   # resolved paths of the files read, in order
 
     def check_file(self, path: str, shown_path: str, where: str, node: Node, file: str | None) -> str:
         real = os.path.realpath(path)
@@ -404,6 +405,7 @@ def resolve_entry(entry: Entry, file: str | None, environ: Mapping[str, str], po
                            "(a pipe, device or directory)", node, file)
             with open(real, "rb") as f:
                 data = f.read(MAX_FROM_FILE_BYTES + 1)
+            policy.read.append(real)
         except OSError as e:
             raise _err(
                 f"{where}: cannot read '{shown(entry.from_file)}' ({e.strerror or type(e).__name__})",
