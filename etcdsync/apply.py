@@ -414,13 +414,7 @@ async def apply(
         if on_plan is not None:
             on_plan(p, attempt)
         if p.conflicts:
-            first = p.conflicts[0]
-            raise OwnershipError(
-                f"{first.key}: owned by apply set {first.owner!r}, not {applyset!r}"
-                + (f" (and {len(p.conflicts) - 1} more keys)" if len(p.conflicts) > 1 else "")
-                + "; pass --take-ownership to move them",
-                [c.key for c in p.conflicts],
-            )
+            raise OwnershipError(p.conflict_message(applyset), [c.key for c in p.conflicts])
         if p.refused:
             raise GuardError(p.refused)
         outcome.read_revision = snap.revision

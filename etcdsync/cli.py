@@ -54,6 +54,29 @@ class Ctx:
         click.echo(text, err=True)
 
 
+def check_reserved_prefix(_ctx: Any, _param: Any, value: str) -> str:
+    """--reserved-prefix: absolute, ending in '/', no '.'/'..' segment, no control character."""
+    from .manifest.yamlnodes import shown
+
+    problem = None
+    if not value.startswith("/") or not value.endswith("/"):
+        problem = "must start and end with '/' (e.g. /.etcdsync/)"
+    elif value == "/":
+        problem = "must not be '/' (every key would be etcdsync's)"
+    elif any(ord(ch) < 32 or 0x7f <= ord(ch) <= 0x9f for ch in value):
+        problem = "must not contain control characters"
+    elif any(seg in (".", "..") for seg in value.split("/")):
+        problem = "must not contain '.' or '..' segments"
+    if problem:
+        raise UsageError(f"--reserved-prefix '{shown(value)}': {problem}")
+    return value
+
+
+def reserved_option(help: str = "Where etcdsync keeps its inventory.") -> Callable[[F], F]:
+    return click.option("--reserved-prefix", default=RESERVED_PREFIX, show_default=True, help=help,
+                        callback=check_reserved_prefix)
+
+
 def output_options(f: F) -> F:
     f = click.option("--debug", is_flag=True, envvar="ETCDSYNC_DEBUG", help="Show tracebacks and debug logs.")(f)
     f = click.option("--no-color", is_flag=True, help="No colors (also: NO_COLOR set, or not a terminal).")(f)
@@ -76,16 +99,34 @@ def connection_options(f: F) -> F:
 
 
 def manifest_options(f: F) -> F:
+    f = click.option("--env-allow", "env_allow", multiple=True, metavar="GLOB", envvar="ETCDSYNC_ENV_ALLOW",
+                     help="fromEnv may read only variables matching one of these globs (repeatable) "
+                          "[ETCDSYNC_ENV_ALLOW, space separated]. ETCDSYNC_* and ETCDCTL_* are never read.")(f)
+    f = click.option("--file-root", "file_roots", multiple=True, metavar="DIR", envvar="ETCDSYNC_FILE_ROOTS",
+                     type=click.Path(file_okay=True, dir_okay=True),
+                     help="fromFile may also read files under DIR (repeatable) [ETCDSYNC_FILE_ROOTS, "
+                          "':' separated]. Default: only the manifest root of each -f path.")(f)
     f = click.option("-f", "--filename", "paths", multiple=True, metavar="PATH",
                      help="Manifest file or directory (repeatable; later paths override earlier ones document "
                           "by document). Default: ./manifests")(f)
     return f
 
 
+def check_sources(file_roots: tuple[str, ...], env_allow: tuple[str, ...]) -> None:
+    from .manifest.yamlnodes import shown
+
+    for root in file_roots:
+        if not root or not os.path.isdir(root):
+            raise UsageError(f"--file-root '{shown(root)}': not a directory")
+    for glob in env_allow:
+        if not glob or any(ord(ch) < 32 for ch in glob):
+            raise UsageError(f"--env-allow '{shown(glob)}': not a name or glob")
+
+
 def plan_options(f: F) -> F:
     opts = [
         click.option("--applyset", metavar="NAME", help="Apply set name (default: the ApplySet document, else 'default')."),
-        click.option("--reserved-prefix", default=RESERVED_PREFIX, show_default=True, help="Where etcdsync keeps its inventory."),
+        reserved_option(),
         click.option("--take-ownership", is_flag=True, help="Take keys owned by another apply set."),
         click.option("--allow-empty", is_flag=True, help="Allow a plan that leaves the apply set owning nothing."),
         click.option("--max-deletes", type=click.IntRange(min=0), default=100, show_default=True, help="Refuse plans deleting more keys."),
@@ -108,14 +149,19 @@ def make_connection(kw: dict[str, Any]) -> Connection:
     )
 
 
-def load(paths: tuple[str, ...], reserved: str) -> DesiredState:
+def load(paths: tuple[str, ...], reserved: str, *, file_roots: tuple[str, ...] = (),
+         env_allow: tuple[str, ...] = ()) -> DesiredState:
     from .manifest import load_manifests
 
     if not paths:
         if not os.path.isdir(DEFAULT_MANIFESTS):
             raise UsageError(f"no -f given and ./{DEFAULT_MANIFESTS} does not exist; pass -f PATH")
         paths = (DEFAULT_MANIFESTS,)
-    return load_manifests(list(paths), reserved_prefix=reserved)
+    return load_manifests(list(paths), reserved_prefix=reserved, file_roots=file_roots, env_allow=env_allow)
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def resolve_applyset(flag: str | None, desired: DesiredState) -> tuple[str, str]:
@@ -157,18 +203,21 @@ def cli() -> None:
 
 @cli.command()
 @manifest_options
-@click.option("--reserved-prefix", default=RESERVED_PREFIX, show_default=True)
+@reserved_option()
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @output_options
-def validate(paths: tuple[str, ...], reserved_prefix: str, output: str, no_color: bool, debug: bool) -> None:
+def validate(paths: tuple[str, ...], file_roots: tuple[str, ...], env_allow: tuple[str, ...], reserved_prefix: str,
+             output: str, no_color: bool, debug: bool) -> None:
     """Check manifests offline: syntax, schema, value rules, duplicate keys."""
     ctx = Ctx(no_color=no_color, output=output, debug=debug)
-    desired = load(paths, reserved_prefix)
+    check_sources(file_roots, env_allow)
+    desired = load(paths, reserved_prefix, file_roots=file_roots, env_allow=env_allow)
     if output == "json":
         ctx.out(json.dumps({"valid": True, "files": list(desired.files), "keys": len(desired.keys),
                             "liveInstances": len(desired.live), "applyset": desired.applyset}))
     else:
-        ctx.out(f"valid: {len(desired.files)} files, {len(desired.keys)} keys, {len(desired.live)} live instances")
+        ctx.out(f"valid: {plural(len(desired.files), 'file')}, {plural(len(desired.keys), 'key')}, "
+                f"{plural(len(desired.live), 'live instance')}")
 
 
 def _plan_command(kw: dict[str, Any], *, execute: bool) -> int:
@@ -180,7 +229,8 @@ def _plan_command(kw: dict[str, Any], *, execute: bool) -> int:
     ctx = Ctx(no_color=kw.pop("no_color"), output=kw.pop("output"), debug=kw.pop("debug"), verbose=kw.pop("verbose"))
     conn = make_connection(kw)
     reserved = kw["reserved_prefix"]
-    desired = load(kw["paths"], reserved)
+    check_sources(kw["file_roots"], kw["env_allow"])
+    desired = load(kw["paths"], reserved, file_roots=kw["file_roots"], env_allow=kw["env_allow"])
     applyset, origin = resolve_applyset(kw["applyset"], desired)
     if origin == "default" and ctx.output == "text":
         ctx.note("applyset: 'default' (no --applyset and no ApplySet document; two trees applied under one "
@@ -250,15 +300,16 @@ def _plan_command(kw: dict[str, Any], *, execute: bool) -> int:
         ctx.out(json.dumps(doc, indent=2))
     else:
         if outcome.retried:
-            ctx.note(f"note: {len(outcome.retried)} keys changed during apply (another writer): "
-                     f"{', '.join(outcome.retried[:5])}; re-read and re-planned")
+            ctx.note(f"note: {plural(len(outcome.retried), 'key')} changed during apply (another writer): "
+                     f"{render.escape(', '.join(outcome.retried[:5]))}; re-read and re-planned")
         if not p.has_changes:
             ctx.out("in sync: nothing to apply")
         else:
             ctx.out(f"applied: {render.result_summary(outcome.done, unchanged)} "
-                    f"in {outcome.transactions} transactions (revision {outcome.revision})")
+                    f"in {plural(outcome.transactions, 'transaction')} (revision {outcome.revision})")
         if p.live:
-            ctx.out(f"{len(p.live)} live instances (ttl/check) are left to `etcdsync run`")
+            ctx.out(f"{plural(len(p.live), 'live instance')} (ttl/check) {'is' if len(p.live) == 1 else 'are'} "
+                    "left to `etcdsync run`")
     return EXIT_OK
 
 
@@ -286,7 +337,7 @@ def apply_cmd(**kw: Any) -> None:
 @click.option("--prefix", required=True, help="etcd key prefix to export, e.g. /config/payments/.")
 @click.option("--name", help="metadata.name of the ConfigSet (default: derived from the prefix).")
 @click.option("--policy", type=click.Choice(["enforce", "warn", "create-only"]), default=None)
-@click.option("--reserved-prefix", default=RESERVED_PREFIX, show_default=True, help="Never exported.")
+@reserved_option("Where etcdsync keeps its inventory (never exported).")
 @connection_options
 @output_options
 def export(prefix: str, name: str | None, policy: str | None, reserved_prefix: str, no_color: bool, debug: bool,
@@ -300,14 +351,23 @@ def export(prefix: str, name: str | None, policy: str | None, reserved_prefix: s
     conn = make_connection(kw)
 
     async def go() -> tuple[str, list[str]]:
+        from .inventory import parse_ownership
+
         async with Store(conn) as store:
-            kvs, _ = await store.get_prefix(prefix)
+            owned, rev = await store.get_prefix(reserved_prefix)
+            kvs, _ = await store.get_prefix(prefix, revision=rev)
+        # keys any apply set records as secret are exported as placeholders, never with their value
+        ownership = parse_ownership(((kv.key, kv.value, kv.mod_revision) for kv in owned), reserved_prefix)
+        secret = {key: name for name, inv in sorted(ownership.sets.items(), reverse=True)
+                  for key, entry in inv.owned.items() if entry.secret}
         return export_prefix(prefix, [(kv.key, kv.value, kv.lease) for kv in kvs if not kv.key.startswith(reserved_prefix)],
-                             name=name, policy=policy)
+                             name=name, policy=policy, secret=secret)
+
+    from .render import escape
 
     text, warnings = run(go())
     for w in warnings:
-        click.echo(f"warning: {w}", err=True)
+        click.echo(f"warning: {escape(w)}", err=True)
     click.echo(text, nl=False)
 
 
@@ -329,7 +389,7 @@ def parse_duration(text: str, what: str) -> float:
 @cli.command(name="run")
 @manifest_options
 @click.option("--applyset", metavar="NAME", help="Apply set name (default: the ApplySet document, else 'default').")
-@click.option("--reserved-prefix", default=RESERVED_PREFIX, show_default=True)
+@reserved_option()
 @click.option("--take-ownership", is_flag=True)
 @click.option("--allow-empty", is_flag=True)
 @click.option("--max-deletes", type=click.IntRange(min=0), default=100, show_default=True)
@@ -342,7 +402,8 @@ def parse_duration(text: str, what: str) -> float:
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @connection_options
 @output_options
-def run_cmd(paths: tuple[str, ...], applyset: str | None, reserved_prefix: str, take_ownership: bool,
+def run_cmd(paths: tuple[str, ...], file_roots: tuple[str, ...], env_allow: tuple[str, ...], applyset: str | None,
+            reserved_prefix: str, take_ownership: bool,
             allow_empty: bool, max_deletes: int, force: bool, resync: str, debounce: str, metrics_addr: str | None,
             leader_elect: bool, election_ttl: str, log_format: str, no_color: bool, debug: bool, **kw: Any) -> None:
     """Keep etcd equal to the manifests: watch files and etcd, repair drift, hold live registrations."""
@@ -351,6 +412,7 @@ def run_cmd(paths: tuple[str, ...], applyset: str | None, reserved_prefix: str, 
 
     setup_logging(log_format, debug)
     conn = make_connection(kw)
+    check_sources(file_roots, env_allow)
     if not paths:
         load((), reserved_prefix)  # the same error as the one-shot commands when ./manifests is missing
         paths = (DEFAULT_MANIFESTS,)
@@ -360,7 +422,8 @@ def run_cmd(paths: tuple[str, ...], applyset: str | None, reserved_prefix: str, 
         resync=parse_duration(resync, "--resync"), debounce=parse_duration(debounce, "--debounce"),
         metrics_addr=metrics_addr, leader_elect=leader_elect, election_ttl=parse_duration(election_ttl, "--election-ttl"),
     )
-    daemon = Daemon(conn, settings, lambda p: load(tuple(p), reserved_prefix))
+    daemon = Daemon(conn, settings,
+                    lambda p: load(tuple(p), reserved_prefix, file_roots=file_roots, env_allow=env_allow))
     gc.enable()
     sys.exit(run(daemon.run()))
 
@@ -373,7 +436,7 @@ def run_cmd(paths: tuple[str, ...], applyset: str | None, reserved_prefix: str, 
 @click.option("--once", is_flag=True, help="Apply, print, stop etcd and exit (no daemon).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @output_options
-def dev(paths: tuple[str, ...], data_dir: str | None, port: int | None, metrics_addr: str | None, once: bool,
+def dev(paths: tuple[str, ...], file_roots: tuple[str, ...], env_allow: tuple[str, ...], data_dir: str | None, port: int | None, metrics_addr: str | None, once: bool,
         log_format: str, no_color: bool, debug: bool) -> None:
     """A throwaway local etcd, ./manifests (or -f) applied, and the daemon in the foreground. Ctrl-C cleans up."""
     from . import render
@@ -385,7 +448,8 @@ def dev(paths: tuple[str, ...], data_dir: str | None, port: int | None, metrics_
     from .store import Store
 
     ctx = Ctx(no_color=no_color, output="text", debug=debug)
-    desired = load(paths, RESERVED_PREFIX)
+    check_sources(file_roots, env_allow)
+    desired = load(paths, RESERVED_PREFIX, file_roots=file_roots, env_allow=env_allow)
     applyset, _ = resolve_applyset(None, desired)
     member, tmp = start_etcd(data_dir, port)
     try:
@@ -407,7 +471,8 @@ def dev(paths: tuple[str, ...], data_dir: str | None, port: int | None, metrics_
         setup_logging(log_format, debug)
         gc.enable()
         settings = DaemonSettings(paths=paths or (DEFAULT_MANIFESTS,), reserved=RESERVED_PREFIX, metrics_addr=metrics_addr)
-        code = run(Daemon(conn, settings, lambda p: load(tuple(p), RESERVED_PREFIX)).run())
+        code = run(Daemon(conn, settings, lambda p: load(tuple(p), RESERVED_PREFIX, file_roots=file_roots,
+                                                         env_allow=env_allow)).run())
         if code:
             sys.exit(code)
     except KeyboardInterrupt:
@@ -425,10 +490,13 @@ def services() -> None:
 
 
 def _instances_text(name: str, items: list[Any]) -> str:
+    from .render import escape
+
     if not items:
-        return f"{name}: no instances"
+        return f"{escape(name)}: no instances"
     rows = [("ID", "HOST", "PORT", "METADATA")] + [
-        (i.id, i.host, str(i.port), "" if i.metadata is None else json.dumps(i.metadata, separators=(",", ":")))
+        (escape(i.id), escape(i.host), str(i.port),
+         "" if i.metadata is None else escape(json.dumps(i.metadata, separators=(",", ":"), ensure_ascii=False)))
         for i in items
     ]
     widths = [max(len(r[c]) for r in rows) for c in range(3)]
@@ -545,7 +613,9 @@ def main(argv: list[str] | None = None) -> None:
             import traceback
 
             traceback.print_exc()
-        click.echo(f"error: {exc}", err=True)
+        from .render import escape
+
+        click.echo(f"error: {escape(str(exc))}", err=True)
         code = exc.exit_code
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
@@ -553,7 +623,10 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # noqa: BLE001 - a bug: still one line unless --debug
         if debug:
             raise
-        click.echo(f"error: internal error: {type(exc).__name__}: {exc} (run with --debug for a traceback)", err=True)
+        from .render import escape
+
+        click.echo(f"error: internal error: {type(exc).__name__}: {escape(str(exc))} (run with --debug for a traceback)",
+                   err=True)
         code = EXIT_ERROR
     sys.exit(code or 0)
 

@@ -128,28 +128,95 @@ def encode_chunk(entries: Mapping[str, Entry]) -> bytes:
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def decode_chunk(key: str, value: bytes) -> dict[str, Entry]:
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_CHUNK_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+_FIELDS = frozenset({"v", "prefixes", "noprune", "secret"})
+
+
+class _Bad(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _Bad(f"field {k!r} appears twice")
+        out[k] = v
+    return out
+
+
+def _check_prefix(prefix: object, reserved: str | None) -> str:
+    if not isinstance(prefix, str):
+        raise _Bad("a prefix is not a string")
+    if not prefix.endswith("/") or _CONTROL.search(prefix):
+        raise _Bad(f"prefix {prefix!r} does not end with '/' or holds a control character")
+    if any(seg in (".", "..") for seg in prefix.split("/")):
+        raise _Bad(f"prefix {prefix!r} has a '.' or '..' segment")
+    if reserved and prefix.startswith(reserved):
+        raise _Bad(f"prefix {prefix!r} is under the reserved prefix")
+    return prefix
+
+
+def _check_rel(rel: object, prefix: str) -> str:
+    if not isinstance(rel, str):
+        raise _Bad(f"a key under {prefix!r} is not a string")
+    if not rel or rel.startswith("/") or _CONTROL.search(rel) or any(seg in (".", "..") for seg in rel.split("/")):
+        raise _Bad(f"key {rel!r} under {prefix!r} is not a relative key that stays under its prefix")
+    return rel
+
+
+def _key_list(doc: dict[str, object], name: str, listed: dict[str, Entry]) -> set[str]:
+    value = doc.get(name, [])
+    if not isinstance(value, list) or not all(isinstance(k, str) for k in value):
+        raise _Bad(f"{name!r} is not a list of strings")
+    keys = set(value)
+    unknown = keys - listed.keys()
+    if unknown:
+        raise _Bad(f"{name!r} names {min(unknown)!r}, which the chunk does not list")
+    return keys
+
+
+def decode_chunk(key: str, value: bytes, *, reserved: str | None = None) -> dict[str, Entry]:
+    """Entries of one chunk, checked against the one shape ``encode_chunk`` writes: anything else
+    (a wrong type, an unknown field, a key escaping its prefix) is an InventoryError naming ``key``.
+    A chunk read loosely could make `apply` delete keys no apply set ever wrote."""
     try:
-        doc = json.loads(value)
-        if not isinstance(doc, dict) or doc.get("v") != CHUNK_VERSION:
-            raise ValueError(f"unsupported inventory version {doc.get('v') if isinstance(doc, dict) else doc!r}")
-        noprune = set(doc.get("noprune", ()))
-        secret = set(doc.get("secret", ()))
+        doc = json.loads(value, object_pairs_hook=_no_duplicates)
+        if not isinstance(doc, dict):
+            raise _Bad("not a JSON object")
+        version = doc.get("v")
+        if type(version) is not int or version != CHUNK_VERSION:
+            raise _Bad(f"unsupported inventory version {json.dumps(version)}")
+        extra = set(doc) - _FIELDS
+        if extra:
+            raise _Bad(f"unknown field {min(extra)!r}")
+        prefixes = doc.get("prefixes")
+        if not isinstance(prefixes, dict):
+            raise _Bad("'prefixes' is not an object")
         out: dict[str, Entry] = {}
-        for prefix, rels in doc["prefixes"].items():
+        for prefix, rels in prefixes.items():
+            _check_prefix(prefix, reserved)
+            if not isinstance(rels, list):
+                raise _Bad(f"the keys of prefix {prefix!r} are not a list")
             plain = Entry(prefix, True)  # shared: entries are frozen
             for rel in rels:
-                if not isinstance(rel, str):
-                    raise ValueError("relative key is not a string")
-                full = prefix + rel
-                if full in noprune or full in secret:
-                    out[full] = Entry(prefix, full not in noprune, full in secret)
-                else:
-                    out[full] = plain
+                out[prefix + _check_rel(rel, prefix)] = plain
+        noprune = _key_list(doc, "noprune", out)
+        secret = _key_list(doc, "secret", out)
+        for full in noprune | secret:
+            out[full] = Entry(out[full].prefix, full not in noprune, full in secret)
         return out
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise InventoryError(f"{key}: inventory chunk is not readable ({exc}); "
+    except (ValueError, RecursionError) as exc:  # json's errors and _Bad are ValueErrors
+        reason = str(exc).replace("\n", " ")
+        if len(reason) > 200:
+            reason = reason[:197] + "..."
+        raise InventoryError(f"{_shown(key)}: inventory chunk is not readable ({_shown(reason)}); "
                              "fix or delete it by hand, etcdsync will not guess what it owns") from None
+
+
+def _shown(text: str) -> str:
+    return _CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def parse_ownership(kvs: Iterable[tuple[str, bytes, int]], reserved: str) -> Ownership:
@@ -159,6 +226,10 @@ def parse_ownership(kvs: Iterable[tuple[str, bytes, int]], reserved: str) -> Own
     fence = fence_key(reserved)
     for key, value, mod_revision in kvs:
         if key == fence:
+            # the fence holds the name of the last apply set that added ownership
+            if not APPLYSET_NAME.fullmatch(value.decode("utf-8", "replace")):
+                raise InventoryError(f"{_shown(key)}: ownership fence holds no apply set name; "
+                                     "fix or delete it by hand, etcdsync will not guess what it owns")
             own.fence_revision = mod_revision
             continue
         if not key.startswith(base):
@@ -166,8 +237,11 @@ def parse_ownership(kvs: Iterable[tuple[str, bytes, int]], reserved: str) -> Own
         name, _, rest = key[len(base):].partition("/")
         if not rest.startswith("inventory/"):
             continue
+        if not APPLYSET_NAME.fullmatch(name) or not _CHUNK_ID.fullmatch(rest[len("inventory/"):]):
+            raise InventoryError(f"{_shown(key)}: not an inventory chunk key (sets/<apply set>/inventory/<id>); "
+                                 "fix or delete it by hand, etcdsync will not guess what it owns")
         inv = own.sets.get(name)
         if inv is None:
             inv = own.sets[name] = Inventory(name)
-        inv.add_chunk(Chunk(key, mod_revision, decode_chunk(key, value)))
+        inv.add_chunk(Chunk(key, mod_revision, decode_chunk(key, value, reserved=reserved)))
     return own

@@ -21,12 +21,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, ensure_ascii=False)
 
 
+class TextFormatter(logging.Formatter):
+    """Plain lines; control, bidirectional and zero-width characters in a message (a key from etcd, an
+    error) are escaped so that nothing logged can forge a line or drive the terminal."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        from .render import escape
+
+        record.message = escape(record.message)
+        return super().formatMessage(record)
+
+
 def configure(fmt: str, level: int) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%dT%H:%M:%S"))
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%dT%H:%M:%S"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

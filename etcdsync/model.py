@@ -89,4 +89,4 @@ class DesiredState:
     applyset: str | None = None                                     # from a `kind: ApplySet` document
     applyset_source: Source | None = None
     files: tuple[str, ...] = ()                                     # manifest files read
-    sources: tuple[str, ...] = ()                                   # fromFile paths read (absolute)
+    sources: tuple[str, ...] = ()                                   # fromFile sources read (resolved paths)

@@ -69,6 +69,7 @@ class Change(NamedTuple):
     note: str = ""
     document: str = ""
     source: Source | None = None
+    lease: int = 0               # another client's lease holding the key (conflict or takeover)
 
     @property
     def writes(self) -> bool:
@@ -94,6 +95,7 @@ class Options:
     allow_empty: bool = False
     max_deletes: int = 100
     force: bool = False
+    own_leases: frozenset[int] = frozenset()   # leases etcdsync itself holds (the daemon's): not a conflict
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -111,6 +113,15 @@ class Plan:
     @property
     def conflicts(self) -> tuple[Change, ...]:
         return tuple(c for c in self.changes if c.action is Action.CONFLICT)
+
+    def conflict_message(self, applyset: str) -> str:
+        """One line for the first conflict: the key and who holds it (another apply set or a lease)."""
+        first = self.conflicts[0]
+        more = len(self.conflicts) - 1
+        rest = f" (and {more} more key{'s' if more != 1 else ''})" if more else ""
+        if first.owner is None:
+            return f"{first.key}: {first.note}{rest}; pass --take-ownership to take it (it is then written without the lease)"
+        return f"{first.key}: owned by apply set {first.owner!r}, not {applyset!r}{rest}; pass --take-ownership to move them"
 
     @property
     def has_changes(self) -> bool:
@@ -130,6 +141,18 @@ class Plan:
     @property
     def writes(self) -> tuple[Change, ...]:
         return tuple(c for c in self.changes if c.writes)
+
+
+def retag_note(entry: Entry, d: DesiredKey) -> str:
+    """What changes in a key's ownership record (its prefix, prune or secret flag)."""
+    parts = []
+    if entry.prefix != d.prefix:
+        parts.append(f"prefix {entry.prefix} -> {d.prefix}")
+    if entry.prune != d.prune:
+        parts.append(f"prune {str(entry.prune).lower()} -> {str(d.prune).lower()}")
+    if entry.secret != d.secret:
+        parts.append(f"secret {str(entry.secret).lower()} -> {str(d.secret).lower()}")
+    return "ownership record: " + ", ".join(parts)
 
 
 def _change(action: Action, d: DesiredKey, obs: ObservedLike | None, **kw: object) -> Change:
@@ -153,7 +176,7 @@ def plan(
     for key, d in desired.keys.items():
         obs = observed.get(key)
         entry = owned.get(key)
-        if obs is not None and entry is not None and obs.value == d.value and \
+        if obs is not None and entry is not None and obs.value == d.value and not obs.lease and \
                 entry.prefix == d.prefix and entry.prune == d.prune and entry.secret == d.secret:
             # in sync and owned (the bulk of a large tree): built positionally, it is the hot path
             changes.append(Change(Action.UNCHANGED, key, obs.value, d.value, obs.mod_revision, d.prefix, d.policy,
@@ -171,12 +194,27 @@ def plan(
         if obs is None:
             changes.append(_change(Action.CREATE, d, None, own=own, owner=owner, note=note))
             continue
+        lease = obs.lease
+        if lease:
+            # another client holds the key under a lease (a leader key, a registration): taking it
+            # silently would write it without the lease, so it would never expire
+            if lease not in options.own_leases and not options.take_ownership:
+                changes.append(_change(Action.CONFLICT, d, obs, lease=lease,
+                                       note=f"held by lease {lease:x} of another client"))
+                continue
+            if d.policy is Policy.ENFORCE:  # a put without a lease detaches the key from it
+                what = f"taken from lease {lease:x}" if lease not in options.own_leases else \
+                    f"detached from etcdsync's own lease {lease:x}"
+                changes.append(_change(Action.UPDATE, d, obs, own=own, owner=owner, retag=retag and not own,
+                                       lease=lease, note=f"{note}; {what}" if note else what))
+                continue
         if obs.value == d.value:
             if own:
                 changes.append(_change(Action.ADOPT, d, obs, own=True, owner=owner,
                                        note=note or "exists, not owned by any apply set"))
             else:
-                changes.append(_change(Action.UNCHANGED, d, obs, retag=retag))
+                changes.append(_change(Action.UNCHANGED, d, obs, retag=retag,
+                                       note=retag_note(entry, d) if retag and entry is not None else ""))
             continue
         if d.policy is Policy.ENFORCE:
             if own:
@@ -186,8 +224,11 @@ def plan(
             changes.append(_change(Action.DRIFT, d, obs, own=own, owner=owner, retag=retag and not own,
                                    note="drift held by policy warn"))
         else:  # create-only: an existing value is the runtime's
+            note = "create-only: existing value kept"
+            if retag and entry is not None:
+                note += "; " + retag_note(entry, d)
             changes.append(_change(Action.UNCHANGED if not own else Action.ADOPT, d, obs, own=own, owner=owner,
-                                   retag=retag and not own, note="create-only: existing value kept"))
+                                   retag=retag and not own, note=note))
 
     for key, entry in owned.items():
         if key in desired.keys:

@@ -8,7 +8,8 @@ from __future__ import annotations
 import base64
 import difflib
 import hashlib
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .plan import Action, Change, LiveStatus, Plan
@@ -32,6 +33,26 @@ def _plain(text: str, **_: Any) -> str:
     return text
 
 
+# what must never reach a terminal or a reader raw: C0/C1 controls (ESC starts OSC/CSI sequences that
+# retitle the window, clear the screen or rewrite what was printed), DEL, lone surrogates, and
+# characters that make text display as something else (bidirectional and zero-width characters)
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
+_NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _escape_char(m: re.Match[str]) -> str:
+    ch = m.group()
+    named = _NAMED.get(ch)
+    if named:
+        return named
+    return f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
+
+
+def escape(text: str) -> str:
+    """``text`` safe to print: control, bidirectional and zero-width characters as backslash escapes."""
+    return _UNSAFE.sub(_escape_char, text) if _UNSAFE.search(text) else text
+
+
 def secret_hash(value: bytes | None) -> str:
     if value is None:
         return "absent"
@@ -50,14 +71,14 @@ def show_value(value: bytes | None, secret: bool) -> list[str]:
         return [f"({len(value)} bytes, not UTF-8)"]
     if text == "":
         return ['""  (empty)']
-    lines = text.split("\n")
+    lines = [escape(line) for line in text.split("\n")]
     if len(lines) > 1:
         if lines[-1] == "":
             lines.pop()
         else:
             lines.append("\\ no newline at end")
     if len(text) > MAX_CHARS or len(lines) > MAX_LINES:
-        shown = text[:MAX_CHARS].split("\n")[:MAX_LINES]
+        shown = [escape(line) for line in text[:MAX_CHARS].split("\n")[:MAX_LINES]]
         return shown + [f"... ({len(value)} bytes in all)"]
     return lines
 
@@ -80,10 +101,10 @@ def _value_diff(old: bytes | None, new: bytes | None, secret: bool) -> list[tupl
 
 def render_change(c: Change, style: Style = _plain) -> list[str]:
     color = _COLOR[c.action]
-    note = f"  ({c.note})" if c.note else ""
+    note = f"  ({escape(c.note)})" if c.note else ""
     if c.secret and not note:
         note = "  (secret)"
-    head = style(f"{_SYMBOL[c.action]} {c.key}", fg=color, bold=True) + note
+    head = style(f"{_SYMBOL[c.action]} {escape(c.key)}", fg=color, bold=True) + note
     lines = [head]
     if c.action is Action.CREATE:
         pairs = [("+", x) for x in show_value(c.new, c.secret)]
@@ -103,11 +124,17 @@ def render_live(s: LiveStatus, style: Style = _plain) -> str:
     i = s.instance
     state = "registered" if s.present else "not registered"
     what = "ttl " + f"{i.ttl:g}s" if i.ttl else "health-checked"
-    return style(f"* {i.key}", fg="blue") + f"  (live, {what}: {state}; written only by `etcdsync run`)"
+    return style(f"* {escape(i.key)}", fg="blue") + f"  (live, {what}: {state}; written only by `etcdsync run`)"
 
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def ownership_only(changes: Iterable[Change]) -> int:
+    """Changes whose only write is the key's ownership record (a key moved to another document or
+    prefix, a prune or secret flag flipped): `diff` counts them as differences, so the summary must."""
+    return sum(1 for c in changes if c.retag and c.action in (Action.UNCHANGED, Action.DRIFT))
 
 
 def summary(p: Plan) -> str:
@@ -116,6 +143,9 @@ def summary(p: Plan) -> str:
             f"{n['unchanged'] + n['drift']} unchanged")
     extra = []
     adopt = sum(1 for c in p.changes if c.own and c.action is not Action.CREATE and c.action is not Action.UPDATE)
+    records = ownership_only(p.changes)
+    if records:
+        extra.append(f"{_plural(records, 'ownership record')} to update")
     if adopt:
         extra.append(f"{adopt} to adopt")
     if n["release"]:
@@ -123,7 +153,11 @@ def summary(p: Plan) -> str:
     if n["drift"]:
         extra.append(f"{n['drift']} drifted, held by policy warn")
     if n["conflict"]:
-        extra.append(f"{n['conflict']} owned by another apply set")
+        leased = sum(1 for c in p.changes if c.action is Action.CONFLICT and c.owner is None)
+        if n["conflict"] - leased:
+            extra.append(f"{n['conflict'] - leased} owned by another apply set")
+        if leased:
+            extra.append(f"{leased} held by another client's lease")
     if p.live:
         extra.append(f"{_plural(len(p.live), 'live instance')} left to `etcdsync run`")
     return line + (f" ({', '.join(extra)})" if extra else "")
@@ -142,7 +176,7 @@ def render_plan(p: Plan, *, style: Style = _plain, verbose: bool = False, limit:
         shown += 1
         lines.extend(render_change(c, style))
     if hidden:
-        lines.append(f"... and {hidden} more keys (-v or -o json lists every key)")
+        lines.append(f"... and {hidden} more {'key' if hidden == 1 else 'keys'} (-v or -o json lists every key)")
     for s in p.live:
         lines.append(render_live(s, style))
     if lines:
@@ -163,6 +197,9 @@ def result_summary(done: dict[str, Change], unchanged: int) -> str:
     line = (f"{count[Action.CREATE]} created, {count[Action.UPDATE]} updated, "
             f"{count[Action.DELETE]} deleted, {unchanged} unchanged")
     extra = []
+    records = ownership_only(done.values())
+    if records:
+        extra.append(f"{_plural(records, 'ownership record')} updated")
     if adopted:
         extra.append(f"{adopted} adopted")
     if count[Action.RELEASE]:
@@ -193,6 +230,8 @@ def change_json(c: Change, result: str | None = None) -> dict[str, Any]:
     }
     if c.owner:
         out["owner"] = c.owner
+    if c.lease:
+        out["lease"] = f"{c.lease:x}"
     if c.note:
         out["note"] = c.note
     if c.document:
@@ -211,7 +250,8 @@ def plan_json(p: Plan, *, applyset_origin: str) -> dict[str, Any]:
         "inSync": not p.has_changes,
         "refused": p.refused,
         "summary": {**dict(p.counts), "adopt": sum(1 for c in p.changes if c.own and c.action
-                                                   not in (Action.CREATE, Action.UPDATE))},
+                                                   not in (Action.CREATE, Action.UPDATE)),
+                    "ownership": ownership_only(p.changes)},
         "changes": [change_json(c) for c in p.changes],
         "live": [
             {"key": s.instance.key, "service": s.instance.service, "id": s.instance.id, "registered": s.present,

@@ -23,6 +23,9 @@ spec:
     features: {beta: true, limit: 3}
 """
 
+# a manifest that declares no key (a file without documents is an error instead)
+NOTHING = "apiVersion: etcdsync/v1\nkind: ConfigSet\nmetadata: {name: app}\nspec: {prefix: /nothing/}\n"
+
 
 def test_diff_apply_diff_and_second_apply_writes_nothing(env: Env) -> None:
     f = env.write("m/app.yaml", BASE)
@@ -91,6 +94,77 @@ def test_removed_document_is_pruned(env: Env) -> None:
     assert env.get(f"{env.ns}config/app/retry") == b"5"
 
 
+@pytest.mark.parametrize("content", ["", "   \n\n", "# payments, being rewritten\n", "---\n...\n"])
+def test_a_file_emptied_in_a_tree_is_exit_2_and_prunes_nothing(env: Env, content: str) -> None:
+    env.write("m/app.yaml", BASE)
+    pay = env.write("m/payments.yaml", """\
+        apiVersion: etcdsync/v1
+        kind: ConfigSet
+        metadata: {name: payments}
+        spec:
+          prefix: {ns}config/payments/
+          data:
+            url: https://pay
+            seed: {value: initial, policy: create-only}
+            token: {fromEnv: PAY_TOKEN, secret: true}
+        """)
+    m = str(env.tmp / "m")
+    assert env.cli("apply", "-f", m, "--applyset", "t", env={"PAY_TOKEN": "s3cr3t"}).code == 0
+    env.put(f"{env.ns}config/payments/seed", "runtime")
+    before = env.dump()
+    pay.write_text(content)  # `: > payments.yaml`, an editor mid-save
+    rev = env.revision()
+    for cmd in ("validate", "diff", "apply"):
+        r = env.cli(cmd, "-f", m, *(("--applyset", "t") if cmd != "validate" else ()))
+        assert r.code == 2, (cmd, r)
+        assert r.err.strip() == f"error: {pay}: holds no documents; delete the file to prune its keys", r.err
+    assert env.revision() == rev, "nothing written or deleted"
+    assert env.dump() == before
+    assert before[f"{env.ns}config/payments/token"] == b"s3cr3t"
+    assert before[f"{env.ns}config/payments/seed"] == b"runtime"
+    pay.unlink()  # deleting the file is the way to prune its keys
+    r = env.cli("apply", "-f", m, "--applyset", "t")
+    assert r.code == 0 and "3 deleted" in r.out, r
+    assert env.get(f"{env.ns}config/payments/url") is None and env.get(f"{env.ns}config/app/retry") == b"5"
+
+
+def test_moving_a_key_between_documents_is_reported_and_singular_counts(env: Env) -> None:
+    one = env.write("m/app.yaml", BASE)
+    r = env.cli("apply", "-f", str(one), "--applyset", "t")
+    assert r.code == 0 and " in 1 transaction (revision" in r.out, r
+    # retry moves to a document with a shorter prefix: same key, same value, new ownership record
+    env.write("m/app.yaml", BASE.replace("    retry: 5\n", ""))
+    env.write("m/retry.yaml", """\
+        apiVersion: etcdsync/v1
+        kind: ConfigSet
+        metadata: {name: retry}
+        spec:
+          prefix: {ns}config/
+          data: {app/retry: 5}
+        """)
+    m = str(env.tmp / "m")
+    r = env.cli("diff", "-f", m, "--applyset", "t")
+    assert r.code == 1, r
+    assert "0 to create, 0 to update, 0 to delete, 5 unchanged (1 ownership record to update)" in r.out, r.out
+    r = env.cli("apply", "-f", m, "--applyset", "t")
+    assert r.code == 0, r
+    assert "(1 ownership record updated) in 1 transaction (revision" in r.out, r.out
+    assert env.cli("diff", "-f", m, "--applyset", "t").code == 0
+    live = env.write("l/svc.yaml", """\
+        apiVersion: etcdsync/v1
+        kind: Service
+        metadata: {name: web}
+        spec:
+          prefix: {ns}services/
+          ttl: 5s
+          instances: [{id: w1, host: 127.0.0.1, port: 80}]
+        """)
+    r = env.cli("validate", "-f", str(live))
+    assert r.out.strip() == "valid: 1 file, 0 keys, 1 live instance", r.out
+    r = env.cli("apply", "-f", str(live), "--applyset", "l")
+    assert "1 live instance (ttl/check) is left to `etcdsync run`" in r.out, r.out
+
+
 def test_existing_unowned_key_is_adopted_then_pruned(env: Env) -> None:
     env.put(f"{env.ns}config/app/retry", "5")
     f = env.write("m/app.yaml", BASE)
@@ -115,7 +189,7 @@ def test_key_owned_by_another_set_is_refused_unless_take_ownership(env: Env) -> 
     assert r.code == 0, r
     assert env.get(f"{env.ns}config/app/retry") == b"6"
     # "one" no longer owns the keys: emptying it deletes nothing
-    empty = env.write("m3/empty.yaml", "")
+    empty = env.write("m3/empty.yaml", NOTHING)
     r = env.cli("apply", "-f", str(empty), "--applyset", "one", "--allow-empty")
     assert r.code == 0, r
     assert env.get(f"{env.ns}config/app/retry") == b"6"
@@ -124,7 +198,7 @@ def test_key_owned_by_another_set_is_refused_unless_take_ownership(env: Env) -> 
 def test_deletion_guard(env: Env) -> None:
     f = env.write("m/app.yaml", BASE)
     assert env.cli("apply", "-f", str(f), "--applyset", "t").code == 0
-    empty = env.write("m/app.yaml", "# nothing here while the editor saves\n")
+    empty = env.write("m/app.yaml", NOTHING)
     rev = env.revision()
     r = env.cli("apply", "-f", str(empty), "--applyset", "t")
     assert r.code == 3 and "--allow-empty" in r.err, r
@@ -139,7 +213,7 @@ def test_deletion_guard(env: Env) -> None:
     r = env.cli("apply", "-f", str(f), "--applyset", "t", "--max-deletes", "2", "--force")
     assert r.code == 0, r
     assert env.get(f"{env.ns}config/app/region") is None
-    env.write("m/app.yaml", "")
+    env.write("m/app.yaml", NOTHING)
     r = env.cli("apply", "-f", str(empty), "--applyset", "t", "--allow-empty")
     assert r.code == 0 and env.dump(f"{env.ns}config/") == {}, r
 
@@ -299,6 +373,8 @@ def test_example_tree_applies_and_overlay_diffs(env: Env) -> None:
     assert env.get("services/checkout/10.0.0.21:50051") == b'{"Op":0,"Addr":"10.0.0.21:50051","Metadata":null}'
     assert env.cli("diff", "-f", base).code == 0
     r = env.cli("diff", "-f", base, "-f", str(root / "overlays" / "staging"))
+    assert r.code == 2 and "outside the manifest root" in r.err, r  # the overlay reads ../../manifests/files
+    r = env.cli("diff", "-f", base, "-f", str(root / "overlays" / "staging"), "--file-root", str(root / "manifests" / "files"))
     assert r.code == 1 and "staging-db" in r.out
     assert "dev-only-password" not in r.out
     for p in ("/config/payments/", "/config/checkout/", "/services/", "services/"):
@@ -350,3 +426,19 @@ def test_dev_once_starts_etcd_applies_and_cleans_up(tmp_path) -> None:  # type: 
     assert "applied: 20 created" in r.stdout
     assert f"etcd is running at http://127.0.0.1:{port}" in r.stdout
     assert "etcd stopped, data removed" in r.stderr
+
+
+@pytest.mark.parametrize("cmd", ["validate", "diff", "apply", "export", "run"])
+@pytest.mark.parametrize("bad", ["", "/meta", "relative/", "/a/../b/", "/a/\x1b[2J/"])
+def test_bad_reserved_prefix_is_a_one_line_usage_error(env: Env, cmd: str, bad: str) -> None:
+    f = env.write("m/app.yaml", BASE)
+    rev = env.revision()
+    args = ["--prefix", f"{env.ns}config/"] if cmd == "export" else ["-f", str(f), "--applyset", "t"]
+    if cmd == "validate":
+        args = ["-f", str(f)]
+    r = env.cli(cmd, *args, "--reserved-prefix", bad)  # the last --reserved-prefix wins over env.cli's
+    assert r.code == 2, r
+    lines = r.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --reserved-prefix"), r.err
+    assert "\x1b" not in r.err
+    assert env.revision() == rev

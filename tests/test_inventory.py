@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from etcdsync.errors import UsageError
 from etcdsync.inventory import (
@@ -25,10 +27,56 @@ def test_chunk_round_trip_keeps_prefix_and_prune() -> None:
     assert b'"noprune":["/c/a/y/z"]' in raw
 
 
-@pytest.mark.parametrize("raw", [b"not json", b"[]", b'{"v":2,"prefixes":{}}', b'{"v":1}', b'{"v":1,"prefixes":{"/a/":[1]}}'])
+BAD_CHUNKS = [
+    b"not json", b"[]", b'{"v":2,"prefixes":{}}', b'{"v":1}', b'{"v":1,"prefixes":{"/a/":[1]}}',
+    # a string where the list belongs was read character by character: /other/p, /other/r, ...
+    b'{"v":1,"prefixes":{"/other/":"precious"}}',
+    b'{"v":true,"prefixes":{}}', b'{"v":1.0,"prefixes":{}}', b'{"v":"1","prefixes":{}}',
+    b'{"v":1,"prefixes":[]}', b'{"v":1,"prefixes":{"/a/":{"x":1}}}', b'{"v":1,"prefixes":{"/a/":null}}',
+    b'{"v":1,"prefixes":{},"extra":1}',                       # unknown field
+    b'{"v":1,"prefixes":{"/a/":["../b/x"]}}',                 # escapes its prefix
+    b'{"v":1,"prefixes":{"/a/":["x/../../b"]}}',
+    b'{"v":1,"prefixes":{"/a/":["./x"]}}',
+    b'{"v":1,"prefixes":{"/a/":["/x"]}}',                     # not relative
+    b'{"v":1,"prefixes":{"/a/":[""]}}',
+    b'{"v":1,"prefixes":{"/a/":["x\\u0000y"]}}',
+    b'{"v":1,"prefixes":{"":["x"]}}',                         # prefix must end with /
+    b'{"v":1,"prefixes":{"/a":["x"]}}',
+    b'{"v":1,"prefixes":{"/a/../b/":["x"]}}',
+    b'{"v":1,"prefixes":{"/.etcdsync/":["ownership"]}}',       # under the reserved prefix
+    b'{"v":1,"prefixes":{"/a/":["x"]},"noprune":"/a/x"}',
+    b'{"v":1,"prefixes":{"/a/":["x"]},"noprune":["/a/y"]}',    # flags a key the chunk does not list
+    b'{"v":1,"prefixes":{"/a/":["x"]},"secret":[1]}',
+    b'{"v":1,"prefixes":{"/a/":["x"]},"secret":null}',
+    b'\xff\xfe', b'{"v":1,"prefixes":{},"v":1}',
+]
+
+
+@pytest.mark.parametrize("raw", BAD_CHUNKS)
 def test_unreadable_chunk_is_an_error_naming_it(raw: bytes) -> None:
-    with pytest.raises(InventoryError, match="/.etcdsync/sets/x/inventory/1"):
-        decode_chunk("/.etcdsync/sets/x/inventory/1", raw)
+    with pytest.raises(InventoryError, match="^/.etcdsync/sets/x/inventory/1: inventory chunk") as ei:
+        decode_chunk("/.etcdsync/sets/x/inventory/1", raw, reserved=R)
+    assert "\n" not in str(ei.value)
+
+
+def test_unreadable_chunk_in_ownership_is_an_error_naming_it() -> None:
+    kvs = [(f"{R}sets/a/inventory/1", encode_chunk({"/k/1": Entry("/k/")}), 5),
+           (f"{R}sets/a/inventory/2", b'{"v":1,"prefixes":{"/other/":"precious"}}', 6)]
+    with pytest.raises(InventoryError, match=f"^{R}sets/a/inventory/2: "):
+        parse_ownership(kvs, R)
+
+
+@pytest.mark.parametrize("key,value", [
+    (f"{R}ownership", b"not a set name!"),
+    (f"{R}ownership", b""),
+    (f"{R}sets/bad name/inventory/1", encode_chunk({"/k/1": Entry("/k/")})),
+    (f"{R}sets/a/inventory/", encode_chunk({"/k/1": Entry("/k/")})),
+    (f"{R}sets/a/inventory/x/y", encode_chunk({"/k/1": Entry("/k/")})),
+])
+def test_bad_fence_or_chunk_key_is_an_error_naming_it(key: str, value: bytes) -> None:
+    with pytest.raises(InventoryError) as ei:
+        parse_ownership([(key, value, 3)], R)
+    assert str(ei.value).startswith(key.replace("bad name", "bad name") + ":"), str(ei.value)
 
 
 def test_parse_ownership_splits_sets_and_reads_fence() -> None:
@@ -50,3 +98,17 @@ def test_parse_ownership_splits_sets_and_reads_fence() -> None:
 def test_bad_applyset_names(name: str) -> None:
     with pytest.raises(UsageError):
         check_applyset_name(name)
+
+
+_seg = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=8).filter(
+    lambda s: "/" not in s and s not in (".", ".."))
+
+
+@given(st.lists(st.tuples(st.lists(_seg, min_size=1, max_size=3), st.lists(_seg, min_size=1, max_size=3),
+                          st.booleans(), st.booleans()), max_size=8))
+def test_every_encoded_chunk_decodes_to_itself(raw: list[tuple[list[str], list[str], bool, bool]]) -> None:
+    entries = {}
+    for pre, rel, prune, secret in raw:
+        prefix = "/" + "/".join(pre) + "/"
+        entries[prefix + "/".join(rel)] = Entry(prefix, prune, secret)
+    assert decode_chunk("k", encode_chunk(entries), reserved=R) == entries

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import string
 import time
 from pathlib import Path
@@ -451,3 +452,166 @@ def test_fromfile_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "pipe")
     e = load_error(tmp_path, H + "    k: {fromFile: pipe}\n")
     assert "not a regular file" in e.message
+
+
+# ------------------------------------------------------------------------------------------------
+# the long form is unambiguous: a typo never turns a secret into a printed JSON value
+
+@pytest.mark.parametrize(("entry", "bad", "suggest", "col"), [
+    ("k: {valeu: s3cr3t-x, secret: true}", "valeu", "value", 9),
+    ("k: {fromfile: pw.txt, secret: true}", "fromfile", "fromFile", 9),
+    ("k: {fromEnv: TOKEN, secert: true}", "secert", "secret", 25),
+    ("k: {fromEnv: TOKEN, polcy: warn}", "polcy", "policy", 25),
+    ("k: {value: s3cr3t-x, secret: true, purne: false}", "purne", "prune", 40),
+    ("k: {secret: true, data: s3cr3t-x}", "data", None, 23),
+])
+def test_long_form_typo_is_an_error_with_the_closest_option(tmp_path: Path, entry: str, bad: str,
+                                                              suggest: str | None, col: int) -> None:
+    e = load_error(tmp_path, H + "    " + entry + "\n", environ={"TOKEN": "t"})
+    assert (e.line, e.column) == (8, col), str(e)
+    assert f"'{bad}' is not an option of the long form" in e.message
+    if suggest:
+        assert f"did you mean '{suggest}'?" in e.message
+    assert "s3cr3t" not in str(e)
+
+
+# ------------------------------------------------------------------------------------------------
+# fromFile stays inside the manifest root (or a --file-root); fromEnv never reads etcdsync's own settings
+
+def _tree(tmp_path: Path) -> Path:
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret.txt").write_text("outside-secret")
+    root = tmp_path / "m"
+    (root / "files").mkdir(parents=True)
+    (root / "files" / "ok.txt").write_text("ok")
+    return root
+
+
+@pytest.mark.parametrize("source", [
+    "/etc/passwd", "../../../../../../../../etc/passwd", "../outside/secret.txt", "files/../../outside/secret.txt",
+    "link-out", "dirlink/secret.txt",
+])
+def test_from_file_outside_the_manifest_root_is_refused(tmp_path: Path, source: str) -> None:
+    root = _tree(tmp_path)
+    os.symlink(tmp_path / "outside" / "secret.txt", root / "link-out")
+    os.symlink(tmp_path / "outside", root / "dirlink")
+    f = root / "app.yaml"
+    f.write_text(H + f"    a: x\n    k: {{fromFile: {source}}}\n")
+    with pytest.raises(ManifestError) as ei:
+        load_manifests([root], environ={})
+    e = ei.value
+    assert (e.file, e.line, e.column) == (str(f), 9, 19), str(e)
+    assert "outside the manifest root" in e.message and "--file-root" in e.message
+    assert "outside-secret" not in str(e) and "root:" not in str(e)
+
+
+@pytest.mark.parametrize("source", ["/proc/self/environ", "/proc/self/cmdline", "/sys/kernel/hostname", "/dev/null",
+                                    "../../../../../../proc/self/environ", "proclink"])
+def test_proc_sys_dev_are_never_read_even_under_a_file_root(tmp_path: Path, source: str) -> None:
+    root = _tree(tmp_path)
+    os.symlink("/proc/self/environ", root / "proclink")
+    (root / "app.yaml").write_text(H + f"    k: {{fromFile: {source}}}\n")
+    with pytest.raises(ManifestError) as ei:
+        load_manifests([root], environ={}, file_roots=["/"])
+    assert "under /proc, /sys or /dev, which are never read" in ei.value.message, str(ei.value)
+    assert (ei.value.line, ei.value.column) == (8, 19)
+
+
+def test_from_file_inside_the_root_or_a_file_root_is_read(tmp_path: Path) -> None:
+    root = _tree(tmp_path)
+    os.symlink(root / "files" / "ok.txt", root / "link-in")
+    (root / "sub").mkdir()
+    (root / "sub" / "app.yaml").write_text(H + "    a: {fromFile: ../files/ok.txt}\n    b: {fromFile: ../link-in}\n"
+                                           f"    c: {{fromFile: {root / 'files' / 'ok.txt'}}}\n"
+                                           "    d: {fromFile: ../../outside/secret.txt}\n")
+    with pytest.raises(ManifestError, match="'d'"):
+        load_manifests([root], environ={})
+    state = load_manifests([root], environ={}, file_roots=[tmp_path / "outside"])
+    assert [state.keys[f"/c/{k}"].value for k in "abcd"] == [b"ok", b"ok", b"ok", b"outside-secret"]
+    # a file given with -f: its directory is the root
+    one = root / "files" / "one.yaml"
+    one.write_text(H + "    a: {fromFile: ok.txt}\n")
+    assert load_manifests([one], environ={}).keys["/c/a"].value == b"ok"
+    one.write_text(H + "    a: {fromFile: ../sub/app.yaml}\n")
+    with pytest.raises(ManifestError, match="outside the manifest root"):
+        load_manifests([one], environ={})
+
+
+def test_each_layer_has_its_own_root(tmp_path: Path) -> None:
+    root = _tree(tmp_path)
+    over = tmp_path / "over"
+    over.mkdir()
+    (over / "app.yaml").write_text(H + "    k: {fromFile: ../m/files/ok.txt}\n")
+    with pytest.raises(ManifestError, match="outside the manifest root"):
+        load_manifests([root, over], environ={})
+    state = load_manifests([root, over], environ={}, file_roots=[root / "files"])
+    assert state.keys["/c/k"].value == b"ok"
+
+
+@pytest.mark.parametrize("name", ["ETCDSYNC_PASSWORD", "ETCDSYNC_USER", "ETCDCTL_PASSWORD", "etcdsync_password",
+                                  "ETCDSYNC_ENDPOINTS"])
+def test_from_env_never_reads_etcdsyncs_own_settings(tmp_path: Path, name: str) -> None:
+    e = load_error(tmp_path, H + f"    k: {{fromEnv: {name}}}\n", environ={name: "pw-canary"})
+    assert (e.line, e.column) == (8, 18)
+    assert "etcdsync's own settings" in e.message and "pw-canary" not in str(e)
+
+
+def test_env_allow_restricts_from_env(tmp_path: Path) -> None:
+    f = tmp_path / "m.yaml"
+    f.write_text(H + "    a: {fromEnv: APP_TOKEN}\n    b: {fromEnv: HOME}\n")
+    environ = {"APP_TOKEN": "t", "HOME": "/root"}
+    assert len(load_manifests([f], environ=environ).keys) == 2
+    with pytest.raises(ManifestError) as ei:
+        load_manifests([f], environ=environ, env_allow=["APP_*", "DB_PASSWORD"])
+    assert (ei.value.line, ei.value.column, ei.value.file) == (9, 18, str(f))
+    assert "HOME is not allowed by --env-allow (APP_* DB_PASSWORD)" in ei.value.message
+    assert len(load_manifests([f], environ=environ, env_allow=["APP_*", "HOME"]).keys) == 2
+    # an allow-list can never open etcdsync's own settings
+    f.write_text(H + "    a: {fromEnv: ETCDSYNC_PASSWORD}\n")
+    with pytest.raises(ManifestError, match="own settings"):
+        load_manifests([f], environ={"ETCDSYNC_PASSWORD": "x"}, env_allow=["*"])
+
+
+# ------------------------------------------------------------------------------------------------
+# keys that display as something else are rejected
+
+@pytest.mark.parametrize("key", ["evil\u202egpj.exe", "a\u200bb", "\u2066x\u2069", "a\u200db", "x\ufeffy",
+                                 "r\u200fl", "a\u2060b", "a\u202ab"])
+def test_keys_with_bidi_or_zero_width_characters_are_rejected(tmp_path: Path, key: str) -> None:
+    e = load_error(tmp_path, H + "    ok: 1\n" + f'    "{key}": 1\n')
+    assert (e.line, e.column) == (9, 5)
+    assert "bidirectional or zero-width" in e.message
+    assert not set(str(e)) & set("\u202e\u200b\u2066\u2069\u200d\ufeff\u200f\u2060\u202a")
+
+
+@pytest.mark.parametrize("where", ["prefix", "name"])
+def test_prefix_and_names_with_bidi_characters_are_rejected(tmp_path: Path, where: str) -> None:
+    text = H.replace("/c/", "/c\u202e/") if where == "prefix" else S + "  instances: [{id: \"a\u200bb\", host: h, port: 1}]\n"
+    e = load_error(tmp_path, text + ("    k: 1\n" if where == "prefix" else ""))
+    assert "bidirectional or zero-width" in e.message, str(e)
+
+
+def test_non_nfc_key_is_rejected_with_the_nfc_form_suggested(tmp_path: Path) -> None:
+    nfd = "cafe\u0301/men\u0303u"  # café/menũ, decomposed
+    e = load_error(tmp_path, H + f'    "{nfd}": 1\n')
+    assert (e.line, e.column) == (8, 5)
+    assert "not in Unicode NFC" in e.message
+    assert "write it as 'caf\u00e9/me\u00f1u' ('caf\\xe9/me\\xf1u';" in e.message, e.message
+    assert "('cafe\\u0301/men\\u0303u')" in e.message
+    f = tmp_path / "ok.yaml"
+    f.write_text(H + '    "caf\u00e9/me\u00f1u": 1\n', encoding="utf-8")
+    assert list(load_manifests([f], environ={}).keys) == ["/c/caf\u00e9/me\u00f1u"]
+
+
+def test_root_of_a_symlinked_file_is_the_directory_it_was_given_in(tmp_path: Path) -> None:
+    # -f a/app.yaml where app.yaml links to b/app.yaml: relative paths are read from a/, so a/ is the root
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "ok.txt").write_text("ok")
+    (tmp_path / "b" / "secret.txt").write_text("b-secret")
+    (tmp_path / "b" / "app.yaml").write_text(H + "    k: {fromFile: ok.txt}\n")
+    os.symlink(tmp_path / "b" / "app.yaml", tmp_path / "a" / "app.yaml")
+    assert load_manifests([tmp_path / "a" / "app.yaml"], environ={}).keys["/c/k"].value == b"ok"
+    (tmp_path / "b" / "app.yaml").write_text(H + "    k: {fromFile: ../b/secret.txt}\n")
+    with pytest.raises(ManifestError, match="outside the manifest root"):
+        load_manifests([tmp_path / "a" / "app.yaml"], environ={})

@@ -71,7 +71,8 @@ spec:
 def test_design_example(tmp_path: Path) -> None:
     write(tmp_path / "certs" / "tls.pem", "CERT\n")
     f = write(tmp_path / "manifests" / "app.yaml", DESIGN_EXAMPLE)
-    state = load_manifests([tmp_path / "manifests"], environ={"PAY_API_TOKEN": "tok"})
+    state = load_manifests([tmp_path / "manifests"], environ={"PAY_API_TOKEN": "tok"},
+                           file_roots=[tmp_path / "certs"])  # ../certs is outside the manifest root
     assert isinstance(state, DesiredState)
     assert {k: v.value for k, v in state.keys.items()} == {
         "/config/payments/api/token": b"tok",
@@ -151,10 +152,14 @@ def test_collect_files_missing_path(tmp_path: Path, missing: str) -> None:
         pytest.param("\ufeff", id="bom-only"),
     ],
 )
-def test_empty_files_yield_nothing(tmp_path: Path, content: str) -> None:
-    f = write(tmp_path / "m.yaml", content)
-    state = load_manifests([f], environ={})
-    assert state == DesiredState(files=(str(f),))
+def test_a_file_without_documents_is_an_error(tmp_path: Path, content: str) -> None:
+    # an editor mid-save or `: > file` must never read as "this file declares nothing" (which prunes)
+    write(tmp_path / "m" / "a.yaml", configset("a", "/a/", {"k": "1"}))
+    f = write(tmp_path / "m" / "b.yaml", content)
+    with pytest.raises(ManifestError) as ei:
+        load_manifests([tmp_path / "m"], environ={})
+    assert ei.value.file == str(f)
+    assert ei.value.message == "holds no documents; delete the file to prune its keys"
 
 
 def test_empty_directory_yields_nothing(tmp_path: Path) -> None:
@@ -171,8 +176,8 @@ def test_many_documents_and_empty_ones_between(tmp_path: Path) -> None:
 
 def test_files_lists_every_file_read(tmp_path: Path) -> None:
     a = write(tmp_path / "base" / "a.yaml", configset("a", "/a/", {"k": "1"}))
-    b = write(tmp_path / "base" / "b.yaml", "")
-    o = write(tmp_path / "over.yaml", "")
+    b = write(tmp_path / "base" / "b.yaml", applyset("s"))
+    o = write(tmp_path / "over.yaml", "# a comment\n---\n" + configset("o", "/o/", {}))
     assert load_manifests([tmp_path / "base", o], environ={}).files == (str(a), str(b), str(o))
 
 
@@ -391,3 +396,16 @@ def test_import_is_light() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True,
                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert out.stdout.strip() == "False"
+
+
+def test_sources_lists_the_resolved_from_file_paths_read(tmp_path: Path) -> None:
+    # the daemon watches these to re-load when a source changes
+    write(tmp_path / "m" / "files" / "a.txt", "a")
+    write(tmp_path / "m" / "files" / "b.txt", "b")
+    os.symlink(tmp_path / "m" / "files" / "b.txt", tmp_path / "m" / "link.txt")
+    write(tmp_path / "m" / "app.yaml", configset("app", "/c/", {"a": "{fromFile: files/a.txt}", "b": "{fromFile: link.txt}",
+                                                                  "c": "{fromFile: files/a.txt}", "d": "plain"}))
+    state = load_manifests([tmp_path / "m"], environ={})
+    real = os.path.realpath(tmp_path / "m" / "files")
+    assert state.sources == (f"{real}/a.txt", f"{real}/b.txt")
+    assert load_manifests([write(tmp_path / "n.yaml", applyset("x"))], environ={}).sources == ()

@@ -194,9 +194,14 @@ def test_from_file_is_relative_to_the_manifest(tmp_path: Path) -> None:
     (tmp_path / "certs").mkdir()
     pem = b"-----BEGIN CERT-----\n\x00\xff binary ok\n"
     (tmp_path / "certs" / "tls.pem").write_bytes(pem)
-    text = data_doc("k: {fromFile: ../certs/tls.pem}\n")
-    state = load_text(tmp_path, text, name="manifests/app.yaml")
+    (tmp_path / "manifests" / "files").mkdir(parents=True)
+    (tmp_path / "manifests" / "files" / "a.txt").write_bytes(b"a")
+    text = data_doc("k: {fromFile: ../certs/tls.pem}\na: {fromFile: files/a.txt}\n")
+    path = tmp_path / "manifests" / "app.yaml"
+    path.write_text(text)
+    state = load_manifests([path], environ={}, file_roots=[tmp_path / "certs"])
     assert state.keys["/c/k"].value == pem
+    assert state.keys["/c/a"].value == b"a"
 
 
 def test_from_env(tmp_path: Path) -> None:
@@ -204,9 +209,9 @@ def test_from_env(tmp_path: Path) -> None:
 
 
 def test_from_env_defaults_to_os_environ(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ETCDSYNC_TEST_VALUE", "from-os")
+    monkeypatch.setenv("EXAMPLE_TEST_VALUE", "from-os")
     path = tmp_path / "m.yaml"
-    path.write_text(data_doc("k: {fromEnv: ETCDSYNC_TEST_VALUE}"))
+    path.write_text(data_doc("k: {fromEnv: EXAMPLE_TEST_VALUE}"))
     assert load_manifests([path]).keys["/c/k"].value == b"from-os"
 
 

@@ -128,3 +128,42 @@ def test_owned_key_now_under_a_lease_is_released_not_deleted() -> None:
     o = {P + "a": Observed(b"1", 10), P + "live": Observed(b"x", 11, lease=99)}
     p = plan(desired(dk("a", "1")), o, inv("a", "live"), {})
     assert one(p, "live").action is Action.RELEASE
+
+
+@pytest.mark.parametrize("owned", [False, True])
+@pytest.mark.parametrize("value", ["1", "other"])
+@pytest.mark.parametrize("policy", list(Policy))
+def test_key_held_by_another_clients_lease_is_a_conflict(owned: bool, value: str, policy: Policy) -> None:
+    o = {P + "a": Observed(value.encode(), 10, lease=0x694D7C5E8D1C4A0B)}
+    p = plan(desired(dk("a", "1", policy=policy)), o, inv("a") if owned else inv(), {})
+    c = one(p)
+    assert c.action is Action.CONFLICT and c.lease == 0x694D7C5E8D1C4A0B and c.owner is None
+    assert c.note == "held by lease 694d7c5e8d1c4a0b of another client"
+    assert p.conflict_message("t") == (f"{P}a: held by lease 694d7c5e8d1c4a0b of another client; "
+                                       "pass --take-ownership to take it (it is then written without the lease)")
+
+
+def test_take_ownership_of_a_leased_key_writes_it_without_the_lease() -> None:
+    o = {P + "a": Observed(b"1", 10, lease=5), P + "b": Observed(b"x", 11, lease=5)}
+    d = desired(dk("a", "1"), dk("b", "2"))
+    p = plan(d, o, inv(), {}, Options(take_ownership=True))
+    a, b = one(p, "a"), one(p, "b")
+    assert (a.action, a.own, a.new) == (Action.UPDATE, True, b"1"), "re-put: a put without lease detaches it"
+    assert (b.action, b.own) == (Action.UPDATE, True)
+    assert "taken from lease 5" in a.note
+    # owned already, same value: still re-put so the key never expires
+    p = plan(d, o, inv("a", "b"), {}, Options(take_ownership=True))
+    assert (one(p, "a").action, one(p, "a").own) == (Action.UPDATE, False)
+
+
+def test_own_leases_are_not_a_conflict() -> None:
+    # a key etcdsync's daemon registered under its own lease that the manifests now declare static
+    o = {P + "a": Observed(b"1", 10, lease=7)}
+    p = plan(desired(dk("a", "1")), o, inv("a"), {}, Options(own_leases=frozenset({7})))
+    assert one(p).action is Action.UPDATE and not p.conflicts
+
+
+def test_conflict_message_for_another_apply_set() -> None:
+    p = plan(desired(dk("a", "1"), dk("b", "1")), {}, inv(), {P + "a": "one", P + "b": "one"})
+    assert p.conflict_message("two") == (f"{P}a: owned by apply set 'one', not 'two' (and 1 more key); "
+                                         "pass --take-ownership to move them")

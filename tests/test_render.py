@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import click
+import pytest
 
 from etcdsync.inventory import Chunk, Entry, Inventory
 from etcdsync.model import DesiredKey, DesiredState, Policy, ServiceInstance
@@ -81,3 +82,65 @@ def test_long_diffs_are_cut_with_a_count() -> None:
     assert text.count("\n+ ") + text.startswith("+ ") == 10
     assert "... and 20 more keys (-v or -o json lists every key)" in text
     assert "30 to create" in text
+
+
+def test_ownership_only_changes_are_named_in_the_summary() -> None:
+    # a key moved to another document's prefix and a prune flag flipped: nothing to put, but the
+    # inventory is rewritten, so `diff` exits 1 and the summary must say why
+    a, b = "/config/", "/config/shop/"
+    keys = [DesiredKey(b + "moved", b"1", b, document="ConfigSet/shop"),
+            DesiredKey(a + "kept", b"2", a, prune=False, document="ConfigSet/all")]
+    inv = Inventory("x")
+    inv.add_chunk(Chunk("/.etcdsync/sets/x/inventory/a", 2, {b + "moved": Entry(a), a + "kept": Entry(a)}))
+    observed = {b + "moved": Observed(b"1", 3), a + "kept": Observed(b"2", 4)}
+    p = plan(DesiredState(keys={k.key: k for k in keys}, prefixes=(a, b)), observed, inv, {})
+    assert p.has_changes
+    text = render_plan(p)
+    assert text.splitlines()[-1] == "0 to create, 0 to update, 0 to delete, 2 unchanged (2 ownership records to update)"
+    assert "= /config/shop/moved  (ownership record: prefix /config/ -> /config/shop/)" in text
+    assert "= /config/kept  (ownership record: prune true -> false)" in text
+    assert plan_json(p, applyset_origin="flag")["summary"]["ownership"] == 2
+    one = plan(DesiredState(keys={keys[0].key: keys[0]}, prefixes=(b,)), observed, inv, {})
+    assert render_plan(one).endswith("0 to create, 0 to update, 1 to delete, 1 unchanged (1 ownership record to update)")
+
+
+def test_result_summary_names_ownership_updates_and_grammar() -> None:
+    from etcdsync.plan import Action, Change
+    from etcdsync.render import result_summary
+
+    done = {"/k": Change(Action.UNCHANGED, "/k", b"1", b"1", 3, "/", retag=True)}
+    assert result_summary(done, 0) == "0 created, 0 updated, 0 deleted, 0 unchanged (1 ownership record updated)"
+
+
+HOSTILE = [
+    "\x1b]0;TITLE\x07", "\x1b[2J\x1b[H", "\x9b31m", "a\rb", "\x08\x08ok", "x\u202egnp.exe", "zero\u200bwidth",
+    "\u2066iso\u2069", "\x00nul", "\x7f", "bom\ufeff",
+]
+UNSAFE = set("\x1b\x07\x9b\r\x08\u202e\u200b\u2066\u2069\x00\x7f\ufeff")
+
+
+@pytest.mark.parametrize("bad", HOSTILE)
+def test_text_diff_escapes_control_and_bidi_characters_in_keys_and_values(bad: str) -> None:
+    key = P + "k" + bad
+    keys = [DesiredKey(P + "new", ("v" + bad + "\nline2").encode(), P), DesiredKey(P + "upd", ("1" + bad).encode(), P)]
+    observed = {P + "upd": Observed(("0" + bad).encode(), 3), key: Observed(bad.encode(), 4)}
+    inv = Inventory("x")
+    inv.add_chunk(Chunk("/.etcdsync/sets/x/inventory/a", 2, {key: Entry(P), P + "upd": Entry(P)}))
+    p = plan(DesiredState(keys={k.key: k for k in keys}, prefixes=(P,)), observed, inv, {})
+    for text in (render_plan(p), render_plan(p, verbose=True), render_plan(p, style=click.style)):
+        assert not UNSAFE & set(click.unstyle(text)), repr(text)
+    from etcdsync.render import escape
+
+    text = render_plan(p)
+    assert "line2" in text and f"{P}k{escape(bad)}" in text and escape(bad) != bad
+    # JSON output escapes them by JSON's rules
+    doc = json.dumps(plan_json(p, applyset_origin="flag"), indent=2)
+    assert not UNSAFE & set(doc)
+    assert json.loads(doc)["changes"][0]["key"] == key
+
+
+def test_escape_is_readable() -> None:
+    from etcdsync.render import escape
+
+    assert escape("a\x1b]0;T\x07b\u202ec\u200bd\te") == "a\\x1b]0;T\\x07b\\u202ec\\u200bd\\te"
+    assert escape("plain ünïcödé €") == "plain ünïcödé €"

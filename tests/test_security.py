@@ -15,6 +15,13 @@ Proved here against real etcd servers:
   values, and values other writers put on secret keys never appear in the text diff, `-o json`, `-v`,
   `--debug`, ownership conflicts, guard refusals, errors, the daemon's text and JSON logs (with
   `--debug`), /readyz or /metrics.
+- Hardening (issue 11): the README's least-privilege role, created by running the README's own
+  commands, lets the daemon's user diff, apply and run, and etcd refuses its writes outside the
+  granted prefixes; fromFile cannot read outside the tree (/proc/self/environ, /etc/passwd, `..`,
+  symbolic links) unless a --file-root allows it; fromEnv never reads ETCDSYNC_*/ETCDCTL_* and obeys
+  --env-allow (CLI and daemon); malformed ownership records are exit 2 and delete nothing; a key held
+  under another client's lease is a conflict; escape sequences never reach the terminal; export
+  writes placeholders for secrets.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from pathlib import Path
 import pytest
 from certs import make_ca
 from conftest import Env
-from helpers_faults import Ctl, Daemons, cli, wait_for
+from helpers_faults import ROOT, Ctl, Daemons, cli, wait_for
 
 from etcdsync.etcdbin import EtcdCluster
 
@@ -459,3 +466,340 @@ def test_secrets_never_appear_in_daemon_logs_readyz_or_metrics(log_format: str, 
     assert "drift repaired" in logs and "owned by" in logs, logs[-2000:]
     for where, text in [*texts, (f"daemon log ({log_format})", logs)]:
         can.check(text, where)
+
+
+# ------------------------------------------------------------------------------------------------
+# hostile ownership records: a record etcdsync cannot read exactly is exit 2, nothing written
+
+OTHER = ["p", "r", "e", "c", "i", "o", "u", "s"]
+
+
+@pytest.mark.parametrize("key,value", [
+    ("sets/t/inventory/evil", b'{"v":1,"prefixes":{"{ns}other/":"precious"}}'),
+    ("sets/t/inventory/evil", b'{"v":true,"prefixes":{"{ns}other/":["p","r"]}}'),
+    ("sets/t/inventory/evil", b'{"v":1,"prefixes":{"{ns}app/":["../other/p"]}}'),
+    ("sets/t/inventory/evil", b'{"v":1,"prefixes":{"{ns}other/":["p"]},"owner":"t"}'),
+    ("ownership", b"\x1b]0;pwned\x07"),
+])
+def test_a_bad_ownership_record_is_exit_2_and_deletes_nothing(env: Env, key: str, value: bytes) -> None:
+    f = env.write("m/app.yaml", configset("app", f"{env.ns}app/", {"x": "1"}))
+    assert env.cli("apply", "-f", str(f), "--applyset", "t").code == 0
+    for ch in OTHER:
+        env.put(f"{env.ns}other/{ch}", "precious")
+    # the manifest no longer declares anything in /other/ (and never did)
+    env.write("m/app.yaml", configset("app", f"{env.ns}app/", {"y": "2"}))
+    env.put(env.reserved + key, value.replace(b"{ns}", env.ns.encode()))
+    before, rev = env.dump(), env.revision()
+    for cmd in ("diff", "apply"):
+        r = env.cli(cmd, "-f", str(f), "--applyset", "t")
+        assert r.code == 2, (cmd, r)
+        lines = r.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {env.reserved}{key}: "), r.err
+        assert "\x1b" not in r.err and "\x07" not in r.err
+    assert env.revision() == rev and env.dump() == before, "nothing written or deleted"
+
+
+# ------------------------------------------------------------------------------------------------
+# a manifest cannot read outside its tree, nor etcdsync's own credentials
+
+PW = {"ETCDSYNC_USER": "sync", "ETCDSYNC_PASSWORD": "pw-canary-0451"}
+
+
+@pytest.mark.parametrize("source", ["/proc/self/environ", "/etc/passwd", "../../../../../../../../etc/passwd",
+                                    "../outside/secret.txt", "link"])
+def test_from_file_outside_the_tree_is_exit_2_and_prints_nothing_of_it(env: Env, source: str) -> None:
+    (env.tmp / "outside").mkdir()
+    (env.tmp / "outside" / "secret.txt").write_text("outside-canary")
+    f = env.write("m/app.yaml", configset("app", f"{env.ns}app/", {"a": "1"}) + f"    harmless: {{fromFile: {source}}}\n")
+    (env.tmp / "m" / "link").symlink_to(env.tmp / "outside" / "secret.txt")
+    rev = env.revision()
+    for cmd in ("validate", "diff", "apply"):
+        # the subprocess, so /proc/self/environ would be the CLI's own environment with the password
+        r = env.run(cmd, "-f", str(env.tmp / "m"), *(("--applyset", "t") if cmd != "validate" else ()), env=PW)
+        assert r.code == 2, (cmd, r)
+        lines = r.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {f}:8:"), r.err
+        for leak in ("pw-canary", "root:", "outside-canary"):
+            assert leak not in r.out + r.err, (cmd, leak)
+    assert env.revision() == rev
+
+
+def test_file_root_flag_and_env_allow_a_directory_outside_the_tree(env: Env) -> None:
+    certs = env.tmp / "certs"
+    certs.mkdir()
+    (certs / "tls.pem").write_text("CERT")
+    f = env.write("m/app.yaml", configset("app", f"{env.ns}app/", {"a": "1"}) + "    tls: {fromFile: ../certs/tls.pem}\n")
+    m = str(env.tmp / "m")
+    r = env.cli("diff", "-f", m, "--applyset", "t")
+    assert r.code == 2 and "outside the manifest root" in r.err and f"{f}:8:" in r.err, r
+    r = env.cli("diff", "-f", m, "--applyset", "t", "--file-root", str(certs))
+    assert r.code == 1 and "+ CERT" in r.out, r
+    r = env.cli("apply", "-f", m, "--applyset", "t", env={"ETCDSYNC_FILE_ROOTS": f"/nonexistent-x:{certs}"})
+    assert r.code == 2 and r.err.strip() == "error: --file-root '/nonexistent-x': not a directory", r
+    r = env.cli("apply", "-f", m, "--applyset", "t", env={"ETCDSYNC_FILE_ROOTS": f"{env.tmp / 'm'}:{certs}"})
+    assert r.code == 0, r
+    assert env.get(f"{env.ns}app/tls") == b"CERT"
+
+
+def test_from_env_never_reads_credentials_and_env_allow_restricts(env: Env) -> None:
+    f = env.write("m/app.yaml", configset("app", f"{env.ns}app/", {"a": "1"}) + "    pw: {fromEnv: ETCDSYNC_PASSWORD}\n")
+    rev = env.revision()
+    r = env.run("diff", "-f", str(f), "--applyset", "t", env=PW)
+    assert r.code == 2 and "etcdsync's own settings" in r.err and f"{f}:8:" in r.err, r
+    assert "pw-canary" not in r.out + r.err
+    f.write_text(configset("app", f"{env.ns}app/", {"a": "1"}) + "    home: {fromEnv: HOME}\n    tok: {fromEnv: APP_TOKEN}\n")
+    extra = {"APP_TOKEN": "tok", "HOME": "/home/x"}
+    r = env.cli("apply", "-f", str(f), "--applyset", "t", "--env-allow", "APP_*", env=extra)
+    assert r.code == 2 and "HOME is not allowed by --env-allow (APP_*)" in r.err, r
+    r = env.cli("apply", "-f", str(f), "--applyset", "t", env={**extra, "ETCDSYNC_ENV_ALLOW": "APP_* DB_*"})
+    assert r.code == 2 and "HOME is not allowed by --env-allow (APP_* DB_*)" in r.err, r
+    assert env.revision() == rev
+    r = env.cli("apply", "-f", str(f), "--applyset", "t", "--env-allow", "APP_*", "--env-allow", "HOME", env=extra)
+    assert r.code == 0, r
+
+
+def test_daemon_takes_the_same_file_root_and_env_allow(env: Env, daemons: Daemons) -> None:
+    certs = env.tmp / "certs"
+    certs.mkdir()
+    (certs / "tls.pem").write_text("CERT")
+    env.write("m/app.yaml", configset("app", f"{env.ns}app/", {"a": "1"})
+              + "    tls: {fromFile: ../certs/tls.pem}\n    tok: {fromEnv: APP_TOKEN}\n")
+    extra = {"APP_TOKEN": "tok"}
+    bad = daemons.start(env.tmp, [env.tmp / "m"], endpoints=env.endpoints, reserved=env.reserved, env=extra, name="bad")
+    assert bad.proc.wait(30) == 2
+    assert "outside the manifest root" in bad.logs()
+    denied = daemons.start(env.tmp, [env.tmp / "m"], "--file-root", str(certs), "--env-allow", "DB_*",
+                           endpoints=env.endpoints, reserved=env.reserved, env=extra, name="denied")
+    assert denied.proc.wait(30) == 2
+    assert "APP_TOKEN is not allowed by --env-allow" in denied.logs()
+    d = daemons.start(env.tmp, [env.tmp / "m"], "--file-root", str(certs), "--env-allow", "APP_*",
+                      endpoints=env.endpoints, reserved=env.reserved, env=extra, name="good")
+    d.wait_ready()
+    wait_for(lambda: env.get(f"{env.ns}app/tls") == b"CERT" and env.get(f"{env.ns}app/tok") == b"tok", 10, "applied")
+    assert d.stop() == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# keys another client holds under a lease are a conflict, never taken silently
+
+def test_leased_key_of_another_client_is_a_conflict_unless_take_ownership(env: Env) -> None:
+    lease = env.etcdctl("lease", "grant", "300").split()[1]  # "lease 694d... granted with TTL(300s)"
+    env.etcdctl("put", f"{env.ns}lz/leader", "node-b", f"--lease={lease}")
+    f = env.write("m/app.yaml", configset("lz", f"{env.ns}lz/", {"leader": "node-a", "other": "1"}))
+    rev = env.revision()
+    r = env.cli("diff", "-f", str(f), "--applyset", "t")
+    assert r.code == 3, r  # a conflict, like a key owned by another apply set
+    assert f"x {env.ns}lz/leader  (held by lease {lease} of another client)" in r.out, r.out
+    assert "1 held by another client's lease" in r.out
+    doc = json.loads(env.cli("diff", "-f", str(f), "--applyset", "t", "-o", "json").out)
+    (leader,) = [c for c in doc["changes"] if c["key"].endswith("/leader")]
+    assert leader["action"] == "conflict" and leader["lease"] == lease
+    r = env.cli("apply", "-f", str(f), "--applyset", "t")
+    assert r.code == 3, r
+    assert r.err.strip().splitlines()[-1] == (f"error: {env.ns}lz/leader: held by lease {lease} of another client; "
+                                              "pass --take-ownership to take it (it is then written without the lease)")
+    assert env.revision() == rev
+    # same value: still a conflict (adopting would leave it to expire under the other client's lease)
+    env.etcdctl("put", f"{env.ns}lz/leader", "node-a", f"--lease={lease}")
+    rev = env.revision()
+    assert env.cli("apply", "-f", str(f), "--applyset", "t").code == 3
+    assert env.revision() == rev
+    r = env.cli("apply", "-f", str(f), "--applyset", "t", "--take-ownership")
+    assert r.code == 0, r
+    kv = json.loads(env.etcdctl("get", f"{env.ns}lz/leader", "-w", "json"))["kvs"][0]
+    assert base64.b64decode(kv["value"]) == b"node-a" and not kv.get("lease"), "written without the lease"
+    assert env.cli("diff", "-f", str(f), "--applyset", "t").code == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# nothing printed can drive a terminal or display as something else
+
+OSC = "\x1b]0;TITLE\x07"
+RAW = set("\x1b\x07\x9b\u202e\u200b")
+
+
+def test_escape_sequences_in_values_never_reach_the_terminal(env: Env) -> None:
+    f = env.write("m/app.yaml", """\
+        apiVersion: etcdsync/v1
+        kind: ConfigSet
+        metadata: {name: app}
+        spec:
+          prefix: {ns}app/
+          data:
+            title: "\\e]0;TITLE\\a"
+            rlo: "abc\\u202Egnp.exe"
+            multi: "line1\\n\\e[2Jline2\\n"
+            drifted: plain
+        """)
+    env.put(f"{env.ns}app/drifted", f"x{OSC}\u200by")
+    for extra in ((), ("--no-color",), ("-v",), ("-o", "json")):
+        r = env.run("diff", "-f", str(f), "--applyset", "t", *extra)
+        assert r.code == 1, r
+        assert not RAW & set(r.out + r.err), (extra, r.out)
+    r = env.run("apply", "-f", str(f), "--applyset", "t")
+    assert r.code == 0 and not RAW & set(r.out + r.err), r
+    assert "\\x1b]0;TITLE\\x07" in r.out and "abc\\u202egnp.exe" in r.out
+    assert env.get(f"{env.ns}app/title") == OSC.encode(), "the value itself is stored exactly"
+
+
+def test_log_lines_and_errors_escape_control_characters() -> None:
+    import logging
+
+    from etcdsync.logfmt import TextFormatter
+
+    rec = logging.LogRecord("x", logging.INFO, __file__, 1, "%s: drift repaired", (f"/k{OSC}\nFAKE line",), None)
+    line = TextFormatter("%(message)s").format(rec)
+    assert line == "/k\\x1b]0;TITLE\\x07\\nFAKE line: drift repaired"
+
+
+# ------------------------------------------------------------------------------------------------
+# export never prints a value the inventory marks secret
+
+def test_export_writes_a_placeholder_for_inventory_secrets(env: Env) -> None:
+    can = Canaries()
+    pw, tok = can.new("pw"), can.new("tok")
+    f = env.write("m/app.yaml", f"""\
+        apiVersion: etcdsync/v1
+        kind: ConfigSet
+        metadata: {{name: app}}
+        spec:
+          prefix: {{ns}}exp/
+          data:
+            db/password: {{fromEnv: CANARY_PW, secret: true}}
+            api-token: {{value: "{tok}", secret: true}}
+            plain: visible
+        """)
+    assert env.cli("apply", "-f", str(f), "--applyset", "t", env={"CANARY_PW": pw}).code == 0
+    env.put(f"{env.ns}exp/bidi", "a\u202eb")  # not ours, not secret: exported, escaped
+    r = env.run("export", "--prefix", f"{env.ns}exp/", "--name", "exp", "--reserved-prefix", env.reserved)
+    assert r.code == 0, r
+    can.check(r.out + r.err, "export")
+    assert "    db/password: {fromEnv: DB_PASSWORD, secret: true}" in r.out, r.out
+    assert "    api-token: {fromEnv: API_TOKEN, secret: true}" in r.out
+    assert "    plain: visible" in r.out and '    bidi: "a\\u202eb"' in r.out
+    assert f"warning: {env.ns}exp/db/password: marked secret in the inventory (apply set 't'): exported as " \
+           "{fromEnv: DB_PASSWORD, secret: true}, not its value; set DB_PASSWORD when applying" in r.err, r.err
+    # the export loads back and, with the variables set, is in sync
+    g = env.write("m2/exp.yaml", r.out)
+    r = env.cli("diff", "-f", str(g), "--applyset", "t", env={"DB_PASSWORD": pw, "API_TOKEN": tok})
+    assert r.code == 1 and "bidi" in r.out and "db/password" not in r.out, r.out  # only the adopt of bidi
+
+
+def test_export_placeholder_names_are_unique_valid_and_never_etcdsyncs_own() -> None:
+    from etcdsync.export import export_prefix
+
+    items = [(f"/p/{k}", b"v", 0) for k in ("a-b", "a_b", "1x", "etcdsync/password", "ü")]
+    text, warnings = export_prefix("/p/", items, secret={f"/p/{k}": "s" for k in ("a-b", "a_b", "1x", "etcdsync/password", "ü")})
+    lines = [ln.strip() for ln in text.splitlines() if "fromEnv" in ln]
+    names = [ln.split("fromEnv: ")[1].split(",")[0] for ln in lines]
+    assert len(set(names)) == 5, names
+    assert all(n[0].isalpha() and n.replace("_", "").isalnum() and n.isascii() for n in names), names
+    assert not any(n.startswith(("ETCDSYNC_", "ETCDCTL_")) for n in names), names
+    assert len(warnings) == 5 and b"v" not in text.encode().split(b"data:")[1].replace(b"fromEnv", b"").replace(b"secret", b"")
+
+
+# ------------------------------------------------------------------------------------------------
+# the README's least-privilege role, created exactly as documented
+
+
+def readme_role_commands() -> str:
+    text = (ROOT / "README.md").read_text()
+    after = text[text.index("<!-- security-role"):]
+    block = after[after.index("```sh\n") + len("```sh\n"):]
+    return block[:block.index("```")]
+
+
+PAYMENTS = """\
+apiVersion: etcdsync/v1
+kind: ApplySet
+metadata: {name: payments}
+---
+apiVersion: etcdsync/v1
+kind: ConfigSet
+metadata: {name: payments}
+spec:
+  prefix: /config/payments/
+  data:
+    db/url: postgres://db/pay
+    retry: 5
+    token: {fromEnv: PAY_TOKEN, secret: true}
+---
+apiVersion: etcdsync/v1
+kind: Service
+metadata: {name: payments}
+spec:
+  prefix: /services/
+  instances:
+    - {id: p1, host: 10.0.0.1, port: 3000}
+"""
+
+
+def test_readme_least_privilege_role(tmp_path: Path, daemons: Daemons) -> None:
+    import os
+    import subprocess
+
+    from etcdsync.etcdbin import find_binary
+
+    c = EtcdCluster(1, base_dir=str(tmp_path / "etcd"))
+    c.start()
+    try:
+        root = Ctl(c.endpoints, user="root:rootpw")
+        Ctl(c.endpoints)("user", "add", "root:rootpw", "--interactive=false")
+        Ctl(c.endpoints)("auth", "enable")
+        commands = readme_role_commands()
+        assert "etcdctl role add etcdsync-payments" in commands
+        # an administrator runs the README's commands on the auth-enabled cluster
+        bindir = str(Path(find_binary("etcdctl")).parent)
+        p = subprocess.run(["bash", "-euo", "pipefail", "-c", commands], capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "PATH": bindir + os.pathsep + os.environ["PATH"], "ETCDCTL_API": "3",
+                                "ETCDCTL_ENDPOINTS": ",".join(c.endpoints), "ETCDCTL_USER": "root:rootpw",
+                                "ETCDSYNC_PASSWORD": "paypw"})
+        assert p.returncode == 0, p.stderr
+        user = {"ETCDSYNC_USER": "etcdsync-payments", "ETCDSYNC_PASSWORD": "paypw", "PAY_TOKEN": "t0k"}
+        mdir = tmp_path / "m"
+        mdir.mkdir()
+        (mdir / "payments.yaml").write_text(PAYMENTS)
+        args = ["-f", str(mdir), "--applyset", "payments"]
+        root("put", "/config/payments/retry", "5")  # adopting an existing key writes the ownership fence
+        assert cli("diff", *args, endpoints=c.endpoints, env=user).code == 1
+        r = cli("apply", *args, endpoints=c.endpoints, env=user)
+        assert r.code == 0 and "1 adopted" in r.out, r.err
+        assert root.values("/config/payments/") == {"/config/payments/db/url": b"postgres://db/pay",
+                                                    "/config/payments/retry": b"5", "/config/payments/token": b"t0k"}
+        assert root.get("/services/payments/p1") is not None
+        assert cli("diff", *args, endpoints=c.endpoints, env=user).code == 0
+        # the daemon, elected, repairs drift as that user
+        d = daemons.start(tmp_path, [mdir], "--leader-elect", endpoints=c.endpoints, reserved="/.etcdsync/",
+                          applyset="payments", env=user)
+        d.wait_ready()
+        root("put", "/config/payments/db/url", "drift")
+        wait_for(lambda: root.get("/config/payments/db/url") == b"postgres://db/pay", 10,
+                 f"drift repaired by the daemon\n{d.logs()[-1500:]}")
+        assert d.stop() == 0
+        assert "permission denied" not in d.logs().lower()
+        # pruning works within the role
+        (mdir / "payments.yaml").write_text(PAYMENTS.replace("    retry: 5\n", ""))
+        r = cli("apply", *args, endpoints=c.endpoints, env=user)
+        assert r.code == 0 and "1 deleted" in r.out, r.err
+        # a manifest reaching outside the granted prefixes is refused by etcd: exit 2, nothing written
+        (mdir / "other.yaml").write_text("apiVersion: etcdsync/v1\nkind: ConfigSet\nmetadata: {name: other}\n"
+                                         "spec:\n  prefix: /config/other/\n  data: {x: 1}\n")
+        before = root.revision()
+        r = cli("apply", *args, endpoints=c.endpoints, env=user)
+        one_line(r, "permission denied")
+        assert root.revision() == before and root.values("/config/other/") == {}
+        (mdir / "other.yaml").unlink()
+        # taking another apply set's key needs write access to that set's records: refused too
+        shared = tmp_path / "shared.yaml"
+        shared.write_text("apiVersion: etcdsync/v1\nkind: ConfigSet\nmetadata: {name: s}\n"
+                          "spec:\n  prefix: /config/payments/\n  data: {shared: from-other}\n")
+        assert cli("apply", "-f", str(shared), "--applyset", "other", endpoints=c.endpoints,
+                   env={"ETCDSYNC_USER": "root", "ETCDSYNC_PASSWORD": "rootpw"}).code == 0
+        (mdir / "payments.yaml").write_text(PAYMENTS.replace("    retry: 5\n", "    shared: mine\n"))
+        assert cli("apply", *args, endpoints=c.endpoints, env=user).code == 3
+        before = root.revision()
+        r = cli("apply", *args, "--take-ownership", endpoints=c.endpoints, env=user)
+        one_line(r, "permission denied")
+        assert root.revision() == before and root.get("/config/payments/shared") == b"from-other"
+    finally:
+        c.stop()

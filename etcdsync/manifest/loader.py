@@ -17,6 +17,7 @@ import math
 import os
 import re
 import stat
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from etcdsync.model import DesiredKey, DesiredState, HealthCheck, Policy, Servic
 
 from . import values
 from .schema import API_VERSION, KINDS, validate_document
-from .yamlnodes import MAP, SCALAR, SEQ, Document, Node, iter_documents, read_file
+from .yamlnodes import MAP, SCALAR, SEQ, SPOOFING, Document, Node, iter_documents, read_file
 from .yamlnodes import shown as _show
 
 # etcd's default --max-request-bytes (1.5 MiB), minus 1 KiB for the request's own overhead.
@@ -38,9 +39,10 @@ DEFAULT_JSON_PREFIX = "/services/"
 DEFAULT_GRPC_PREFIX = "services/"
 
 _BAD_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-# anything wrong with a relative key: control characters, lone surrogates, a leading '/', '.'/'..' or
-# empty segments
-_BAD_KEY = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]|^/|(?:^|/)\\.\\.?(?:/|$)|//|/$")
+_SPOOF_CHARS = re.compile(f"[{SPOOFING}]")
+# anything wrong with a relative key: control characters, lone surrogates, bidirectional or zero-width
+# characters, a leading '/', '.'/'..' or empty segments
+_BAD_KEY = re.compile(f"[\x00-\x1f\x7f-\x9f\ud800-\udfff{SPOOFING}]|^/|(?:^|/)\\.\\.?(?:/|$)|//|/$")
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _DURATION = re.compile(r"(?:[0-9]+(?:\.[0-9]+)?(?:ms|s|m|h))+")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -128,9 +130,28 @@ def _err(message: str, file: str, node: Node) -> ManifestError:
     return ManifestError(message, file, node.line, node.column)
 
 
+def _check_display(text: str, what: str, file: str, node: Node) -> None:
+    """Reject text that would display as something else: bidirectional or zero-width characters, and
+    text not in Unicode NFC (the NFC and NFD forms of one word would be two keys that look alike)."""
+    if text.isascii():
+        return
+    if _SPOOF_CHARS.search(text):
+        raise _err(f"{what} '{_show(text)}' contains a bidirectional or zero-width character "
+                   "(it would display as something else)", file, node)
+    if not unicodedata.is_normalized("NFC", text):
+        nfc = unicodedata.normalize("NFC", text)
+
+        def points(t: str) -> str:
+            return _show(t.encode("ascii", "backslashreplace").decode("ascii"))
+
+        raise _err(f"{what} '{_show(text)}' ('{points(text)}') is not in Unicode NFC: write it as '{_show(nfc)}' "
+                   f"('{points(nfc)}'; two forms of one word would be two different keys)", file, node)
+
+
 def _check_prefix(prefix: str, what: str, file: str, node: Node, reserved: str) -> None:
     if _BAD_CHARS.search(prefix):
         raise _err(f"{what} '{_show(prefix)}' contains a control character", file, node)
+    _check_display(prefix, what, file, node)
     if any(seg in (".", "..") for seg in prefix.split("/")):
         raise _err(f"{what} '{_show(prefix)}' contains a '.' or '..' path segment", file, node)
     if reserved and prefix.startswith(reserved):
@@ -142,6 +163,7 @@ def _check_name(name: str, what: str, file: str, node: Node) -> None:
         raise _err(f"{what} must not be empty", file, node)
     if _BAD_CHARS.search(name):
         raise _err(f"{what} '{_show(name)}' contains a control character", file, node)
+    _check_display(name, what, file, node)
     if "/" in name:
         raise _err(f"{what} '{_show(name)}' must not contain '/'", file, node)
     if name == "." or ".." in name:
@@ -212,6 +234,8 @@ def _compile_configset(doc: _Doc, root: Node, spec: Mapping[str, Any], reserved:
         rel = key_node.value or ""
         if not rel or _BAD_KEY.search(rel):
             _reject_key(rel, file, key_node)
+        if not rel.isascii():
+            _check_display(rel, "key", file, key_node)
         full = prefix + rel
         if reserved and full.startswith(reserved):
             _check_full_key(full, file, key_node, reserved)
@@ -239,6 +263,7 @@ def _reject_key(rel: str, file: str, key_node: Node) -> None:
         raise _err("empty key in data", file, key_node)
     if _BAD_CHARS.search(rel):
         raise _err(f"key '{_show(rel)}' contains a control character or lone surrogate (NUL, newline, ...)", file, key_node)
+    _check_display(rel, "key", file, key_node)
     if rel.startswith("/"):
         raise _err(f"key '{_show(rel)}' must be relative to the prefix (remove the leading '/')", file, key_node)
     if "//" in rel or rel.endswith("/"):
@@ -296,6 +321,7 @@ def _compile_service(doc: _Doc, root: Node, spec: Mapping[str, Any], reserved: s
         host_node = inst_node.get("host") or inst_node
         if _BAD_CHARS.search(host) or "/" in host or " " in host:
             raise _err(f"{where}.host '{_show(host)}' must not contain '/', spaces or control characters", file, host_node)
+        _check_display(host, f"{where}.host", file, host_node)
         id_node = inst_node.get("id")
         if id_node is not None:
             id_: str = id_node.value or ""
@@ -368,6 +394,7 @@ def _compile_document(d: Document, reserved: str) -> _Doc:
     name_node = (meta_node.get("name") if meta_node is not None else None) or root
     if _BAD_CHARS.search(name):
         raise _err(f"metadata.name '{_show(name)}' contains a control character", file, name_node)
+    _check_display(name, "metadata.name", file, name_node)
     doc = _Doc(kind, name, file, _src(file, root))
     spec = plain.get("spec") or {}
     if kind == "ConfigSet":
@@ -391,8 +418,15 @@ def load_manifests(
     *,
     environ: Mapping[str, str] | None = None,
     reserved_prefix: str = "/.etcdsync/",
+    file_roots: Sequence[str | os.PathLike[str]] = (),
+    env_allow: Sequence[str] = (),
 ) -> DesiredState:
     """Load, validate and overlay the manifests of ``paths`` (one layer each) into a DesiredState.
+
+    A fromFile source must resolve (symbolic links followed) inside the root of its layer (the ``-f``
+    directory, or the directory of an ``-f`` file) or inside one of ``file_roots``, and never under
+    /proc, /sys or /dev. fromEnv never reads ETCDSYNC_* or ETCDCTL_*, and with ``env_allow`` (shell
+    globs) only matching names.
 
     Raises only ManifestError (file, line, column), whose message never contains a secret value.
     """
@@ -402,7 +436,8 @@ def load_manifests(
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _load(paths, os.environ if environ is None else environ, reserved_prefix, ctx)
+        sources = _Sources([os.path.realpath(r) for r in file_roots], tuple(env_allow))
+        return _load(paths, os.environ if environ is None else environ, reserved_prefix, ctx, sources)
     except ManifestError:
         raise
     except RecursionError:
@@ -416,19 +451,45 @@ def load_manifests(
             gc.enable()
 
 
-def _load(paths: Sequence[str | os.PathLike[str]], environ: Mapping[str, str], reserved: str, ctx: _Ctx) -> DesiredState:
+@dataclass(slots=True)
+class _Sources:
+    file_roots: list[str]
+    env_allow: tuple[str, ...]
+    by_root: dict[str, values.SourcePolicy] = field(default_factory=dict)
+
+    def policy(self, root: str) -> values.SourcePolicy:
+        p = self.by_root.get(root)
+        if p is None:
+            p = self.by_root[root] = values.SourcePolicy((root, *self.file_roots), self.env_allow)
+        return p
+
+
+def _layer_root(path: str | os.PathLike[str]) -> str:
+    """The resolved -f directory, or the resolved directory an -f file was named in (fromFile paths
+    are relative to that directory, also when the file itself is a symbolic link)."""
+    if os.path.isdir(path):
+        return os.path.realpath(path)
+    return os.path.realpath(os.path.dirname(os.path.abspath(path)))
+
+
+def _load(paths: Sequence[str | os.PathLike[str]], environ: Mapping[str, str], reserved: str, ctx: _Ctx,
+          sources: _Sources) -> DesiredState:
     layers = collect_files(paths)
     files: list[str] = []
-    sources: set[str] = set()
     final: dict[tuple[str, str], _Doc] = {}
-    for layer in layers:
+    root_of: dict[str, str] = {}
+    for layer_path, layer in zip(paths, layers, strict=True):
         in_layer: dict[tuple[str, str], _Doc] = {}
+        root = _layer_root(layer_path)
         for path in layer:
             file = os.fspath(path)
+            root_of[file] = root
             ctx.file = file
             files.append(file)
             text = read_file(file)
+            n_docs = 0
             for d in iter_documents(text, file):
+                n_docs += 1
                 doc = _compile_document(d, reserved)
                 ident = (doc.kind, doc.name)
                 other = in_layer.get(ident)
@@ -439,6 +500,9 @@ def _load(paths: Sequence[str | os.PathLike[str]], environ: Mapping[str, str], r
                         file, doc.source.line, doc.source.column,
                     )
                 in_layer[ident] = doc
+            if not n_docs:
+                # an editor mid-save or `: > file`: reading it as "declares nothing" would prune its keys
+                raise ManifestError("holds no documents; delete the file to prune its keys", file)
         final.update(in_layer)
     ctx.file = None
 
@@ -469,9 +533,7 @@ def _load(paths: Sequence[str | os.PathLike[str]], environ: Mapping[str, str], r
         if doc.deferred:
             statics = list(statics)
             for dk, entry in doc.deferred:
-                value = values.resolve_entry(entry, doc.file, environ)
-                if entry.from_file is not None:  # the daemon watches it: a change reloads
-                    sources.add(os.path.abspath(os.path.join(os.path.dirname(doc.file or "."), entry.from_file)))
+                value = values.resolve_entry(entry, doc.file, environ, sources.policy(root_of[doc.file]))
                 assert dk.source is not None
                 _check_size(dk.key, value, dk.source)
                 statics.append(dk._replace(value=value))
@@ -502,5 +564,5 @@ def _load(paths: Sequence[str | os.PathLike[str]], environ: Mapping[str, str], r
         applyset=applyset.name if applyset else None,
         applyset_source=applyset.source if applyset else None,
         files=tuple(files),
-        sources=tuple(sorted(sources)),
+        sources=tuple(sorted({path for p in sources.by_root.values() for path in p.read})),
     )

@@ -91,9 +91,12 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                 },
                 {"$ref": "#/$defs/longForm"},
                 {
-                    "description": "A mapping that is not the long form: stored as compact JSON, keys in file order (a JSON value that looks like the long form is written as {value: {...}}).",
+                    "description": "A mapping that is not the long form (and holds none of secret, fromFile, fromEnv): stored as compact JSON, keys in file order (a JSON value that looks like the long form is written as {value: {...}}).",
                     "type": "object",
-                    "not": {"minProperties": 1, "propertyNames": {"enum": OPTION_NAMES}},
+                    "not": {"anyOf": [
+                        {"minProperties": 1, "propertyNames": {"enum": OPTION_NAMES}},
+                        {"required": ["secret"]}, {"required": ["fromFile"]}, {"required": ["fromEnv"]},
+                    ]},
                 },
             ],
         },

@@ -14,11 +14,13 @@ No message raised here ever quotes a value's text: the value may be a secret.
 
 from __future__ import annotations
 
+import difflib
+import fnmatch
 import os
 import re
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from json.encoder import encode_basestring as _json_string  # C-accelerated; ensure_ascii=False
 from typing import Any
 
@@ -282,9 +284,35 @@ def _source_text(name: str, node: Node, file: str | None) -> str:
     return node.value or ""
 
 
+# a mapping holding one of these is meant as the long form, never as a JSON value
+LONG_FORM_MARKERS = frozenset({"secret", "fromFile", "fromEnv"})
+
+
+def _check_not_mistyped_long_form(rel_key: str, value_node: Node, file: str | None) -> None:
+    """A mapping with secret/fromFile/fromEnv among its keys must be the long form: a typo such as
+    ``{valeu: X, secret: true}`` would otherwise store (and print) the secret as JSON."""
+    if value_node.kind != MAP or not any((k.value or "") in LONG_FORM_MARKERS for k, _ in value_node.items):
+        return
+    for k, _ in value_node.items:
+        name = k.value or ""
+        if name not in OPTION_NAMES:
+            close = difflib.get_close_matches(name, _OPTION_NAMES, n=1, cutoff=0.5) or \
+                difflib.get_close_matches(name.lower(), [o.lower() for o in _OPTION_NAMES], n=1, cutoff=0.5)
+            hint = ""
+            if close:
+                hint = f" (did you mean '{next(o for o in _OPTION_NAMES if o.lower() == close[0].lower())}'?)"
+            raise _err(
+                f"key '{shown(rel_key)}': '{shown(name, 40)}' is not an option of the long form{hint}; a mapping with "
+                f"secret, fromFile or fromEnv may hold only {', '.join(_OPTION_NAMES)} "
+                "(to store a JSON object, write {value: {...}})",
+                k, file,
+            )
+
+
 def compile_entry(key_node: Node, value_node: Node, file: str | None, policy: Policy, prune: bool) -> Entry:
     rel_key = key_node.value or ""
     if not is_long_form(value_node):
+        _check_not_mistyped_long_form(rel_key, value_node, file)
         return Entry(rel_key, key_node, value_node, node_value(value_node, file), policy=policy, prune=prune)
     opts = {(k.value or ""): v for k, v in value_node.items}
     sources = [s for s in SOURCE_NAMES if s in opts]
@@ -320,40 +348,86 @@ def compile_entry(key_node: Node, value_node: Node, file: str | None, policy: Po
     return entry
 
 
-def resolve_entry(entry: Entry, file: str | None, environ: Mapping[str, str]) -> bytes:
-    """The value bytes of an entry, reading fromFile (relative to ``file``'s directory) or fromEnv."""
+# never read through fromFile, whatever --file-root says: kernel interfaces (/proc/self/environ holds
+# etcdsync's own credentials) and devices (a read that never ends)
+FORBIDDEN_ROOTS = ("/proc", "/sys", "/dev")
+# never read through fromEnv: etcdsync's own settings and credentials, and etcdctl's
+FORBIDDEN_ENV = ("ETCDSYNC_", "ETCDCTL_")
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+@dataclass(frozen=True, slots=True)
+class SourcePolicy:
+    """What fromFile and fromEnv may read: files inside ``roots`` (resolved directories, the manifest
+    root first), variables matching ``env_allow`` (when given) and never etcdsync's own."""
+
+    roots: tuple[str, ...]
+    env_allow: tuple[str, ...] = ()
+    read: list[str] = field(default_factory=list)   # resolved paths of the files read, in order
+
+    def check_file(self, path: str, shown_path: str, where: str, node: Node, file: str | None) -> str:
+        real = os.path.realpath(path)
+        if any(_inside(real, r) for r in FORBIDDEN_ROOTS):
+            raise _err(f"{where}: '{shown_path}' is under /proc, /sys or /dev, which are never read", node, file)
+        if not any(_inside(real, r) for r in self.roots):
+            root = self.roots[0] if self.roots else "?"
+            raise _err(f"{where}: '{shown_path}' resolves to {shown(real)}, outside the manifest root {shown(root)}"
+                       " (allow a directory with --file-root DIR)", node, file)
+        return real
+
+    def check_env(self, name: str, where: str, node: Node, file: str | None) -> None:
+        if name.upper().startswith(FORBIDDEN_ENV):
+            raise _err(f"{where}: environment variable {shown(name)} is one of etcdsync's own settings "
+                       f"({', '.join(p + '*' for p in FORBIDDEN_ENV)}), which are never read", node, file)
+        if self.env_allow and not any(fnmatch.fnmatchcase(name, g) for g in self.env_allow):
+            raise _err(f"{where}: environment variable {shown(name)} is not allowed by --env-allow "
+                       f"({' '.join(shown(g, 40) for g in self.env_allow)})", node, file)
+
+
+def resolve_entry(entry: Entry, file: str | None, environ: Mapping[str, str], policy: SourcePolicy) -> bytes:
+    """The value bytes of an entry, reading fromFile (relative to ``file``'s directory, contained by
+    ``policy``) or fromEnv (filtered by ``policy``)."""
     if entry.value is not None:
         return entry.value
     if entry.from_file is not None:
         node = entry.value_node.get("fromFile") or entry.value_node
+        where = f"fromFile of key '{shown(entry.rel_key)}'"
         base = os.path.dirname(file) if file else "."
         path = os.path.join(base, entry.from_file)
         try:
-            if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device would block or never end
-                raise _err(f"fromFile of key '{shown(entry.rel_key)}': '{shown(entry.from_file)}' is not a regular file "
+            real = policy.check_file(path, shown(entry.from_file), where, node, file)
+            # open what was checked (the resolved path), not a name whose links may change meanwhile
+            if not stat.S_ISREG(os.stat(real).st_mode):  # a FIFO or device would block or never end
+                raise _err(f"{where}: '{shown(entry.from_file)}' is not a regular file "
                            "(a pipe, device or directory)", node, file)
-            with open(path, "rb") as f:
+            with open(real, "rb") as f:
                 data = f.read(MAX_FROM_FILE_BYTES + 1)
+            policy.read.append(real)
         except OSError as e:
             raise _err(
-                f"fromFile of key '{shown(entry.rel_key)}': cannot read '{shown(entry.from_file)}' ({e.strerror or type(e).__name__})",
+                f"{where}: cannot read '{shown(entry.from_file)}' ({e.strerror or type(e).__name__})",
                 node, file,
             ) from None
         except ValueError:  # embedded NUL in the path
-            raise _err(f"fromFile of key '{shown(entry.rel_key)}': invalid path", node, file) from None
+            raise _err(f"{where}: invalid path", node, file) from None
         if len(data) > MAX_FROM_FILE_BYTES:
             raise _err(
-                f"fromFile of key '{shown(entry.rel_key)}': '{shown(entry.from_file)}' is larger than etcd's request limit", node, file
+                f"{where}: '{shown(entry.from_file)}' is larger than etcd's request limit", node, file
             )
         return data
     assert entry.from_env is not None
     node = entry.value_node.get("fromEnv") or entry.value_node
+    where = f"fromEnv of key '{shown(entry.rel_key)}'"
+    policy.check_env(entry.from_env, where, node, file)
     value = environ.get(entry.from_env)
     if value is None:
-        raise _err(f"fromEnv of key '{shown(entry.rel_key)}': environment variable {shown(entry.from_env)} is not set", node, file)
+        raise _err(f"{where}: environment variable {shown(entry.from_env)} is not set", node, file)
     if value == "" and entry.secret:
         # CI systems turn a missing secret into an empty variable: never write an empty secret
-        raise _err(f"fromEnv of key '{shown(entry.rel_key)}': environment variable {shown(entry.from_env)} is empty "
+        raise _err(f"{where}: environment variable {shown(entry.from_env)} is empty "
                    "(a secret must not be empty)", node, file)
     if isinstance(value, bytes):
         return value

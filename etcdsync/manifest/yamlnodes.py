@@ -49,7 +49,10 @@ _Loader: Any = getattr(yaml, "CSafeLoader", None) or yaml.SafeLoader
 _NOT_PRINTABLE = re.compile("[^\t\n\r\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
-_UNPRINTABLE_IN_MESSAGE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# control characters, lone surrogates, and characters that make text display as something else
+# (bidirectional controls U+200E/F, U+202A-E, U+2066-9; zero-width U+200B-D, U+2060-4, U+FEFF)
+SPOOFING = "\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff"
+_UNPRINTABLE_IN_MESSAGE = re.compile(f"[\x00-\x1f\x7f-\x9f\ud800-\udfff{SPOOFING}]")
 
 
 def shown(text: str, limit: int = 200) -> str:
