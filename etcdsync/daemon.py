@@ -15,6 +15,7 @@ import contextlib
 import gc
 import logging
 import os
+import re
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +31,7 @@ from .metrics import HttpServer, Metrics
 from .model import DesiredState, ServiceInstance
 from .plan import Options
 from .reconcile import Reconciler, Status
+from .render import escape
 from .settings import Connection
 from .store import CompactedError, Compare, Store, WatchEvent, created_at
 from .tasks import cancel_and_wait
@@ -37,6 +39,7 @@ from .tasks import cancel_and_wait
 log = logging.getLogger("etcdsync.daemon")
 
 BACKOFF_MIN, BACKOFF_MAX = 0.2, 10.0
+CANDIDATE = re.compile(r"[0-9a-f]{16}")   # the name of an election candidate key
 DEFAULT_CHECKED_TTL = 10.0
 
 
@@ -110,6 +113,7 @@ class Daemon:
         self._election_key: str | None = None
         self._election_rev = 0
         self._election: LeasedKeys | None = None
+        self._strays: list[str] = []
         self._loading = asyncio.Lock()
         self.http: HttpServer | None = None
         self.metrics.ready.set_function(lambda: 1.0 if self.readiness()[0] else 0.0)
@@ -162,7 +166,7 @@ class Daemon:
             log.info("serving /healthz /readyz /metrics on %s:%d", self.http.host, self.http.port)
         self.reconciler = Reconciler(self.store, applyset=self.applyset, reserved=self.s.reserved,
                                      options=self.s.options, metrics=self.metrics, status=self.status,
-                                     fences=self.fences)
+                                     fences=self.fences, own_leases=self._own_leases)
         files = asyncio.create_task(self._files(), name="files")
         main = asyncio.create_task(self._main(), name="main")
         log.info("etcdsync run: apply set %r, %d keys, %d live instances, endpoints %s", self.applyset,
@@ -452,6 +456,12 @@ class Daemon:
 
     # -- live instances ---------------------------------------------------------------
 
+    def _own_leases(self) -> frozenset[int]:
+        leases = [leased.lease_id for leased in self._leases.values()]
+        if self._election is not None:
+            leases.append(self._election.lease_id)
+        return frozenset(lease for lease in leases if lease)
+
     def _lease_for(self, inst: ServiceInstance) -> LeasedKeys:
         ttl = inst.ttl or DEFAULT_CHECKED_TTL
         leased = self._leases.get(ttl)
@@ -463,7 +473,8 @@ class Daemon:
         wanted = {i.key: i for i in desired.live}
         for key in list(self._live):
             if key not in wanted or wanted[key] != self._live[key]:
-                await self._drop_live(key)
+                # a key now declared as static config was just written without the lease: keep it
+                await self._drop_live(key, delete=key not in desired.keys)
         for key, inst in wanted.items():
             if key in self._live:
                 continue
@@ -500,14 +511,18 @@ class Daemon:
 
         return on_state
 
-    async def _drop_live(self, key: str) -> None:
+    async def _drop_live(self, key: str, *, delete: bool = True) -> None:
         inst = self._live.pop(key)
         checker = self._checkers.pop(key, None)
         if checker is not None:
             await checker.stop()
         self._registered.discard(key)
+        leased = self._lease_for(inst)
+        if not delete:
+            leased.items.pop(key, None)
+            return
         with contextlib.suppress(EtcdsyncError):
-            await self._lease_for(inst).remove(key)
+            await leased.remove(key)
 
     async def _stop_live(self) -> None:
         for checker in self._checkers.values():
@@ -551,7 +566,18 @@ class Daemon:
             await asyncio.sleep(min(1.0, self.s.election_ttl / 5))
 
     async def _is_leader(self) -> bool:
+        """Whether our candidate key has the lowest create_revision of all candidates. A candidate is a
+        key `<prefix><16 hex digits>` held by a lease (what `_campaign` writes); anything else under
+        the election prefix is reported and never elected, so a stray key cannot silence the daemons."""
         kvs, _ = await self.store.get_prefix(self._election_prefix())
+        prefix = self._election_prefix()
+        strays = [kv.key for kv in kvs if not (kv.lease and CANDIDATE.fullmatch(kv.key[len(prefix):]))]
+        if strays:
+            if strays != self._strays:
+                log.warning("leader election: ignoring %s under %s (not a candidate: no lease or not a "
+                            "candidate name)", ", ".join(escape(k) for k in strays[:5]), escape(prefix))
+            kvs = [kv for kv in kvs if kv.key not in strays]
+        self._strays = strays
         mine = next((kv for kv in kvs if kv.key == self._election_key), None)
         if mine is None:
             self._election_rev = 0

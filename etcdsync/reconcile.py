@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -58,8 +59,10 @@ class Reconciler:
         metrics: Metrics,
         status: Status,
         fences: Callable[[], Sequence[Compare]] = lambda: (),
+        own_leases: Callable[[], frozenset[int]] = frozenset,
     ) -> None:
         self.store = store
+        self.own_leases = own_leases                 # the daemon's leases: keys under them are not conflicts
         self.applyset = applyset
         self.reserved = reserved
         self.options = options
@@ -96,8 +99,9 @@ class Reconciler:
     async def _full(self, desired: DesiredState) -> Outcome | None:
         start = time.perf_counter()
         try:
+            options = dataclasses.replace(self.options, own_leases=self.own_leases())
             outcome = await apply(self.store, desired, applyset=self.applyset, reserved=self.reserved,
-                                  options=self.options, limits=self.limits, fences=self.fences(),
+                                  options=options, limits=self.limits, fences=self.fences(),
                                   on_commit=self._committed, on_execute=lambda _plan: self._start_writing(desired),
                                   track_ownership=True)
         except GuardError as exc:

@@ -222,7 +222,7 @@ class Recorder:
         previous version may still be committing when the test declares the next)."""
         out: list[str] = []
         present: dict[str, bool] = {k: True for k in self.initial}
-        value: dict[str, bytes] = {k: kv.value for k, kv in self.initial.items()}
+        value: dict[str, tuple[bytes, int]] = {k: (kv.value, kv.lease) for k, kv in self.initial.items()}
         last: dict[str, int] = {}
         flagged: set[str] = set()
         for ev in events:
@@ -230,10 +230,10 @@ class Recorder:
             existed = present.get(key, False)
             before = value.get(key)
             present[key] = ev.type == "put"
-            value[key] = ev.value
+            value[key] = (ev.value, ev.lease)
             if not self.ours(ev) or key.startswith(self.reserved) or ev.lease or key in flagged:
                 continue
-            if ev.type == "put" and existed and before == ev.value:
+            if ev.type == "put" and existed and before == (ev.value, ev.lease):
                 out.append(f"{key}: etcdsync rewrote the value it already had at revision {ev.revision} "
                            f"(a write without drift: a blind or duplicate write); history: {self.history_of(key)}")
                 flagged.add(key)

@@ -89,6 +89,16 @@ def daemons() -> Iterator[list[Daemon]]:
             d.proc.wait(5)
 
 
+OTHER = """\
+apiVersion: etcdsync/v1
+kind: ConfigSet
+metadata: {{name: other}}
+spec:
+  prefix: {ns}other/
+  data: {{x: "1"}}
+"""
+
+
 def manifest(env: Env, a: str = "one", name: str = "m/app.yaml") -> Path:
     """Write CONFIG with `a`; when the test records history, declare the version first."""
     if env.hist is not None:
@@ -152,17 +162,30 @@ def test_converges_repairs_drift_follows_edits_and_keeps_last_good_state(env: En
     assert env.get(f"{env.ns}app/a") == b"edited"
     env.etcdctl("put", f"{env.ns}app/a", "drift-again")
     wait_for(lambda: env.get(f"{env.ns}app/a") == b"edited", 5, "last good state still enforced")
-    # an emptied file prunes nothing (the deletion guard)
+    # a file emptied while an editor saves (other files in the tree still declare keys, so the
+    # deletion guard would not catch it): a load error, the last good state kept, nothing pruned
+    env.write("m/other.yaml", OTHER.format(ns=env.ns))
+    history.declare({**declared(env, "edited"), f"{env.ns}other/x": Declared(b"1")})
+    wait_for(lambda: "app.yaml" in str(d.ready().get("manifests")), 5, "still reported")
+    (mdir / "app.yaml").write_text(CONFIG.format(ns=env.ns, a="edited"))
+    wait_for(lambda: env.get(f"{env.ns}other/x") == b"1", 5, "the other file applied")
     (mdir / "app.yaml").write_text("")
-    wait_for(lambda: "refused" in str(d.ready().get("reconcile")), 5, "guard refusal reported")
-    time.sleep(0.3)
+    wait_for(lambda: "holds no documents" in str(d.ready().get("manifests")), 5,
+             lambda: f"empty file reported\n{d.logs()[-1500:]}")
+    history.assert_quiet(1.0)
     assert env.get(f"{env.ns}app/a") == b"edited" and env.get(f"{env.ns}app/b") == b"two"
+    assert env.get(f"{env.ns}app/seed") == b"initial"
     assert env.get(f"{env.ns}app/stranger") == b"not ours"
+    assert "etcdsync_manifests_valid 0.0" in d.get("/metrics")[1]
+    # the file comes back by a rename-style save (write a temporary file, rename it over)
+    tmp = mdir / ".app.yaml.swp"
+    tmp.write_text(CONFIG.format(ns=env.ns, a="edited"))
+    os.replace(tmp, mdir / "app.yaml")
+    wait_for(lambda: d.ready().get("manifests") == "ok", 5, "load error resolved")
     _, metrics = d.get("/metrics")
     assert 'etcdsync_drift_total{action="repaired",policy="enforce"}' in metrics
     assert 'etcdsync_drift_total{action="reported",policy="warn"}' in metrics
-    assert "etcdsync_manifests_valid 1.0" in metrics  # the empty file did load; the guard refused it
-    assert 'etcdsync_reconciles_total{result="refused"}' in metrics
+    assert "etcdsync_manifests_valid 1.0" in metrics
     assert d.get("/healthz") == (200, "ok\n")
     assert d.stop() == 0
     assert env.get(f"{env.ns}app/a") == b"edited", "config keys stay after SIGTERM"
@@ -355,7 +378,7 @@ def test_only_manifests_and_their_sources_trigger_a_reload(env: Env, history: Re
     text = CONFIG.format(ns=env.ns, a="one") + "    cert: {fromFile: ../certs/tls.pem}\n"
     history.declare({**declared(env, "one"), f"{env.ns}app/cert": Declared(b"cert-1")})
     env.write("m/app.yaml", text)
-    d = Daemon(env, mdir / "app.yaml", "--resync", "2s", log_dir=mdir)
+    d = Daemon(env, mdir / "app.yaml", "--resync", "2s", "--file-root", str(certs), log_dir=mdir)
     daemons.append(d)
     d.wait_ready()
     assert env.get(f"{env.ns}app/cert") == b"cert-1"
@@ -576,3 +599,46 @@ def test_a_reconcile_that_fails_half_way_never_lets_repairs_restore_the_old_mani
             env.hist.check()
         finally:
             env.hist.stop()
+
+
+def test_a_stray_key_under_the_election_prefix_never_silences_the_daemons(env: Env, history: Recorder,
+                                                                          daemons: list[Daemon]) -> None:
+    """A key without a lease (or not named like a candidate) with the lowest create_revision would
+    otherwise be "the leader" forever: nobody would write."""
+    env.put(f"{env.reserved}election/t/0000000000000000", "squatter")
+    env.put(f"{env.reserved}election/t/not-a-candidate", "x")
+    mdir = manifest(env)
+    d = Daemon(env, mdir, "--leader-elect", "--election-ttl", "2s")
+    daemons.append(d)
+    d.wait_ready()
+    wait_for(lambda: d.ready()["leader"] is True, 10, lambda: f"elected\n{d.logs()[-1500:]}")
+    wait_for(lambda: env.get(f"{env.ns}app/a") == b"one", 5, "the elected daemon writes")
+    assert "not a candidate" in d.logs()
+
+
+def test_a_live_instance_that_becomes_static_config_is_kept(env: Env, history: Recorder,
+                                                           daemons: list[Daemon]) -> None:
+    """An edit turns a registered instance into a plain key (same key): the key is under the
+    daemon's own lease, which is not another client's conflict, and dropping the registration must
+    not delete the key that is now static config."""
+    live = env.write("m/live.yaml", LIVE2.format(ns=env.ns, instances="    - {id: one, host: 127.0.0.1, port: 1}"))
+    d = Daemon(env, live.parent)
+    daemons.append(d)
+    d.wait_ready()
+    key = f"{env.ns}services/api/one"
+    wait_for(lambda: env.kv(key) is not None and env.kv(key).lease != 0, 5, "registered under a lease")
+    history.declare({key: '{"host":"127.0.0.1","port":1}'})
+    live.unlink()
+    env.write("m/static.yaml", f"""\
+        apiVersion: etcdsync/v1
+        kind: ConfigSet
+        metadata: {{name: s}}
+        spec:
+          prefix: {env.ns}services/api/
+          data: {{one: '{{"host":"127.0.0.1","port":1}}'}}
+        """)
+    wait_for(lambda: env.kv(key) is not None and env.kv(key).lease == 0, 10,
+             lambda: f"now static, without the lease\n{d.logs()[-1500:]}")
+    history.assert_quiet(1.5)
+    assert env.get(key) == b'{"host":"127.0.0.1","port":1}'
+    assert d.ready()["reconcile"] == "ok"
