@@ -181,16 +181,18 @@ def _shown(kv: KeyValue, seen: Seen, *, newlines: bool) -> str:
 
 
 @cli.command()
-@click.argument("key")
+@click.argument("target", metavar="KEY")
 @click.option("--prefix", is_flag=True, help="Every key under KEY.")
 @reserved_option
 @json_option
 @connection_options
 @output_options
-def get(key: str, prefix: bool, reserved_prefix: str, output: str, no_color: bool, debug: bool, **kw: Any) -> None:
+def get(target: str, prefix: bool, reserved_prefix: str, output: str, no_color: bool, debug: bool, **kw: Any) -> None:
     """Print a key's value (or every key under a prefix). Control characters are escaped; secret keys
     of an apply set show a hash, never the value."""
     from .store import Store
+
+    key = target
 
     conn = make_connection(kw)
 
@@ -315,7 +317,7 @@ def _manifests(paths: tuple[str, ...], reserved: str) -> DesiredState | None:
 
 
 @cli.command()
-@click.argument("key")
+@click.argument("target", metavar="KEY")
 @click.argument("value")
 @click.option("--force", is_flag=True, help="Write a key an apply set owns, or one held under a lease.")
 @click.option("-f", "--filename", "paths", multiple=True, metavar="PATH",
@@ -323,12 +325,14 @@ def _manifests(paths: tuple[str, ...], reserved: str) -> DesiredState | None:
 @reserved_option
 @connection_options
 @output_options
-def put(key: str, value: str, force: bool, paths: tuple[str, ...], reserved_prefix: str, no_color: bool,
+def put(target: str, value: str, force: bool, paths: tuple[str, ...], reserved_prefix: str, no_color: bool,
         debug: bool, **kw: Any) -> None:
     """Write KEY=VALUE, refusing (exit 3) a key an apply set owns or a lease holds unless --force.
 
     The write compares the revision it read: a concurrent change is never overwritten blindly."""
     from .store import Put, Store
+
+    key = target
 
     _check_reserved("put", key, reserved_prefix, prefix=False)
     if not key:
@@ -368,7 +372,7 @@ def put(key: str, value: str, force: bool, paths: tuple[str, ...], reserved_pref
 
 
 @cli.command(name="del")
-@click.argument("key")
+@click.argument("target", metavar="KEY")
 @click.option("--prefix", is_flag=True, help="Delete every key under KEY (each compared on its revision).")
 @click.option("--force", is_flag=True, help="Delete keys an apply set owns, or keys held under a lease.")
 @click.option("-f", "--filename", "paths", multiple=True, metavar="PATH",
@@ -376,12 +380,14 @@ def put(key: str, value: str, force: bool, paths: tuple[str, ...], reserved_pref
 @reserved_option
 @connection_options
 @output_options
-def del_cmd(key: str, prefix: bool, force: bool, paths: tuple[str, ...], reserved_prefix: str, no_color: bool,
+def del_cmd(target: str, prefix: bool, force: bool, paths: tuple[str, ...], reserved_prefix: str, no_color: bool,
             debug: bool, **kw: Any) -> None:
     """Delete KEY (or every key under it with --prefix), refusing (exit 3) keys an apply set owns or a
     lease holds unless --force. Only keys seen and compared are deleted; keys created meanwhile stay."""
     from .apply import Limits
     from .store import Delete, RequestTooLargeError, Store
+
+    key = target
 
     _check_reserved("del", key, reserved_prefix, prefix=prefix)
     conn = make_connection(kw)
