@@ -431,3 +431,56 @@ def test_version(env: Env, tmp_path: Path) -> None:
     assert first == f"etcdsync {version('etcdsync')} (commit {describe})"
     assert second == f"etcd client: etcd3aio {version('etcd3aio')}"
     assert version_text(tmp_path).splitlines()[0] == f"etcdsync {version('etcdsync')}"   # not a checkout
+
+
+def test_key_argument_does_not_collide_with_the_tls_key_option(env: Env, history: Any) -> None:
+    key = f"{env.ns}plain"
+    env.put(key, "value")
+    # over plain http the client certificate options are not used; they must not replace KEY
+    r = _ops(env, "get", key, "--cert", "client.pem", "--key", "client-key.pem")
+    assert r.code == 0 and r.out == "value\n", r
+
+
+def _on_tty(env: Env, answer: bytes, *args: str) -> tuple[int, str]:
+    """Run etcdsync with stdin and stdout on a pseudo-terminal, answer its prompt, return (code, output)."""
+    import pty
+    import select
+    import time
+
+    pid, fd = pty.fork()
+    if pid == 0:  # child
+        os.environ["ETCDSYNC_ENDPOINTS"] = ",".join(env.endpoints)
+        os.environ["PYTHONPATH"] = str(ROOT)
+        os.execv(sys.executable, [sys.executable, "-m", "etcdsync", *args])
+    out = b""
+    answered = False
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        if not answered and b"[y/N]" in out:
+            os.write(fd, answer + b"\n")
+            answered = True
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return os.waitstatus_to_exitcode(status), out.decode(errors="replace")
+
+
+def test_teardown_asks_on_a_terminal(env: Env, history: Any) -> None:
+    f = env.write("m/app.yaml", "apiVersion: etcdsync/v1\nkind: ConfigSet\nmetadata: {name: app}\n"
+                  "spec: {prefix: '{ns}tty/', data: {a: '1', b: '2'}}\n")
+    _apply(env, history, f)
+    code, out = _on_tty(env, b"n", "teardown", "--applyset", "app", "--reserved-prefix", env.reserved)
+    assert code == 3 and "Delete 2 keys and the inventory of apply set 'app'?" in out and "nothing deleted" in out, out
+    assert len(env.dump(f"{env.ns}tty/")) == 2
+    history.declare({})
+    code, out = _on_tty(env, b"y", "teardown", "--applyset", "app", "--reserved-prefix", env.reserved)
+    assert code == 0 and "2 deleted, 0 released" in out, out
+    assert env.dump(f"{env.ns}tty/") == {} and env.dump(env.reserved) == {}
