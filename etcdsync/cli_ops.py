@@ -406,6 +406,8 @@ def del_cmd(target: str, prefix: bool, force: bool, paths: tuple[str, ...], rese
                 if not force:
                     reason = _refusal(seen.kvs, seen, desired, "delete")
                     if reason:
+                        if deleted:  # ownership changed between two batches of a --prefix delete
+                            reason = reason.replace("nothing written", f"{deleted} keys already deleted before")
                         raise OwnershipError(reason, [kv.key for kv in seen.kvs if kv.key in seen.owners or kv.lease])
                 owned.extend(kv.key for kv in seen.kvs if kv.key in seen.owners and kv.key not in owned)
                 try:
