@@ -190,8 +190,17 @@ def run(coro: Any) -> Any:
     return box[0]
 
 
+def _show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        from .cli_ops import version_text
+
+        click.echo(version_text())
+        ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(package_name="etcdsync")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_show_version,
+              help="Show etcdsync's version and commit, and the etcd client library's, and exit.")
 def cli() -> None:
     """Declarative config center and service registry for etcd.
 
@@ -630,6 +639,10 @@ def main(argv: list[str] | None = None) -> None:
         code = EXIT_ERROR
     sys.exit(code or 0)
 
+
+# Operator commands (get, ls, put, del, inventory, applysets, teardown, services ls/register,
+# completion) live in cli_ops.py and register themselves on `cli` and `services` when imported.
+from . import cli_ops  # noqa: E402,F401
 
 if __name__ == "__main__":
     main()
