@@ -217,3 +217,36 @@ def test_a_conflict_names_the_compares_that_failed_and_only_those(env: Env, hist
     with pytest.raises(ConflictError) as err:
         run(env, state(p, {"a": "3"}), fences=[created_at(live, rev)], on_plan=on_plan, max_attempts=1)
     assert err.value.keys == (p + "a",), "a valid fence was reported as changed"
+
+
+@pytest.mark.parametrize("case", ["delete", "adopt", "release", "retag"])
+def test_diff_exits_1_when_the_only_change_is_ownership_or_a_delete(env: Env, history: Recorder, case: str) -> None:
+    """`diff` exit 1 means "apply would write something": also when no value changes."""
+    def doc(data: str) -> str:
+        return ("apiVersion: etcdsync/v1\nkind: ConfigSet\nmetadata: {name: o}\n"
+                f"spec:\n  prefix: {env.ns}o/\n  data:\n{data}")
+
+    m = env.tmp / "m"
+    before = "    a: '1'\n    b: '2'\n"
+    after = {"delete": "    a: '1'\n",
+             "adopt": "    a: '1'\n    b: '2'\n    c: '3'\n",
+             "release": "    a: '1'\n",
+             "retag": "    a: '1'\n    b: {value: '2', prune: false}\n"}[case]
+    if case == "release":
+        before = "    a: '1'\n    b: {value: '2', prune: false}\n"
+    history.declare({f"{env.ns}o/a": "1", f"{env.ns}o/b": "2"})
+    env.write("m/o.yaml", doc(before))
+    assert env.cli("apply", "-f", str(m), "--applyset", "t").code == 0
+    if case == "adopt":
+        env.put(f"{env.ns}o/c", "3")
+    env.write("m/o.yaml", doc(after))
+    r = env.cli("diff", "-f", str(m), "--applyset", "t")
+    assert r.code == 1, f"{case}: diff said in sync\n{r.out}{r.err}"
+    if case == "release":
+        history.allow_release(f"{env.ns}o/b")
+    declared = {"delete": {f"{env.ns}o/a": "1"}, "adopt": {f"{env.ns}o/a": "1", f"{env.ns}o/b": "2", f"{env.ns}o/c": "3"},
+                "release": {f"{env.ns}o/a": "1"}, "retag": {f"{env.ns}o/a": "1", f"{env.ns}o/b": "2"}}[case]
+    history.declare(declared)
+    r = env.cli("apply", "-f", str(m), "--applyset", "t")
+    assert r.code == 0, r.err
+    assert env.cli("diff", "-f", str(m), "--applyset", "t").code == 0
