@@ -109,9 +109,27 @@ def get(gw: Gateway, key: str) -> bytes | None:
     return kv.value if kv else None
 
 
+# etcd is kept away until the daemon has failed this many reconciles in a row (with backoffs
+# 0.2 + 0.4 + 0.8 + 1.6 + 3.2 s between them, plus a 1 s request timeout each): a daemon that gives up
+# after a few failures must fail the test, not be excused.
+FAILED_RECONCILES_WITHOUT_QUORUM = 5
+
+
 def failed_reconciles(d: Daemon, since: int = 0) -> int:
     """Reconciles that failed for want of etcd (each followed by a backoff), after log offset `since`."""
     return sum(1 for line in d.logs()[since:].splitlines() if "reconcile:" in line and "retrying in" in line)
+
+
+def failing_but_alive(d: Daemon, log_at: int, timeout: float, why: str) -> None:
+    """Wait until the daemon has failed FAILED_RECONCILES_WITHOUT_QUORUM reconciles since log offset
+    `log_at`; fail at once if it exits meanwhile."""
+    deadline = time.monotonic() + timeout
+    while failed_reconciles(d, log_at) < FAILED_RECONCILES_WITHOUT_QUORUM:
+        assert d.alive, f"the daemon exited (code {d.proc.returncode}) while {why}:\n{d.logs()[-2500:]}"
+        assert time.monotonic() < deadline, (
+            f"only {failed_reconciles(d, log_at)} failed reconciles within {timeout}s while {why}\n{d.logs()[-2500:]}")
+        time.sleep(0.2)
+    assert d.alive, d.logs()[-2500:]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -243,10 +261,6 @@ spec:
     - {id: i2, host: 127.0.0.1, port: 8002}
 """
 
-# Quorum is kept away until the daemon has failed this many reconciles in a row (with backoffs
-# 0.2 + 0.4 + 0.8 + 1.6 + 3.2 s between them, plus a 1 s request timeout each): a daemon that gives up
-# after a few failures must fail the test, not be excused.
-FAILED_RECONCILES_WITHOUT_QUORUM = 5
 
 
 def test_leader_kills_and_quorum_loss_never_stop_the_daemon_nor_expire_registrations(
@@ -294,12 +308,7 @@ def test_leader_kills_and_quorum_loss_never_stop_the_daemon_nor_expire_registrat
         rec.declare(declared("/x/app/", app), revision=rec.last_seen())   # no quorum: nothing can commit
         (mdir / "app.yaml").write_text(configset("app", "/x/app/", app))
 
-        def failing_but_alive() -> bool:
-            assert d.alive, f"the daemon exited while quorum was lost:\n{d.logs()[-2500:]}"
-            return failed_reconciles(d, log_at) >= FAILED_RECONCILES_WITHOUT_QUORUM
-
-        wait_for(failing_but_alive, 45, f"{FAILED_RECONCILES_WITHOUT_QUORUM} failed reconciles without quorum",
-                 step=0.2)
+        failing_but_alive(d, log_at, 45, "quorum was lost")
         wait_for(lambda: d.get("/readyz")[0] == 503, 10, "not ready without quorum")
         assert time.monotonic() - t_lost > 5, "quorum came back before the registrations' TTL ran out"
         assert d.alive, d.logs()[-2000:]
@@ -341,11 +350,7 @@ def test_daemon_started_while_etcd_is_down_keeps_running_and_converges_when_it_c
         (mdir / "app.yaml").write_text(configset("app", "/x/app/", app))
         d = daemons.start(tmp_path, [mdir], "--timeout", "1", endpoints=cluster.endpoints, reserved="/x/.etcdsync/")
 
-        def failing_but_alive() -> bool:
-            assert d.alive, f"the daemon exited while etcd was down:\n{d.logs()[-2500:]}"
-            return failed_reconciles(d) >= FAILED_RECONCILES_WITHOUT_QUORUM
-
-        wait_for(failing_but_alive, 45, f"{FAILED_RECONCILES_WITHOUT_QUORUM} failed reconciles without etcd", step=0.2)
+        failing_but_alive(d, 0, 45, "etcd was down")
         status, body = d.get("/readyz")
         assert status == 503 and json.loads(body)["etcd"] != "ok", body
         assert d.get("/healthz")[0] == 200
