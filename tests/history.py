@@ -462,4 +462,4 @@ def recorder(endpoints: list[str], prefixes: Iterable[str], reserved: str, **aut
     return Recorder(Gateway(list(endpoints), **auth), list(prefixes), reserved).begin()
 
 
-__all__ = ["DELETED", "Declared", "Event", "Recorder", "recorder", "unb64"]
+__all__ = ["DELETED", "OUTSIDE_MARK", "Declared", "Event", "Recorder", "bookkeeping", "recorder", "unb64"]
