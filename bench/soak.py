@@ -627,12 +627,12 @@ class Campaign:
         if not gaps:
             try:
                 self.rec.assert_quiet(4)     # over a resync (3 s)
-            except AssertionError as exc:
+            except (AssertionError, RuntimeError) as exc:
                 self.violation(str(exc))
         try:
             self.rec.sync()
-        except AssertionError as exc:
-            self.violation(str(exc))
+        except (AssertionError, RuntimeError) as exc:
+            self.violation(f"the history could not be completed: {exc}")
         for v in self.rec.violations():
             self.violation(v)
         code = self.daemon.stop()
