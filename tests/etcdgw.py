@@ -102,12 +102,19 @@ class Gateway:
 
     # -- reads and writes ------------------------------------------------------------------
 
-    def range(self, key: str, *, prefix: bool = False, revision: int = 0) -> tuple[list[KV], int]:
+    def range(self, key: str, *, prefix: bool = False, revision: int = 0, serializable: bool = False,
+              everything: bool = False) -> tuple[list[KV], int]:
+        """Keys equal to `key`, or starting with it (`prefix`), or every key from it on (`everything`);
+        `serializable`: answered by the member from its own state, without quorum."""
         body: dict[str, Any] = {"key": b64(key)}
         if prefix:
             body["range_end"] = b64(prefix_end(key))
+        if everything:
+            body["range_end"] = b64(b"\0")
         if revision:
             body["revision"] = revision
+        if serializable:
+            body["serializable"] = True
         doc = self._post("/v3/kv/range", body)
         return [KV.from_json(kv) for kv in doc.get("kvs", [])], int(doc["header"]["revision"])
 
@@ -137,6 +144,30 @@ class Gateway:
 
     def lease_grant(self, ttl: int) -> int:
         return int(self._post("/v3/lease/grant", {"TTL": ttl})["ID"])
+
+    def txn(self, puts: dict[str, bytes | str] | None = None, deletes: list[str] | None = None) -> int:
+        """Unconditional puts and deletes in one transaction (one revision); returns that revision."""
+        ops: list[dict[str, Any]] = [{"request_put": {"key": b64(k), "value": b64(v)}}
+                                     for k, v in (puts or {}).items()]
+        ops += [{"request_delete_range": {"key": b64(k)}} for k in deletes or ()]
+        return int(self._post("/v3/kv/txn", {"success": ops})["header"]["revision"])
+
+    # -- members ---------------------------------------------------------------------------
+
+    def on(self, endpoint: str, *, timeout: float | None = None) -> Gateway:
+        """The same client (credentials) against one member only."""
+        g = Gateway([endpoint], user=self.user, password=self.password, timeout=timeout or self.timeout)
+        g._token = self._token
+        return g
+
+    def status(self) -> dict[str, Any]:
+        """`maintenance/status` of the first endpoint that answers: header.member_id, leader, raftIndex..."""
+        return self._post("/v3/maintenance/status", {})
+
+    def serializable_revision(self) -> int:
+        """The revision this member has applied (no quorum needed)."""
+        doc = self._post("/v3/kv/range", {"key": b64("\0"), "serializable": True})
+        return int(doc["header"]["revision"])
 
     # -- watch -----------------------------------------------------------------------------
 

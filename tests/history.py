@@ -16,7 +16,18 @@ verifies:
 - policies: a `create-only` or `warn` key that exists is never overwritten;
 - no needless writes: etcdsync never puts the value a key already holds (a repair that did not
   compare the key's revision shows up this way when two writes race it);
-- quiescence (`assert_quiet`): nothing at all is written over a quiet period.
+- quiescence (`assert_quiet`): nothing at all is written over a quiet period;
+- convergence (`unconverged`): etcd holds what the last declared version says, and the inventory
+  lists exactly its keys.
+
+Other clients' writes are told apart in two ways: by revision (`mark_outside`, for writes whose
+response the test saw), or by a marker put in the same transaction (`outside_txn`: a key ending in
+`.outside-mark`), which also covers a write whose outcome the writer never learned (a member died
+under it) but which committed anyway.
+
+The recorder follows members going away: a watch stream that breaks, or that stays silent while a
+`sync()` waits for it (a SIGSTOPped member), is resumed on another endpoint from the last revision
+seen. Compact only revisions it has seen (`compactable()`).
 
 A violation names the key, the revisions and the values in order.
 """
@@ -34,6 +45,14 @@ from typing import Any
 from etcdgw import KV, Gateway, unb64
 
 DELETED = None
+OUTSIDE_MARK = ".outside-mark"     # a put of a key ending so makes its whole revision another client's
+SYNC_MARK = ".history-sync"
+SILENT_SWITCH = 3.0                # seconds a watch may stay silent while a sync() waits, before switching
+
+
+def bookkeeping(key: str) -> bool:
+    """Keys the recorder and the tests write for their own purposes (never judged)."""
+    return key.endswith((SYNC_MARK, OUTSIDE_MARK))
 
 
 @dataclass(frozen=True)
@@ -70,11 +89,16 @@ class Recorder:
     _errors: list[str] = field(default_factory=list)
     _seen: dict[str, int] = field(default_factory=dict)
     released: set[str] = field(default_factory=set)
+    marked: set[int] = field(default_factory=set)           # revisions holding an OUTSIDE_MARK put
+    _want: dict[str, tuple[int, float]] = field(default_factory=dict)   # prefix -> (revision awaited, since)
+    _marks: int = 0
 
     # -- recording ---------------------------------------------------------------------------
 
-    def begin(self) -> Recorder:
-        rev = self.gateway.revision()
+    def begin(self, since: int | None = None) -> Recorder:
+        """Start recording after revision `since` (default: now). `since=1` on a fresh cluster records
+        everything, also writes made before the recorder could connect."""
+        rev = self.gateway.revision() if since is None else since
         self.start = rev
         for p in self.prefixes:
             kvs, _ = self.gateway.range(p, prefix=True, revision=rev)
@@ -92,12 +116,19 @@ class Recorder:
         i = 0
         while not self._stop.is_set():
             ep = endpoints[i % len(endpoints)]
+            last_doc = time.monotonic()
             try:
                 for doc in self.gateway.watch(ep, prefix, self._seen[prefix] + 1):
                     if self._stop.is_set():
                         return
                     if doc is None:
+                        want, since = self._want.get(prefix, (0, 0.0))
+                        now = time.monotonic()
+                        if (want > self._seen[prefix] and now - since > SILENT_SWITCH
+                                and now - last_doc > SILENT_SWITCH and len(endpoints) > 1):
+                            raise ConnectionError(f"watch of {prefix} on {ep} is silent")
                         continue
+                    last_doc = time.monotonic()
                     result = doc.get("result") or {}
                     if result.get("compact_revision") and int(result["compact_revision"]) > self._seen[prefix]:
                         self._errors.append(f"history of {prefix} lost to compaction at "
@@ -109,6 +140,8 @@ class Recorder:
                             kv = KV.from_json(ev.get("kv") or {})
                             etype = "delete" if ev.get("type") == "DELETE" else "put"
                             self.events.append(Event(kv.mod_revision, etype, kv.key, kv.value, kv.lease))
+                            if etype == "put" and kv.key.endswith(OUTSIDE_MARK):
+                                self.marked.add(kv.mod_revision)
                             self._seen[prefix] = max(self._seen[prefix], kv.mod_revision)
                     failures = 0
             except Exception:  # noqa: BLE001 - a member stopped or restarted: resume elsewhere
@@ -137,9 +170,17 @@ class Recorder:
         # the watch only sees revisions that touch its prefix: a marker write makes every prefix current
         marks = []
         for p in self.prefixes:
-            rev = self.gateway.put(f"{p}.history-sync", str(target))
+            while True:
+                try:
+                    rev = self.gateway.put(f"{p}{SYNC_MARK}", str(target))
+                    break
+                except RuntimeError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
             self.outside.add(rev)
             marks.append((p, rev))
+            self._want[p] = (rev, time.monotonic())
         while time.monotonic() < deadline:
             if all(self._seen[p] >= rev for p, rev in marks):
                 return target
@@ -148,17 +189,46 @@ class Recorder:
             time.sleep(0.02)
         raise AssertionError(f"history recorder did not catch up to revision {target}: {self._errors}")
 
+    def last_seen(self) -> int:
+        """The highest revision recorded on any prefix (a lower bound of etcd's revision)."""
+        with self._lock:
+            return max(self._seen.values(), default=self.start)
+
+    def compactable(self) -> int:
+        """The highest revision that may be compacted without losing history: seen on every prefix."""
+        with self._lock:
+            return min(self._seen.values(), default=self.start)
+
     # -- what the test tells the checker -----------------------------------------------------
 
     def mark_outside(self, revision: int) -> None:
         self.outside.add(revision)
 
-    def declare(self, state: Mapping[str, bytes | str | Declared]) -> None:
-        """The test wrote a new manifest version declaring exactly these keys (in recorded prefixes)."""
+    def outside_txn(self, puts: Mapping[str, bytes | str] | None = None, deletes: Iterable[str] = (),
+                    gateway: Gateway | None = None) -> int:
+        """Another client's puts and deletes, in one transaction with a marker key, so that the
+        revision counts as another client's even when the response is lost (raises like the gateway)."""
+        with self._lock:
+            self._marks += 1
+            n = self._marks
+        mark = f"{self.prefixes[0]}{OUTSIDE_MARK}"
+        rev = (gateway or self.gateway).txn({**(puts or {}), mark: str(n)}, list(deletes))
+        self.outside.add(rev)
+        return rev
+
+    def declare(self, state: Mapping[str, bytes | str | Declared], revision: int | None = None) -> None:
+        """The test wrote (is about to write) a new manifest version declaring exactly these keys (in
+        recorded prefixes). The version is in force after `revision` (default: etcd's revision now;
+        when etcd cannot answer, the last revision recorded, a lower bound)."""
         version = {k: v if isinstance(v, Declared) else Declared(v.encode() if isinstance(v, str) else v)
                    for k, v in state.items()}
+        if revision is None:
+            try:
+                revision = self.gateway.revision()
+            except RuntimeError:
+                revision = self.last_seen()
         self.versions.append(version)
-        self.version_at.append(self.gateway.revision())
+        self.version_at.append(revision)
 
     def declare_files(self, *paths: str | Path, **load_args: Any) -> None:
         """Declare what the manifests at `paths` hold (static keys only), as loaded by etcdsync."""
@@ -174,7 +244,45 @@ class Recorder:
             return sorted(self.events, key=lambda e: e.revision)
 
     def ours(self, ev: Event) -> bool:
-        return ev.revision not in self.outside and not ev.key.endswith(".history-sync")
+        return ev.revision not in self.outside and ev.revision not in self.marked and not bookkeeping(ev.key)
+
+    def by_revision(self) -> dict[int, list[Event]]:
+        out: dict[int, list[Event]] = {}
+        for ev in self.snapshot():
+            out.setdefault(ev.revision, []).append(ev)
+        return out
+
+    def unconverged(self) -> list[str]:
+        """How etcd differs now from the last declared version: an enforce key with another value, a
+        declared key missing, an owned key no longer declared (not pruned), a declared key not owned."""
+        if not self.versions:
+            return []
+        want = self.versions[-1]
+        now: dict[str, KV] = {}
+        for p in self.prefixes:
+            kvs, _ = self.gateway.range(p, prefix=True)
+            now.update({kv.key: kv for kv in kvs})
+        owned: set[str] = set()
+        for key, kv in now.items():
+            if key.startswith(self.reserved + "sets/") and "/inventory/" in key:
+                try:
+                    owned |= _chunk_keys(kv.value)
+                except ValueError:
+                    pass
+        out: list[str] = []
+        for key, d in sorted(want.items()):
+            kv = now.get(key)
+            if kv is None:
+                out.append(f"{key}: declared ({d.policy}) but absent from etcd; history: {self.history_of(key)}")
+            elif d.policy == "enforce" and kv.value != d.value:
+                out.append(f"{key}: holds {kv.value[:60]!r}, declared {d.value[:60]!r}; history: {self.history_of(key)}")
+            if key not in owned:
+                out.append(f"{key}: declared but not in any inventory")
+        for key in sorted(owned - set(want)):
+            if key in now and key not in self.released:
+                out.append(f"{key}: still owned and in etcd but no longer declared (not pruned); "
+                           f"history: {self.history_of(key)}")
+        return out
 
     def violations(self) -> list[str]:
         out: list[str] = list(self._errors)
@@ -223,6 +331,7 @@ class Recorder:
         out: list[str] = []
         present: dict[str, bool] = {k: True for k in self.initial}
         value: dict[str, tuple[bytes, int]] = {k: (kv.value, kv.lease) for k, kv in self.initial.items()}
+        live: dict[str, int] = {k: kv.lease for k, kv in self.initial.items()}   # key -> lease of its value
         last: dict[str, int] = {}
         flagged: set[str] = set()
         for ev in events:
@@ -231,6 +340,10 @@ class Recorder:
             before = value.get(key)
             present[key] = ev.type == "put"
             value[key] = (ev.value, ev.lease)
+            was_live = live.get(key, 0)
+            live[key] = ev.lease if ev.type == "put" else 0
+            if ev.type == "delete" and was_live:
+                continue     # a leased registration revoked or expired: not a manifest value
             if not self.ours(ev) or key.startswith(self.reserved) or ev.lease or key in flagged:
                 continue
             if ev.type == "put" and existed and before == (ev.value, ev.lease):
@@ -262,46 +375,61 @@ class Recorder:
         out: list[str] = []
         sets = self.reserved + "sets/"
         chunks: dict[str, set[str]] = {}
+        count: dict[str, int] = {}          # key -> number of inventory chunks listing it
+
+        def set_chunk(name: str, keys: set[str] | None) -> None:
+            for k in chunks.pop(name, ()):
+                count[k] -= 1
+            if keys is not None:
+                chunks[name] = keys
+                for k in keys:
+                    count[k] = count.get(k, 0) + 1
+
         for kv in self.initial.values():
             if kv.key.startswith(sets) and "/inventory/" in kv.key:
-                chunks[kv.key] = _chunk_keys(kv.value)
+                try:
+                    set_chunk(kv.key, _chunk_keys(kv.value))
+                except ValueError:
+                    pass
         present = {k: kv.lease for k, kv in self.initial.items()}
-
-        def owned() -> set[str]:
-            return set().union(*chunks.values()) if chunks else set()
 
         by_rev: dict[int, list[Event]] = {}
         for ev in events:
             by_rev.setdefault(ev.revision, []).append(ev)
         for rev in sorted(by_rev):
             group = by_rev[rev]
-            before = owned()
+            changes: list[tuple[str, set[str] | None]] = []
             for ev in group:
                 if ev.key.startswith(sets) and "/inventory/" in ev.key:
+                    keys: set[str] | None = None
                     if ev.type == "put":
                         try:
-                            chunks[ev.key] = _chunk_keys(ev.value)
+                            keys = _chunk_keys(ev.value)
                         except ValueError:
-                            chunks.pop(ev.key, None)  # hostile content a test planted: not ours to check
-                    else:
-                        chunks.pop(ev.key, None)
-            after = owned()
+                            keys = None  # hostile content a test planted: not ours to check
+                    changes.append((ev.key, keys))
+            touched: set[str] = set()
+            for name, keys in changes:
+                touched |= chunks.get(name, set()) | (keys or set())
+            before = {k for k in touched if count.get(k, 0) > 0}
+            for name, keys in changes:
+                set_chunk(name, keys)
+            after = {k for k in touched if count.get(k, 0) > 0}
             for ev in group:
-                if ev.key.startswith(self.reserved) or ev.key.endswith(".history-sync"):
+                if ev.key.startswith(self.reserved) or bookkeeping(ev.key):
                     continue
-                leased = ev.lease or (ev.type == "delete" and present.get(ev.key))
-                if self.ours(ev) and not leased:   # leased keys are registrations, not owned config
-                    if ev.type == "put" and ev.key not in after:
+                if self.ours(ev):
+                    if ev.type == "put" and not ev.lease and not _owned(ev.key, touched, after, count):
                         out.append(f"{ev.key}: etcdsync put it at revision {rev} but no inventory lists it "
                                    f"at that revision; history: {self.history_of(ev.key)}")
-                    if ev.type == "delete" and ev.key not in before:
+                    if ev.type == "delete" and not present.get(ev.key) and not _owned(ev.key, touched, before, count):
                         out.append(f"{ev.key}: etcdsync deleted it at revision {rev} although no apply set "
                                    f"owned it; history: {self.history_of(ev.key)}")
                 if ev.type == "put":
                     present[ev.key] = ev.lease
                 else:
                     present.pop(ev.key, None)
-            if self.ours(group[0]) or any(self.ours(e) for e in group):
+            if any(self.ours(e) for e in group):
                 for key in before - after:
                     if key in present and not present[key] and self._meant_to_prune(key, rev):
                         out.append(f"{key}: left the inventory at revision {rev} while still in etcd "
@@ -316,6 +444,11 @@ class Recorder:
     def allow_release(self, *keys: str) -> None:
         """Keys the test declared with `prune: false`: leaving the inventory without a delete is right."""
         self.released.update(keys)
+
+
+def _owned(key: str, touched: set[str], at: set[str], count: dict[str, int]) -> bool:
+    """Owned at one side of a revision: `at` for keys whose chunks changed there, else the counts."""
+    return key in at if key in touched else count.get(key, 0) > 0
 
 
 def _matches(declared: Declared | None, ev: Event) -> bool:
@@ -340,4 +473,4 @@ def recorder(endpoints: list[str], prefixes: Iterable[str], reserved: str, **aut
     return Recorder(Gateway(list(endpoints), **auth), list(prefixes), reserved).begin()
 
 
-__all__ = ["DELETED", "Declared", "Event", "Recorder", "recorder", "unb64"]
+__all__ = ["DELETED", "OUTSIDE_MARK", "Declared", "Event", "Recorder", "bookkeeping", "recorder", "unb64"]

