@@ -101,7 +101,7 @@ class Daemon:
         self.reconciler: Reconciler | None = None
         self._trigger = asyncio.Event()
         self._trigger_always = False
-        self._trigger_revision = 0
+        self._trigger_revisions: set[int] = set()
         self._watch_restart = asyncio.Event()
         self._reconciled = asyncio.Event()
         self._stopping = False
@@ -229,7 +229,7 @@ class Daemon:
         if revision is None:
             self._trigger_always = True
         else:
-            self._trigger_revision = max(self._trigger_revision, revision)
+            self._trigger_revisions.add(revision)
         self._trigger.set()
 
     async def _resync_loop(self) -> None:
@@ -318,10 +318,12 @@ class Daemon:
         while True:
             await self._trigger.wait()
             self._trigger.clear()
-            always, revision = self._trigger_always, self._trigger_revision
-            self._trigger_always, self._trigger_revision = False, 0
-            if not always and revision <= self.reconciler.revision:
-                continue      # every event that asked for it was covered by the last full read
+            always, revisions = self._trigger_always, self._trigger_revisions
+            self._trigger_always, self._trigger_revisions = False, set()
+            if not always and all(self.reconciler.accounted(r) for r in revisions):
+                # every event that asked for it was covered by the last full read, or was our own
+                # commit (its watch event can arrive before the transaction's own response)
+                continue
             desired = self.desired
             assert desired is not None
             try:
