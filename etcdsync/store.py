@@ -229,6 +229,7 @@ class Store:
         self.conn = conn
         self._client: Etcd3Client | None = None
         self._auth_lock = asyncio.Lock()
+        self._token_generation = 0
         self._target = ",".join(conn.endpoints)
 
     # -- lifecycle -----------------------------------------------------------------
@@ -297,10 +298,15 @@ class Store:
         return self._client
 
     async def _authenticate(self) -> None:
+        """Get a new token. The request goes without the old token: etcd 3.4 refuses an Authenticate
+        that carries an expired simple token ("invalid auth token") before it looks at the password."""
         assert self.conn.user is not None
+        channel = self.client._channel
+        assert channel is not None
+        request = _pb.AuthenticateRequest(name=self.conn.user, password=self.conn.password or "")
         try:
             async with asyncio.timeout(self.conn.timeout):
-                resp = await self.client.auth.authenticate(self.conn.user, self.conn.password or "")  # type: ignore[union-attr]
+                resp = await _pb.AuthStub(channel).Authenticate(request, timeout=self.conn.timeout)
         except TimeoutError:
             raise EtcdConnectionError(f"etcd {self._target}: no answer within {self.conn.timeout:g}s") from None
         except _ClientUnauthenticated as exc:
@@ -312,6 +318,15 @@ class Store:
                                 "(wrong user name or password)") from exc
             raise self._map(exc, "authenticate") from exc
         self.client.set_token(resp.token)
+        self._token_generation += 1
+
+    async def _renew_token(self, seen_generation: int) -> None:
+        """Authenticate again unless another request already did since `seen_generation`."""
+        async with self._auth_lock:
+            if self._token_generation == seen_generation:
+                log.info("etcd %s: auth token expired or unknown; authenticating again as %r",
+                         self._target, self.conn.user)
+                await self._authenticate()
 
     # -- error mapping -------------------------------------------------------------
 
@@ -346,6 +361,7 @@ class Store:
         renewed = False
         while True:
             attempt += 1
+            generation = self._token_generation
             try:
                 async with asyncio.timeout(per_try):
                     return await fn()
@@ -361,8 +377,7 @@ class Store:
                 if not renewed and self.conn.user and _token_problem(text):
                     renewed = True
                     attempt -= 1
-                    async with self._auth_lock:
-                        await self._authenticate()
+                    await self._renew_token(generation)
                     continue
                 raise self._map(exc, what) from exc
 
@@ -509,6 +524,7 @@ class Store:
                     await asyncio.sleep(liveness)
                     yield _pb.WatchRequest(progress_request=_pb.rpc_pb2.WatchProgressRequest())  # type: ignore[attr-defined]
 
+        generation = self._token_generation
         call = _pb.WatchStub(channel).Watch(requests(), metadata=metadata)
         deadline = None if liveness is None else liveness + 2.0
         try:
@@ -526,6 +542,11 @@ class Store:
                 if resp.canceled:
                     reason = resp.cancel_reason or "no reason"
                     if "permission denied" in reason.lower() or "auth" in reason.lower():
+                        # etcd 3.5 cancels a watch opened with an expired token as "permission
+                        # denied": get a new token, so that the caller's resumed watch is accepted
+                        if self.conn.user:
+                            with contextlib.suppress(EtcdsyncError):
+                                await self._renew_token(generation)
                         raise AuthError(f"watch {key}: canceled by etcd ({reason})")
                     raise EtcdConnectionError(f"watch {key}: canceled by etcd ({reason})")
                 events = tuple(WatchEvent("put" if ev.type == 0 else "delete", _kv(ev.kv)) for ev in resp.events)
@@ -537,8 +558,7 @@ class Store:
             if isinstance(mapped, AuthError) and self.conn.user:
                 # an expired token: renew it so that the caller's resumed watch is accepted
                 with contextlib.suppress(EtcdsyncError):
-                    async with self._auth_lock:
-                        await self._authenticate()
+                    await self._renew_token(generation)
             raise mapped from exc
         finally:
             call.cancel()
