@@ -272,8 +272,9 @@ class Store:
             ("grpc.keepalive_timeout_ms", 2000),
             ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
             # reconnect quickly when etcd comes back (gRPC's default backoff grows to 120 s)
+            # (not grpc.min_reconnect_backoff_ms: it is also the time a connection attempt may take,
+            # and at 100 ms a paused etcd - TCP open, handshake pending - failed requests at once)
             ("grpc.initial_reconnect_backoff_ms", 100),
-            ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 2000),
         ])
         await self.close()
@@ -350,25 +351,33 @@ class Store:
     async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
         """Run one request within the connection timeout, with mapped errors and one token renewal.
 
-        With several endpoints the timeout is split into up to three tries: requests are spread
-        round-robin, and one that landed on a paused or partitioned member (TCP open, no answer)
-        is sent again, to another member, instead of failing. A retried transaction is safe: its
-        compares fail if the first try did commit after all.
+        The timeout covers connecting too: while etcd is unreachable (refused, restarting, paused
+        during the TLS or HTTP/2 handshake) the request is tried again, with a short backoff, until
+        its timeout is spent; only then does it fail. TLS refusals fail at once (waiting cannot fix a
+        certificate). With several endpoints the timeout is also split into up to three tries, so a
+        request that landed on a paused or partitioned member (TCP open, no answer) is sent again,
+        to another member, instead of failing. A retried transaction is safe: its compares fail if
+        the first try did commit after all.
         """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.conn.timeout
         tries = max(1, min(3, len(self.conn.endpoints)))
         per_try = self.conn.timeout / tries
-        attempt = 0
         renewed = False
+        backoff = 0.05
+        unreachable: EtcdsyncError | None = None
         while True:
-            attempt += 1
             generation = self._token_generation
+            remaining = deadline - loop.time()
             try:
-                async with asyncio.timeout(per_try):
+                async with asyncio.timeout(max(0.01, min(per_try, remaining))):
                     return await fn()
             except TimeoutError:
-                if attempt < tries:
+                if deadline - loop.time() > 0.05:
                     log.debug("%s: no answer within %.2fs, trying again", what, per_try)
                     continue
+                if unreachable is not None:
+                    raise EtcdConnectionError(f"{unreachable}, for {self.conn.timeout:g}s") from None
                 raise EtcdConnectionError(
                     f"etcd {self._target}: {what}: no answer within {self.conn.timeout:g}s"
                 ) from None
@@ -376,10 +385,19 @@ class Store:
                 text = _describe(exc).lower()
                 if not renewed and self.conn.user and _token_problem(text):
                     renewed = True
-                    attempt -= 1
                     await self._renew_token(generation)
                     continue
-                raise self._map(exc, what) from exc
+                mapped = self._map(exc, what)
+                wait = min(backoff, deadline - loop.time() - 0.05)
+                if _retryable(exc, mapped) and wait > 0:
+                    unreachable = mapped
+                    log.debug("%s: %s; trying again in %.2fs", what, mapped, wait)
+                    await asyncio.sleep(wait)
+                    backoff = min(backoff * 2, 0.5)
+                    continue
+                if unreachable is not None and _retryable(exc, mapped):
+                    raise EtcdConnectionError(f"{mapped}, for {self.conn.timeout:g}s") from exc
+                raise mapped from exc
 
     # -- reads ---------------------------------------------------------------------
 
@@ -562,6 +580,14 @@ class Store:
             raise mapped from exc
         finally:
             call.cancel()
+
+
+def _retryable(exc: BaseException, mapped: EtcdsyncError) -> bool:
+    """A failure to reach etcd that may pass within the request's timeout (not a TLS refusal)."""
+    if type(mapped) is not EtcdConnectionError or "unreachable" not in str(mapped):
+        return False
+    low = _describe(exc).lower()
+    return not any(w in low for w in ("ssl", "handshake", "certificate", "tsi_", "socket closed"))
 
 
 def _token_problem(text: str) -> bool:

@@ -151,3 +151,65 @@ def test_long_running_cli_command_survives_token_expiry(token_etcd: tuple[EtcdCl
     finally:
         p.terminate()
         p.wait(10)
+
+
+# ------------------------------------------------------------------------------------------------
+# --timeout while connecting
+
+
+@pytest.fixture
+def lone_etcd(tmp_path: Path) -> Iterator[EtcdCluster]:
+    """A private one-member etcd that a test may pause, restart or wipe."""
+    c = EtcdCluster(1, base_dir=str(tmp_path / "etcd"))
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+
+
+def paused_for(cluster: EtcdCluster, seconds: float) -> Any:
+    """Pause the member now and resume it `seconds` later (a timer thread)."""
+    import threading
+
+    m = cluster.members[0]
+    m.pause()
+    t = threading.Timer(seconds, m.resume)
+    t.start()
+    return t
+
+
+def test_a_request_waits_for_a_paused_etcd_within_its_timeout(lone_etcd: EtcdCluster) -> None:
+    from etcdsync import ConfigStore
+
+    Ctl(lone_etcd.endpoints)("put", "/k", "v")
+    t = paused_for(lone_etcd, 1.5)
+    t0 = time.monotonic()
+    try:
+        assert ConfigStore(Connection(lone_etcd.endpoints, timeout=5)).get("/k") == "v"
+    finally:
+        t.join()
+    assert time.monotonic() - t0 >= 1.4
+
+
+def test_cli_timeout_covers_connecting_to_a_paused_etcd(lone_etcd: EtcdCluster, tmp_path: Path) -> None:
+    path = tmp_path / "app.yaml"
+    path.write_text("apiVersion: etcdsync/v1\nkind: ConfigSet\nmetadata: {name: app}\n"
+                    "spec:\n  prefix: /app/\n  data:\n    x: '1'\n")
+    env = {**os.environ, "ETCDSYNC_ENDPOINTS": lone_etcd.endpoints[0], "PYTHONPATH": str(ROOT)}
+    t = paused_for(lone_etcd, 1.5)
+    try:
+        p = subprocess.run([sys.executable, "-m", "etcdsync", "diff", "-f", str(path), "--applyset", "t", "--timeout", "6"],
+                           capture_output=True, text=True, env=env, timeout=60)
+    finally:
+        t.join()
+    assert p.returncode == 1, p.stderr[-1500:]          # 1: there are differences to apply
+    assert "/app/x" in p.stdout
+    # and a dead endpoint still fails within the timeout, in words
+    lone_etcd.members[0].stop()
+    t0 = time.monotonic()
+    p = subprocess.run([sys.executable, "-m", "etcdsync", "diff", "-f", str(path), "--applyset", "t", "--timeout", "2"],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and len(p.stderr.splitlines()) == 1, p.stderr[-1500:]
+    assert lone_etcd.endpoints[0] in p.stderr and "unreachable" in p.stderr, p.stderr
+    assert time.monotonic() - t0 < 2 + 5
