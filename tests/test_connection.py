@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -213,3 +214,201 @@ def test_cli_timeout_covers_connecting_to_a_paused_etcd(lone_etcd: EtcdCluster, 
     assert p.returncode == 2 and "Traceback" not in p.stderr and len(p.stderr.splitlines()) == 1, p.stderr[-1500:]
     assert lone_etcd.endpoints[0] in p.stderr and "unreachable" in p.stderr, p.stderr
     assert time.monotonic() - t0 < 2 + 5
+
+
+# ------------------------------------------------------------------------------------------------
+# etcdctl's conventions, password files, IPv6
+
+
+def test_connection_settings_fall_back_to_etcdctl_variables(tmp_path: Path) -> None:
+    ctl_env = {"ETCDCTL_ENDPOINTS": "http://10.0.0.1:2379,http://10.0.0.2:2379", "ETCDCTL_USER": "root:s3cr:et",
+               "ETCDCTL_CACERT": "/ca.pem", "ETCDCTL_CERT": "/c.pem", "ETCDCTL_KEY": "/k.pem"}
+    c = Connection.from_env(ctl_env)
+    assert c.endpoints == ("http://10.0.0.1:2379", "http://10.0.0.2:2379")
+    assert (c.user, c.password) == ("root", "s3cr:et")
+    assert (c.ca_cert, c.cert, c.key) == ("/ca.pem", "/c.pem", "/k.pem")
+    # etcdsync's own variables come first, one by one
+    c = Connection.from_env({**ctl_env, "ETCDSYNC_ENDPOINTS": "http://e:1", "ETCDSYNC_USER": "app",
+                             "ETCDSYNC_PASSWORD": "pw", "ETCDSYNC_CACERT": "/mine.pem"})
+    assert (c.endpoints, c.user, c.password, c.ca_cert, c.cert) == (("http://e:1",), "app", "pw", "/mine.pem", "/c.pem")
+    c = Connection.from_env({"ETCDCTL_USER": "root", "ETCDCTL_PASSWORD": "pw"})
+    assert (c.user, c.password) == ("root", "pw")
+    # --user user:password like etcdctl; with --password the user is taken whole
+    assert (Connection.from_env({}, user="a:b").user, Connection.from_env({}, user="a:b").password) == ("a", "b")
+    c = Connection.from_env({}, user="a:b", password="p")
+    assert (c.user, c.password) == ("a:b", "p")
+    assert Connection(user="u:p").password == "p"
+    # password files: the first line, from the flag or ETCDSYNC_PASSWORD_FILE
+    pw = tmp_path / "pw"
+    pw.write_text("from-file\n")
+    assert Connection.from_env({}, user="u", password_file=str(pw)).password == "from-file"
+    assert Connection.from_env({"ETCDSYNC_USER": "u", "ETCDSYNC_PASSWORD_FILE": str(pw)}).password == "from-file"
+    assert Connection.from_env({"ETCDSYNC_USER": "u", "ETCDSYNC_PASSWORD": "env",
+                                "ETCDSYNC_PASSWORD_FILE": str(pw)}).password == "env"
+    from etcdsync.errors import UsageError
+
+    with pytest.raises(UsageError, match="--password-file .*missing"):
+        Connection.from_env({}, user="u", password_file=str(tmp_path / "missing"))
+    (tmp_path / "empty").write_text("")
+    with pytest.raises(UsageError, match="empty"):
+        Connection.from_env({}, user="u", password_file=str(tmp_path / "empty"))
+    with pytest.raises(UsageError, match="one of them"):
+        Connection.from_env({}, user="u", password="x", password_file=str(pw))
+    assert "from-file" not in repr(Connection.from_env({}, user="u", password_file=str(pw)))
+
+
+@pytest.fixture(scope="module")
+def auth_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EtcdCluster, Ctl]]:
+    c, root = start_auth_etcd(tmp_path_factory.mktemp("auth"))
+    try:
+        yield c, root
+    finally:
+        c.stop()
+
+
+def cli_run(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`python -m etcdsync ...` with only the given connection variables (none inherited)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("ETCDSYNC_", "ETCDCTL_"))}
+    return subprocess.run([sys.executable, "-m", "etcdsync", *args], capture_output=True, text=True, timeout=timeout,
+                          env={**base, "PYTHONPATH": str(ROOT), **env}, stdin=subprocess.DEVNULL)
+
+
+def test_a_shell_set_up_for_etcdctl_works_unchanged(auth_etcd: tuple[EtcdCluster, Ctl], tmp_path: Path) -> None:
+    cluster, root = auth_etcd
+    root("put", "/services/api/i1", '{"host": "10.0.0.1", "port": 80}')
+    ep = cluster.endpoints[0]
+    pw = tmp_path / "pw"
+    pw.write_text("apppw\n")
+    bad = tmp_path / "bad"
+    bad.write_text("wrong\n")
+    good = {
+        "ETCDCTL_USER=app:apppw": ({"ETCDCTL_ENDPOINTS": ep, "ETCDCTL_USER": "app:apppw"}, []),
+        "ETCDCTL_USER + ETCDCTL_PASSWORD": ({"ETCDCTL_ENDPOINTS": ep, "ETCDCTL_USER": "app",
+                                             "ETCDCTL_PASSWORD": "apppw"}, []),
+        "--user app:apppw": ({"ETCDCTL_ENDPOINTS": ep}, ["--user", "app:apppw"]),
+        "--password-file": ({"ETCDSYNC_ENDPOINTS": ep}, ["--user", "app", "--password-file", str(pw)]),
+        "ETCDSYNC_PASSWORD_FILE": ({"ETCDSYNC_ENDPOINTS": ep, "ETCDSYNC_USER": "app",
+                                    "ETCDSYNC_PASSWORD_FILE": str(pw)}, []),
+    }
+    for name, (env, flags) in good.items():
+        p = cli_run("services", "ls", "api", "-o", "json", *flags, env=env)
+        assert p.returncode == 0 and "10.0.0.1" in p.stdout, (name, p.stderr[-1500:])
+    p = cli_run("services", "ls", "api", "--user", "app", "--password-file", str(bad), env={"ETCDCTL_ENDPOINTS": ep})
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert "authentication failed" in p.stderr and "wrong" not in p.stderr.replace("wrong user", ""), p.stderr
+    p = cli_run("services", "ls", "api", "--user", "app", "--password-file", str(tmp_path / "nope"),
+                env={"ETCDCTL_ENDPOINTS": ep})
+    assert p.returncode == 2 and "--password-file" in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+def has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
+def test_ipv6_endpoints(tmp_path: Path) -> None:
+    c = EtcdCluster(1, base_dir=str(tmp_path / "etcd"))
+    m = c.members[0]
+    urls = f"http://127.0.0.1:{m.client_port},http://[::1]:{m.client_port}"
+    m.extra_args += ["--listen-client-urls", urls, "--advertise-client-urls", urls]
+    c.start()
+    try:
+        v6 = f"http://[::1]:{m.client_port}"
+
+        async def go() -> None:
+            async with Store(Connection([v6], timeout=3)) as s:
+                await s.put("/v6/k", b"v")
+                assert (await s.get("/v6/k")).value == b"v"  # type: ignore[union-attr]
+                assert s.endpoint == v6
+
+        asyncio.run(go())
+        p = cli_run("services", "ls", "api", env={"ETCDCTL_ENDPOINTS": f"[::1]:{m.client_port}"})
+        assert p.returncode == 0, p.stderr
+        # a v4 and a v6 endpoint of the same member side by side
+        assert AsyncConfigStore and asyncio.run(_get_both(f"http://127.0.0.1:{m.client_port}", v6)) == "v"
+    finally:
+        c.stop()
+
+
+async def _get_both(a: str, b: str) -> str | None:
+    cfg = AsyncConfigStore(Connection([a, b], timeout=3))
+    try:
+        return await cfg.get("/v6/k")
+    finally:
+        await cfg.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# TLS and connection errors in words
+
+
+def start_tls_etcd(base: Path, cert: Path, key: Path, ca: Path | None) -> tuple[EtcdCluster, str]:
+    c = EtcdCluster(1, base_dir=str(base))
+    m = c.members[0]
+    url = f"https://127.0.0.1:{m.client_port}"
+    m.extra_args += ["--listen-client-urls", url, "--advertise-client-urls", url, "--cert-file", str(cert),
+                     "--key-file", str(key)]
+    if ca is not None:
+        m.extra_args += ["--client-cert-auth", "--trusted-ca-file", str(ca)]
+    m.start(wait=False)
+    return c, url
+
+
+@pytest.fixture(scope="module")
+def tls_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    from certs import make_ca
+
+    base = tmp_path_factory.mktemp("tls")
+    ca = make_ca(base / "ca", "ca")
+    other = make_ca(base / "other", "other")
+    server = ca.issue("server", server=True, cn="localhost")
+    elsewhere = ca.issue("elsewhere", server=True, cn="etcd.example", sans="DNS:etcd.example")
+    client = ca.issue("client", server=False, cn="app")
+    stranger = other.issue("stranger", server=False)
+    mtls, mtls_url = start_tls_etcd(base / "mtls", *server, ca.cert)
+    named, named_url = start_tls_etcd(base / "named", *elsewhere, None)
+    plain = EtcdCluster(1, base_dir=str(base / "plain"))
+    try:
+        plain.start()
+        wait_for(lambda: Ctl([mtls_url], tls=(str(ca.cert), str(client[0]), str(client[1])))("endpoint", "health")
+                 is not None, 20, "mTLS etcd healthy", step=0.2)
+        wait_for(lambda: socket.create_connection(("127.0.0.1", named.members[0].client_port), 1).close() is None,
+                 20, "TLS etcd listening", step=0.2)
+        yield {"ca": str(ca.cert), "other_ca": str(other.cert), "client": [str(p) for p in client],
+               "stranger": [str(p) for p in stranger], "mtls": mtls_url, "named": named_url,
+               "plain": plain.endpoints[0]}
+    finally:
+        for c in (mtls, named, plain):
+            c.stop()
+
+
+def test_tls_and_protocol_refusals_in_words(tls_servers: dict[str, Any]) -> None:
+    t = tls_servers
+    client = ["--cert", t["client"][0], "--key", t["client"][1]]
+    cases = [
+        ("unknown authority", t["mtls"], ["--cacert", t["other_ca"], *client], "unknown authority"),
+        ("no client certificate", t["mtls"], ["--cacert", t["ca"]], "requires a client certificate"),
+        ("client certificate of another CA", t["mtls"],
+         ["--cacert", t["ca"], "--cert", t["stranger"][0], "--key", t["stranger"][1]], "client certificate"),
+        ("plain http to a TLS port", t["mtls"].replace("https://", "http://"), [], "use https://"),
+        ("https to a plain-HTTP etcd", t["plain"].replace("http://", "https://"), ["--cacert", t["ca"]],
+         "speaks plain http"),
+        ("host name mismatch", t["named"], ["--cacert", t["ca"]], "does not name this host"),
+    ]
+    for name, url, flags, words in cases:
+        t0 = time.monotonic()
+        p = cli_run("services", "ls", "api", "--endpoints", url, "--timeout", "3", *flags, env={})
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 2 and len(lines) == 1 and "Traceback" not in p.stderr, (name, p.stderr[-1500:])
+        assert url in lines[0], (name, lines[0])
+        assert words in lines[0].lower(), (name, lines[0])
+        assert time.monotonic() - t0 < 3 + 5, (name, time.monotonic() - t0)
+    # the right certificates, from etcdctl's variables
+    p = cli_run("services", "ls", "api", env={"ETCDCTL_ENDPOINTS": t["mtls"], "ETCDCTL_CACERT": t["ca"],
+                                               "ETCDCTL_CERT": t["client"][0], "ETCDCTL_KEY": t["client"][1]})
+    assert p.returncode == 0, p.stderr
