@@ -427,32 +427,38 @@ class Store:
         """How many times a change of cluster was detected: compare before and after to notice one."""
         return self._changes
 
-    def _observe(self, header: Any, *, revision: bool) -> None:
-        """Check a response header against what was seen: a new cluster id, or (for linearizable
-        responses: reads, writes) a revision below the highest one seen, is a change of cluster."""
+    def _observe(self, header: Any, floor: int | None) -> None:
+        """Check a response header against what was seen: a new cluster id, or a revision below
+        `floor` (for linearizable answers: the highest revision seen before the request was sent;
+        answers to concurrent requests may arrive in any order), is a change of cluster."""
         cluster_id, rev = int(header.cluster_id), int(header.revision)
         change = None
         if self._cluster_id and cluster_id and cluster_id != self._cluster_id:
             change = (f"etcd {self.endpoint}: the cluster id changed from {self._cluster_id:x} to {cluster_id:x} "
                       f"(cluster rebuilt or restored; revision {self._revision} -> {rev})")
-        elif revision and rev and rev < self._revision:
-            change = (f"etcd {self.endpoint}: the revision went backwards from {self._revision} to {rev} "
+        elif floor is not None and rev and rev < floor:
+            change = (f"etcd {self.endpoint}: the revision went backwards from {floor} to {rev} "
                       "(data wiped or restored from an older snapshot)")
         if change is not None:
-            log.warning("%s; everything read before is void", change)
-            self._change = ClusterChanged(change, old_revision=self._revision, new_revision=rev,
-                                          old_cluster_id=self._cluster_id, new_cluster_id=cluster_id or self._cluster_id)
-            self._changes += 1
-            self._revision = rev
-            for callback in list(self.on_cluster_change):
-                try:
-                    callback(self._change)
-                except Exception:  # noqa: BLE001 - a listener's bug must not break the request
-                    log.exception("cluster change listener %r raised", callback)
-        elif revision:
+            self._record_change(change, old_revision=floor or self._revision, new_revision=rev,
+                                old_cluster_id=self._cluster_id, new_cluster_id=cluster_id or self._cluster_id)
+        elif floor is not None:
             self._revision = max(self._revision, rev)
         if cluster_id:
             self._cluster_id = cluster_id
+
+    def _record_change(self, message: str, **ids: int) -> ClusterChanged:
+        log.warning("%s; everything read before is void", message)
+        change = ClusterChanged(message, **ids)
+        self._change = change
+        self._changes += 1
+        self._revision = ids["new_revision"]      # the new history starts here
+        for callback in list(self.on_cluster_change):
+            try:
+                callback(change)
+            except Exception:  # noqa: BLE001 - a listener's bug must not break the request
+                log.exception("cluster change listener %r raised", callback)
+        return change
 
     # -- error mapping -------------------------------------------------------------
 
@@ -508,12 +514,14 @@ class Store:
             generation = self._token_generation
             pinned = self._pinned
             remaining = deadline - loop.time()
+            floor = self._revision if linearizable else None
+            changes = self._changes
             try:
                 async with asyncio.timeout(max(0.01, min(per_try, remaining))):
                     result = await fn()
                 header = getattr(result, "header", None)
                 if header is not None:
-                    self._observe(header, revision=linearizable)
+                    self._observe(header, floor if changes == self._changes else None)
                 return result
             except TimeoutError:
                 await self._failover(pinned, f"{what}: no answer within {min(per_try, remaining):.2g}s")
@@ -521,7 +529,7 @@ class Store:
                     log.debug("%s: no answer within %.2fs, trying again", what, per_try)
                     continue
                 if unreachable is not None:
-                    raise EtcdConnectionError(f"{unreachable}, for {self.conn.timeout:g}s") from None
+                    raise unreachable from None
                 raise EtcdConnectionError(
                     f"etcd {self._target}: {what}: no answer within {self.conn.timeout:g}s"
                 ) from None
@@ -543,8 +551,6 @@ class Store:
                         await asyncio.sleep(wait)
                         backoff = min(backoff * 2, 0.5)
                     continue
-                if unreachable is not None and retryable:
-                    raise EtcdConnectionError(f"{mapped}, for {self.conn.timeout:g}s") from exc
                 raise mapped from exc
 
     # -- reads ---------------------------------------------------------------------
@@ -689,6 +695,7 @@ class Store:
         generation = self._token_generation
         pinned = self._pinned
         changes = self._changes
+        floor = max(start_revision - 1, self._revision)    # what was seen before this stream opened
         loop = asyncio.get_running_loop()
         confirmed = -1.0
         call = _pb.WatchStub(channel).Watch(requests(), metadata=metadata)
@@ -704,15 +711,23 @@ class Store:
                 if resp is grpc.aio.EOF:
                     await self._failover(pinned, f"watch {key}: stream closed")
                     raise EtcdConnectionError(f"watch {key}: stream closed by etcd")
-                self._observe(resp.header, revision=False)
+                self._observe(resp.header, None)
                 rev = int(resp.header.revision)
-                if self._changes == changes and (rev < start_revision - 1 or rev < self._revision) \
-                        and loop.time() - confirmed > 1.0:
+                if self._changes == changes and rev < floor and loop.time() - confirmed > 1.0:
                     # this member is behind what was seen: a lagging member, or a cluster that lost
                     # data; a linearizable read tells them apart (and records a change if any)
                     confirmed = loop.time()
+                    current = None
                     with contextlib.suppress(EtcdConnectionError):
-                        await self.revision()
+                        current = await self.revision()
+                    if current is not None and current < start_revision - 1 and self._changes == changes:
+                        # the caller saw a revision this cluster does not have (its own reads may
+                        # have noticed the change before this watch was opened, or never)
+                        self._record_change(
+                            f"etcd {self.endpoint}: the revision went backwards: a watch resumes after revision "
+                            f"{start_revision - 1} but etcd is at {current} (data wiped or restored from an older "
+                            "snapshot)", old_revision=start_revision - 1, new_revision=current,
+                            old_cluster_id=self._cluster_id, new_cluster_id=self._cluster_id)
                 if self._changes != changes and self._change is not None:
                     raise ClusterChanged(f"watch {key}: {self._change}", old_revision=self._change.old_revision,
                                          new_revision=self._change.new_revision,

@@ -412,3 +412,102 @@ def test_tls_and_protocol_refusals_in_words(tls_servers: dict[str, Any]) -> None
     p = cli_run("services", "ls", "api", env={"ETCDCTL_ENDPOINTS": t["mtls"], "ETCDCTL_CACERT": t["ca"],
                                                "ETCDCTL_CERT": t["client"][0], "ETCDCTL_KEY": t["client"][1]})
     assert p.returncode == 0, p.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# a revision that goes backwards: restore from an older snapshot, or a rebuilt cluster
+
+
+def restore_snapshot(cluster: EtcdCluster, snapshot: Path, token: str = "etcdsync-test") -> None:
+    """Stop the member, replace its data with `snapshot` (etcdctl snapshot restore), start it again.
+    The same --initial-cluster-token keeps the cluster id; another one makes a new cluster."""
+    import shutil
+
+    from etcdsync.etcdbin import find_binary
+
+    m = cluster.members[0]
+    m.stop()
+    shutil.rmtree(m.data_dir)
+    peer = f"http://127.0.0.1:{m.peer_port}"
+    subprocess.run([find_binary("etcdctl"), "snapshot", "restore", str(snapshot), "--data-dir", str(m.data_dir),
+                    "--name", m.name, "--initial-cluster", f"{m.name}={peer}", "--initial-cluster-token", token,
+                    "--initial-advertise-peer-urls", peer], check=True, capture_output=True, timeout=60,
+                   env={**os.environ, "ETCDCTL_API": "3"})
+    m.start()
+
+
+@pytest.mark.parametrize("token", ["etcdsync-test", "rebuilt"], ids=["same-cluster", "new-cluster-id"])
+def test_restore_from_an_older_snapshot_resyncs_library_watches(lone_etcd: EtcdCluster, tmp_path: Path,
+                                                                 token: str) -> None:
+    from etcdsync.errors import ClusterChangedError
+
+    ctl = Ctl(lone_etcd.endpoints)
+    ctl("put", "/app/flag", "old")
+    ctl("put", "/services/api/a1", '{"host": "10.0.0.1", "port": 80}')
+    snap = tmp_path / "snap.db"
+    ctl("snapshot", "save", str(snap))
+    events: list[tuple[str, str, str | None]] = []
+    listings: list[list[str]] = []
+    changes: list[ClusterChangedError] = []
+
+    async def go() -> None:
+        cfg = AsyncConfigStore(Connection(lone_etcd.endpoints, timeout=3))
+        reg = AsyncRegistry(Connection(lone_etcd.endpoints, timeout=3))
+        await cfg.watch("/app/", lambda ev: events.append((ev.type, ev.key, ev.value)), prefix=True)
+        await reg.watch("api", lambda xs: listings.append([i.id for i in xs]))
+        (await cfg._client.store()).on_cluster_change.append(changes.append)
+        for i in range(30):                                # the history the restore will lose
+            await cfg.put(f"/app/noise/{i % 3}", str(i))
+        await cfg.put("/app/flag", "new")
+        await cfg.put("/app/added", "x")
+        await asyncio.to_thread(ctl, "put", "/services/api/a2", '{"host": "10.0.0.2", "port": 80}')
+        await asyncio.to_thread(wait_for, lambda: ("put", "/app/added", "x") in events
+                                and listings[-1] == ["a1", "a2"], 10, "changes seen before the restore")
+        events.clear()
+        await asyncio.to_thread(restore_snapshot, lone_etcd, snap, token)
+        # the watchers get the restored state, without anyone touching a key
+        await asyncio.to_thread(wait_for, lambda: ("put", "/app/flag", "old") in events
+                                and ("delete", "/app/added", None) in events and listings[-1] == ["a1"], 20,
+                                f"restored state delivered (events {events}, listings {listings[-2:]})")
+        # and later changes arrive, though their revisions are below what was seen before
+        await asyncio.to_thread(ctl, "put", "/app/flag", "after-restore")
+        await asyncio.to_thread(wait_for, lambda: ("put", "/app/flag", "after-restore") in events, 10,
+                                "a change after the restore")
+        await asyncio.to_thread(ctl, "put", "/services/api/a3", '{"host": "10.0.0.3", "port": 80}')
+        await asyncio.to_thread(wait_for, lambda: listings[-1] == ["a1", "a3"], 10, "a registry change after it")
+        assert await cfg.get("/app/flag") == "after-restore"
+        await cfg.close()
+        await reg.close()
+
+    asyncio.run(go())
+    assert changes, "the store did not report the change of cluster"
+    what = "cluster id changed" if token == "rebuilt" else "revision went backwards"
+    assert any(what in str(c) for c in changes), [str(c) for c in changes]
+
+
+def test_a_watch_raises_cluster_changed_for_a_revision_the_cluster_does_not_have(lone_etcd: EtcdCluster,
+                                                                                  tmp_path: Path) -> None:
+    from etcdsync.errors import ClusterChangedError
+    from etcdsync.store import CompactedError
+
+    ctl = Ctl(lone_etcd.endpoints)
+    snap = tmp_path / "snap.db"
+    ctl("snapshot", "save", str(snap))
+    for i in range(20):
+        ctl("put", "/w/k", str(i))
+    seen = ctl.revision()
+    restore_snapshot(lone_etcd, snap)
+
+    async def go() -> BaseException | None:
+        async with Store(Connection(lone_etcd.endpoints, timeout=3)) as s:
+            try:
+                async with asyncio.timeout(10):
+                    async for _ in s.watch("/w/", prefix=True, start_revision=seen + 1):
+                        pass
+            except (ClusterChangedError, TimeoutError) as exc:
+                return exc
+            return None
+
+    exc = asyncio.run(go())
+    assert isinstance(exc, ClusterChangedError) and isinstance(exc, CompactedError), repr(exc)
+    assert exc.old_revision == seen and exc.new_revision < seen, (exc.old_revision, exc.new_revision)
