@@ -511,3 +511,58 @@ def test_a_watch_raises_cluster_changed_for_a_revision_the_cluster_does_not_have
     exc = asyncio.run(go())
     assert isinstance(exc, ClusterChangedError) and isinstance(exc, CompactedError), repr(exc)
     assert exc.old_revision == seen and exc.new_revision < seen, (exc.old_revision, exc.new_revision)
+
+
+# ------------------------------------------------------------------------------------------------
+# one pinned endpoint, moving on when it stops answering
+
+
+@pytest.mark.cluster
+def test_pinned_endpoint_moves_off_a_paused_member_and_stays_off(tmp_path: Path) -> None:
+    cluster = EtcdCluster(3, base_dir=str(tmp_path / "etcd")).start()
+    by_url = {m.endpoint: m for m in cluster.members}
+    paused: list[Any] = []
+    try:
+        async def go() -> None:
+            events: list[str] = []
+            async with Store(Connection(cluster.endpoints, timeout=6)) as s:
+                cfg = AsyncConfigStore(s)
+                await cfg.watch("/p/", lambda ev: events.append(ev.value), prefix=True)
+                await s.put("/p/k", b"0")
+                first = s.endpoint
+                # a member the store does not use may pause: nothing changes
+                other = next(m for url, m in by_url.items() if url != first)
+                other.pause()
+                paused.append(other)
+                t0 = time.monotonic()
+                for i in range(10):
+                    await s.put("/p/k", str(i).encode())
+                assert time.monotonic() - t0 < 3 and s.endpoint == first
+                other.resume()
+                paused.remove(other)
+                # the pinned member pauses: the next request moves on within one try (timeout/3)
+                by_url[first].pause()
+                paused.append(by_url[first])
+                t0 = time.monotonic()
+                await s.put("/p/k", b"moved")
+                assert time.monotonic() - t0 < 6, "the request waited for the paused member"
+                assert s.endpoint != first
+                # and stays on a member that answers: the next requests are quick
+                t0 = time.monotonic()
+                for i in range(20):
+                    assert (await s.get("/p/k")) is not None
+                    await s.put("/p/k", f"after-{i}".encode())
+                assert time.monotonic() - t0 < 5
+                assert s.endpoint != first
+                # the watch on the paused member noticed the silence and resumed elsewhere
+                await asyncio.to_thread(wait_for, lambda: "after-19" in events, 10, f"watch events: {events[-3:]}")
+                by_url[first].resume()
+                paused.remove(by_url[first])
+                await s.put("/p/k", b"resumed")
+                await asyncio.to_thread(wait_for, lambda: "resumed" in events, 10, "watch after the resume")
+
+        asyncio.run(go())
+    finally:
+        for m in paused:
+            m.resume()
+        cluster.stop()
