@@ -806,7 +806,7 @@ def _short(text: str) -> str:
             return say
     if "socket closed" in low:
         # what a plain-HTTP client sees from a TLS port (and also from an etcd going down)
-        return "connection closed by the server; if the endpoint serves TLS, use https:// and --cacert"
+        return "connection closed by the server (etcd stopping, or a TLS port: then use https:// and --cacert)"
     line = text.splitlines()[0] if text else text
     return line[:300]
 
