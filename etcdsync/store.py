@@ -700,14 +700,19 @@ class Store:
         confirmed = -1.0
         call = _pb.WatchStub(channel).Watch(requests(), metadata=metadata)
         deadline = None if liveness is None else liveness + 2.0
+        read: asyncio.Future[Any] | None = None
         try:
             while True:
-                try:
-                    resp = await asyncio.wait_for(call.read(), deadline)
-                except TimeoutError:
+                # not wait_for(call.read()): cancelled, it waits for the read to finish cancelling,
+                # and a gRPC read may only finish once the call is cancelled (in `finally` below):
+                # under load, closing a watch hung forever
+                read = asyncio.ensure_future(call.read())
+                done, _ = await asyncio.wait({read}, timeout=deadline)
+                if not done:
                     why = f"watch {key}: stream silent for {deadline:g}s (member paused or partitioned)"
                     await self._failover(pinned, why)
                     raise EtcdConnectionError(f"{why}; resuming elsewhere") from None
+                resp, read = read.result(), None
                 if resp is grpc.aio.EOF:
                     await self._failover(pinned, f"watch {key}: stream closed")
                     raise EtcdConnectionError(f"watch {key}: stream closed by etcd")
@@ -761,6 +766,15 @@ class Store:
             raise mapped from exc
         finally:
             call.cancel()
+            if read is not None and not read.done():
+                read.cancel()
+                read.add_done_callback(_retrieve)
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    """Mark an abandoned future's outcome as seen (no 'exception was never retrieved' noise)."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _retryable(exc: BaseException, mapped: EtcdsyncError) -> bool:

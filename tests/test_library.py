@@ -94,10 +94,10 @@ def test_reregistration_after_lease_revoke(env: Env) -> None:
     reg = Registry(Connection(env.endpoints), prefix=f"{env.ns}services/")
     r = reg.register("api", "api-1", host="h", port=1, ttl=1)
     old = r.lease_id
-    env.etcdctl("lease", "revoke", format(old, "x"))
-    assert env.get(r.key) is None
-    wait_for(lambda: env.get(r.key) is not None, 5, "re-registered")
-    assert r.lease_id != old
+    env.etcdctl("lease", "revoke", format(old, "x"))        # deletes the key with the lease
+    wait_for(lambda: r.lease_id != old and env.get(r.key) is not None, 5, "re-registered under a new lease")
+    lease = json.loads(env.etcdctl("get", r.key, "-w", "json"))["kvs"][0]["lease"]
+    assert lease == r.lease_id != old
     r.deregister()
 
 
