@@ -4,7 +4,9 @@ It covers the client's known gaps: host names are resolved to IP literals, large
 in pages at one pinned revision (with a raised gRPC receive limit), mod_revision compares are built
 here, raw gRPC errors are mapped onto etcdsync's error tree, an expired auth token is renewed once
 and the call retried, and a watch that the server cancels for compaction raises `CompactedError`
-instead of blocking.
+instead of blocking. It talks to one endpoint at a time and fails over (see `Store`), waits for a
+connection for up to a request's timeout, and checks every answer's header for a cluster that lost
+its history (`ClusterChanged`).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from etcdsync.etcdbin import EtcdCluster
 
 def test_public_names_are_pinned() -> None:
     assert sorted(etcdsync.__all__) == [
-        "AuthError", "ConfigEvent", "ConfigStore", "ConflictError", "Connection", "EtcdConnectionError",
+        "AuthError", "ClusterChangedError", "ConfigEvent", "ConfigStore", "ConflictError", "Connection", "EtcdConnectionError",
         "EtcdsyncError", "GuardError", "Instance", "ManifestError", "Registration", "Registry", "SyncWatch",
     ]
     for name in etcdsync.__all__:
