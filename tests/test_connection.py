@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 from conftest import ROOT, wait_for
-from helpers_faults import Ctl
+from helpers_faults import Ctl, find_leader
 
 from etcdsync.aio import AsyncConfigStore, AsyncRegistry
 from etcdsync.etcdbin import EtcdCluster
@@ -530,8 +530,10 @@ def test_pinned_endpoint_moves_off_a_paused_member_and_stays_off(tmp_path: Path)
                 await cfg.watch("/p/", lambda ev: events.append(ev.value), prefix=True)
                 await s.put("/p/k", b"0")
                 first = s.endpoint
-                # a member the store does not use may pause: nothing changes
-                other = next(m for url, m in by_url.items() if url != first)
+                # a follower the store does not use may pause: nothing changes (a paused leader
+                # would stall the writes the pinned member forwards to it, and the store would move)
+                leader = await asyncio.to_thread(find_leader, Ctl(cluster.endpoints), cluster)
+                other = next(m for url, m in by_url.items() if url != first and m is not leader)
                 other.pause()
                 paused.append(other)
                 t0 = time.monotonic()
