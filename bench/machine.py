@@ -10,7 +10,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from etcdsync.etcdbin import find_binary
+from etcdsync.etcdbin import binary_version, find_binary
 
 
 def _cpu_model() -> str:
@@ -35,12 +35,16 @@ def _memory_gib() -> float | None:
 
 def _etcd_version() -> str:
     try:
-        out = subprocess.run([find_binary("etcd"), "--version"], capture_output=True, text=True, timeout=10,
-                             env={**os.environ, "ETCD_UNSUPPORTED_ARCH": ""}).stdout
-        m = re.search(r"etcd Version: (\S+)", out)
-        return m.group(1) if m else "unknown"
-    except (OSError, subprocess.SubprocessError):
+        return binary_version(find_binary("etcd"))
+    except FileNotFoundError:
         return "unknown"
+
+
+def _etcd_binary() -> str:
+    try:
+        return find_binary("etcd")
+    except FileNotFoundError:
+        return "not found"
 
 
 def _version(package: str) -> str:
@@ -98,6 +102,7 @@ def describe(data_dir: str) -> dict[str, Any]:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "etcd": _etcd_version(),
+        "etcd_binary": _etcd_binary(),     # ETCDSYNC_ETCD_BIN selects another (e.g. Debian's 3.4)
         "etcd3aio": _version("etcd3aio"),
         "grpcio": _version("grpcio"),
         "etcd_data_dir": disk_of(data_dir),
@@ -117,5 +122,5 @@ def one_line(m: dict[str, Any]) -> str:
         kind = ("virtio disk, " if disk.get("virtio") else "") + ("rotational" if disk["rotational"] else "non-rotational")
         kind = f" ({kind})"
     return (f"{m['cores']} cores, {m['cpu']}, {m['memory_gib']:g} GiB RAM, Linux {m['kernel']}, "
-            f"Python {m['python']}, etcd {m['etcd']} (single member, loopback), "
+            f"Python {m['python']}, etcd {m['etcd']} ({m.get('etcd_binary', 'unknown binary')}, single member, loopback), "
             f"etcd3aio {m['etcd3aio']}, etcd data dir on {disk['fstype']} {disk['device']}{kind}")

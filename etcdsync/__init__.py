@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 __all__ = [
     "AuthError",
+    "ClusterChangedError",
     "ConfigEvent",
     "ConfigStore",
     "ConflictError",
@@ -40,12 +41,21 @@ _WHERE = {
     "ConfigStore": "sync", "Registry": "sync", "Registration": "sync", "SyncWatch": "sync",
     "ConfigEvent": "aio", "Instance": "aio",
     "EtcdsyncError": "errors", "ManifestError": "errors", "EtcdConnectionError": "errors", "AuthError": "errors",
+    "ClusterChangedError": "errors",
     "ConflictError": "errors", "GuardError": "errors",
 }
 
 if TYPE_CHECKING:
     from .aio import ConfigEvent, Instance
-    from .errors import AuthError, ConflictError, EtcdConnectionError, EtcdsyncError, GuardError, ManifestError
+    from .errors import (
+        AuthError,
+        ClusterChangedError,
+        ConflictError,
+        EtcdConnectionError,
+        EtcdsyncError,
+        GuardError,
+        ManifestError,
+    )
     from .settings import Connection
     from .sync import ConfigStore, Registration, Registry, SyncWatch
 

@@ -274,7 +274,9 @@ class AsyncRegistry:
     async def register(self, name: str, id: str | None = None, *, host: str, port: int,
                        metadata: Mapping[str, Any] | None = None, ttl: float = 10) -> AsyncRegistration:
         """Put `<prefix><name>/<id>` under a lease of `ttl` seconds, kept alive in the background and
-        re-registered when lost. Registering the same id again replaces the value."""
+        re-registered when lost; when someone else deletes the key while this registration lives, it
+        is put back within about a second. Registering the same id again replaces the value; two
+        processes holding the same id take turns (the live one re-asserts the key when it vanishes)."""
         self._dir(name)
         if self.format == "json" and (not id or "/" in id):
             raise UsageError(f"instance id {id!r}: must be non-empty and contain no '/'")
@@ -282,7 +284,7 @@ class AsyncRegistry:
             raise UsageError(f"port {port}: must be 1-65535")
         key = instance_key(self.prefix, name, id, self.format, host, int(port))
         value = encode_instance(self.format, host, int(port), metadata)
-        leased = LeasedKeys(await self._client.store(), ttl)
+        leased = LeasedKeys(await self._client.store(), ttl, heal=True)
         leased.items[key] = value
         await leased.start()
         reg = AsyncRegistration(key, value, leased, self.registrations.remove)

@@ -85,13 +85,16 @@ def output_options(f: F) -> F:
 
 def connection_options(f: F) -> F:
     opts = [
-        click.option("--endpoints", metavar="URLS", help="etcd endpoints, comma separated [ETCDSYNC_ENDPOINTS; default http://127.0.0.1:2379]."),
-        click.option("--user", help="etcd user [ETCDSYNC_USER]."),
-        click.option("--password", help="etcd password [ETCDSYNC_PASSWORD]."),
-        click.option("--cacert", type=click.Path(dir_okay=False), help="CA certificate (PEM) for TLS [ETCDSYNC_CACERT]."),
-        click.option("--cert", type=click.Path(dir_okay=False), help="Client certificate (PEM) [ETCDSYNC_CERT]."),
-        click.option("--key", type=click.Path(dir_okay=False), help="Client key (PEM) [ETCDSYNC_KEY]."),
-        click.option("--timeout", type=float, help="Seconds per request [ETCDSYNC_TIMEOUT; default 5]."),
+        click.option("--endpoints", metavar="URLS", help="etcd endpoints, comma separated [ETCDSYNC_ENDPOINTS, "
+                     "ETCDCTL_ENDPOINTS; default http://127.0.0.1:2379]."),
+        click.option("--user", help="etcd user, or user:password like etcdctl [ETCDSYNC_USER, ETCDCTL_USER]."),
+        click.option("--password", help="etcd password [ETCDSYNC_PASSWORD, ETCDCTL_PASSWORD]."),
+        click.option("--password-file", type=click.Path(dir_okay=False),
+                     help="Read the password from the first line of this file [ETCDSYNC_PASSWORD_FILE]."),
+        click.option("--cacert", type=click.Path(dir_okay=False), help="CA certificate (PEM) for TLS [ETCDSYNC_CACERT, ETCDCTL_CACERT]."),
+        click.option("--cert", type=click.Path(dir_okay=False), help="Client certificate (PEM) [ETCDSYNC_CERT, ETCDCTL_CERT]."),
+        click.option("--key", type=click.Path(dir_okay=False), help="Client key (PEM) [ETCDSYNC_KEY, ETCDCTL_KEY]."),
+        click.option("--timeout", type=float, help="Seconds a request may take, connecting included [ETCDSYNC_TIMEOUT; default 5]."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -144,7 +147,7 @@ def make_connection(kw: dict[str, Any]) -> Connection:
 
     return Connection.from_env(
         endpoints=kw.pop("endpoints", None), user=kw.pop("user", None), password=kw.pop("password", None),
-        ca_cert=kw.pop("cacert", None), cert=kw.pop("cert", None), key=kw.pop("key", None),
+        password_file=kw.pop("password_file", None), ca_cert=kw.pop("cacert", None), cert=kw.pop("cert", None), key=kw.pop("key", None),
         timeout=kw.pop("timeout", None),
     )
 

@@ -7,7 +7,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .etcdbin import EtcdMember, free_ports
+from .etcdbin import EtcdMember, binary_version, find_binary, free_ports
 
 
 def _port_free(port: int) -> bool:
@@ -42,8 +42,10 @@ def default_metrics_addr() -> str:
 
 
 def banner(endpoint: str, etcdctl: Callable[[], str]) -> str:
+    etcd = find_binary("etcd")
     return "\n".join([
         f"etcd is running at {endpoint}",
+        f"  etcd {binary_version(etcd)}: {etcd}",
         f"  export ETCDSYNC_ENDPOINTS={endpoint}",
         f"  {etcdctl()} --endpoints {endpoint} get --prefix /config/",
     ])

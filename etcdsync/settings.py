@@ -27,7 +27,7 @@ class Connection:
     endpoints: tuple[str, ...] = (DEFAULT_ENDPOINT,)
     """etcd client URLs (`http://host:port`, `https://host:port` or `host:port`); several fail over."""
     user: str | None = None
-    """User name for etcd's password authentication."""
+    """User name for etcd's password authentication (`user:password` like etcdctl, when no password is given)."""
     password: str | None = field(default=None, repr=False)
     """Password for `user`. Never printed."""
     ca_cert: str | None = None
@@ -57,7 +57,9 @@ class Connection:
             raise UsageError("timeout: must be a positive number of seconds")
         if (cert is None) != (key is None):
             raise UsageError("cert/key: give both the client certificate and its key, or neither")
-        if password is not None and user is None:
+        if user and password is None and ":" in user:
+            user, password = user.split(":", 1)      # etcdctl's --user user:password
+        if password is not None and not user:
             raise UsageError("password: given without a user")
         object.__setattr__(self, "endpoints", eps)
         object.__setattr__(self, "user", user or None)
@@ -69,16 +71,22 @@ class Connection:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Connection:
-        """Read `ETCDSYNC_ENDPOINTS`, `_USER`, `_PASSWORD`, `_CACERT`, `_CERT`, `_KEY`, `_TIMEOUT`;
-        keyword overrides that are not None win (that is how CLI flags are layered on top)."""
+        """Read `ETCDSYNC_ENDPOINTS`, `_USER`, `_PASSWORD`, `_PASSWORD_FILE`, `_CACERT`, `_CERT`, `_KEY`,
+        `_TIMEOUT`; where one is unset, etcdctl's `ETCDCTL_ENDPOINTS`, `_USER` (`user:password`),
+        `_PASSWORD`, `_CACERT`, `_CERT`, `_KEY`, so a shell set up for etcdctl works unchanged.
+        Keyword overrides that are not None win (that is how CLI flags are layered on top);
+        `password_file` reads the password from the first line of a file."""
         env = os.environ if environ is None else environ
+
+        def pick(name: str) -> str | None:
+            return env.get(f"ETCDSYNC_{name}") or env.get(f"ETCDCTL_{name}") or None
+
         values: dict[str, object] = {
-            "endpoints": env.get("ETCDSYNC_ENDPOINTS") or None,
-            "user": env.get("ETCDSYNC_USER") or None,
-            "password": env.get("ETCDSYNC_PASSWORD") or None,
-            "ca_cert": env.get("ETCDSYNC_CACERT") or None,
-            "cert": env.get("ETCDSYNC_CERT") or None,
-            "key": env.get("ETCDSYNC_KEY") or None,
+            "endpoints": pick("ENDPOINTS"),
+            "user": pick("USER"),
+            "ca_cert": pick("CACERT"),
+            "cert": pick("CERT"),
+            "key": pick("KEY"),
         }
         timeout = env.get("ETCDSYNC_TIMEOUT")
         if timeout:
@@ -86,9 +94,42 @@ class Connection:
                 values["timeout"] = float(timeout.rstrip("s"))
             except ValueError:
                 raise UsageError(f"ETCDSYNC_TIMEOUT: not a number of seconds: {timeout!r}") from None
-        for name, value in overrides.items():
-            if name not in values and name != "timeout":
+        for name in overrides:
+            if name not in values and name not in ("timeout", "password", "password_file"):
                 raise TypeError(f"unknown connection setting {name!r}")
-            if value is not None:
+        flag_password = overrides.get("password")
+        flag_file = overrides.get("password_file")
+        if flag_password is not None and flag_file is not None:
+            raise UsageError("--password and --password-file: give one of them")
+        for name, value in overrides.items():
+            if value is not None and name not in ("password", "password_file"):
                 values[name] = value
+        user = values.get("user")
+        if flag_password is not None:
+            values["password"] = flag_password               # --user is then taken whole, as etcdctl does
+        elif flag_file is not None:
+            values["password"] = read_password_file(str(flag_file), "--password-file")
+        elif isinstance(user, str) and ":" in user:
+            pass                                             # user:password; Connection splits it
+        elif env.get("ETCDSYNC_PASSWORD"):
+            values["password"] = env["ETCDSYNC_PASSWORD"]
+        elif env.get("ETCDSYNC_PASSWORD_FILE"):
+            values["password"] = read_password_file(env["ETCDSYNC_PASSWORD_FILE"], "ETCDSYNC_PASSWORD_FILE")
+        elif env.get("ETCDCTL_PASSWORD"):
+            values["password"] = env["ETCDCTL_PASSWORD"]
         return cls(**values)  # type: ignore[arg-type]
+
+
+def read_password_file(path: str, what: str) -> str:
+    """The password in `path`: its first line, without the line break."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise UsageError(f"{what} {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{what} {path}: not UTF-8 text") from None
+    password = text.splitlines()[0] if text else ""
+    if not password:
+        raise UsageError(f"{what} {path}: the file is empty")
+    return password

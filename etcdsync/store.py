@@ -4,7 +4,9 @@ It covers the client's known gaps: host names are resolved to IP literals, large
 in pages at one pinned revision (with a raised gRPC receive limit), mod_revision compares are built
 here, raw gRPC errors are mapped onto etcdsync's error tree, an expired auth token is renewed once
 and the call retried, and a watch that the server cancels for compaction raises `CompactedError`
-instead of blocking.
+instead of blocking. It talks to one endpoint at a time and fails over (see `Store`), waits for a
+connection for up to a request's timeout, and checks every answer's header for a cluster that lost
+its history (`ClusterChanged`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import random
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -43,7 +46,7 @@ from etcd3aio import _protobuf as _pb  # watch streams are opened here (progress
 from etcd3aio._protobuf import Compare as _PbCompare  # compares are built by hand (no mod_revision helper)
 from etcd3aio.kv import KVService, SortOrder, SortTarget, prefix_range_end
 
-from .errors import AuthError, EtcdConnectionError, EtcdsyncError, UsageError
+from .errors import AuthError, ClusterChangedError, EtcdConnectionError, EtcdsyncError, UsageError
 from .settings import Connection
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,17 @@ class CompactedError(EtcdsyncError):
     def __init__(self, message: str, compact_revision: int) -> None:
         self.compact_revision = compact_revision
         super().__init__(message)
+
+
+class ClusterChanged(CompactedError, ClusterChangedError):
+    """What a watch raises when the cluster changed under it (see errors.ClusterChangedError): also a
+    CompactedError, so that code which re-reads everything after a compaction does so here too."""
+
+    def __init__(self, message: str, *, old_revision: int = 0, new_revision: int = 0,
+                 old_cluster_id: int = 0, new_cluster_id: int = 0) -> None:
+        ClusterChangedError.__init__(self, message, old_revision=old_revision, new_revision=new_revision,
+                                     old_cluster_id=old_cluster_id, new_cluster_id=new_cluster_id)
+        self.compact_revision = 0
 
 
 class KeyValue(NamedTuple):
@@ -194,18 +208,38 @@ def parse_endpoint(endpoint: str) -> tuple[str, str, int]:
 
 
 def _resolve(host: str) -> str:
+    """An IP literal for `host` (IPv4 preferred for names; IPv6 literals stay as they are)."""
     try:
-        ipaddress.IPv4Address(host)
-        return host
+        return str(ipaddress.ip_address(host))
     except ValueError:
         pass
     if host == "localhost":
         return "127.0.0.1"
     try:
-        infos = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)
+        infos = socket.getaddrinfo(host, None, socket.AF_UNSPEC, socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise EtcdConnectionError(f"endpoint {host}: cannot resolve host name ({exc.strerror})") from None
+    infos.sort(key=lambda info: info[0] != socket.AF_INET)
     return str(infos[0][4][0])
+
+
+def grpc_target(address: str, port: int) -> str:
+    """gRPC's name for one address: `ipv4:10.0.0.1:2379` or `ipv6:[::1]:2379`."""
+    if ipaddress.ip_address(address).version == 6:
+        return f"ipv6:[{address}]:{port}"
+    return f"ipv4:{address}:{port}"
+
+
+@dataclass(slots=True)
+class _Endpoint:
+    """One etcd member as the store reaches it: its own gRPC channel, made when first used."""
+
+    url: str
+    scheme: str
+    host: str
+    target: str
+    client: Etcd3Client | None = None
+    failed_at: float = -1.0
 
 
 def _read(path: str, what: str) -> bytes:
@@ -223,12 +257,28 @@ def _describe(exc: BaseException) -> str:
 
 
 class Store:
-    """An open connection to etcd. Use `async with Store(conn) as store:`."""
+    """An open connection to etcd. Use `async with Store(conn) as store:`.
+
+    Like etcd's own Go client it talks to one endpoint at a time (pinned; a random one at first, so
+    that many clients spread over the members) and moves to the next one when a request fails to
+    reach it, a try gets no answer, or a watch stream on it falls silent. It stays on the endpoint
+    that works: a member that comes back gets clients again only as others move, never all at once.
+    """
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
-        self._client: Etcd3Client | None = None
+        self._endpoints: list[_Endpoint] = []
+        self._pinned = 0
+        self._token: str | None = None
+        self._tls: dict[str, bytes | None] | None = None
         self._auth_lock = asyncio.Lock()
+        self._token_generation = 0
+        self._revision = 0               # highest revision seen in a linearizable answer
+        self._cluster_id = 0
+        self._change: ClusterChangedError | None = None
+        self._changes = 0
+        self.on_cluster_change: list[Callable[[ClusterChangedError], None]] = []
+        """Called (on the event loop) with the ClusterChangedError when a change of cluster is detected."""
         self._target = ",".join(conn.endpoints)
 
     # -- lifecycle -----------------------------------------------------------------
@@ -242,25 +292,35 @@ class Store:
 
     async def connect(self) -> None:
         conn = self.conn
-        schemes, hosts, addrs = set(), [], []
+        endpoints = []
         for ep in conn.endpoints:
             scheme, host, port = parse_endpoint(ep)
-            schemes.add(scheme)
-            hosts.append(host)
-            addrs.append(f"{_resolve(host)}:{port}")
-        tls = "https" in schemes or conn.ca_cert is not None
-        kwargs: dict[str, bytes | None] = {}
-        server_name = None
+            endpoints.append(_Endpoint(ep, scheme, host, grpc_target(_resolve(host), port)))
+        tls = any(e.scheme == "https" for e in endpoints) or conn.ca_cert is not None
+        self._tls = None
         if tls:
-            if conn.ca_cert:
-                kwargs["ca_cert"] = _read(conn.ca_cert, "cacert")
-            else:
-                kwargs["ca_cert"] = _system_roots()
+            self._tls = {"ca_cert": _read(conn.ca_cert, "cacert") if conn.ca_cert else _system_roots()}
             if conn.cert and conn.key:
-                kwargs["cert_chain"] = _read(conn.cert, "cert")
-                kwargs["cert_key"] = _read(conn.key, "key")
-            server_name = hosts[0]
-        client = Etcd3Client(addrs, rpc_max_attempts=3, tls_server_name=server_name, **kwargs)  # type: ignore[arg-type]
+                self._tls["cert_chain"] = _read(conn.cert, "cert")
+                self._tls["cert_key"] = _read(conn.key, "key")
+        await self.close()
+        self._endpoints = endpoints
+        self._pinned = random.randrange(len(endpoints))
+        self._token = None
+        await self._open(self._endpoints[self._pinned])
+        if conn.user:
+            try:
+                await self._authenticate()
+            except BaseException:
+                await self.close()
+                raise
+
+    async def _open(self, ep: _Endpoint) -> Etcd3Client:
+        if ep.client is not None:
+            return ep.client
+        server_name = ep.host if self._tls is not None else None
+        client = Etcd3Client([ep.target], rpc_max_attempts=1, tls_server_name=server_name, **(self._tls or {}))  # type: ignore[arg-type]
+        client._manager.target = ep.target        # "ipv6:[::1]:2379" as well as "ipv4:..."
         # etcd answers large ranges in one message; gRPC's default 4 MiB receive limit is too small.
         # notice a dead or paused member within ~7 s (etcd refuses pings more often than every 5 s)
         client._manager.grpc_options[:] = [
@@ -271,47 +331,136 @@ class Store:
             ("grpc.keepalive_timeout_ms", 2000),
             ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
             # reconnect quickly when etcd comes back (gRPC's default backoff grows to 120 s)
+            # (not grpc.min_reconnect_backoff_ms: it is also the time a connection attempt may take,
+            # and at 100 ms a paused etcd - TCP open, handshake pending - failed requests at once)
             ("grpc.initial_reconnect_backoff_ms", 100),
-            ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 2000),
         ])
-        await self.close()
         await client.connect()
-        self._client = client
-        if conn.user:
-            try:
-                await self._authenticate()
-            except BaseException:
-                await self.close()
-                raise
+        if self._token:
+            client.set_token(self._token)
+        ep.client = client
+        return client
 
     async def close(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.close()
+        endpoints, self._endpoints = self._endpoints, []
+        for ep in endpoints:
+            if ep.client is not None:
+                client, ep.client = ep.client, None
+                await client.close()
 
     @property
     def client(self) -> Etcd3Client:
-        if self._client is None:
+        """The client of the pinned endpoint."""
+        if not self._endpoints:
             raise RuntimeError("store is not connected")
-        return self._client
+        client = self._endpoints[self._pinned].client
+        assert client is not None
+        return client
+
+    @property
+    def _kv(self) -> KVService:
+        kv = self.client.kv
+        assert kv is not None
+        return kv
+
+    @property
+    def _lease(self) -> Any:
+        lease = self.client.lease
+        assert lease is not None
+        return lease
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint requests go to now."""
+        return self._endpoints[self._pinned].url if self._endpoints else ""
+
+    async def _failover(self, pinned: int, why: str) -> None:
+        """The endpoint `pinned` failed: move to the endpoint that failed longest ago (never one
+        that has not been tried counts as oldest), unless another request already moved."""
+        if len(self._endpoints) < 2 or pinned != self._pinned:
+            return
+        loop = asyncio.get_running_loop()
+        here = self._endpoints[pinned]
+        here.failed_at = loop.time()
+        n = len(self._endpoints)
+        order = [(pinned + i) % n for i in range(1, n)]
+        nxt = min(order, key=lambda i: self._endpoints[i].failed_at)
+        await self._open(self._endpoints[nxt])
+        if pinned == self._pinned:
+            self._pinned = nxt
+            log.info("etcd %s: %s; using %s", here.url, why, self._endpoints[nxt].url)
 
     async def _authenticate(self) -> None:
+        """Get a new token. The request goes without the old token: etcd 3.4 refuses an Authenticate
+        that carries an expired simple token ("invalid auth token") before it looks at the password."""
         assert self.conn.user is not None
-        try:
-            async with asyncio.timeout(self.conn.timeout):
-                resp = await self.client.auth.authenticate(self.conn.user, self.conn.password or "")  # type: ignore[union-attr]
-        except TimeoutError:
-            raise EtcdConnectionError(f"etcd {self._target}: no answer within {self.conn.timeout:g}s") from None
-        except _ClientUnauthenticated as exc:
-            raise AuthError(f"etcd {self._target}: authentication failed for user {self.conn.user!r} "
-                            f"(wrong user name or password, or auth is not enabled)") from exc
-        except (_ClientError, grpc.aio.AioRpcError) as exc:
-            if "authentication failed" in _describe(exc).lower():  # etcd answers INVALID_ARGUMENT
-                raise AuthError(f"etcd {self._target}: authentication failed for user {self.conn.user!r} "
-                                "(wrong user name or password)") from exc
-            raise self._map(exc, "authenticate") from exc
-        self.client.set_token(resp.token)
+        request = _pb.AuthenticateRequest(name=self.conn.user, password=self.conn.password or "")
+
+        async def once() -> Any:
+            channel = self.client._channel
+            assert channel is not None
+            return await _pb.AuthStub(channel).Authenticate(request, timeout=self.conn.timeout)
+
+        resp = await self._call("authenticate", once, renew=False)
+        self._token = resp.token
+        for ep in self._endpoints:
+            if ep.client is not None:
+                ep.client.set_token(resp.token)
+        self._token_generation += 1
+
+    async def _renew_token(self, seen_generation: int) -> None:
+        """Authenticate again unless another request already did since `seen_generation`."""
+        async with self._auth_lock:
+            if self._token_generation == seen_generation:
+                log.info("etcd %s: auth token expired or unknown; authenticating again as %r",
+                         self._target, self.conn.user)
+                await self._authenticate()
+
+    # -- cluster identity ----------------------------------------------------------
+
+    @property
+    def cluster_change(self) -> ClusterChangedError | None:
+        """The last change of cluster detected (revision backwards or new cluster id), or None."""
+        return self._change
+
+    @property
+    def cluster_changes(self) -> int:
+        """How many times a change of cluster was detected: compare before and after to notice one."""
+        return self._changes
+
+    def _observe(self, header: Any, floor: int | None) -> None:
+        """Check a response header against what was seen: a new cluster id, or a revision below
+        `floor` (for linearizable answers: the highest revision seen before the request was sent;
+        answers to concurrent requests may arrive in any order), is a change of cluster."""
+        cluster_id, rev = int(header.cluster_id), int(header.revision)
+        change = None
+        if self._cluster_id and cluster_id and cluster_id != self._cluster_id:
+            change = (f"etcd {self.endpoint}: the cluster id changed from {self._cluster_id:x} to {cluster_id:x} "
+                      f"(cluster rebuilt or restored; revision {self._revision} -> {rev})")
+        elif floor is not None and rev and rev < floor:
+            change = (f"etcd {self.endpoint}: the revision went backwards from {floor} to {rev} "
+                      "(data wiped or restored from an older snapshot)")
+        if change is not None:
+            self._record_change(change, old_revision=floor or self._revision, new_revision=rev,
+                                old_cluster_id=self._cluster_id, new_cluster_id=cluster_id or self._cluster_id)
+        elif floor is not None:
+            self._revision = max(self._revision, rev)
+        if cluster_id:
+            self._cluster_id = cluster_id
+
+    def _record_change(self, message: str, **ids: int) -> ClusterChanged:
+        log.warning("%s; everything read before is void", message)
+        change = ClusterChanged(message, **ids)
+        self._change = change
+        self._changes += 1
+        self._revision = ids["new_revision"]      # the new history starts here
+        for callback in list(self.on_cluster_change):
+            try:
+                callback(change)
+            except Exception:  # noqa: BLE001 - a listener's bug must not break the request
+                log.exception("cluster change listener %r raised", callback)
+        return change
 
     # -- error mapping -------------------------------------------------------------
 
@@ -322,37 +471,67 @@ class Store:
             return RequestTooLargeError(f"{what}: {text}")
         if "required revision has been compacted" in low:
             return CompactedError(f"{what}: {text}", 0)
+        if "authentication failed" in low:       # etcd answers INVALID_ARGUMENT
+            return AuthError(f"etcd {self._target}: authentication failed for user {self.conn.user!r} "
+                             "(wrong user name or password)")
+        if "authentication is not enabled" in low or "auth: not enabled" in low:
+            return AuthError(f"etcd {self._target}: authentication is not enabled on etcd; "
+                             "drop --user/--password or enable auth")
         if isinstance(exc, _ClientPermissionDenied) or "permission denied" in low:
             return AuthError(f"etcd {self._target}: {what}: permission denied for user {self.conn.user!r}")
-        if isinstance(exc, _ClientUnauthenticated) or "user name is empty" in low:
+        if isinstance(exc, _ClientUnauthenticated) or "user name is empty" in low or (
+                isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.UNAUTHENTICATED):
             return AuthError(f"etcd {self._target}: {what}: not authenticated ({text}); pass --user/--password")
+        tls = _tls_problem(low, self._endpoints[self._pinned].scheme if self._endpoints else "http",
+                           self.conn.cert is not None)
+        if tls is not None:
+            return EtcdConnectionError(f"etcd {self.endpoint}: {tls}")
         if isinstance(exc, (_ClientConnectionError, _ClientTransientError)) or (
             isinstance(exc, grpc.aio.AioRpcError) and exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
         ):
             return EtcdConnectionError(f"etcd {self._target}: unreachable ({_short(text)})")
         return EtcdConnectionError(f"etcd {self._target}: {what} failed: {_short(text)}")
 
-    async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+    async def _call(self, what: str, fn: Callable[[], Awaitable[T]], *, renew: bool = True,
+                    linearizable: bool = False) -> T:
         """Run one request within the connection timeout, with mapped errors and one token renewal.
 
-        With several endpoints the timeout is split into up to three tries: requests are spread
-        round-robin, and one that landed on a paused or partitioned member (TCP open, no answer)
-        is sent again, to another member, instead of failing. A retried transaction is safe: its
-        compares fail if the first try did commit after all.
+        The timeout covers connecting too: while etcd is unreachable (refused, restarting, paused
+        during the TLS or HTTP/2 handshake) the request is tried again, with a short backoff, until
+        its timeout is spent; only then does it fail. TLS refusals fail at once (waiting cannot fix a
+        certificate). With several endpoints the timeout is split into up to three tries, and a try
+        that fails to reach its endpoint or gets no answer (a paused or partitioned member keeps
+        TCP open) moves the store to the next endpoint. A retried transaction is safe: its compares
+        fail if the first try did commit after all. The header of every answer is checked for a
+        change of cluster (`linearizable`: also its revision).
         """
-        tries = max(1, min(3, len(self.conn.endpoints)))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.conn.timeout
+        tries = max(1, min(3, len(self._endpoints)))
         per_try = self.conn.timeout / tries
-        attempt = 0
-        renewed = False
+        renewed = not renew
+        backoff = 0.05
+        unreachable: EtcdsyncError | None = None
         while True:
-            attempt += 1
+            generation = self._token_generation
+            pinned = self._pinned
+            remaining = deadline - loop.time()
+            floor = self._revision if linearizable else None
+            changes = self._changes
             try:
-                async with asyncio.timeout(per_try):
-                    return await fn()
+                async with asyncio.timeout(max(0.01, min(per_try, remaining))):
+                    result = await fn()
+                header = getattr(result, "header", None)
+                if header is not None:
+                    self._observe(header, floor if changes == self._changes else None)
+                return result
             except TimeoutError:
-                if attempt < tries:
+                await self._failover(pinned, f"{what}: no answer within {min(per_try, remaining):.2g}s")
+                if deadline - loop.time() > 0.05:
                     log.debug("%s: no answer within %.2fs, trying again", what, per_try)
                     continue
+                if unreachable is not None:
+                    raise unreachable from None
                 raise EtcdConnectionError(
                     f"etcd {self._target}: {what}: no answer within {self.conn.timeout:g}s"
                 ) from None
@@ -360,27 +539,35 @@ class Store:
                 text = _describe(exc).lower()
                 if not renewed and self.conn.user and _token_problem(text):
                     renewed = True
-                    attempt -= 1
-                    async with self._auth_lock:
-                        await self._authenticate()
+                    await self._renew_token(generation)
                     continue
-                raise self._map(exc, what) from exc
+                mapped = self._map(exc, what)
+                retryable = _retryable(exc, mapped)
+                if retryable:
+                    await self._failover(pinned, str(mapped))
+                wait = min(backoff, deadline - loop.time() - 0.05)
+                if retryable and wait > 0:
+                    unreachable = mapped
+                    log.debug("%s: %s; trying again in %.2fs", what, mapped, wait)
+                    if self._pinned == pinned:       # the same endpoint again: give it a moment
+                        await asyncio.sleep(wait)
+                        backoff = min(backoff * 2, 0.5)
+                    continue
+                raise mapped from exc
 
     # -- reads ---------------------------------------------------------------------
 
     async def get(self, key: str) -> KeyValue | None:
-        resp = await self._call("get", lambda: self.client.kv.get(_b(key), timeout=self.conn.timeout))  # type: ignore[union-attr]
+        resp = await self._call("get", linearizable=True, fn=lambda: self._kv.get(_b(key), timeout=self.conn.timeout))
         return _kv(resp.kvs[0]) if resp.kvs else None
 
     async def revision(self) -> int:
-        resp = await self._call("get", lambda: self.client.kv.get(b"\x00", count_only=True, timeout=self.conn.timeout))  # type: ignore[union-attr]
+        resp = await self._call("get", linearizable=True, fn=lambda: self._kv.get(b"\x00", count_only=True, timeout=self.conn.timeout))
         return int(resp.header.revision)
 
     async def latest_mod_revision(self, prefix: str) -> tuple[int, int]:
         """(highest mod_revision of any key under `prefix` or 0, current revision): the watch watchdog's probe."""
-        kv = self.client.kv
-        assert kv is not None
-        resp = await self._call("range", lambda: kv.get(
+        resp = await self._call("range", linearizable=True, fn=lambda: self._kv.get(
             _b(prefix), range_end=prefix_range_end(_b(prefix)), limit=1, keys_only=True,
             sort_order=SortOrder.DESCEND, sort_target=SortTarget.MOD, timeout=self.conn.timeout))
         return (int(resp.kvs[0].mod_revision) if resp.kvs else 0), int(resp.header.revision)
@@ -390,15 +577,12 @@ class Store:
         return await self.get_range(prefix, _s(prefix_range_end(_b(prefix))), revision=revision, page=page)
 
     async def get_range(self, start: str, end: str, *, revision: int = 0, page: int = PAGE_KEYS) -> tuple[list[KeyValue], int]:
-        kv = self.client.kv
-        assert kv is not None
         out: list[KeyValue] = []
         key = _b(start)
         range_end = _b(end)
         rev = revision
         while True:
-            resp = await self._call(
-                "range", lambda k=key, r=rev: kv.get(k, range_end=range_end, revision=r, limit=page,  # type: ignore[misc]
+            resp = await self._call("range", linearizable=True, fn=lambda k=key, r=rev: self._kv.get(k, range_end=range_end, revision=r, limit=page,  # type: ignore[misc]
                                                      timeout=self.conn.timeout)
             )
             if rev == 0:
@@ -411,12 +595,10 @@ class Store:
     # -- writes --------------------------------------------------------------------
 
     async def txn(self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()) -> TxnResult:
-        kv = self.client.kv
-        assert kv is not None
         cmp = [_pb_compare(c) for c in compares]
         ok = [_pb_op(o) for o in success]
         bad = [_pb_op(o) for o in failure]
-        resp = await self._call("txn", lambda: kv.txn(cmp, ok, bad, timeout=self.conn.timeout, max_attempts=1))
+        resp = await self._call("txn", linearizable=True, fn=lambda: self._kv.txn(cmp, ok, bad, timeout=self.conn.timeout, max_attempts=1))
         gets = tuple(
             tuple(_kv(item) for item in r.response_range.kvs)
             for r in resp.responses
@@ -425,42 +607,39 @@ class Store:
         return TxnResult(bool(resp.succeeded), int(resp.header.revision), gets)
 
     async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
-        resp = await self._call("put", lambda: self.client.kv.put(_b(key), value, lease=lease, timeout=self.conn.timeout))  # type: ignore[union-attr]
+        resp = await self._call("put", linearizable=True, fn=lambda: self._kv.put(_b(key), value, lease=lease, timeout=self.conn.timeout))
         return int(resp.header.revision)
 
     async def delete(self, key: str) -> bool:
-        resp = await self._call("delete", lambda: self.client.kv.delete(_b(key), timeout=self.conn.timeout))  # type: ignore[union-attr]
+        resp = await self._call("delete", linearizable=True, fn=lambda: self._kv.delete(_b(key), timeout=self.conn.timeout))
         return bool(resp.deleted)
 
     async def delete_prefix(self, prefix: str) -> int:
-        resp = await self._call(
-            "delete", lambda: self.client.kv.delete(_b(prefix), range_end=prefix_range_end(_b(prefix)), timeout=self.conn.timeout)  # type: ignore[union-attr]
+        resp = await self._call("delete", linearizable=True, fn=lambda: self._kv.delete(_b(prefix), range_end=prefix_range_end(_b(prefix)), timeout=self.conn.timeout)
         )
         return int(resp.deleted)
 
     async def compact(self, revision: int) -> None:
-        await self._call("compact", lambda: self.client.kv.compact(revision, physical=True, timeout=self.conn.timeout))  # type: ignore[union-attr]
+        await self._call("compact", linearizable=True, fn=lambda: self._kv.compact(revision, physical=True, timeout=self.conn.timeout))
 
     # -- leases --------------------------------------------------------------------
 
     async def lease_grant(self, ttl: int) -> int:
-        resp = await self._call("lease grant", lambda: self.client.lease.grant(ttl, timeout=self.conn.timeout))  # type: ignore[union-attr]
+        resp = await self._call("lease grant", lambda: self._lease.grant(ttl, timeout=self.conn.timeout))
         return int(resp.ID)
 
     async def lease_revoke(self, lease_id: int) -> None:
         try:
-            await self._call("lease revoke", lambda: self.client.lease.revoke(lease_id, timeout=self.conn.timeout))  # type: ignore[union-attr]
+            await self._call("lease revoke", lambda: self._lease.revoke(lease_id, timeout=self.conn.timeout))
         except EtcdConnectionError as exc:
             if "not found" not in str(exc):
                 raise
 
     async def lease_keepalive(self, lease_id: int) -> int:
         """Renew a lease once; its new TTL in seconds, or 0 when it no longer exists."""
-        lease = self.client.lease
-        assert lease is not None
 
         async def once() -> int:
-            stream = lease.keep_alive(lease_id)
+            stream = self._lease.keep_alive(lease_id)
             try:
                 async for resp in stream:
                     return int(resp.TTL)
@@ -472,7 +651,7 @@ class Store:
 
     async def lease_ttl(self, lease_id: int) -> int:
         """Remaining seconds of a lease; -1 when it no longer exists."""
-        resp = await self._call("lease ttl", lambda: self.client.lease.time_to_live(lease_id, timeout=self.conn.timeout))  # type: ignore[union-attr]
+        resp = await self._call("lease ttl", lambda: self._lease.time_to_live(lease_id, timeout=self.conn.timeout))
         return int(resp.TTL)
 
     # -- watches -------------------------------------------------------------------
@@ -490,8 +669,14 @@ class Store:
         nothing at all comes back within another `liveness` seconds the stream is declared silent
         (a paused or partitioned member keeps TCP open; gRPC keepalives alone take ~7 s) and an
         EtcdConnectionError is raised. Progress answers also carry the revision up to which
-        everything was delivered. A compacted start revision raises CompactedError. The caller
-        resumes from the last revision it saw.
+        everything was delivered. A compacted start revision raises CompactedError. A silent,
+        closed or failed stream also moves the store to its next endpoint. The caller resumes from
+        the last revision it saw.
+
+        Every answer's header is checked: when the cluster id changed, or the revision is below the
+        one the watch waits for and a linearizable read confirms that it went backwards, the watch
+        raises ClusterChanged (a ClusterChangedError that is also a CompactedError): the caller
+        re-reads everything and watches from the new revision.
         """
         channel = self.client._channel
         assert channel is not None and self.client.watch is not None
@@ -509,39 +694,117 @@ class Store:
                     await asyncio.sleep(liveness)
                     yield _pb.WatchRequest(progress_request=_pb.rpc_pb2.WatchProgressRequest())  # type: ignore[attr-defined]
 
+        generation = self._token_generation
+        pinned = self._pinned
+        changes = self._changes
+        floor = max(start_revision - 1, self._revision)    # what was seen before this stream opened
+        loop = asyncio.get_running_loop()
+        confirmed = -1.0
         call = _pb.WatchStub(channel).Watch(requests(), metadata=metadata)
         deadline = None if liveness is None else liveness + 2.0
+        read: asyncio.Future[Any] | None = None
         try:
             while True:
-                try:
-                    resp = await asyncio.wait_for(call.read(), deadline)
-                except TimeoutError:
-                    raise EtcdConnectionError(f"watch {key}: stream silent for {deadline:g}s "
-                                              "(member paused or partitioned); resuming elsewhere") from None
+                # not wait_for(call.read()): cancelled, it waits for the read to finish cancelling,
+                # and a gRPC read may only finish once the call is cancelled (in `finally` below):
+                # under load, closing a watch hung forever
+                read = asyncio.ensure_future(call.read())
+                done, _ = await asyncio.wait({read}, timeout=deadline)
+                if not done:
+                    why = f"watch {key}: stream silent for {deadline:g}s (member paused or partitioned)"
+                    await self._failover(pinned, why)
+                    raise EtcdConnectionError(f"{why}; resuming elsewhere") from None
+                resp, read = read.result(), None
                 if resp is grpc.aio.EOF:
+                    await self._failover(pinned, f"watch {key}: stream closed")
                     raise EtcdConnectionError(f"watch {key}: stream closed by etcd")
+                self._observe(resp.header, None)
+                rev = int(resp.header.revision)
+                if self._changes == changes and rev < floor and loop.time() - confirmed > 1.0:
+                    # this member is behind what was seen: a lagging member, or a cluster that lost
+                    # data; a linearizable read tells them apart (and records a change if any)
+                    confirmed = loop.time()
+                    current = None
+                    with contextlib.suppress(EtcdConnectionError):
+                        current = await self.revision()
+                    if current is not None and current < start_revision - 1 and self._changes == changes:
+                        # the caller saw a revision this cluster does not have (its own reads may
+                        # have noticed the change before this watch was opened, or never)
+                        self._record_change(
+                            f"etcd {self.endpoint}: the revision went backwards: a watch resumes after revision "
+                            f"{start_revision - 1} but etcd is at {current} (data wiped or restored from an older "
+                            "snapshot)", old_revision=start_revision - 1, new_revision=current,
+                            old_cluster_id=self._cluster_id, new_cluster_id=self._cluster_id)
+                if self._changes != changes and self._change is not None:
+                    raise ClusterChanged(f"watch {key}: {self._change}", old_revision=self._change.old_revision,
+                                         new_revision=self._change.new_revision,
+                                         old_cluster_id=self._change.old_cluster_id,
+                                         new_cluster_id=self._change.new_cluster_id)
                 if resp.compact_revision > 0:
                     raise CompactedError(f"watch {key}: revision {start_revision} was compacted "
                                          f"(oldest kept: {resp.compact_revision})", int(resp.compact_revision))
                 if resp.canceled:
                     reason = resp.cancel_reason or "no reason"
                     if "permission denied" in reason.lower() or "auth" in reason.lower():
+                        # etcd 3.5 cancels a watch opened with an expired token as "permission
+                        # denied": get a new token, so that the caller's resumed watch is accepted
+                        if self.conn.user:
+                            with contextlib.suppress(EtcdsyncError):
+                                await self._renew_token(generation)
                         raise AuthError(f"watch {key}: canceled by etcd ({reason})")
                     raise EtcdConnectionError(f"watch {key}: canceled by etcd ({reason})")
                 events = tuple(WatchEvent("put" if ev.type == 0 else "delete", _kv(ev.kv)) for ev in resp.events)
                 if resp.created and not events:
                     continue
-                yield WatchBatch(int(resp.header.revision), events, progress=not events)
+                yield WatchBatch(rev, events, progress=not events)
         except (grpc.aio.AioRpcError, _ClientError) as exc:
             mapped = self._map(exc, f"watch {key}")
             if isinstance(mapped, AuthError) and self.conn.user:
                 # an expired token: renew it so that the caller's resumed watch is accepted
                 with contextlib.suppress(EtcdsyncError):
-                    async with self._auth_lock:
-                        await self._authenticate()
+                    await self._renew_token(generation)
+            elif _retryable(exc, mapped):
+                await self._failover(pinned, str(mapped))
             raise mapped from exc
         finally:
             call.cancel()
+            if read is not None and not read.done():
+                read.cancel()
+                read.add_done_callback(_retrieve)
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    """Mark an abandoned future's outcome as seen (no 'exception was never retrieved' noise)."""
+    if not fut.cancelled():
+        fut.exception()
+
+
+def _retryable(exc: BaseException, mapped: EtcdsyncError) -> bool:
+    """A failure to reach etcd that may pass within the request's timeout (not a TLS refusal)."""
+    return type(mapped) is EtcdConnectionError and "unreachable" in str(mapped)
+
+
+def _tls_problem(low: str, scheme: str, client_cert: bool) -> str | None:
+    """A TLS or protocol mismatch, in words a person can act on; None when it is none of those."""
+    if ("peer name" in low and "not in peer certificate" in low) or "hostname verification" in low:
+        return ("TLS: the server's certificate does not name this host (host name mismatch); connect by a name "
+                "or address listed in the certificate")
+    if "certificate_verify_failed" in low or "certificate verify failed" in low or "unable to get local issuer" in low \
+            or "self signed certificate" in low or "self-signed certificate" in low:
+        return "TLS: the server's certificate is signed by an unknown authority; pass the CA that signed it (--cacert)"
+    if any(w in low for w in ("alert_bad_certificate", "alert bad certificate", "alert_unknown_ca", "alert unknown ca",
+                              "certificate_unknown", "certificate required", "alert_certificate_required",
+                              "tsi_data_corrupted")):
+        # etcd 3.5 (TLS 1.3) says so in an alert; 3.4 (TLS 1.2) breaks the connection after the handshake
+        if client_cert:
+            return "TLS: the server refused the client certificate (not signed by a CA it trusts); check --cert/--key"
+        return "TLS: the server requires a client certificate; pass --cert and --key"
+    if "wrong_version_number" in low or "wrong version number" in low or "packet_length_too_long" in low \
+            or (scheme == "https" and "handshake read failed" in low):
+        return "TLS: the endpoint speaks plain HTTP, not TLS; use an http:// endpoint (without --cacert)"
+    if "ssl" in low or "handshake" in low:
+        return f"TLS handshake failed ({_short(low)})"
+    return None
 
 
 def _token_problem(text: str) -> bool:
@@ -557,6 +820,9 @@ def _short(text: str) -> str:
                         ("no route to host", "no route to host"), ("connection reset", "connection reset")):
         if needle in low:
             return say
+    if "socket closed" in low:
+        # what a plain-HTTP client sees from a TLS port (and also from an etcd going down)
+        return "connection closed by the server (etcd stopping, or a TLS port: then use https:// and --cacert)"
     line = text.splitlines()[0] if text else text
     return line[:300]
 

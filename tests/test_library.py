@@ -24,7 +24,7 @@ from etcdsync.etcdbin import EtcdCluster
 
 def test_public_names_are_pinned() -> None:
     assert sorted(etcdsync.__all__) == [
-        "AuthError", "ConfigEvent", "ConfigStore", "ConflictError", "Connection", "EtcdConnectionError",
+        "AuthError", "ClusterChangedError", "ConfigEvent", "ConfigStore", "ConflictError", "Connection", "EtcdConnectionError",
         "EtcdsyncError", "GuardError", "Instance", "ManifestError", "Registration", "Registry", "SyncWatch",
     ]
     for name in etcdsync.__all__:
@@ -94,11 +94,65 @@ def test_reregistration_after_lease_revoke(env: Env) -> None:
     reg = Registry(Connection(env.endpoints), prefix=f"{env.ns}services/")
     r = reg.register("api", "api-1", host="h", port=1, ttl=1)
     old = r.lease_id
-    env.etcdctl("lease", "revoke", format(old, "x"))
-    assert env.get(r.key) is None
-    wait_for(lambda: env.get(r.key) is not None, 5, "re-registered")
-    assert r.lease_id != old
+    env.etcdctl("lease", "revoke", format(old, "x"))        # deletes the key with the lease
+    wait_for(lambda: r.lease_id != old and env.get(r.key) is not None, 5, "re-registered under a new lease")
+    lease = json.loads(env.etcdctl("get", r.key, "-w", "json"))["kvs"][0]["lease"]
+    assert lease == r.lease_id != old
     r.deregister()
+
+
+def test_a_registration_deleted_by_someone_else_is_put_back(env: Env) -> None:
+    reg = Registry(Connection(env.endpoints), prefix=f"{env.ns}services/")
+    r = reg.register("api", "api-1", host="10.0.0.1", port=80, ttl=10)
+    try:
+        for _ in range(3):
+            env.etcdctl("del", r.key)
+            t0 = time.monotonic()
+            wait_for(lambda: env.get(r.key) is not None, 5, "registration put back")
+            took = time.monotonic() - t0
+            assert took < 2.5, f"put back after {took:.2f}s"       # about a second; the margin is for a busy machine
+            assert env.get(r.key) == b'{"host":"10.0.0.1","port":80}'
+            lease = json.loads(env.etcdctl("get", r.key, "-w", "json"))["kvs"][0]["lease"]
+            assert lease == r.lease_id, "put back under the registration's own lease"
+    finally:
+        r.deregister()
+    assert env.get(r.key) is None, "a deregistered key is not put back"
+    time.sleep(1.5)
+    assert env.get(r.key) is None
+
+
+def test_two_holders_of_one_id_take_turns(env: Env) -> None:
+    """Two processes register the same service and id: when the one whose value is current stops,
+    the other re-asserts the key (it never stays unregistered), and neither overwrites the other
+    while both live."""
+    p = f"{env.ns}services/"
+    mine = Registry(Connection(env.endpoints), prefix=p)
+    r = mine.register("api", "shared", host="10.0.0.1", port=80, ttl=10)
+    code = (
+        "import sys, time\n"
+        "from etcdsync import Registry, Connection\n"
+        f"r = Registry(Connection({env.endpoints!r}), prefix={p!r})\n"
+        "r.register('api', 'shared', host='10.0.0.2', port=80, ttl=10)\n"
+        "print('registered', flush=True)\n"
+        "sys.stdin.readline()\n"           # until told to stop; interpreter exit deregisters
+    )
+    other = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert other.stdout is not None and other.stdout.readline().strip() == "registered"
+        assert b"10.0.0.2" in (env.get(r.key) or b""), "the later registration's value is current"
+        time.sleep(1.5)
+        assert b"10.0.0.2" in (env.get(r.key) or b""), "the live holders do not fight over the value"
+        assert other.stdin is not None
+        other.stdin.write("\n")
+        other.stdin.flush()
+        assert other.wait(15) == 0
+        wait_for(lambda: b"10.0.0.1" in (env.get(r.key) or b""), 5, "the remaining holder re-asserted its key")
+    finally:
+        other.kill()
+        other.wait(5)
+        r.deregister()
+    assert env.get(r.key) is None
 
 
 def test_discover_reads_other_clients_values_and_skips_garbage(env: Env, caplog: pytest.LogCaptureFixture) -> None:
