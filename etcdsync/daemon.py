@@ -24,7 +24,7 @@ from typing import Any
 
 from .apply import minimal_prefixes
 from .checks import Checker
-from .errors import EtcdConnectionError, EtcdsyncError, ManifestError, UsageError
+from .errors import ClusterChangedError, EtcdConnectionError, EtcdsyncError, ManifestError, UsageError
 from .inventory import InventoryError, inventory_prefix
 from .lease import LeasedKeys
 from .metrics import HttpServer, Metrics
@@ -167,6 +167,7 @@ class Daemon:
         self.reconciler = Reconciler(self.store, applyset=self.applyset, reserved=self.s.reserved,
                                      options=self.s.options, metrics=self.metrics, status=self.status,
                                      fences=self.fences, own_leases=self._own_leases)
+        self.store.on_cluster_change.append(self._on_cluster_change)
         files = asyncio.create_task(self._files(), name="files")
         main = asyncio.create_task(self._main(), name="main")
         log.info("etcdsync run: apply set %r, %d keys, %d live instances, endpoints %s", self.applyset,
@@ -220,6 +221,16 @@ class Daemon:
                 await asyncio.sleep(BACKOFF_MIN)
             self.status.leader = not self.s.leader_elect
             self.metrics.leader.set(0 if self.s.leader_elect else 1)
+
+    def _on_cluster_change(self, change: ClusterChangedError) -> None:
+        """The store saw etcd's revision go backwards or its cluster id change (data wiped, restored
+        from an older snapshot, cluster rebuilt): forget every revision, re-read everything. The watch
+        loop gets the same news from its streams and restarts after that re-read."""
+        assert self.reconciler is not None
+        log.warning("%s; forgetting every revision seen and re-reading everything", change)
+        self.metrics.errors.labels("cluster-change").inc()
+        self.reconciler.forget_revisions()
+        self.trigger()
 
     # -- triggers -------------------------------------------------------------------
 

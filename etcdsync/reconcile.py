@@ -78,6 +78,15 @@ class Reconciler:
         self._own_order: collections.deque[int] = collections.deque()
         self._warned: dict[str, int] = {}            # warn-policy key -> mod_revision already reported
 
+    def forget_revisions(self) -> None:
+        """etcd's data was wiped or restored, or the cluster rebuilt: every revision seen is void (the
+        new history reuses them), so nothing is "already accounted for" until the next full read."""
+        self.revision = 0
+        self._own.clear()
+        self._own_order.clear()
+        self.owned_in = {}
+        self._warned = {}
+
     def own(self, revision: int) -> bool:
         """True for a revision this reconciler committed."""
         return revision in self._own

@@ -646,3 +646,45 @@ def test_a_live_instance_that_becomes_static_config_is_kept(env: Env, history: R
     history.assert_quiet(1.5)
     assert env.get(key) == b'{"host":"127.0.0.1","port":1}'
     assert d.ready()["reconcile"] == "ok"
+
+
+@pytest.mark.parametrize("token", ["etcdsync-test", "rebuilt"], ids=["same-cluster", "new-cluster-id"])
+def test_etcd_restored_from_an_older_snapshot_is_re_read_and_drift_is_repaired_at_once(
+        tmp_path: Path, daemons: list[Daemon], token: str) -> None:
+    """etcd's revision goes backwards (data restored from an older snapshot; or a rebuilt cluster with
+    a new id): the daemon must not wait for revisions the cluster does not have, nor take the new
+    history's revisions for ones it already handled. It re-reads, converges and repairs drift."""
+    from test_connection import restore_snapshot
+
+    from etcdsync.etcdbin import find_binary
+
+    cluster = EtcdCluster(1, base_dir=str(tmp_path / "etcd"))
+    cluster.start()
+    try:
+        env = Env(cluster.endpoints, "/s/", "/s/.etcdsync/", tmp_path)
+        snap = tmp_path / "snap.db"
+        subprocess.run([find_binary("etcdctl"), "--endpoints", cluster.endpoints[0], "snapshot", "save", str(snap)],
+                       check=True, capture_output=True, timeout=30, env={**os.environ, "ETCDCTL_API": "3"})
+        mdir = manifest(env, a="one")
+        d = Daemon(env, mdir, "--timeout", "2")
+        daemons.append(d)
+        d.wait_ready()
+        for i in range(40):                      # revisions the restored cluster will not have
+            env.put("/s/app/a", f"drift-{i}")
+        wait_for(lambda: env.get("/s/app/a") == b"one", 10, "repaired before the restore")
+        restore_snapshot(cluster, snap, token)   # the snapshot predates every key of the daemon
+        wait_for(lambda: env.get("/s/app/a") == b"one", 20,
+                 lambda: f"re-applied after the restore\n{d.logs()[-2500:]}")
+        assert "forgetting every revision" in d.logs() or "compacted" in d.logs(), d.logs()[-2500:]
+        env.hist = recorder(env.endpoints, [env.ns], env.reserved)
+        env.hist.declare(declared(env, "one"))
+        t0 = time.monotonic()
+        env.put("/s/app/a", "drift-after-restore")
+        wait_for(lambda: env.get("/s/app/a") == b"one", 10, lambda: f"drift repaired\n{d.logs()[-2500:]}")
+        assert time.monotonic() - t0 < 5, "drift repair waited for revisions the cluster does not have"
+        env.hist.check()
+        assert d.stop() == 0
+    finally:
+        if env.hist is not None:
+            env.hist.stop()
+        cluster.stop()
