@@ -126,7 +126,7 @@ class Reconciler:
         self.metrics.reconciles.labels("success").inc()
         self.metrics.last_success.set_to_current_time()
         self.active = desired
-        self.revision = max(outcome.read_revision, self.revision)
+        self.revision = outcome.read_revision
         self.owned_in = outcome.owned_in
         p = outcome.plan
         self.metrics.owned_keys.set(p.owned_after)
