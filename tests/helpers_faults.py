@@ -228,7 +228,7 @@ def limit_memory(limit: int = GiB) -> Callable[[], None]:
 
 
 def cli_env(endpoints: Sequence[str] | None = None, extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDSYNC_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ETCDSYNC_", "ETCDCTL_"))}
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.pop("NO_COLOR", None)
     if endpoints:
