@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from conftest import Env
+from history import Recorder
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -33,7 +34,7 @@ def run_apply(endpoints: list[str], desired: DesiredState, reserved: str, **kw: 
     return asyncio.run(go())
 
 
-def test_concurrent_writer_between_plan_and_apply_is_retried_not_overwritten_blindly(env: Env) -> None:
+def test_concurrent_writer_between_plan_and_apply_is_retried_not_overwritten_blindly(env: Env, history: Recorder) -> None:
     p = f"{env.ns}c/"
     run_apply(env.endpoints, state(p, {"a": "1", "b": "1"}), env.reserved)
     seen: list[tuple[int, bytes | None]] = []
@@ -51,7 +52,7 @@ def test_concurrent_writer_between_plan_and_apply_is_retried_not_overwritten_bli
     assert env.get(p + "a") == b"2" and env.get(p + "b") == b"2"
 
 
-def test_a_writer_that_always_wins_gives_conflict_error_and_keeps_its_value(env: Env) -> None:
+def test_a_writer_that_always_wins_gives_conflict_error_and_keeps_its_value(env: Env, history: Recorder) -> None:
     p = f"{env.ns}c/"
     run_apply(env.endpoints, state(p, {"a": "1"}), env.reserved)
     n = {"i": 0}
@@ -67,7 +68,7 @@ def test_a_writer_that_always_wins_gives_conflict_error_and_keeps_its_value(env:
     assert env.get(p + "a") == f"writer-{n['i']}".encode()
 
 
-def test_every_written_key_is_in_the_inventory(env: Env) -> None:
+def test_every_written_key_is_in_the_inventory(env: Env, history: Recorder) -> None:
     p = f"{env.ns}inv/"
     values = {f"k{i:03d}": str(i) for i in range(200)}
     out = run_apply(env.endpoints, state(p, values), env.reserved)
@@ -106,7 +107,7 @@ def test_server_with_small_txn_limit_gets_smaller_batches(tmp_path: Any) -> None
         assert out.count(Action.UPDATE) == 40
 
 
-def test_plan_that_fits_one_transaction_is_atomic(env: Env) -> None:
+def test_plan_that_fits_one_transaction_is_atomic(env: Env, history: Recorder) -> None:
     """Puts and deletes of a small plan commit in one revision."""
     p = f"{env.ns}atom/"
     run_apply(env.endpoints, state(p, {"a": "1", "b": "1", "c": "1"}), env.reserved)
@@ -126,7 +127,7 @@ _rel = st.lists(_segment, min_size=1, max_size=3).map("/".join)
     before=st.dictionaries(_rel, st.binary(max_size=64), max_size=20),
     after=st.dictionaries(_rel, st.binary(max_size=64), min_size=1, max_size=20),
 )
-def test_property_apply_then_plan_is_empty_and_reapply_writes_nothing(env: Env, before: dict[str, bytes],
+def test_property_apply_then_plan_is_empty_and_reapply_writes_nothing(env: Env, history: Recorder, before: dict[str, bytes],
                                                                        after: dict[str, bytes]) -> None:
     import secrets as _s
 
@@ -146,7 +147,7 @@ def test_property_apply_then_plan_is_empty_and_reapply_writes_nothing(env: Env, 
     assert env.revision() == rev
 
 
-def test_stale_election_fence_commits_nothing(env: Env) -> None:
+def test_stale_election_fence_commits_nothing(env: Env, history: Recorder) -> None:
     """A paused ex-leader's writes carry a compare on its (now gone) election key: nothing commits."""
     from etcdsync.store import created_at
 
@@ -160,7 +161,7 @@ def test_stale_election_fence_commits_nothing(env: Env) -> None:
     assert env.get(p + "a") == b"1" and env.get(p + "b") is None
 
 
-def test_many_small_applies_keep_the_inventory_compact(env: Env) -> None:
+def test_many_small_applies_keep_the_inventory_compact(env: Env, history: Recorder) -> None:
     p = f"{env.ns}frag/"
     values: dict[str, str] = {}
     for i in range(12):  # twelve applies adding two keys each: twelve tiny chunks, then merged

@@ -7,6 +7,7 @@ import time
 
 import pytest
 from conftest import Env
+from history import Recorder
 
 BASE = """\
 apiVersion: etcdsync/v1
@@ -27,7 +28,7 @@ spec:
 NOTHING = "apiVersion: etcdsync/v1\nkind: ConfigSet\nmetadata: {name: app}\nspec: {prefix: /nothing/}\n"
 
 
-def test_diff_apply_diff_and_second_apply_writes_nothing(env: Env) -> None:
+def test_diff_apply_diff_and_second_apply_writes_nothing(env: Env, history: Recorder) -> None:
     f = env.write("m/app.yaml", BASE)
     r = env.cli("diff", "-f", str(f), "--applyset", "t")
     assert r.code == 1, r
@@ -53,7 +54,7 @@ def test_diff_apply_diff_and_second_apply_writes_nothing(env: Env) -> None:
     assert env.revision() == rev, "a second apply must not write anything"
 
 
-def test_drift_is_repaired_and_unowned_keys_survive(env: Env) -> None:
+def test_drift_is_repaired_and_unowned_keys_survive(env: Env, history: Recorder) -> None:
     f = env.write("m/app.yaml", BASE)
     assert env.cli("apply", "-f", str(f), "--applyset", "t").code == 0
     env.put(f"{env.ns}config/app/retry", "99")
@@ -73,7 +74,7 @@ def test_drift_is_repaired_and_unowned_keys_survive(env: Env) -> None:
     assert env.get(f"{env.ns}config/app/stranger") == b"not ours"
 
 
-def test_removed_document_is_pruned(env: Env) -> None:
+def test_removed_document_is_pruned(env: Env, history: Recorder) -> None:
     env.write("m/app.yaml", BASE)
     env.write("m/other.yaml", """\
         apiVersion: etcdsync/v1
@@ -95,7 +96,7 @@ def test_removed_document_is_pruned(env: Env) -> None:
 
 
 @pytest.mark.parametrize("content", ["", "   \n\n", "# payments, being rewritten\n", "---\n...\n"])
-def test_a_file_emptied_in_a_tree_is_exit_2_and_prunes_nothing(env: Env, content: str) -> None:
+def test_a_file_emptied_in_a_tree_is_exit_2_and_prunes_nothing(env: Env, history: Recorder, content: str) -> None:
     env.write("m/app.yaml", BASE)
     pay = env.write("m/payments.yaml", """\
         apiVersion: etcdsync/v1
@@ -128,7 +129,7 @@ def test_a_file_emptied_in_a_tree_is_exit_2_and_prunes_nothing(env: Env, content
     assert env.get(f"{env.ns}config/payments/url") is None and env.get(f"{env.ns}config/app/retry") == b"5"
 
 
-def test_moving_a_key_between_documents_is_reported_and_singular_counts(env: Env) -> None:
+def test_moving_a_key_between_documents_is_reported_and_singular_counts(env: Env, history: Recorder) -> None:
     one = env.write("m/app.yaml", BASE)
     r = env.cli("apply", "-f", str(one), "--applyset", "t")
     assert r.code == 0 and " in 1 transaction (revision" in r.out, r
@@ -165,7 +166,7 @@ def test_moving_a_key_between_documents_is_reported_and_singular_counts(env: Env
     assert "1 live instance (ttl/check) is left to `etcdsync run`" in r.out, r.out
 
 
-def test_existing_unowned_key_is_adopted_then_pruned(env: Env) -> None:
+def test_existing_unowned_key_is_adopted_then_pruned(env: Env, history: Recorder) -> None:
     env.put(f"{env.ns}config/app/retry", "5")
     f = env.write("m/app.yaml", BASE)
     r = env.cli("diff", "-f", str(f), "--applyset", "t")
@@ -176,7 +177,7 @@ def test_existing_unowned_key_is_adopted_then_pruned(env: Env) -> None:
     assert env.get(f"{env.ns}config/app/retry") is None
 
 
-def test_key_owned_by_another_set_is_refused_unless_take_ownership(env: Env) -> None:
+def test_key_owned_by_another_set_is_refused_unless_take_ownership(env: Env, history: Recorder) -> None:
     f = env.write("m/app.yaml", BASE)
     assert env.cli("apply", "-f", str(f), "--applyset", "one").code == 0
     g = env.write("m2/app.yaml", BASE.replace("retry: 5", "retry: 6"))
@@ -195,7 +196,7 @@ def test_key_owned_by_another_set_is_refused_unless_take_ownership(env: Env) -> 
     assert env.get(f"{env.ns}config/app/retry") == b"6"
 
 
-def test_deletion_guard(env: Env) -> None:
+def test_deletion_guard(env: Env, history: Recorder) -> None:
     f = env.write("m/app.yaml", BASE)
     assert env.cli("apply", "-f", str(f), "--applyset", "t").code == 0
     empty = env.write("m/app.yaml", NOTHING)
@@ -218,7 +219,8 @@ def test_deletion_guard(env: Env) -> None:
     assert r.code == 0 and env.dump(f"{env.ns}config/") == {}, r
 
 
-def test_policies_warn_create_only_and_prune_false(env: Env) -> None:
+def test_policies_warn_create_only_and_prune_false(env: Env, history: Recorder) -> None:
+    history.allow_release(f"{env.ns}p/kept")      # prune: false: released from the inventory, kept in etcd
     f = env.write("m/app.yaml", """\
         apiVersion: etcdsync/v1
         kind: ConfigSet
@@ -255,7 +257,7 @@ def test_policies_warn_create_only_and_prune_false(env: Env) -> None:
     assert env.get(f"{env.ns}p/seed") is None
 
 
-def test_bad_manifest_exits_2_with_one_line_and_writes_nothing(env: Env) -> None:
+def test_bad_manifest_exits_2_with_one_line_and_writes_nothing(env: Env, history: Recorder) -> None:
     f = env.write("m/app.yaml", BASE + "    region: yes\n")  # duplicate key
     rev = env.revision()
     r = env.run("apply", "-f", str(f), "--applyset", "t")
@@ -267,7 +269,7 @@ def test_bad_manifest_exits_2_with_one_line_and_writes_nothing(env: Env) -> None
     assert env.revision() == rev
 
 
-def test_unreachable_etcd_is_exit_2_within_timeout(env: Env) -> None:
+def test_unreachable_etcd_is_exit_2_within_timeout(env: Env, history: Recorder) -> None:
     f = env.write("m/app.yaml", BASE)
     t0 = time.monotonic()
     r = env.run("diff", "-f", str(f), "--applyset", "t", "--endpoints", "http://127.0.0.1:1", "--timeout", "2")
@@ -278,7 +280,7 @@ def test_unreachable_etcd_is_exit_2_within_timeout(env: Env) -> None:
     assert r.err.strip() == "error: etcd http://127.0.0.1:1: unreachable (connection refused)"
 
 
-def test_secret_values_never_printed(env: Env) -> None:
+def test_secret_values_never_printed(env: Env, history: Recorder) -> None:
     canary = "canary-SECRET-5f3a"
     f = env.write("m/app.yaml", """\
         apiVersion: etcdsync/v1
@@ -302,7 +304,7 @@ def test_secret_values_never_printed(env: Env) -> None:
     assert env.get(f"{env.ns}s/token") == canary.encode()
 
 
-def test_json_output(env: Env) -> None:
+def test_json_output(env: Env, history: Recorder) -> None:
     f = env.write("m/app.yaml", BASE)
     r = env.cli("diff", "-f", str(f), "--applyset", "t", "-o", "json")
     assert r.code == 1
@@ -315,13 +317,13 @@ def test_json_output(env: Env) -> None:
     assert len(doc["applied"]["results"]) == 5 and doc["applied"]["transactions"] == 1
 
 
-def test_default_applyset_is_announced(env: Env) -> None:
+def test_default_applyset_is_announced(env: Env, history: Recorder) -> None:
     f = env.write("m/app.yaml", BASE)
     r = env.cli("diff", "-f", str(f))
     assert "applyset: 'default'" in r.err
 
 
-def test_export_round_trip(env: Env) -> None:
+def test_export_round_trip(env: Env, history: Recorder) -> None:
     values = {
         "plain": "hello", "no": "no", "num": "1.10", "octal": "0755", "url": "http://x:1/a?b=c#d",
         "json": '{"a":[1,2]}', "multi": "line1\nline2\n", "spaces": "  padded  ", "empty": "",
@@ -359,7 +361,7 @@ def _root():  # type: ignore[no-untyped-def]
     return ROOT
 
 
-def test_example_tree_applies_and_overlay_diffs(env: Env) -> None:
+def test_example_tree_applies_and_overlay_diffs(env: Env, history: Recorder) -> None:
     """The shipped manifests/ and overlays/staging against a fresh etcd (own reserved prefix)."""
     root = _root()
     base = str(root / "manifests")
@@ -383,7 +385,7 @@ def test_example_tree_applies_and_overlay_diffs(env: Env) -> None:
 
 
 @pytest.mark.parametrize("n", [300])
-def test_large_plan_is_batched_and_reapplies_nothing(env: Env, n: int) -> None:
+def test_large_plan_is_batched_and_reapplies_nothing(env: Env, history: Recorder, n: int) -> None:
     data = "\n".join(f"    k{i:04d}: value-{i}" for i in range(n))
     f = env.write("m/big.yaml", f"""\
 apiVersion: etcdsync/v1
@@ -430,7 +432,7 @@ def test_dev_once_starts_etcd_applies_and_cleans_up(tmp_path) -> None:  # type: 
 
 @pytest.mark.parametrize("cmd", ["validate", "diff", "apply", "export", "run"])
 @pytest.mark.parametrize("bad", ["", "/meta", "relative/", "/a/../b/", "/a/\x1b[2J/"])
-def test_bad_reserved_prefix_is_a_one_line_usage_error(env: Env, cmd: str, bad: str) -> None:
+def test_bad_reserved_prefix_is_a_one_line_usage_error(env: Env, history: Recorder, cmd: str, bad: str) -> None:
     f = env.write("m/app.yaml", BASE)
     rev = env.revision()
     args = ["--prefix", f"{env.ns}config/"] if cmd == "export" else ["-f", str(f), "--applyset", "t"]
