@@ -57,7 +57,9 @@ def run_one(patch: Path, python: str, timeout: float) -> tuple[str, float, str]:
                                  capture_output=True, text=True)
         if applied.returncode != 0:
             return "stale", 0.0, applied.stderr.strip()
-        env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1"}
+        # etcd 3.4: the fault tests that SIGKILL members are skipped on the wheel's 3.5.1
+        env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1",
+               "ETCDSYNC_TEST_ETCD": os.environ.get("ETCDSYNC_TEST_ETCD", "3.4")}
         where = subprocess.run([python, "-c", "import etcdsync; print(etcdsync.__file__)"], cwd=tree,
                                env=env, capture_output=True, text=True)
         if not where.stdout.startswith(str(tree)):
@@ -70,6 +72,8 @@ def run_one(patch: Path, python: str, timeout: float) -> tuple[str, float, str]:
         tail = "\n".join(p.stdout.strip().splitlines()[-3:])
         if p.returncode == 1:
             return "killed", time.monotonic() - t0, tail
+        if p.returncode == 0 and "skipped" in tail:
+            return "error", time.monotonic() - t0, "a test meant to kill it was skipped: " + tail
         if p.returncode == 0:
             return "SURVIVED", time.monotonic() - t0, tail
         return "error", time.monotonic() - t0, tail + p.stderr[-500:]
