@@ -532,7 +532,7 @@ def test_pinned_endpoint_moves_off_a_paused_member_and_stays_off(tmp_path: Path)
                 first = s.endpoint
                 # a follower the store does not use may pause: nothing changes (a paused leader
                 # would stall the writes the pinned member forwards to it, and the store would move)
-                leader = await asyncio.to_thread(find_leader, Ctl(cluster.endpoints), cluster)
+                leader = await asyncio.to_thread(find_leader, cluster)
                 other = next(m for url, m in by_url.items() if url != first and m is not leader)
                 other.pause()
                 paused.append(other)
