@@ -208,3 +208,19 @@ def test_parse_ownership_accepts_the_longest_chunk_id_and_checks_reserved_prefix
     assert parse_ownership([(key, b'{"v":1,"prefixes":{"/a/":["x"]}}', 3)], R).sets["me"].owned == {"/a/x": Entry("/a/")}
     with pytest.raises(InventoryError, match="is under the reserved prefix"):
         parse_ownership([(key, b'{"v":1,"prefixes":{"/.etcdsync/a/":["x"]}}', 3)], R)
+
+
+def test_decode_chunk_reason_of_201_characters_is_shortened() -> None:
+    field = "f" * (201 - len("unknown field ''"))
+    with pytest.raises(InventoryError) as e:
+        decode_chunk(K, b'{"v":1,"prefixes":{},"' + field.encode() + b'":1}')
+    assert str(e.value) == refusal(f"unknown field {field!r}"[:197] + "...")
+
+
+def test_parse_ownership_skips_foreign_keys_before_the_chunks() -> None:
+    kvs = [
+        ("/elsewhere", b"x", 1),
+        (R + "sets/me/other/c1", b"x", 2),
+        (R + "sets/me/inventory/c1", b'{"v":1,"prefixes":{"/a/":["x"]}}', 5),
+    ]
+    assert parse_ownership(kvs, R).sets["me"].owned == {"/a/x": Entry("/a/")}

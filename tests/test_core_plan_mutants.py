@@ -405,3 +405,32 @@ def test_owned_after_counts_own_deletes_and_releases() -> None:
           Change(Action.DELETE, "/c", b"1", None, 1), Change(Action.RELEASE, "/d", None, None, 0),
           Change(Action.DELETE, "/e", b"1", None, 1), Change(Action.UPDATE, "/f", b"1", b"2", 1, own=True))
     assert Plan("me", cs, owned_before=5).owned_after == 4
+
+
+# ------------------------------------------------------------------------------------------------
+# mutants that survived the first round
+
+
+def test_prune_false_and_secret_are_carried_on_every_planned_change() -> None:
+    d = dk("a", "1", prune=False, secret=True)
+    p = plan(state(d), {}, inventory({}), {})
+    assert only(p) == expect(Action.CREATE, d, None, 0, own=True)
+    assert (only(p).prune, only(p).secret) == (False, True)
+
+
+def test_owned_key_listed_by_another_set_is_updated_not_a_conflict() -> None:
+    d = dk("a", "1")
+    p = plan(state(d), {d.key: Observed(b"0", 12)}, inventory({d.key: Entry(P)}), {d.key: "theirs"})
+    assert only(p) == expect(Action.UPDATE, d, "0", 12)
+
+
+def test_secret_key_with_a_matching_record_is_not_retagged() -> None:
+    d = dk("a", "1", secret=True)
+    p = plan(state(d), {d.key: Observed(b"0", 12)}, inventory({d.key: Entry(P, True, True)}), {})
+    assert only(p) == expect(Action.UPDATE, d, "0", 12)
+
+
+def test_a_lease_conflict_does_not_stop_planning_the_next_keys() -> None:
+    first, second = dk("a", "1"), dk("b", "1")
+    p = plan(state(first, second), {first.key: Observed(b"1", 12, lease=7)}, inventory({}), {})
+    assert [c.action for c in p.changes] == [Action.CONFLICT, Action.CREATE]

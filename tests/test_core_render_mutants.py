@@ -149,7 +149,7 @@ def test_value_diff_single_line_and_multi_vs_single() -> None:
 
 def test_value_diff_of_multiline_secrets_never_shows_lines() -> None:
     c = Change(Action.DRIFT, P + "k", b"a\nb\n", b"a\nc\n", 1, secret=True)
-    assert render_change(c) == ["! /p/k  (secret)", 
+    assert render_change(c) == ["! /p/k  (secret)",
                                  "    - (secret, " + h(b"a\nb\n") + ")", "    + (secret, " + h(b"a\nc\n") + ")"]
 
 
@@ -303,3 +303,30 @@ def test_change_json_result_and_adopt_flag() -> None:
     assert change_json(c._replace(action=Action.UPDATE, old=b"0", own=False))["adopt"] is False
     assert "result" not in change_json(c)
     assert change_json(c._replace(new=None, secret=True))["new"] is None
+
+
+# ------------------------------------------------------------------------------------------------
+# mutants that survived the first round
+
+
+def test_a_secret_create_is_masked() -> None:
+    c = Change(Action.CREATE, P + "k", None, b"hunter2", 0, secret=True)
+    assert render_change(c) == ["+ /p/k  (secret)", "    + (secret, " + h(b"hunter2") + ")"]
+
+
+def test_long_values_are_cut_at_newlines_only() -> None:
+    assert show_value(b"a b\n" * 21, False) == ["a b"] * 20 + ["... (84 bytes in all)"]
+
+
+def test_single_line_old_against_multi_line_new_is_not_a_line_diff() -> None:
+    c = Change(Action.UPDATE, P + "k", b"z", b"a\nb\n", 1)
+    assert render_change(c) == ["~ /p/k", "    - z", "    + a", "    + b"]
+
+
+def test_result_summary_counts_only_non_put_adoptions() -> None:
+    done = {c.key: c for c in (
+        Change(Action.CREATE, "/a", None, b"1", 0, own=True),
+        Change(Action.ADOPT, "/c", b"1", b"1", 1, own=True),
+        Change(Action.ADOPT, "/d", b"1", b"1", 1, own=True),
+    )}
+    assert result_summary(done, 0) == "1 created, 0 updated, 0 deleted, 0 unchanged (2 adopted)"

@@ -303,3 +303,22 @@ def test_from_env() -> None:
 def test_a_given_value_is_returned_as_is() -> None:
     e = Entry("k", sc("k"), sc("v"), b"v", from_file="ignored")
     assert resolve_entry(e, F, {}, SourcePolicy(())) == b"v"
+
+
+# ------------------------------------------------------------------------------------------------
+# mutants that survived the first round
+
+
+def test_tag_errors_name_the_file_through_every_caller() -> None:
+    bad = sc("x", True, "bool")
+    fails(f"{F}:3:4: value tagged '!!bool' is not true or false", scalar_to_python, bad, F)
+    fails(f"{F}:3:4: value tagged '!!bool' is not true or false", to_python, sq(bad), F)
+    fails(f"{F}:3:4: value tagged '!!bool' is not true or false",
+          compile_entry, sc("k"), mp(("value", sc("1")), ("secret", bad)), F, Policy.ENFORCE, True)
+
+
+def test_a_root_whose_name_ends_in_x_contains_its_files(tmp_path: Path) -> None:
+    root = tmp_path / "rootX"
+    root.mkdir()
+    (root / "v").write_bytes(b"1")
+    assert resolve_entry(entry(from_file="v"), str(root / F), {}, SourcePolicy((str(root),))) == b"1"
