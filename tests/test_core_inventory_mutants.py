@@ -1,0 +1,226 @@
+"""Inventory chunks and the ownership record, asserted exactly: encoded bytes, decoded entries, and the
+exact refusal for every malformed shape (mutation score of inventory.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from etcdsync.errors import UsageError
+from etcdsync.inventory import (
+    Chunk,
+    Entry,
+    Inventory,
+    InventoryError,
+    Ownership,
+    check_applyset_name,
+    decode_chunk,
+    encode_chunk,
+    fence_key,
+    inventory_prefix,
+    parse_ownership,
+    sets_prefix,
+)
+
+R = "/.etcdsync/"
+K = R + "sets/me/inventory/c1"
+
+
+def test_key_layout() -> None:
+    assert sets_prefix(R) == "/.etcdsync/sets/"
+    assert inventory_prefix(R, "me") == "/.etcdsync/sets/me/inventory/"
+    assert fence_key(R) == "/.etcdsync/ownership"
+
+
+@pytest.mark.parametrize("name", ["a", "A9._-", "x" * 63])
+def test_applyset_names_accepted(name: str) -> None:
+    assert check_applyset_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["", "-a", ".a", "x" * 64, "a/b", "a b"])
+def test_applyset_names_refused(name: str) -> None:
+    with pytest.raises(UsageError) as e:
+        check_applyset_name(name)
+    assert str(e.value) == (f"applyset {name!r}: use 1-63 letters, digits, '.', '_' or '-', "
+                            "starting with a letter or digit")
+
+
+def test_encode_chunk_exact_bytes() -> None:
+    entries = {"/b/y": Entry("/b/", False, True), "/a/x": Entry("/a/"), "/a/z/é": Entry("/a/", True, True),
+               "/b/w": Entry("/b/", False)}
+    assert encode_chunk(entries) == ('{"v":1,"prefixes":{"/a/":["x","z/é"],"/b/":["w","y"]},'
+                                     '"noprune":["/b/w","/b/y"],"secret":["/a/z/é","/b/y"]}').encode()
+    assert decode_chunk(K, encode_chunk(entries)) == entries
+
+
+def test_encode_chunk_plain_and_empty() -> None:
+    assert encode_chunk({"/a/x": Entry("/a/")}) == b'{"v":1,"prefixes":{"/a/":["x"]}}'
+    assert encode_chunk({}) == b'{"v":1,"prefixes":{}}'
+
+
+def test_encode_chunk_refuses_a_key_outside_its_prefix() -> None:
+    with pytest.raises(ValueError, match=r"^/b/x: not under its recorded prefix /a/$"):
+        encode_chunk({"/b/x": Entry("/a/")})
+
+
+def test_decode_chunk_entries() -> None:
+    value = b'{"v":1,"prefixes":{"/a/":["x","y"],"/b/":[]},"noprune":["/a/y"],"secret":["/a/x","/a/y"]}'
+    assert decode_chunk(K, value) == {"/a/x": Entry("/a/", True, True), "/a/y": Entry("/a/", False, True)}
+    assert decode_chunk(K, b'{"v":1,"prefixes":{}}') == {}
+
+
+def refusal(reason: str, key: str = K) -> str:
+    return (f"{key}: inventory chunk is not readable ({reason}); "
+            "fix or delete it by hand, etcdsync will not guess what it owns")
+
+
+@pytest.mark.parametrize("value, reason", [
+    (b"[]", "not a JSON object"),
+    (b'{"prefixes":{}}', "unsupported inventory version null"),
+    (b'{"v":2,"prefixes":{}}', "unsupported inventory version 2"),
+    (b'{"v":true,"prefixes":{}}', "unsupported inventory version true"),
+    (b'{"v":1.0,"prefixes":{}}', "unsupported inventory version 1.0"),
+    (b'{"v":"1","prefixes":{}}', 'unsupported inventory version "1"'),
+    (b'{"v":1,"prefixes":{},"zz":1,"yy":2}', "unknown field 'yy'"),
+    (b'{"v":1}', "'prefixes' is not an object"),
+    (b'{"v":1,"prefixes":[]}', "'prefixes' is not an object"),
+    (b'{"v":1,"v":1,"prefixes":{}}', "field 'v' appears twice"),
+    (b'{"v":1,"prefixes":{"/a":["x"]}}', "prefix '/a' does not end with '/' or holds a control character"),
+    (b'{"v":1,"prefixes":{"/\\u0001/":["x"]}}', "prefix '/\\x01/' does not end with '/' or holds a control character"),
+    (b'{"v":1,"prefixes":{"/a/../":["x"]}}', "prefix '/a/../' has a '.' or '..' segment"),
+    (b'{"v":1,"prefixes":{"/./":["x"]}}', "prefix '/./' has a '.' or '..' segment"),
+    (b'{"v":1,"prefixes":{"/.etcdsync/x/":["x"]}}', "prefix '/.etcdsync/x/' is under the reserved prefix"),
+    (b'{"v":1,"prefixes":{"/a/":"x"}}', "the keys of prefix '/a/' are not a list"),
+    (b'{"v":1,"prefixes":{"/a/":[1]}}', "a key under '/a/' is not a string"),
+    (b'{"v":1,"prefixes":{"/a/":[""]}}', "key '' under '/a/' is not a relative key that stays under its prefix"),
+    (b'{"v":1,"prefixes":{"/a/":["/x"]}}', "key '/x' under '/a/' is not a relative key that stays under its prefix"),
+    (b'{"v":1,"prefixes":{"/a/":["x/../../y"]}}',
+     "key 'x/../../y' under '/a/' is not a relative key that stays under its prefix"),
+    (b'{"v":1,"prefixes":{"/a/":["./x"]}}', "key './x' under '/a/' is not a relative key that stays under its prefix"),
+    (b'{"v":1,"prefixes":{"/a/":["x\\u007f"]}}',
+     "key 'x\\x7f' under '/a/' is not a relative key that stays under its prefix"),
+    (b'{"v":1,"prefixes":{"/a/":["x"]},"noprune":"/a/x"}', "'noprune' is not a list of strings"),
+    (b'{"v":1,"prefixes":{"/a/":["x"]},"secret":[1]}', "'secret' is not a list of strings"),
+    (b'{"v":1,"prefixes":{"/a/":["x"]},"secret":["/a/z","/a/y"]}', "'secret' names '/a/y', which the chunk does not list"),
+    (b'{"v":1,"prefixes":{"/a/":["x"]},"noprune":["/b/x"]}', "'noprune' names '/b/x', which the chunk does not list"),
+])
+def test_decode_chunk_refusals(value: bytes, reason: str) -> None:
+    with pytest.raises(InventoryError) as e:
+        decode_chunk(K, value, reserved=R)
+    assert str(e.value) == refusal(reason)
+
+
+def test_decode_chunk_without_reserved_accepts_any_prefix() -> None:
+    assert decode_chunk(K, b'{"v":1,"prefixes":{"/.etcdsync/x/":["k"]}}') == {"/.etcdsync/x/k": Entry("/.etcdsync/x/")}
+
+
+def test_decode_chunk_not_json_and_long_reasons_are_shortened() -> None:
+    with pytest.raises(InventoryError) as e:
+        decode_chunk(K, b"{")
+    assert str(e.value) == refusal("Expecting property name enclosed in double quotes: line 1 column 2 (char 1)")
+    long_field = "f" * 300
+    with pytest.raises(InventoryError) as e:
+        decode_chunk(K, b'{"v":1,"prefixes":{},"' + long_field.encode() + b'":1}')
+    reason = f"unknown field {long_field!r}"
+    assert str(e.value) == refusal(reason[:197] + "...")
+    exact = "f" * (200 - len("unknown field ''"))
+    with pytest.raises(InventoryError) as e:
+        decode_chunk(K, b'{"v":1,"prefixes":{},"' + exact.encode() + b'":1}')
+    assert str(e.value) == refusal(f"unknown field {exact!r}")
+
+
+def test_decode_chunk_multiline_reason_is_one_line_and_key_is_escaped() -> None:
+    with pytest.raises(InventoryError) as e:
+        decode_chunk(K + "\x1b", b'{"v":1,"prefixes":{},"a\\nb":1}')
+    assert str(e.value) == refusal("unknown field 'a\\nb'", K + "\\u001b")
+    with pytest.raises(InventoryError) as e:
+        decode_chunk(K, b"[" * 100000)
+    assert "inventory chunk is not readable" in str(e.value)
+
+
+def test_inventory_add_chunk_keeps_the_first_entry_and_every_chunk() -> None:
+    inv = Inventory("me")
+    inv.add_chunk(Chunk("c1", 3, {"/a/x": Entry("/a/"), "/a/y": Entry("/a/")}))
+    inv.add_chunk(Chunk("c2", 4, {"/a/x": Entry("/b/", False), "/c/z": Entry("/c/")}))
+    assert inv.owned == {"/a/x": Entry("/a/"), "/a/y": Entry("/a/"), "/c/z": Entry("/c/")}
+    assert inv.chunks_of == {"/a/x": ["c1", "c2"], "/a/y": ["c1"], "/c/z": ["c2"]}
+    assert list(inv.chunks) == ["c1", "c2"] and inv.chunks["c2"].mod_revision == 4
+    assert inv.prefixes == {"/a/", "/c/"}
+
+
+def test_ownership_inventory_and_owners_except() -> None:
+    a, b = Inventory("a"), Inventory("b")
+    a.add_chunk(Chunk("c", 1, {"/k1": Entry("/"), "/k2": Entry("/")}))
+    b.add_chunk(Chunk("c", 1, {"/k2": Entry("/"), "/k3": Entry("/")}))
+    own = Ownership(R, {"b": b, "a": a})
+    assert own.inventory("a") is a
+    empty = own.inventory("zz")
+    assert (empty.applyset, empty.owned, empty.chunks) == ("zz", {}, {})
+    assert own.owners_except("a") == {"/k2": "b", "/k3": "b"}
+    assert own.owners_except("b") == {"/k1": "a", "/k2": "a"}
+    assert own.owners_except("c") == {"/k1": "a", "/k2": "a", "/k3": "b"}
+
+
+def test_parse_ownership() -> None:
+    kvs = [
+        (R + "ownership", b"me", 41),
+        (R + "sets/me/inventory/c1", b'{"v":1,"prefixes":{"/a/":["x"]}}', 5),
+        (R + "sets/me/inventory/c2", b'{"v":1,"prefixes":{"/a/":["y"]},"noprune":["/a/y"]}', 6),
+        (R + "sets/you/inventory/c1", b'{"v":1,"prefixes":{"/b/":["z"]}}', 7),
+        (R + "sets/me/other/c1", b"not json", 8),
+        (R + "sets/me", b"not json", 8),
+        (R + "leader/x", b"not json", 9),
+        ("/elsewhere", b"not json", 9),
+    ]
+    own = parse_ownership(kvs, R)
+    assert own.reserved == R and own.fence_revision == 41
+    assert sorted(own.sets) == ["me", "you"]
+    me = own.sets["me"]
+    assert me.applyset == "me"
+    assert me.owned == {"/a/x": Entry("/a/"), "/a/y": Entry("/a/", False)}
+    assert {k: c.mod_revision for k, c in me.chunks.items()} == {R + "sets/me/inventory/c1": 5,
+                                                                R + "sets/me/inventory/c2": 6}
+    assert own.sets["you"].owned == {"/b/z": Entry("/b/")}
+    assert parse_ownership([], R).fence_revision == 0
+
+
+@pytest.mark.parametrize("value", [b"", b"-bad", b"a b", b"\xff"])
+def test_parse_ownership_refuses_a_bad_fence(value: bytes) -> None:
+    with pytest.raises(InventoryError) as e:
+        parse_ownership([(R + "ownership", value, 3)], R)
+    assert str(e.value) == ("/.etcdsync/ownership: ownership fence holds no apply set name; "
+                            "fix or delete it by hand, etcdsync will not guess what it owns")
+
+
+@pytest.mark.parametrize("key", [
+    R + "sets/-x/inventory/c1", R + "sets/me/inventory/", R + "sets/me/inventory/a/b", R + "sets//inventory/c",
+    R + "sets/me/inventory/" + "c" * 129, R + "sets/me/inventory/c\x01",
+])
+def test_parse_ownership_refuses_a_bad_chunk_key(key: str) -> None:
+    with pytest.raises(InventoryError) as e:
+        parse_ownership([(key, b'{"v":1,"prefixes":{}}', 3)], R)
+    shown = key.replace("\x01", "\\u0001")
+    assert str(e.value) == (f"{shown}: not an inventory chunk key (sets/<apply set>/inventory/<id>); "
+                            "fix or delete it by hand, etcdsync will not guess what it owns")
+
+
+def test_parse_ownership_accepts_the_longest_chunk_id_and_checks_reserved_prefixes() -> None:
+    key = R + "sets/me/inventory/" + "c" * 128
+    assert parse_ownership([(key, b'{"v":1,"prefixes":{"/a/":["x"]}}', 3)], R).sets["me"].owned == {"/a/x": Entry("/a/")}
+    with pytest.raises(InventoryError, match="is under the reserved prefix"):
+        parse_ownership([(key, b'{"v":1,"prefixes":{"/.etcdsync/a/":["x"]}}', 3)], R)
+
+
+def test_decode_chunk_reason_of_201_characters_is_shortened() -> None:
+    field = "f" * (201 - len("unknown field ''"))
+    with pytest.raises(InventoryError) as e:
+        decode_chunk(K, b'{"v":1,"prefixes":{},"' + field.encode() + b'":1}')
+    assert str(e.value) == refusal(f"unknown field {field!r}"[:197] + "...")
+
+
+def test_parse_ownership_skips_foreign_keys_before_the_chunks() -> None:
+    kvs = [
+        ("/elsewhere", b"x", 1),
+        (R + "sets/me/other/c1", b"x", 2),
+        (R + "sets/me/inventory/c1", b'{"v":1,"prefixes":{"/a/":["x"]}}', 5),
+    ]
+    assert parse_ownership(kvs, R).sets["me"].owned == {"/a/x": Entry("/a/")}
