@@ -34,7 +34,6 @@ bounded in count and time.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import random
@@ -159,16 +158,7 @@ class Model:
 def etcd34_cluster(size: int, base_dir: Path) -> EtcdCluster:
     if not os.access(ETCD34, os.X_OK):
         raise SystemExit(f"{ETCD34} (Debian's etcd-server, 3.4) is needed: the campaign SIGKILLs members")
-    cluster = EtcdCluster(size, base_dir=str(base_dir))
-    for m in cluster.members:
-        m.command = functools.partial(_command34, m)  # type: ignore[method-assign]
-    return cluster
-
-
-def _command34(member: EtcdMember) -> list[str]:
-    argv = EtcdMember.command(member)
-    argv[0] = ETCD34
-    return argv
+    return EtcdCluster(size, base_dir=str(base_dir), binary=ETCD34)
 
 
 class DaemonProc:

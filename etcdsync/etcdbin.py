@@ -111,6 +111,7 @@ class EtcdMember:
     initial_cluster: str = ""
     extra_args: list[str] = field(default_factory=list)
     log_path: Path | None = None
+    binary: str | None = None          # the etcd server to run (default: find_binary("etcd"))
     proc: subprocess.Popen[bytes] | None = None
     _started_once: bool = False
 
@@ -122,7 +123,7 @@ class EtcdMember:
         peer = f"http://127.0.0.1:{self.peer_port}"
         cluster = self.initial_cluster or f"{self.name}={peer}"
         return [
-            find_binary("etcd"),
+            self.binary or find_binary("etcd"),
             "--name", self.name,
             "--data-dir", str(self.data_dir),
             "--listen-client-urls", self.endpoint,
@@ -206,7 +207,7 @@ class EtcdCluster:
     """`size` etcd members on 127.0.0.1 free ports in a temporary directory; stop() removes it."""
 
     def __init__(self, size: int = 1, *, extra_args: list[str] | None = None, base_dir: str | None = None,
-                 keep_dir: bool = False) -> None:
+                 keep_dir: bool = False, binary: str | None = None) -> None:
         self._tmp = None if base_dir else tempfile.TemporaryDirectory(prefix="etcdsync-etcd-")
         self.base = Path(base_dir or self._tmp.name)  # type: ignore[union-attr]
         self.base.mkdir(parents=True, exist_ok=True)
@@ -219,6 +220,7 @@ class EtcdCluster:
                 peer_port=ports[2 * i + 1],
                 data_dir=self.base / f"m{i}.etcd",
                 extra_args=list(extra_args or []),
+                binary=binary,
             )
             for i in range(size)
         ]

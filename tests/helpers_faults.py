@@ -9,7 +9,6 @@ mechanism for judging what was written). Every wait is bounded.
 from __future__ import annotations
 
 import base64
-import functools
 import json
 import os
 import resource
@@ -121,16 +120,7 @@ def etcd34_cluster(size: int, base_dir: Path, extra_args: list[str] | None = Non
     """An EtcdCluster (not started) whose members run /usr/bin/etcd (3.4), also when restarted."""
     if not os.access(ETCD34, os.X_OK):
         raise RuntimeError(f"{ETCD34} (Debian's etcd-server, 3.4) is needed by the fault tests that SIGKILL members")
-    cluster = EtcdCluster(size, extra_args=extra_args, base_dir=str(base_dir))
-    for m in cluster.members:
-        m.command = functools.partial(_command34, m)  # type: ignore[method-assign]
-    return cluster
-
-
-def _command34(member: EtcdMember) -> list[str]:
-    argv = EtcdMember.command(member)
-    argv[0] = ETCD34
-    return argv
+    return EtcdCluster(size, extra_args=extra_args, base_dir=str(base_dir), binary=ETCD34)
 
 
 def running(cluster: EtcdCluster) -> list[str]:
@@ -214,6 +204,27 @@ def check_history(rec: Recorder, quiet: float = 0.0) -> None:
     assert not gaps, "not converged to the last declared manifests:\n  " + "\n  ".join(gaps[:20])
     if quiet:
         rec.assert_quiet(quiet)
+
+
+def start_auth_etcd(base: Path, *, user: str, password: str, role: str, prefixes: Sequence[str],
+                    extra: list[str] | None = None) -> tuple[EtcdCluster, Ctl]:
+    """One etcd with auth on: user `root`, and `user` whose `role` may read and write `prefixes` only.
+    Returns the started cluster and an etcdctl logged in as root."""
+    c = EtcdCluster(1, extra_args=extra or [], base_dir=str(base))
+    c.start()
+    try:
+        ctl = Ctl(c.endpoints)
+        ctl("user", "add", "root:rootpw", "--interactive=false")
+        ctl("role", "add", role)
+        for prefix in prefixes:
+            ctl("role", "grant-permission", role, "readwrite", prefix, "--prefix=true")
+        ctl("user", "add", f"{user}:{password}", "--interactive=false")
+        ctl("user", "grant-role", user, role)
+        ctl("auth", "enable")
+    except BaseException:
+        c.stop()
+        raise
+    return c, Ctl(c.endpoints, user="root:rootpw")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import helpers_faults
 import pytest
 from conftest import ROOT, wait_for
 from helpers_faults import Ctl, find_leader
@@ -35,21 +36,8 @@ SIMPLE_TOKENS = ["--auth-token", "simple", "--auth-token-ttl", "2"]
 
 def start_auth_etcd(base: Path, extra: list[str] | None = None) -> tuple[EtcdCluster, Ctl]:
     """One etcd with auth on: user `root`, and user `app` that may use /app/ and /services/."""
-    c = EtcdCluster(1, extra_args=extra or [], base_dir=str(base))
-    c.start()
-    try:
-        ctl = Ctl(c.endpoints)
-        ctl("user", "add", "root:rootpw", "--interactive=false")
-        ctl("role", "add", "app")
-        for prefix in ("/app/", "/services/"):
-            ctl("role", "grant-permission", "app", "readwrite", prefix, "--prefix=true")
-        ctl("user", "add", "app:apppw", "--interactive=false")
-        ctl("user", "grant-role", "app", "app")
-        ctl("auth", "enable")
-    except BaseException:
-        c.stop()
-        raise
-    return c, Ctl(c.endpoints, user="root:rootpw")
+    return helpers_faults.start_auth_etcd(base, user="app", password="apppw", role="app",
+                                          prefixes=("/app/", "/services/"), extra=extra)
 
 
 @pytest.fixture

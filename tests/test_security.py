@@ -34,6 +34,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import helpers_faults
 import pytest
 from certs import make_ca
 from conftest import Env
@@ -64,21 +65,8 @@ spec:
 
 def start_auth_etcd(base: Path, extra: list[str] | None = None) -> tuple[EtcdCluster, Ctl]:
     """etcd with auth on: root, and user `sync` whose role covers /a/ and /.etcdsync/ only."""
-    c = EtcdCluster(1, extra_args=extra or [], base_dir=str(base))
-    c.start()
-    try:
-        ctl = Ctl(c.endpoints)
-        ctl("user", "add", "root:rootpw", "--interactive=false")
-        ctl("role", "add", "syncer")
-        for prefix in ("/a/", "/.etcdsync/"):
-            ctl("role", "grant-permission", "syncer", "readwrite", prefix, "--prefix=true")
-        ctl("user", "add", "sync:syncpw", "--interactive=false")
-        ctl("user", "grant-role", "sync", "syncer")
-        ctl("auth", "enable")
-    except BaseException:
-        c.stop()
-        raise
-    return c, Ctl(c.endpoints, user="root:rootpw")
+    return helpers_faults.start_auth_etcd(base, user="sync", password="syncpw", role="syncer",
+                                          prefixes=("/a/", "/.etcdsync/"), extra=extra)
 
 
 @pytest.fixture(scope="module")
