@@ -46,7 +46,9 @@ def pytest_report_header(config: pytest.Config) -> str:
 # test modules that never talk to etcd: with ETCDSYNC_TEST_ETCD_ONLY=1 (the second etcd version's
 # pass of scripts/test) they are left out, having run in the first pass
 PURE_MODULES = {"test_inventory.py", "test_manifest_errors.py", "test_manifest_load.py", "test_manifest_values.py",
-                "test_packaging.py", "test_plan.py", "test_render.py"}
+                "test_packaging.py", "test_plan.py", "test_render.py", "test_core_plan_mutants.py",
+                "test_core_render_mutants.py", "test_core_inventory_mutants.py", "test_core_instances_mutants.py",
+                "test_core_values_mutants.py"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -56,7 +58,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             config.hook.pytest_deselected(items=pure)
             items[:] = [item for item in items if item.path.name not in PURE_MODULES]
     for item in items:
-        if item.path.name == "test_faults.py":
+        if item.path.name in ("test_faults.py", "test_soak.py"):   # both SIGKILL members (on etcd 3.4)
             item.add_marker(pytest.mark.cluster)
         if KILLS_LOSE_WRITES and item.get_closest_marker("cluster") is not None:
             item.add_marker(pytest.mark.skip(
