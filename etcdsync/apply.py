@@ -105,6 +105,11 @@ class Outcome:
         return sum(1 for c in self.done.values() if c.action is action)
 
 
+class Superseded(Exception):
+    """The desired state being applied was replaced by a newer one (the daemon reloaded its
+    manifests): nothing more of the old plan is committed; the caller plans the new state."""
+
+
 class _Conflict(Exception):
     def __init__(self, keys: list[str]) -> None:
         self.keys = keys
@@ -143,8 +148,10 @@ class Executor:
 
     def __init__(self, store: Store, snap: Snapshot, p: Plan, *, reserved: str, limits: Limits,
                  fences: Sequence[Compare] = (), progress: Callable[[int], None] | None = None,
-                 on_commit: Callable[[int], None] | None = None) -> None:
+                 on_commit: Callable[[int], None] | None = None,
+                 superseded: Callable[[], bool] = lambda: False) -> None:
         self.store = store
+        self.superseded = superseded
         self.on_commit = on_commit
         self.plan = p
         self.reserved = reserved
@@ -318,6 +325,8 @@ class Executor:
         batch.changes.append(c)
 
     async def _commit(self, batch: _Batch) -> None:
+        if self.superseded():
+            raise Superseded()
         compares = list(batch.compares)
         ops = list(batch.ops)
         removed = {c.key for c in batch.changes
@@ -392,6 +401,7 @@ async def apply(
     on_commit: Callable[[int], None] | None = None,
     on_execute: Callable[[Plan], None] | None = None,
     track_ownership: bool = False,
+    superseded: Callable[[], bool] = lambda: False,
 ) -> Outcome:
     """Observe, plan, refuse or execute; re-read and re-plan on conflicts.
 
@@ -399,6 +409,8 @@ async def apply(
     first one); `on_execute(plan)` once a plan passed every guard, right before its first write.
     With `dry_run` nothing is written and the first plan is returned. With `track_ownership` the
     outcome says which inventory chunk (and its revision) records each owned key afterwards.
+    `superseded()` is asked before every transaction: when it says True (a newer desired state was
+    loaded meanwhile) nothing more is committed and Superseded is raised.
     """
     limits = limits or Limits()
     options = options or Options()
@@ -423,10 +435,12 @@ async def apply(
                 inv = snap.ownership.inventory(applyset)
                 outcome.owned_in = _owned_in((ck, c.mod_revision, c.entries) for ck, c in inv.chunks.items())
             return outcome
+        if superseded():
+            raise Superseded()
         if on_execute is not None:
             on_execute(p)
         ex = Executor(store, snap, p, reserved=reserved, limits=limits, fences=fences, progress=progress,
-                      on_commit=on_commit)
+                      on_commit=on_commit, superseded=superseded)
         try:
             await ex.run()
         except _Conflict as conflict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import os
@@ -269,7 +270,8 @@ class Daemon:
             self.status.manifests_error = None
             self.metrics.manifest_valid.set(1)
             changed = desired != self.desired
-            self.desired = desired
+            if changed:   # an equal reload keeps the object: a reconcile in flight is not superseded
+                self.desired = desired
             gc.freeze()
             if changed or not quiet:
                 log.info("manifests %s: %d keys, %d live instances", "changed" if changed else "re-read",
@@ -338,7 +340,7 @@ class Daemon:
             desired = self.desired
             assert desired is not None
             try:
-                outcome = await self.reconciler.full(desired)
+                outcome = await self.reconciler.full(desired, superseded=functools.partial(self._superseded, desired))
                 await self._sync_live(self.reconciler.active or desired)
             except (EtcdConnectionError, InventoryError) as exc:
                 self.status.etcd_error = str(exc)
@@ -362,6 +364,10 @@ class Daemon:
                 self._reconciled.set()
                 self._watch_restart.set()
             outcome = None  # do not hold the plan (one Change per key) while idle
+
+    def _superseded(self, desired: DesiredState) -> bool:
+        """Newer manifests were loaded since `desired` was planned."""
+        return self.desired is not desired
 
     # -- watches --------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .apply import Limits, Outcome, apply
+from .apply import Limits, Outcome, Superseded, apply
 from .errors import ConflictError, GuardError, OwnershipError
 from .metrics import Metrics
 from .model import DesiredState, Policy
@@ -100,19 +100,25 @@ class Reconciler:
     def _start_writing(self, desired: DesiredState) -> None:
         self.active = desired
 
-    async def full(self, desired: DesiredState) -> Outcome | None:
-        """Apply `desired`; on refusal or conflict keep the last good state. Connection errors propagate."""
+    async def full(self, desired: DesiredState, *, superseded: Callable[[], bool] = lambda: False) -> Outcome | None:
+        """Apply `desired`; on refusal or conflict keep the last good state. Connection errors propagate.
+        When `superseded()` turns True before a transaction (newer manifests were loaded, e.g. while
+        etcd was away), nothing more of this plan is written and None is returned: the caller plans
+        the newer state instead of committing an older manifest."""
         async with self.lock:
-            return await self._full(desired)
+            return await self._full(desired, superseded)
 
-    async def _full(self, desired: DesiredState) -> Outcome | None:
+    async def _full(self, desired: DesiredState, superseded: Callable[[], bool]) -> Outcome | None:
         start = time.perf_counter()
         try:
             options = dataclasses.replace(self.options, own_leases=self.own_leases())
             outcome = await apply(self.store, desired, applyset=self.applyset, reserved=self.reserved,
                                   options=options, limits=self.limits, fences=self.fences(),
                                   on_commit=self._committed, on_execute=lambda _plan: self._start_writing(desired),
-                                  track_ownership=True)
+                                  track_ownership=True, superseded=superseded)
+        except Superseded:
+            log.info("reconcile: newer manifests were loaded meanwhile; planning those instead")
+            return None
         except GuardError as exc:
             self._failed("refused", f"refused, keeping the last good state: {exc}")
             return None

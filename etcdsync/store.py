@@ -768,8 +768,9 @@ class Store:
             raise mapped from exc
         finally:
             call.cancel()
-            if read is not None and not read.done():
-                read.cancel()
+            if read is not None:   # also when it finished just as we were cancelled: collect its error
+                if not read.done():
+                    read.cancel()
                 read.add_done_callback(_retrieve)
 
 

@@ -15,7 +15,7 @@ import pytest
 from conftest import Env
 from history import Declared, Recorder
 
-from etcdsync.apply import Limits, apply, observe
+from etcdsync.apply import MAX_IN_FLIGHT, Limits, apply, observe
 from etcdsync.errors import OwnershipError
 from etcdsync.etcdbin import EtcdCluster
 from etcdsync.model import DesiredKey, DesiredState
@@ -250,3 +250,26 @@ def test_diff_exits_1_when_the_only_change_is_ownership_or_a_delete(env: Env, hi
     r = env.cli("apply", "-f", str(m), "--applyset", "t")
     assert r.code == 0, r.err
     assert env.cli("diff", "-f", str(m), "--applyset", "t").code == 0
+
+
+def test_a_plan_superseded_by_newer_manifests_commits_nothing_more(env: Env, history: Recorder) -> None:
+    """The daemon asks before every transaction whether newer manifests were loaded meanwhile (etcd
+    was away, an editor saved again): if so, nothing more of the older plan is written."""
+    from etcdsync.apply import Superseded
+
+    p = f"{env.ns}sup/"
+    commits: list[int] = []
+    newer = {"loaded": False}
+
+    def on_commit(revision: int) -> None:
+        commits.append(revision)
+        newer["loaded"] = True          # the file watcher loads a newer manifest after the first batch
+
+    with pytest.raises(Superseded):
+        run(env, state(p, {f"k{i:02d}": "v" for i in range(40)}), limits=Limits(max_ops=8),
+            on_commit=on_commit, superseded=lambda: newer["loaded"])
+    assert 1 <= len(commits) <= MAX_IN_FLIGHT       # batches already in flight may land, no new one starts
+    assert 0 < len(env.dump(p)) < 40
+    with pytest.raises(Superseded):     # and a plan superseded before its first write writes nothing
+        run(env, state(p, {"other": "x"}), superseded=lambda: True, options=Options(force=True, allow_empty=True))
+    assert env.get(p + "other") is None
