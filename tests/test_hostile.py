@@ -294,33 +294,12 @@ def check_fuzz_result(code: int, err: str, path: Path, before: int, after: int) 
 @example(data=VALID.replace("  data:", "  data: &x").encode())
 @example(data=(VALID + "---\n" + "\t").encode())
 def test_fuzzed_manifests_in_process(data: bytes, etcd_h: EtcdCluster, tmp_path: Path) -> None:
-    import contextlib
-    import gc
-    import io
-
-    from etcdsync.cli import main
-
     path = tmp_path / "fuzz.yaml"
     path.write_bytes(data)
     ctl_before = Ctl(etcd_h.endpoints).revision()
-    out, err = io.StringIO(), io.StringIO()
-    old = dict(os.environ)
-    os.environ["ETCDSYNC_ENDPOINTS"] = ",".join(etcd_h.endpoints)
-    gc_was_enabled = gc.isenabled()   # main() turns the cyclic collector off for one-shot commands
-    code = 0
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                main(["apply", "-f", str(path), "--applyset", "fuzz", "--reserved-prefix", RESERVED, "--allow-empty",
-                      "--force"])
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else 2
-    finally:
-        os.environ.clear()
-        os.environ.update(old)
-        if gc_was_enabled:
-            gc.enable()
-    check_fuzz_result(code, err.getvalue(), path, ctl_before, Ctl(etcd_h.endpoints).revision())
+    code, _, err = _main(["apply", "-f", str(path), "--applyset", "fuzz", "--reserved-prefix", RESERVED,
+                          "--allow-empty", "--force"], {"ETCDSYNC_ENDPOINTS": ",".join(etcd_h.endpoints)})
+    check_fuzz_result(code, err, path, ctl_before, Ctl(etcd_h.endpoints).revision())
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
