@@ -131,6 +131,7 @@ class Daemon:
             "leader": st.leader,
             "applyset": self.applyset,
             "lastSuccess": st.last_success,
+            "endpoint": self.store.endpoint if self.store is not None else "",
         }
         ok = st.manifests_error is None and st.etcd_error is None and st.reconcile_error is None and (
             st.last_success is not None or (self.s.leader_elect and not st.leader))
@@ -387,6 +388,7 @@ class Daemon:
         while True:
             prefixes = self._watch_prefixes()
             seen = {p: start - 1 for p in prefixes}
+            endpoint = self.store.endpoint
             tasks: list[asyncio.Task[Any]] = [
                 asyncio.create_task(self._watch_one(p, start, seen), name=f"watch {p}") for p in prefixes]
             tasks.append(asyncio.create_task(self._watchdog(prefixes, seen), name="watchdog"))
@@ -418,9 +420,13 @@ class Daemon:
                 if last >= start:  # the watch delivered before failing: this is a new failure
                     backoff = BACKOFF_MIN
                 self.status.etcd_error = f"watch: {failure}"
-                log.warning("watch: %s; resuming from revision %d in %.1fs", failure, last + 1, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX)
+                if self.store.endpoint != endpoint:
+                    # the store moved to another member: resume there at once (drift repair waits)
+                    log.warning("watch: %s; resuming from revision %d on %s", failure, last + 1, self.store.endpoint)
+                else:
+                    log.warning("watch: %s; resuming from revision %d in %.1fs", failure, last + 1, backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX)
                 start = last + 1
                 self.trigger()
                 continue

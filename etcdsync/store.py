@@ -55,7 +55,8 @@ T = TypeVar("T")
 
 MAX_RECEIVE_BYTES = 512 * 1024 * 1024
 PAGE_KEYS = 10_000
-WATCH_LIVENESS = 1.0      # seconds between progress requests on a watch stream
+WATCH_LIVENESS = 1.0      # seconds between progress requests on a watch stream (one endpoint)
+FAILOVER_LIVENESS = 0.25  # the same with several endpoints: silent after 0.75 s, then the next member
 DEFAULT_PORT = 2379
 
 
@@ -666,9 +667,10 @@ class Store:
 
         One gRPC stream per call, opened here rather than through the client's watch helper so that
         it can be checked: every `liveness` seconds a progress request goes down the stream, and if
-        nothing at all comes back within another `liveness` seconds the stream is declared silent
-        (a paused or partitioned member keeps TCP open; gRPC keepalives alone take ~7 s) and an
-        EtcdConnectionError is raised. Progress answers also carry the revision up to which
+        nothing at all comes back within `liveness` + 2 seconds the stream is declared silent (a
+        paused or partitioned member keeps TCP open; gRPC keepalives alone take ~7 s) and an
+        EtcdConnectionError is raised. With several endpoints the checks are tighter (every 0.25 s,
+        silent after 0.75 s): another member can take over, and drift repair waits for the move. Progress answers also carry the revision up to which
         everything was delivered. A compacted start revision raises CompactedError. A silent,
         closed or failed stream also moves the store to its next endpoint. The caller resumes from
         the last revision it saw.
@@ -678,6 +680,14 @@ class Store:
         raises ClusterChanged (a ClusterChangedError that is also a CompactedError): the caller
         re-reads everything and watches from the new revision.
         """
+        deadline: float | None = None
+        if liveness is not None and len(self._endpoints) > 1:
+            # another member can take over: notice a paused or partitioned one within 0.75 s (drift
+            # repair waits for it); alone, a stall of a loaded etcd is not worth a warning
+            liveness = min(liveness, FAILOVER_LIVENESS)
+            deadline = 3 * liveness
+        elif liveness is not None:
+            deadline = liveness + 2.0
         channel = self.client._channel
         assert channel is not None and self.client.watch is not None
         metadata = self.client.watch._metadata or None
@@ -701,7 +711,6 @@ class Store:
         loop = asyncio.get_running_loop()
         confirmed = -1.0
         call = _pb.WatchStub(channel).Watch(requests(), metadata=metadata)
-        deadline = None if liveness is None else liveness + 2.0
         read: asyncio.Future[Any] | None = None
         try:
             while True:
