@@ -25,7 +25,7 @@ placeholder (`normalise` below); everything else is byte-exact:
     revisions written in this test      -> {rev1}, {rev2}, ... numbered in order of first appearance,
                                            so that equal revisions stay equal in the golden file
     revisions of a read (the header     -> {read-rev}   (other clients move it, so it is not pinned)
-      revision of ls/get/inventory/applysets)
+      revision of get/ls/inventory/applysets, and the one an apply that wrote nothing reports)
     lease ids granted by the test       -> {lease1}, ...
 """
 
