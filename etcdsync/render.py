@@ -8,14 +8,18 @@ from __future__ import annotations
 import base64
 import difflib
 import hashlib
+import json
 import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .fielddiff import FieldChange, field_changes
 from .plan import Action, Change, LiveStatus, Plan
 
 MAX_LINES = 20
 MAX_CHARS = 2000
+MAX_FIELDS = 50       # changed paths shown under one key before a count of the rest
+MAX_FIELD_CHARS = 80  # a field's value is shortened beyond this
 
 _SYMBOL = {
     Action.CREATE: "+", Action.UPDATE: "~", Action.ADOPT: ">", Action.DELETE: "-", Action.RELEASE: "<",
@@ -99,6 +103,27 @@ def _value_diff(old: bytes | None, new: bytes | None, secret: bool) -> list[tupl
     return [("-", x) for x in a] + [("+", x) for x in b]
 
 
+def _field_value(value: Any) -> str:
+    text = escape(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+    return text if len(text) <= MAX_FIELD_CHARS else text[:MAX_FIELD_CHARS - 1] + "…"
+
+
+def _field_line(f: FieldChange) -> tuple[str, str]:
+    path = escape(f.path)
+    if f.op == "add":
+        return "+", f"{path}: {_field_value(f.new)}"
+    if f.op == "remove":
+        return "-", f"{path}: {_field_value(f.old)}"
+    return "~", f"{path}: {_field_value(f.old)} → {_field_value(f.new)}"
+
+
+def _fields(c: Change) -> list[FieldChange] | None:
+    """The changed paths of a JSON object or array value (never for a secret), else None."""
+    if c.secret or c.action not in (Action.UPDATE, Action.DRIFT):
+        return None
+    return field_changes(c.old, c.new)
+
+
 def render_change(c: Change, style: Style = _plain) -> list[str]:
     color = _COLOR[c.action]
     note = f"  ({escape(c.note)})" if c.note else ""
@@ -109,13 +134,22 @@ def render_change(c: Change, style: Style = _plain) -> list[str]:
     if c.action is Action.CREATE:
         pairs = [("+", x) for x in show_value(c.new, c.secret)]
     elif c.action in (Action.UPDATE, Action.DRIFT):
-        pairs = _value_diff(c.old, c.new, c.secret)
+        fields = _fields(c)
+        if fields:
+            pairs = [_field_line(f) for f in fields[:MAX_FIELDS]]
+            if len(fields) > MAX_FIELDS:
+                pairs.append(("@", f"... and {len(fields) - MAX_FIELDS} more changed fields (-o json lists them)"))
+        elif fields == []:
+            pairs = [("@", "the same JSON, written differently (key order or spacing)")]
+            pairs += _value_diff(c.old, c.new, c.secret)
+        else:
+            pairs = _value_diff(c.old, c.new, c.secret)
     elif c.action is Action.DELETE:
         pairs = [("-", x) for x in show_value(c.old, c.secret)]
     else:
         pairs = []
     for sign, text in pairs:
-        fg = {"+": "green", "-": "red", "@": "cyan"}.get(sign)
+        fg = {"+": "green", "-": "red", "~": "yellow", "@": "cyan"}.get(sign)
         lines.append("    " + style(f"{sign} {text}" if sign != "@" else text, fg=fg))
     return lines
 
@@ -238,6 +272,9 @@ def change_json(c: Change, result: str | None = None) -> dict[str, Any]:
         out["document"] = c.document
     if c.source:
         out["source"] = str(c.source)
+    fields = _fields(c)
+    if fields is not None:
+        out["fields"] = [f.to_json() for f in fields]
     if result is not None:
         out["result"] = result
     return out
