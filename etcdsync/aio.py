@@ -22,11 +22,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import EtcdConnectionError, UsageError
+from .errors import CompactedError, EtcdConnectionError, UsageError
 from .instances import decode_instance, encode_instance, instance_key
 from .lease import LeasedKeys
 from .settings import Connection
-from .store import CompactedError, KeyValue, Store, WatchEvent
+from .store import KeyValue, Store, WatchEvent
 
 log = logging.getLogger(__name__)
 

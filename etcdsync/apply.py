@@ -16,11 +16,12 @@ import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .errors import ConflictError, GuardError, OwnershipError, UsageError
+from .errors import ConflictError, GuardError, OwnershipError, RequestTooLargeError, UsageError
 from .inventory import Entry, Ownership, encode_chunk, fence_key, inventory_prefix, parse_ownership
 from .model import DesiredState
 from .plan import Action, Change, ObservedLike, Options, Plan, plan
-from .store import Compare, Delete, Get, KeyValue, Op, Put, RequestTooLargeError, Store, absent, mod_is
+from .store import Compare, Delete, Get, KeyValue, Op, Put, Store, absent, mod_is
+from .tasks import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -416,7 +417,7 @@ async def apply(
     options = options or Options()
     outcome: Outcome | None = None
     attempt = 0
-    backoff = 0.05
+    backoff = Backoff(0.05, 2.0)
     while True:
         snap = await observe(store, desired, applyset=applyset, reserved=reserved)
         p = plan(desired, snap.observed, snap.ownership.inventory(applyset),
@@ -457,8 +458,7 @@ async def apply(
                     + (f" (and {len(keys) - 1} more keys: {', '.join(keys[1:6])})" if len(keys) > 1 else ""),
                     keys,
                 ) from None
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 2.0)
+            await backoff.sleep()
             continue
         except RequestTooLargeError:
             outcome.done.update(ex.done)

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from .errors import EtcdsyncError, UsageError
-from .settings import RESERVED_PREFIX
+from .inventory import resolve_applyset
+from .settings import RESERVED_PREFIX, services_prefix
 
 if TYPE_CHECKING:
     from .model import DesiredState
@@ -165,20 +166,6 @@ def load(paths: tuple[str, ...], reserved: str, *, file_roots: tuple[str, ...] =
 
 def plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
-
-
-def resolve_applyset(flag: str | None, desired: DesiredState) -> tuple[str, str]:
-    """(name, where it came from)."""
-    from .inventory import check_applyset_name
-
-    if flag:
-        if desired.applyset and desired.applyset != flag:
-            raise UsageError(f"--applyset {flag!r} differs from the ApplySet document {desired.applyset!r} "
-                             f"at {desired.applyset_source}; use one of them")
-        return check_applyset_name(flag), "flag"
-    if desired.applyset:
-        return check_applyset_name(desired.applyset), "document"
-    return "default", "default"
 
 
 def run(coro: Any) -> Any:
@@ -539,7 +526,7 @@ def services_ls(name: str, prefix: str | None, fmt: str, output: str, no_color: 
     conn = make_connection(kw)
 
     async def go() -> list[Any]:
-        reg = AsyncRegistry(conn, prefix=prefix or ("services/" if fmt == "grpc" else "/services/"), format=fmt)
+        reg = AsyncRegistry(conn, prefix=prefix or services_prefix(fmt), format=fmt)
         try:
             return await reg.discover(name)
         finally:
@@ -571,7 +558,7 @@ def services_watch(name: str, prefix: str | None, fmt: str, output: str, no_colo
         sys.stdout.flush()
 
     async def go() -> None:
-        reg = AsyncRegistry(conn, prefix=prefix or ("services/" if fmt == "grpc" else "/services/"), format=fmt)
+        reg = AsyncRegistry(conn, prefix=prefix or services_prefix(fmt), format=fmt)
         w = await reg.watch(name, show)
         try:
             await asyncio.Event().wait()

@@ -43,7 +43,8 @@ from .cli import (
 )
 from .cli import services_ls as _services_ls_one
 from .errors import ConflictError, EtcdsyncError, OwnershipError, UsageError
-from .settings import RESERVED_PREFIX
+from .settings import RESERVED_PREFIX, services_prefix
+from .tasks import Backoff
 
 if TYPE_CHECKING:
     from .inventory import Ownership
@@ -342,8 +343,9 @@ def put(target: str, value: str, force: bool, paths: tuple[str, ...], reserved_p
     data = value.encode("utf-8", "surrogateescape")
 
     async def go() -> tuple[str, int, Seen]:
+        backoff = Backoff(0.05, 2.0)
         async with Store(conn) as store:
-            for attempt in range(ATTEMPTS):
+            for _attempt in range(ATTEMPTS):
                 seen = await read(store, reserved_prefix, key, prefix=False)
                 kv = seen.kvs[0] if seen.kvs else None
                 if kv is not None and not force:
@@ -355,7 +357,7 @@ def put(target: str, value: str, force: bool, paths: tuple[str, ...], reserved_p
                 result = await store.txn(_guards(seen, [kv if kv is not None else key]), [Put(key, data)])
                 if result.succeeded:
                     return ("updated" if kv is not None else "created"), result.revision, seen
-                await asyncio.sleep(0.05 * 2 ** attempt)
+                await backoff.sleep()
         raise ConflictError(f"{key}: conflict, changed by another writer on each of {ATTEMPTS} attempts; "
                             "nothing written", [key])
 
@@ -385,7 +387,8 @@ def del_cmd(target: str, prefix: bool, force: bool, paths: tuple[str, ...], rese
     """Delete KEY (or every key under it with --prefix), refusing (exit 3) keys an apply set owns or a
     lease holds unless --force. Only keys seen and compared are deleted; keys created meanwhile stay."""
     from .apply import Limits
-    from .store import Delete, RequestTooLargeError, Store
+    from .errors import RequestTooLargeError
+    from .store import Delete, Store
 
     key = target
 
@@ -397,6 +400,7 @@ def del_cmd(target: str, prefix: bool, force: bool, paths: tuple[str, ...], rese
     async def go() -> tuple[int, int, int, list[str]]:
         deleted = transactions = revision = 0
         owned: list[str] = []
+        backoff = Backoff(0.1, 2.0)
         async with Store(conn) as store:
             attempt = 0
             while True:
@@ -426,7 +430,7 @@ def del_cmd(target: str, prefix: bool, force: bool, paths: tuple[str, ...], rese
                     if attempt >= ATTEMPTS:
                         raise ConflictError(f"{key}: conflict, changed by another writer on each of {ATTEMPTS} "
                                             f"attempts; {deleted} keys deleted before that", [key]) from None
-                    await asyncio.sleep(0.05 * 2 ** attempt)
+                    await backoff.sleep()
 
     deleted, transactions, revision, owned = run(go())
     shown = safe_text(key)
@@ -677,7 +681,7 @@ def services_ls(click_ctx: click.Context, /, name: str | None, prefix: str | Non
     from .store import Store
 
     conn = make_connection(kw)
-    base = prefix or ("services/" if fmt == "grpc" else "/services/")
+    base = prefix or services_prefix(fmt)
 
     async def go() -> list[KeyValue]:
         async with Store(conn) as store:
@@ -740,7 +744,7 @@ def services_register(name: str, id: str, host: str, port: int, ttl: str, metada
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        reg = AsyncRegistry(conn, prefix=prefix or ("services/" if fmt == "grpc" else "/services/"), format=fmt)
+        reg = AsyncRegistry(conn, prefix=prefix or services_prefix(fmt), format=fmt)
         try:
             r = await reg.register(name, id, host=host, port=port, metadata=meta or None, ttl=seconds)
             click.echo(f"registered {safe_text(r.key)} under lease {r.lease_id:x} (ttl {r.leased.ttl}s); "

@@ -25,17 +25,17 @@ from typing import Any
 
 from .apply import minimal_prefixes
 from .checks import Checker
-from .errors import ClusterChangedError, EtcdConnectionError, EtcdsyncError, ManifestError, UsageError
-from .inventory import InventoryError, inventory_prefix
+from .errors import ClusterChangedError, CompactedError, EtcdConnectionError, EtcdsyncError, ManifestError, UsageError
+from .inventory import inventory_prefix, resolve_applyset
 from .lease import LeasedKeys
 from .metrics import HttpServer, Metrics
 from .model import DesiredState, ServiceInstance
 from .plan import Options
 from .reconcile import Reconciler, Status
 from .render import escape
-from .settings import Connection
-from .store import CompactedError, Compare, Store, WatchEvent, created_at
-from .tasks import cancel_and_wait
+from .settings import RESERVED_PREFIX, Connection
+from .store import Compare, Store, WatchEvent, created_at
+from .tasks import Backoff, cancel_and_wait
 
 log = logging.getLogger("etcdsync.daemon")
 
@@ -52,7 +52,7 @@ class DaemonSettings:
     """Manifest files or directories (-f)."""
     applyset_flag: str | None = None
     """--applyset; else the ApplySet document; else 'default'."""
-    reserved: str = "/.etcdsync/"
+    reserved: str = RESERVED_PREFIX
     """Where inventories and election keys live."""
     options: Options = field(default_factory=Options)
     """Ownership and deletion-guard options, as for `apply`."""
@@ -146,8 +146,6 @@ class Daemon:
     # -- main -----------------------------------------------------------------------
 
     async def run(self) -> int:
-        from .cli import resolve_applyset  # the same rule as the one-shot commands
-
         self.desired = self.load(self.s.paths)          # a bad manifest at start-up is exit 2
         gc.freeze()   # the desired state lives long: keep the cyclic collector from rescanning it
         self.applyset, origin = resolve_applyset(self.s.applyset_flag, self.desired)
@@ -187,16 +185,16 @@ class Daemon:
         return 0
 
     async def _connect(self) -> None:
-        backoff = BACKOFF_MIN
+        backoff = Backoff(BACKOFF_MIN, BACKOFF_MAX)
         while True:
             try:
                 await self.store.connect()
                 return
             except EtcdConnectionError as exc:
                 self.status.etcd_error = str(exc)
-                log.error("connect: %s; retrying in %.1fs", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX)
+                delay = backoff.next()
+                log.error("connect: %s; retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
 
     async def _main(self) -> None:
         """Campaign when asked to, then do the work while we may write."""
@@ -326,7 +324,7 @@ class Daemon:
 
     async def _reconcile_loop(self) -> None:
         assert self.reconciler is not None
-        backoff = BACKOFF_MIN
+        backoff = Backoff(BACKOFF_MIN, BACKOFF_MAX)
         self.trigger()
         while True:
             await self._trigger.wait()
@@ -342,24 +340,23 @@ class Daemon:
             try:
                 outcome = await self.reconciler.full(desired, superseded=functools.partial(self._superseded, desired))
                 await self._sync_live(self.reconciler.active or desired)
-            except (EtcdConnectionError, InventoryError) as exc:
-                self.status.etcd_error = str(exc)
-                self.metrics.errors.labels("etcd").inc()
-                self.metrics.reconciles.labels("error").inc()
-                log.error("reconcile: %s; retrying in %.1fs", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX)
-                self.trigger()
-                continue
             except EtcdsyncError as exc:
-                self.metrics.errors.labels("other").inc()
-                self.status.reconcile_error = str(exc)
-                log.error("reconcile: %s", exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX)
+                delay = backoff.next()
+                if exc.retryable:    # etcd's side (away, inventory broken): read and plan again
+                    self.status.etcd_error = str(exc)
+                    self.metrics.errors.labels("etcd").inc()
+                    self.metrics.reconciles.labels("error").inc()
+                    log.error("reconcile: %s; retrying in %.1fs", exc, delay)
+                    await asyncio.sleep(delay)
+                    self.trigger()
+                else:                # the input: wait for the next change of manifests
+                    self.metrics.errors.labels("other").inc()
+                    self.status.reconcile_error = str(exc)
+                    log.error("reconcile: %s", exc)
+                    await asyncio.sleep(delay)
                 continue
             self.status.etcd_error = None
-            backoff = BACKOFF_MIN
+            backoff.reset()
             if outcome is not None:
                 self._reconciled.set()
                 self._watch_restart.set()
@@ -381,7 +378,7 @@ class Daemon:
     async def _watch_loop(self) -> None:
         """Watch every prefix from the revision after the last full read; restart when the set changes."""
         assert self.reconciler is not None
-        backoff = BACKOFF_MIN
+        backoff = Backoff(BACKOFF_MIN, BACKOFF_MAX)
         await self._reconciled.wait()
         start = self.reconciler.revision + 1
         while True:
@@ -416,15 +413,15 @@ class Daemon:
                 continue
             if failure is not None:
                 if last >= start:  # the watch delivered before failing: this is a new failure
-                    backoff = BACKOFF_MIN
+                    backoff.reset()
+                delay = backoff.next()
                 self.status.etcd_error = f"watch: {failure}"
-                log.warning("watch: %s; resuming from revision %d in %.1fs", failure, last + 1, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX)
+                log.warning("watch: %s; resuming from revision %d in %.1fs", failure, last + 1, delay)
+                await asyncio.sleep(delay)
                 start = last + 1
                 self.trigger()
                 continue
-            backoff = BACKOFF_MIN
+            backoff.reset()
             # the prefixes changed: new ones start after the last full read, which covered them
             start = min(last + 1, self.reconciler.revision + 1)
 

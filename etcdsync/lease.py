@@ -18,8 +18,8 @@ import contextlib
 import logging
 from collections.abc import Callable, Sequence
 
-from .errors import EtcdConnectionError
-from .store import CompactedError, Compare, Delete, Put, Store
+from .errors import CompactedError, EtcdConnectionError
+from .store import Compare, Delete, Put, Store
 from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)

@@ -10,6 +10,16 @@ from .errors import UsageError
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:2379"
 RESERVED_PREFIX = "/.etcdsync/"
+"""Where etcdsync keeps inventories, the ownership fence and election keys."""
+SERVICES_PREFIX = "/services/"
+"""Where service instances live in the `json` format."""
+GRPC_SERVICES_PREFIX = "services/"
+"""Where they live in the `grpc` format (grpc-go's etcd naming resolver: no leading slash)."""
+
+
+def services_prefix(fmt: str) -> str:
+    """The default registry prefix of a format (`json` or `grpc`)."""
+    return GRPC_SERVICES_PREFIX if fmt == "grpc" else SERVICES_PREFIX
 
 
 def _split(value: str | Sequence[str]) -> tuple[str, ...]:

@@ -475,8 +475,7 @@ def test_restore_from_an_older_snapshot_resyncs_library_watches(lone_etcd: EtcdC
 
 def test_a_watch_raises_cluster_changed_for_a_revision_the_cluster_does_not_have(lone_etcd: EtcdCluster,
                                                                                   tmp_path: Path) -> None:
-    from etcdsync.errors import ClusterChangedError
-    from etcdsync.store import CompactedError
+    from etcdsync.errors import ClusterChangedError, CompactedError
 
     ctl = Ctl(lone_etcd.endpoints)
     snap = tmp_path / "snap.db"

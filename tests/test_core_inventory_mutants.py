@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from etcdsync.errors import UsageError
+from etcdsync.errors import InventoryError, UsageError
 from etcdsync.inventory import (
     Chunk,
     Entry,
     Inventory,
-    InventoryError,
     Ownership,
     check_applyset_name,
     decode_chunk,

@@ -6,10 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from etcdsync.errors import UsageError
+from etcdsync.errors import InventoryError, UsageError
 from etcdsync.inventory import (
     Entry,
-    InventoryError,
     check_applyset_name,
     decode_chunk,
     encode_chunk,

@@ -55,6 +55,11 @@ SPOOFING = "\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff"
 _UNPRINTABLE_IN_MESSAGE = re.compile(f"[\x00-\x1f\x7f-\x9f\ud800-\udfff{SPOOFING}]")
 
 
+def node_error(message: str, file: str | None, node: Node) -> ManifestError:
+    """A ManifestError at `node`'s position in `file`."""
+    return ManifestError(message, file, node.line, node.column)
+
+
 def shown(text: str, limit: int = 200) -> str:
     """``text`` made safe for a one-line message: control characters and lone surrogates escaped,
     long text shortened."""
