@@ -21,7 +21,7 @@ from pathlib import Path
 
 from etcd3aio.kv import prefix_range_end
 
-from etcdsync.etcdbin import free_ports
+from etcdsync.local.etcdbin import free_ports
 
 from . import manifests
 from .results import DAEMON_IDLE_CPU, DAEMON_RSS, DRIFT_REPAIR, Measurement

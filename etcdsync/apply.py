@@ -16,11 +16,11 @@ import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from .core.inventory import Entry, Ownership, encode_chunk, fence_key, inventory_prefix, parse_ownership
+from .core.model import DesiredState
+from .core.plan import Action, Change, ObservedLike, Options, Plan, plan
 from .errors import ConflictError, GuardError, OwnershipError, RequestTooLargeError, UsageError
-from .inventory import Entry, Ownership, encode_chunk, fence_key, inventory_prefix, parse_ownership
-from .model import DesiredState
-from .plan import Action, Change, ObservedLike, Options, Plan, plan
-from .store import Compare, Delete, Get, KeyValue, Op, Put, Store, absent, mod_is
+from .etcd.store import Compare, Delete, Get, KeyValue, Op, Put, Store, absent, mod_is
 from .tasks import Backoff
 
 log = logging.getLogger(__name__)

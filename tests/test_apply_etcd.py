@@ -12,13 +12,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from etcdsync.apply import Limits, apply, observe
+from etcdsync.core.inventory import inventory_prefix
+from etcdsync.core.model import DesiredKey, DesiredState
+from etcdsync.core.plan import Action, Options
 from etcdsync.errors import ConflictError
-from etcdsync.etcdbin import EtcdCluster
-from etcdsync.inventory import inventory_prefix
-from etcdsync.model import DesiredKey, DesiredState
-from etcdsync.plan import Action, Options
+from etcdsync.etcd.store import Store
+from etcdsync.local.etcdbin import EtcdCluster
 from etcdsync.settings import Connection
-from etcdsync.store import Store
 
 
 def state(prefix: str, values: dict[str, str]) -> DesiredState:
@@ -149,7 +149,7 @@ def test_property_apply_then_plan_is_empty_and_reapply_writes_nothing(env: Env, 
 
 def test_stale_election_fence_commits_nothing(env: Env, history: Recorder) -> None:
     """A paused ex-leader's writes carry a compare on its (now gone) election key: nothing commits."""
-    from etcdsync.store import created_at
+    from etcdsync.etcd.store import created_at
 
     p = f"{env.ns}fence/"
     run_apply(env.endpoints, state(p, {"a": "1"}), env.reserved)

@@ -16,12 +16,12 @@ from conftest import Env
 from history import Declared, Recorder
 
 from etcdsync.apply import MAX_IN_FLIGHT, Limits, apply, observe
+from etcdsync.core.model import DesiredKey, DesiredState
+from etcdsync.core.plan import Options
 from etcdsync.errors import OwnershipError
-from etcdsync.etcdbin import EtcdCluster
-from etcdsync.model import DesiredKey, DesiredState
-from etcdsync.plan import Options
+from etcdsync.etcd.store import Store
+from etcdsync.local.etcdbin import EtcdCluster
 from etcdsync.settings import Connection
-from etcdsync.store import Store
 
 
 def state(prefix: str, values: dict[str, str]) -> DesiredState:
@@ -198,7 +198,7 @@ def test_reads_larger_than_one_page_see_every_key(env: Env, history: Recorder) -
 def test_a_conflict_names_the_compares_that_failed_and_only_those(env: Env, history: Recorder) -> None:
     """A lost election fence is named; a valid one is not blamed when another key moved."""
     from etcdsync.errors import ConflictError
-    from etcdsync.store import created_at
+    from etcdsync.etcd.store import created_at
 
     p = f"{env.ns}names/"
     run(env, state(p, {"a": "1"}))

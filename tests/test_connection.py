@@ -27,9 +27,9 @@ from conftest import ROOT, wait_for
 from helpers_faults import Ctl, find_leader
 
 from etcdsync.aio import AsyncConfigStore, AsyncRegistry
-from etcdsync.etcdbin import EtcdCluster
+from etcdsync.etcd.store import Store
+from etcdsync.local.etcdbin import EtcdCluster
 from etcdsync.settings import Connection
-from etcdsync.store import Store
 
 SIMPLE_TOKENS = ["--auth-token", "simple", "--auth-token-ttl", "2"]
 
@@ -411,7 +411,7 @@ def restore_snapshot(cluster: EtcdCluster, snapshot: Path, token: str = "etcdsyn
     The same --initial-cluster-token keeps the cluster id; another one makes a new cluster."""
     import shutil
 
-    from etcdsync.etcdbin import find_binary
+    from etcdsync.local.etcdbin import find_binary
 
     m = cluster.members[0]
     m.stop()

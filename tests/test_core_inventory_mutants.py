@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from etcdsync.errors import InventoryError, UsageError
-from etcdsync.inventory import (
+from etcdsync.core.inventory import (
     Chunk,
     Entry,
     Inventory,
@@ -19,6 +18,7 @@ from etcdsync.inventory import (
     parse_ownership,
     sets_prefix,
 )
+from etcdsync.errors import InventoryError, UsageError
 
 R = "/.etcdsync/"
 K = R + "sets/me/inventory/c1"

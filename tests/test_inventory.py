@@ -6,8 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from etcdsync.errors import InventoryError, UsageError
-from etcdsync.inventory import (
+from etcdsync.core.inventory import (
     Entry,
     check_applyset_name,
     decode_chunk,
@@ -15,6 +14,7 @@ from etcdsync.inventory import (
     fence_key,
     parse_ownership,
 )
+from etcdsync.errors import InventoryError, UsageError
 
 R = "/.etcdsync/"
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from etcdsync.core.instances import encode_instance, grpc_addr, instance_key
+from etcdsync.core.model import DesiredKey, DesiredState, HealthCheck, Policy, ServiceInstance, Source
 from etcdsync.errors import ManifestError
-from etcdsync.instances import encode_instance, grpc_addr, instance_key
-from etcdsync.model import DesiredKey, DesiredState, HealthCheck, Policy, ServiceInstance, Source
 from etcdsync.settings import RESERVED_PREFIX, services_prefix
 
 from . import values

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from json.encoder import encode_basestring as _json_string  # C-accelerated; ensure_ascii=False
 from typing import Any
 
-from etcdsync.model import Policy
+from etcdsync.core.model import Policy
 
 from .schema import OPTION_NAMES as _OPTION_NAMES
 from .yamlnodes import CORE_TAG_PREFIX, MAP, SCALAR, Node, node_error, shown

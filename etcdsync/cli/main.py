@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from .errors import EtcdsyncError, UsageError
-from .inventory import resolve_applyset
-from .settings import RESERVED_PREFIX, services_prefix
+from ..core.inventory import resolve_applyset
+from ..errors import EtcdsyncError, UsageError
+from ..settings import RESERVED_PREFIX, services_prefix
 
 if TYPE_CHECKING:
-    from .model import DesiredState
-    from .settings import Connection
+    from ..core.model import DesiredState
+    from ..settings import Connection
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -57,7 +57,7 @@ class Ctx:
 
 def check_reserved_prefix(_ctx: Any, _param: Any, value: str) -> str:
     """--reserved-prefix: absolute, ending in '/', no '.'/'..' segment, no control character."""
-    from .manifest.yamlnodes import shown
+    from ..manifest.yamlnodes import shown
 
     problem = None
     if not value.startswith("/") or not value.endswith("/"):
@@ -117,7 +117,7 @@ def manifest_options(f: F) -> F:
 
 
 def check_sources(file_roots: tuple[str, ...], env_allow: tuple[str, ...]) -> None:
-    from .manifest.yamlnodes import shown
+    from ..manifest.yamlnodes import shown
 
     for root in file_roots:
         if not root or not os.path.isdir(root):
@@ -144,7 +144,7 @@ def plan_options(f: F) -> F:
 
 
 def make_connection(kw: dict[str, Any]) -> Connection:
-    from .settings import Connection
+    from ..settings import Connection
 
     return Connection.from_env(
         endpoints=kw.pop("endpoints", None), user=kw.pop("user", None), password=kw.pop("password", None),
@@ -155,7 +155,7 @@ def make_connection(kw: dict[str, Any]) -> Connection:
 
 def load(paths: tuple[str, ...], reserved: str, *, file_roots: tuple[str, ...] = (),
          env_allow: tuple[str, ...] = ()) -> DesiredState:
-    from .manifest import load_manifests
+    from ..manifest import load_manifests
 
     if not paths:
         if not os.path.isdir(DEFAULT_MANIFESTS):
@@ -182,7 +182,7 @@ def run(coro: Any) -> Any:
 
 def _show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     if value and not ctx.resilient_parsing:
-        from .cli_ops import version_text
+        from .ops import version_text
 
         click.echo(version_text())
         ctx.exit()
@@ -220,10 +220,10 @@ def validate(paths: tuple[str, ...], file_roots: tuple[str, ...], env_allow: tup
 
 
 def _plan_command(kw: dict[str, Any], *, execute: bool) -> int:
-    from . import render
-    from .apply import apply as do_apply
-    from .plan import Options
-    from .store import Store
+    from ..apply import apply as do_apply
+    from ..core import render
+    from ..core.plan import Options
+    from ..etcd.store import Store
 
     ctx = Ctx(no_color=kw.pop("no_color"), output=kw.pop("output"), debug=kw.pop("debug"), verbose=kw.pop("verbose"))
     conn = make_connection(kw)
@@ -344,13 +344,13 @@ def export(prefix: str, name: str | None, policy: str | None, reserved_prefix: s
     """Write the keys under a prefix as a ConfigSet manifest (to adopt a running system)."""
     if not prefix.startswith("/") or not prefix.endswith("/"):
         raise UsageError(f"--prefix {prefix!r}: must start and end with '/' (a ConfigSet prefix)")
-    from .export import export_prefix
-    from .store import Store
+    from ..core.export import export_prefix
+    from ..etcd.store import Store
 
     conn = make_connection(kw)
 
     async def go() -> tuple[str, list[str]]:
-        from .inventory import parse_ownership
+        from ..core.inventory import parse_ownership
 
         async with Store(conn) as store:
             owned, rev = await store.get_prefix(reserved_prefix)
@@ -362,7 +362,7 @@ def export(prefix: str, name: str | None, policy: str | None, reserved_prefix: s
         return export_prefix(prefix, [(kv.key, kv.value, kv.lease) for kv in kvs if not kv.key.startswith(reserved_prefix)],
                              name=name, policy=policy, secret=secret)
 
-    from .render import escape
+    from ..core.render import escape
 
     text, warnings = run(go())
     for w in warnings:
@@ -371,13 +371,13 @@ def export(prefix: str, name: str | None, policy: str | None, reserved_prefix: s
 
 
 def setup_logging(fmt: str, debug: bool) -> None:
-    from .logfmt import configure
+    from ..daemon.logfmt import configure
 
     configure(fmt, logging.DEBUG if debug else logging.INFO)
 
 
 def parse_duration(text: str, what: str) -> float:
-    from .manifest.loader import parse_duration as parse
+    from ..manifest.loader import parse_duration as parse
 
     seconds = parse(text)
     if seconds is None:
@@ -406,8 +406,8 @@ def run_cmd(paths: tuple[str, ...], file_roots: tuple[str, ...], env_allow: tupl
             allow_empty: bool, max_deletes: int, force: bool, resync: str, debounce: str, metrics_addr: str | None,
             leader_elect: bool, election_ttl: str, log_format: str, no_color: bool, debug: bool, **kw: Any) -> None:
     """Keep etcd equal to the manifests: watch files and etcd, repair drift, hold live registrations."""
-    from .daemon import Daemon, DaemonSettings
-    from .plan import Options
+    from ..core.plan import Options
+    from ..daemon.daemon import Daemon, DaemonSettings
 
     setup_logging(log_format, debug)
     conn = make_connection(kw)
@@ -438,13 +438,13 @@ def run_cmd(paths: tuple[str, ...], file_roots: tuple[str, ...], env_allow: tupl
 def dev(paths: tuple[str, ...], file_roots: tuple[str, ...], env_allow: tuple[str, ...], data_dir: str | None, port: int | None, metrics_addr: str | None, once: bool,
         log_format: str, no_color: bool, debug: bool) -> None:
     """A throwaway local etcd, ./manifests (or -f) applied, and the daemon in the foreground. Ctrl-C cleans up."""
-    from . import render
-    from .apply import apply as do_apply
-    from .daemon import Daemon, DaemonSettings
-    from .dev import banner, default_metrics_addr, start_etcd
-    from .etcdbin import find_binary
-    from .settings import Connection
-    from .store import Store
+    from ..apply import apply as do_apply
+    from ..core import render
+    from ..daemon.daemon import Daemon, DaemonSettings
+    from ..etcd.store import Store
+    from ..local.dev import banner, default_metrics_addr, start_etcd
+    from ..local.etcdbin import find_binary
+    from ..settings import Connection
 
     ctx = Ctx(no_color=no_color, output="text", debug=debug)
     check_sources(file_roots, env_allow)
@@ -489,7 +489,7 @@ def services() -> None:
 
 
 def _instances_text(name: str, items: list[Any]) -> str:
-    from .render import escape
+    from ..core.render import escape
 
     if not items:
         return f"{escape(name)}: no instances"
@@ -521,7 +521,7 @@ def service_options(f: F) -> F:
 @output_options
 def services_ls(name: str, prefix: str | None, fmt: str, output: str, no_color: bool, debug: bool, **kw: Any) -> None:
     """List the instances of service NAME."""
-    from .aio import AsyncRegistry
+    from ..aio import AsyncRegistry
 
     conn = make_connection(kw)
 
@@ -545,7 +545,7 @@ def services_watch(name: str, prefix: str | None, fmt: str, output: str, no_colo
     """Print the instances of service NAME now and on every change, until Ctrl-C."""
     import time
 
-    from .aio import AsyncRegistry
+    from ..aio import AsyncRegistry
 
     conn = make_connection(kw)
 
@@ -575,7 +575,7 @@ def services_watch(name: str, prefix: str | None, fmt: str, output: str, no_colo
 @cli.command()
 def schema() -> None:
     """Print the JSON Schema of manifest documents (for editor completion)."""
-    from .manifest import MANIFEST_SCHEMA
+    from ..manifest import MANIFEST_SCHEMA
 
     click.echo(json.dumps(MANIFEST_SCHEMA, indent=2))
 
@@ -612,7 +612,7 @@ def main(argv: list[str] | None = None) -> None:
             import traceback
 
             traceback.print_exc()
-        from .render import escape
+        from ..core.render import escape
 
         click.echo(f"error: {escape(str(exc))}", err=True)
         code = exc.exit_code
@@ -622,7 +622,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # noqa: BLE001 - a bug: still one line unless --debug
         if debug:
             raise
-        from .render import escape
+        from ..core.render import escape
 
         click.echo(f"error: internal error: {type(exc).__name__}: {escape(str(exc))} (run with --debug for a traceback)",
                    err=True)
@@ -632,7 +632,7 @@ def main(argv: list[str] | None = None) -> None:
 
 # Operator commands (get, ls, put, del, inventory, applysets, teardown, services ls/register,
 # completion) live in cli_ops.py and register themselves on `cli` and `services` when imported.
-from . import cli_ops  # noqa: E402,F401
+from . import ops  # noqa: E402,F401
 
 if __name__ == "__main__":
     main()

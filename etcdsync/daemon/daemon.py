@@ -23,19 +23,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .apply import minimal_prefixes
+from ..apply import minimal_prefixes
+from ..core.inventory import inventory_prefix, resolve_applyset
+from ..core.model import DesiredState, ServiceInstance
+from ..core.plan import Options
+from ..core.render import escape
+from ..errors import ClusterChangedError, CompactedError, EtcdConnectionError, EtcdsyncError, ManifestError, UsageError
+from ..etcd.lease import LeasedKeys
+from ..etcd.store import Compare, Store, WatchEvent, created_at
+from ..settings import RESERVED_PREFIX, Connection
+from ..tasks import Backoff, cancel_and_wait
 from .checks import Checker
-from .errors import ClusterChangedError, CompactedError, EtcdConnectionError, EtcdsyncError, ManifestError, UsageError
-from .inventory import inventory_prefix, resolve_applyset
-from .lease import LeasedKeys
 from .metrics import HttpServer, Metrics
-from .model import DesiredState, ServiceInstance
-from .plan import Options
 from .reconcile import Reconciler, Status
-from .render import escape
-from .settings import RESERVED_PREFIX, Connection
-from .store import Compare, Store, WatchEvent, created_at
-from .tasks import Backoff, cancel_and_wait
 
 log = logging.getLogger("etcdsync.daemon")
 

@@ -27,7 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .cli import (
+from ..errors import ConflictError, EtcdsyncError, OwnershipError, UsageError
+from ..settings import RESERVED_PREFIX, services_prefix
+from ..tasks import Backoff
+from .main import (
     DIFF_LIMIT,
     EXIT_REFUSED,
     Ctx,
@@ -41,15 +44,12 @@ from .cli import (
     service_options,
     services,
 )
-from .cli import services_ls as _services_ls_one
-from .errors import ConflictError, EtcdsyncError, OwnershipError, UsageError
-from .settings import RESERVED_PREFIX, services_prefix
-from .tasks import Backoff
+from .main import services_ls as _services_ls_one
 
 if TYPE_CHECKING:
-    from .inventory import Ownership
-    from .model import DesiredState
-    from .store import Compare, KeyValue, Store
+    from ..core.inventory import Ownership
+    from ..core.model import DesiredState
+    from ..etcd.store import Compare, KeyValue, Store
 
 ATTEMPTS = 5                 # hand writes: re-read and re-decide this many times on a failed compare
 
@@ -124,7 +124,7 @@ def _reserved_prefixes(reserved: str) -> tuple[str, ...]:
 
 
 async def read(store: Store, reserved: str, key: str, *, prefix: bool) -> Seen:
-    from .inventory import parse_ownership
+    from ..core.inventory import parse_ownership
 
     res, rev = await store.get_prefix(reserved)
     ownership = parse_ownership(((kv.key, kv.value, kv.mod_revision) for kv in res), reserved)
@@ -161,7 +161,7 @@ def json_option(f: Any) -> Any:
 # -- get / ls ------------------------------------------------------------------------------------------
 
 def _kv_json(kv: KeyValue, seen: Seen) -> dict[str, Any]:
-    from .render import secret_hash
+    from ..core.render import secret_hash
 
     out: dict[str, Any] = {"key": kv.key}
     if kv.key in seen.secret:
@@ -175,7 +175,7 @@ def _kv_json(kv: KeyValue, seen: Seen) -> dict[str, Any]:
 
 def _shown(kv: KeyValue, seen: Seen, *, newlines: bool) -> str:
     if kv.key in seen.secret:
-        from .render import secret_hash
+        from ..core.render import secret_hash
 
         return f"(secret, {secret_hash(kv.value)})"
     return safe_text(kv.value, newlines=newlines)
@@ -191,7 +191,7 @@ def _shown(kv: KeyValue, seen: Seen, *, newlines: bool) -> str:
 def get(target: str, prefix: bool, reserved_prefix: str, output: str, no_color: bool, debug: bool, **kw: Any) -> None:
     """Print a key's value (or every key under a prefix). Control characters are escaped; secret keys
     of an apply set show a hash, never the value."""
-    from .store import Store
+    from ..etcd.store import Store
 
     key = target
 
@@ -236,7 +236,7 @@ def _owner_cell(kv: KeyValue, seen: Seen, reserved: str) -> str:
 def ls_cmd(prefix: str, reserved_prefix: str, output: str, no_color: bool, debug: bool, **kw: Any) -> None:
     """List the keys under PREFIX with their owner: the apply set whose inventory lists the key, '-'
     for none, 'lease <id>' for a key held under a lease (a live registration)."""
-    from .store import Store
+    from ..etcd.store import Store
 
     conn = make_connection(kw)
 
@@ -294,8 +294,8 @@ def _guards(seen: Seen, keys: Sequence[KeyValue | str]) -> list[Compare]:
     """Compares that hold only while nothing we decided on has moved: each key's revision, the
     ownership fence (bumped whenever an apply adopts an existing key) and each inventory chunk that
     lists one of the keys (rewritten when a set releases, deletes or takes over a key)."""
-    from .inventory import fence_key
-    from .store import absent, mod_is
+    from ..core.inventory import fence_key
+    from ..etcd.store import absent, mod_is
 
     out: list[Compare] = []
     chunks: dict[str, int] = {}
@@ -331,7 +331,7 @@ def put(target: str, value: str, force: bool, paths: tuple[str, ...], reserved_p
     """Write KEY=VALUE, refusing (exit 3) a key an apply set owns or a lease holds unless --force.
 
     The write compares the revision it read: a concurrent change is never overwritten blindly."""
-    from .store import Put, Store
+    from ..etcd.store import Put, Store
 
     key = target
 
@@ -386,9 +386,9 @@ def del_cmd(target: str, prefix: bool, force: bool, paths: tuple[str, ...], rese
             debug: bool, **kw: Any) -> None:
     """Delete KEY (or every key under it with --prefix), refusing (exit 3) keys an apply set owns or a
     lease holds unless --force. Only keys seen and compared are deleted; keys created meanwhile stay."""
-    from .apply import Limits
-    from .errors import RequestTooLargeError
-    from .store import Delete, Store
+    from ..apply import Limits
+    from ..errors import RequestTooLargeError
+    from ..etcd.store import Delete, Store
 
     key = target
 
@@ -472,7 +472,7 @@ def _batches(seen: Seen, max_ops: int) -> list[list[KeyValue]]:
 # -- inventory / applysets -----------------------------------------------------------------------------
 
 async def _ownership(store: Store, reserved: str) -> tuple[Ownership, int]:
-    from .inventory import parse_ownership
+    from ..core.inventory import parse_ownership
 
     res, rev = await store.get_prefix(reserved)
     return parse_ownership(((kv.key, kv.value, kv.mod_revision) for kv in res), reserved), rev
@@ -486,9 +486,9 @@ async def _ownership(store: Store, reserved: str) -> tuple[Ownership, int]:
 @output_options
 def inventory(applyset: str | None, reserved_prefix: str, output: str, no_color: bool, debug: bool, **kw: Any) -> None:
     """What apply sets own: each key with its prefix, prune and secret flags, and whether it is in etcd."""
-    from .apply import minimal_prefixes
-    from .inventory import check_applyset_name
-    from .store import Store
+    from ..apply import minimal_prefixes
+    from ..core.inventory import check_applyset_name
+    from ..etcd.store import Store
 
     if applyset is not None:
         check_applyset_name(applyset)
@@ -542,7 +542,7 @@ def inventory(applyset: str | None, reserved_prefix: str, output: str, no_color:
 def applysets(reserved_prefix: str, output: str, no_color: bool, debug: bool, **kw: Any) -> None:
     """Every apply set with an inventory: keys owned, prefixes, and the latest revision of its inventory
     (when its ownership last changed; etcdsync does not record the time of an apply)."""
-    from .store import Store
+    from ..etcd.store import Store
 
     conn = make_connection(kw)
 
@@ -588,12 +588,12 @@ def teardown(applyset: str, reserved_prefix: str, max_deletes: int, force: bool,
     """Delete every key an apply set owns, then its inventory: apply with nothing declared, through the
     same guarded transactions and deletion guard as `apply`. Keys marked prune: false, or now held by
     a lease, are released (left in etcd), not deleted. Shows the diff, then asks (or --yes)."""
-    from . import render
-    from .apply import apply as do_apply
-    from .inventory import check_applyset_name
-    from .model import DesiredState
-    from .plan import Action, Options, Plan
-    from .store import Store
+    from ..apply import apply as do_apply
+    from ..core import render
+    from ..core.inventory import check_applyset_name
+    from ..core.model import DesiredState
+    from ..core.plan import Action, Options, Plan
+    from ..etcd.store import Store
 
     check_applyset_name(applyset)
     ctx = Ctx(no_color=no_color, output=output, debug=debug, verbose=verbose)
@@ -677,8 +677,8 @@ def services_ls(click_ctx: click.Context, /, name: str | None, prefix: str | Non
         click_ctx.invoke(_services_ls_one, name=name, prefix=prefix, fmt=fmt, output=output, no_color=no_color,
                          debug=debug, **kw)
         return
-    from .instances import decode_instance
-    from .store import Store
+    from ..core.instances import decode_instance
+    from ..etcd.store import Store
 
     conn = make_connection(kw)
     base = prefix or services_prefix(fmt)
@@ -726,7 +726,7 @@ def services_register(name: str, id: str, host: str, port: int, ttl: str, metada
                       prefix: str | None, fmt: str, no_color: bool, debug: bool, **kw: Any) -> None:
     """Register instance ID of service NAME under a lease and hold it until Ctrl-C or SIGTERM, then
     revoke the lease so the instance vanishes at once (a killed process leaves it to expire)."""
-    from .aio import AsyncRegistry
+    from ..aio import AsyncRegistry
 
     seconds = parse_duration(ttl, "--ttl")
     if seconds < 1:
@@ -784,7 +784,7 @@ def completion(shell: str) -> None:
     click.echo(cls(cli, {}, "etcdsync", "_ETCDSYNC_COMPLETE").source())
 
 
-CHECKOUT = Path(__file__).resolve().parent.parent
+CHECKOUT = Path(__file__).resolve().parents[2]
 
 
 def version_text(checkout: Path | None = CHECKOUT) -> str:

@@ -18,9 +18,9 @@ import contextlib
 import logging
 from collections.abc import Callable, Sequence
 
-from .errors import CompactedError, EtcdConnectionError
+from ..errors import CompactedError, EtcdConnectionError
+from ..tasks import cancel_and_wait
 from .store import Compare, Delete, Put, Store
-from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 

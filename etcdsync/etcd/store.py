@@ -46,7 +46,7 @@ from etcd3aio import _protobuf as _pb  # watch streams are opened here (progress
 from etcd3aio._protobuf import Compare as _PbCompare  # compares are built by hand (no mod_revision helper)
 from etcd3aio.kv import KVService, SortOrder, SortTarget, prefix_range_end
 
-from .errors import (
+from ..errors import (
     AuthError,
     ClusterChanged,
     ClusterChangedError,
@@ -56,7 +56,7 @@ from .errors import (
     RequestTooLargeError,
     UsageError,
 )
-from .settings import Connection
+from ..settings import Connection
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,8 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from .errors import InventoryError, UsageError
+
+from ..errors import InventoryError, UsageError
 from .model import DesiredState
 
 APPLYSET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
