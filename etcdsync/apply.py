@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 
 from .core.inventory import Entry, Ownership, encode_chunk, fence_key, inventory_prefix, parse_ownership
 from .core.model import DesiredState
-from .core.plan import Action, Change, ObservedLike, Options, Plan, plan
+from .core.plan import Action, Change, ObservedLike, Plan, plan
 from .errors import ConflictError, GuardError, OwnershipError, RequestTooLargeError, UsageError
 from .etcd.store import Compare, Delete, Get, KeyValue, Op, Put, Store, absent, mod_is
+from .settings import Options
 from .tasks import Backoff
 
 log = logging.getLogger(__name__)

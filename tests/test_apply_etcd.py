@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 from etcdsync.apply import Limits, apply, observe
 from etcdsync.core.inventory import inventory_prefix
 from etcdsync.core.model import DesiredKey, DesiredState
-from etcdsync.core.plan import Action, Options
+from etcdsync.core.plan import Action
 from etcdsync.errors import ConflictError
 from etcdsync.etcd.store import Store
 from etcdsync.local.etcdbin import EtcdCluster
-from etcdsync.settings import Connection
+from etcdsync.settings import Connection, Options
 
 
 def state(prefix: str, values: dict[str, str]) -> DesiredState:

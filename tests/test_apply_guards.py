@@ -17,11 +17,10 @@ from history import Declared, Recorder
 
 from etcdsync.apply import MAX_IN_FLIGHT, Limits, apply, observe
 from etcdsync.core.model import DesiredKey, DesiredState
-from etcdsync.core.plan import Options
 from etcdsync.errors import OwnershipError
 from etcdsync.etcd.store import Store
 from etcdsync.local.etcdbin import EtcdCluster
-from etcdsync.settings import Connection
+from etcdsync.settings import Connection, Options
 
 
 def state(prefix: str, values: dict[str, str]) -> DesiredState:

@@ -7,7 +7,8 @@ import pytest
 
 from etcdsync.core.inventory import Chunk, Entry, Inventory
 from etcdsync.core.model import DesiredKey, DesiredState, Policy, ServiceInstance, Source
-from etcdsync.core.plan import Action, Change, Observed, Options, Plan, guard, plan, retag_note
+from etcdsync.core.plan import Action, Change, Observed, Plan, guard, plan, retag_note
+from etcdsync.settings import Options
 
 P = "/config/app/"
 Q = "/config/other/"

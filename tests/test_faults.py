@@ -467,10 +467,9 @@ class Killer:
 def test_transactions_are_never_seen_half_applied_under_member_kills(tmp_path: Path, cluster3: EtcdCluster) -> None:
     from etcdsync.apply import apply
     from etcdsync.core.model import DesiredKey, DesiredState
-    from etcdsync.core.plan import Options
     from etcdsync.errors import EtcdsyncError
     from etcdsync.etcd.store import Delete, Put, Store
-    from etcdsync.settings import Connection
+    from etcdsync.settings import Connection, Options
 
     sent: list[dict[str, Any]] = []     # every transaction etcdsync sent, with what came of it
 

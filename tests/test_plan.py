@@ -6,7 +6,8 @@ import pytest
 
 from etcdsync.core.inventory import Chunk, Entry, Inventory
 from etcdsync.core.model import DesiredKey, DesiredState, Policy
-from etcdsync.core.plan import Action, Observed, Options, plan
+from etcdsync.core.plan import Action, Observed, plan
+from etcdsync.settings import Options
 
 P = "/config/app/"
 

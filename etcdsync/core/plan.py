@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import NamedTuple, Protocol
 
+from ..settings import Options
 from .inventory import Entry, Inventory
 from .model import DesiredKey, DesiredState, Policy, ServiceInstance, Source
 
@@ -87,15 +88,6 @@ class LiveStatus:
     instance: ServiceInstance
     present: bool
     current: bytes | None
-
-
-@dataclass(frozen=True, slots=True)
-class Options:
-    take_ownership: bool = False
-    allow_empty: bool = False
-    max_deletes: int = 100
-    force: bool = False
-    own_leases: frozenset[int] = frozenset()   # leases etcdsync itself holds (the daemon's): not a conflict
 
 
 @dataclass(frozen=True, slots=True, repr=False)

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 
 from ..apply import Limits, Outcome, Superseded, apply
 from ..core.model import DesiredState, Policy
-from ..core.plan import Action, Options
+from ..core.plan import Action
 from ..core.render import result_summary
 from ..errors import ConflictError, GuardError, OwnershipError
 from ..etcd.store import Compare, Put, Store, WatchEvent, absent, mod_is
+from ..settings import Options
 from .metrics import Metrics
 
 log = logging.getLogger("etcdsync.reconcile")

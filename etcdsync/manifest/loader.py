@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import gc
 import json
-import math
 import os
 import re
 import stat
@@ -26,7 +25,7 @@ from typing import Any
 from etcdsync.core.instances import encode_instance, grpc_addr, instance_key
 from etcdsync.core.model import DesiredKey, DesiredState, HealthCheck, Policy, ServiceInstance, Source
 from etcdsync.errors import ManifestError
-from etcdsync.settings import RESERVED_PREFIX, services_prefix
+from etcdsync.settings import RESERVED_PREFIX, parse_duration, services_prefix
 
 from . import values
 from .schema import API_VERSION, KINDS, validate_document
@@ -42,9 +41,6 @@ _SPOOF_CHARS = re.compile(f"[{SPOOFING}]")
 # anything wrong with a relative key: control characters, lone surrogates, bidirectional or zero-width
 # characters, a leading '/', '.'/'..' or empty segments
 _BAD_KEY = re.compile(f"[\x00-\x1f\x7f-\x9f\ud800-\udfff{SPOOFING}]|^/|(?:^|/)\\.\\.?(?:/|$)|//|/$")
-_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
-_DURATION = re.compile(r"(?:[0-9]+(?:\.[0-9]+)?(?:ms|s|m|h))+")
-_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -168,21 +164,6 @@ def _check_name(name: str, what: str, file: str, node: Node) -> None:
 def _check_full_key(key: str, file: str, node: Node, reserved: str) -> None:
     if reserved and key.startswith(reserved):
         raise node_error(f"key '{_show(key)}' is under etcdsync's reserved prefix {reserved}", file, node)
-
-
-def parse_duration(value: Any) -> float | None:
-    """Seconds from "10s", "1.5s", "500ms", "1m30s", "2h" or a number; None when invalid or <= 0."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    elif isinstance(value, str) and _DURATION.fullmatch(value):
-        seconds = sum(float(n) * _UNIT[u] for n, u in _DURATION_PART.findall(value))
-    else:
-        return None
-    if not math.isfinite(seconds) or seconds <= 0:
-        return None
-    return seconds
 
 
 def _duration(value: Any, where: str, file: str, node: Node) -> float:
