@@ -11,12 +11,14 @@ from history import Recorder
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from etcdsync.apply import Limits, apply, observe
+from etcdsync.apply import apply
 from etcdsync.core.inventory import inventory_prefix
 from etcdsync.core.model import DesiredKey, DesiredState
 from etcdsync.core.plan import Action
+from etcdsync.diff import observe
 from etcdsync.errors import ConflictError
 from etcdsync.etcd.store import Store
+from etcdsync.execute import Limits
 from etcdsync.local.etcdbin import EtcdCluster
 from etcdsync.settings import Connection, Options
 

@@ -15,10 +15,12 @@ import pytest
 from conftest import Env
 from history import Declared, Recorder
 
-from etcdsync.apply import MAX_IN_FLIGHT, Limits, apply, observe
+from etcdsync.apply import apply
 from etcdsync.core.model import DesiredKey, DesiredState
+from etcdsync.diff import observe
 from etcdsync.errors import OwnershipError
 from etcdsync.etcd.store import Store
+from etcdsync.execute import MAX_IN_FLIGHT, Limits
 from etcdsync.local.etcdbin import EtcdCluster
 from etcdsync.settings import Connection, Options
 
@@ -254,7 +256,7 @@ def test_diff_exits_1_when_the_only_change_is_ownership_or_a_delete(env: Env, hi
 def test_a_plan_superseded_by_newer_manifests_commits_nothing_more(env: Env, history: Recorder) -> None:
     """The daemon asks before every transaction whether newer manifests were loaded meanwhile (etcd
     was away, an editor saved again): if so, nothing more of the older plan is written."""
-    from etcdsync.apply import Superseded
+    from etcdsync.execute import Superseded
 
     p = f"{env.ns}sup/"
     commits: list[int] = []

@@ -96,8 +96,10 @@ def _progress_bar(shown: _Shown) -> Iterator[Any]:
 
 
 def _plan_command(manifests: ManifestFlags, flags: PlanFlags, etcd: ConnectionFlags, ctx: Ctx, *, execute: bool) -> int:
-    from ..apply import apply
+    from ..apply import Outcome, apply
     from ..core import render
+    from ..diff import diff as plan_only
+    from ..diff import refuse
     from ..etcd.store import Store
 
     conn = etcd.connection()
@@ -114,8 +116,10 @@ def _plan_command(manifests: ManifestFlags, flags: PlanFlags, etcd: ConnectionFl
     async def go() -> Outcome:
         async with Store(conn) as store:
             if not execute:
-                return await apply(store, desired, applyset=applyset, reserved=reserved, options=options,
-                                   dry_run=True, on_plan=shown.on_plan)
+                p, _ = await plan_only(store, desired, applyset=applyset, reserved=reserved, options=options)
+                shown.on_plan(p, 0)
+                refuse(p, applyset)       # the same refusals as apply's, also for diff
+                return Outcome(p)
             with _progress_bar(shown) as on_plan:
                 return await apply(store, desired, applyset=applyset, reserved=reserved, options=options,
                                    on_plan=on_plan, progress=shown.progress)

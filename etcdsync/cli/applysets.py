@@ -33,8 +33,8 @@ async def _ownership(store: Store, reserved: str) -> tuple[Ownership, int]:
 @output_options
 def inventory(applyset: str | None, reserved_prefix: str, output: str, display: OutputFlags, etcd: ConnectionFlags) -> None:
     """What apply sets own: each key with its prefix, prune and secret flags, and whether it is in etcd."""
-    from ..apply import minimal_prefixes
     from ..core.inventory import check_applyset_name
+    from ..diff import minimal_prefixes
     from ..etcd.store import Store
 
     if applyset is not None:

@@ -307,9 +307,9 @@ def put(target: str, value: str, force: bool, paths: tuple[str, ...], reserved_p
 def del_cmd(target: str, prefix: bool, force: bool, paths: tuple[str, ...], reserved_prefix: str, display: OutputFlags, etcd: ConnectionFlags) -> None:
     """Delete KEY (or every key under it with --prefix), refusing (exit 3) keys an apply set owns or a
     lease holds unless --force. Only keys seen and compared are deleted; keys created meanwhile stay."""
-    from ..apply import Limits
     from ..errors import RequestTooLargeError
     from ..etcd.store import Delete, Store
+    from ..execute import Limits
 
     key = target
 

@@ -14,9 +14,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..apply import minimal_prefixes
 from ..core.inventory import inventory_prefix
 from ..core.model import DesiredState
+from ..diff import minimal_prefixes
 from ..errors import CompactedError, EtcdConnectionError
 from ..etcd.store import Store, WatchEvent
 from ..settings import DaemonSettings
