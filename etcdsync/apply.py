@@ -5,12 +5,14 @@ run out (then a ConflictError names the keys that kept changing). Returns the Ou
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .core.inventory import Entry, inventory_prefix
 from .core.model import DesiredState
-from .core.plan import Action, Change, Plan
+from .core.plan import Change, Plan
+from .core.render import Result, count_results
 from .diff import diff, refuse
 from .errors import ConflictError, RequestTooLargeError
 from .etcd.store import Compare, Store
@@ -37,8 +39,9 @@ class Outcome:
     def __repr__(self) -> str:  # the default would list every key
         return f"Outcome({self.plan!r}, done={len(self.done)}, transactions={self.transactions})"
 
-    def count(self, action: Action) -> int:
-        return sum(1 for c in self.done.values() if c.action is action)
+    def results(self) -> Counter[Result]:
+        """How many committed changes ended in each result."""
+        return count_results(self.done.values())
 
 
 async def apply(

@@ -10,7 +10,7 @@ import pytest
 
 from etcdsync.core.inventory import Chunk, Entry, Inventory
 from etcdsync.core.model import DesiredKey, DesiredState, Policy, ServiceInstance
-from etcdsync.core.plan import Observed, plan
+from etcdsync.core.plan import Action, Change, Observed, plan
 from etcdsync.core.render import plan_json, render_plan
 
 P = "/config/shop/"
@@ -144,3 +144,23 @@ def test_escape_is_readable() -> None:
 
     assert escape("a\x1b]0;T\x07b\u202ec\u200bd\te") == "a\\x1b]0;T\\x07b\\u202ec\\u200bd\\te"
     assert escape("plain ünïcödé €") == "plain ünïcödé €"
+
+
+def test_one_result_per_change_and_one_definition_of_adopted() -> None:
+    from etcdsync.core.render import Result, count_results, result_of
+
+    cases = [
+        (Change(Action.CREATE, "/a", None, b"1", 0, own=True), Result.CREATED),
+        (Change(Action.UPDATE, "/b", b"0", b"1", 1, own=True), Result.UPDATED),     # adopted and updated: updated
+        (Change(Action.ADOPT, "/c", b"1", b"1", 1, own=True), Result.ADOPTED),
+        (Change(Action.ADOPT, "/c2", b"1", b"1", 1, own=True, owner="o"), Result.ADOPTED),   # taken over
+        (Change(Action.DRIFT, "/c3", b"1", b"2", 1, own=True), Result.ADOPTED),      # recorded, value held by warn
+        (Change(Action.DRIFT, "/d", b"1", b"2", 1), Result.SKIPPED),
+        (Change(Action.CONFLICT, "/e", b"1", b"2", 1, owner="o"), Result.SKIPPED),
+        (Change(Action.DELETE, "/f", b"1", None, 1), Result.DELETED),
+        (Change(Action.RELEASE, "/g", None, None, 0), Result.RELEASED),
+        (Change(Action.UNCHANGED, "/h", b"1", b"1", 1, retag=True), Result.UNCHANGED),
+    ]
+    assert [result_of(c) for c, _ in cases] == [r for _, r in cases]
+    counts = count_results(c for c, _ in cases)
+    assert counts[Result.ADOPTED] == 3 and counts[Result.SKIPPED] == 2 and sum(counts.values()) == len(cases)

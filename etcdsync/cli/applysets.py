@@ -192,8 +192,8 @@ def teardown(applyset: str, reserved_prefix: str, max_deletes: int, force: bool,
             doc["error"] = str(exc)
             ctx.out(json.dumps(doc, indent=2))
         raise
-    deleted = outcome.count(Action.DELETE)
-    released = outcome.count(Action.RELEASE)
+    results = outcome.results()
+    deleted, released = results[render.Result.DELETED], results[render.Result.RELEASED]
     if output == "json":
         doc = render.plan_json(outcome.plan, applyset_origin="flag")
         doc["applied"] = {"revision": outcome.revision, "transactions": outcome.transactions,

@@ -77,6 +77,12 @@ class Change(NamedTuple):
         return self.action in WRITES or self.retag or self.own
 
     @property
+    def adopts_unowned(self) -> bool:
+        """The key exists, no apply set owns it, and this change records it as ours (the per-change
+        "adopt" flag of the JSON plan; a takeover from another set is not one, an update may be)."""
+        return self.own and self.owner is None and self.action is not Action.CREATE
+
+    @property
     def puts_value(self) -> bool:
         return self.action in (Action.CREATE, Action.UPDATE)
 
