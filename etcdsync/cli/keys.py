@@ -5,6 +5,8 @@ revision; ownership is decided on that read; the write is one transaction that c
 mod_revision (absent: version 0), the ownership fence and the inventory chunks that list the key, so
 an apply that creates, adopts, takes over or releases the key in between makes the transaction fail
 (then it is re-read and decided again) instead of being overwritten.
+
+(Over 350 lines: the four commands share that read-decide-write cycle and its helpers.)
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ the same kind and name replaces the earlier one whole) -> for the surviving docu
 fromFile/fromEnv, check sizes, reject an etcd key declared twice -> DesiredState.
 
 Every failure is a ManifestError with file, line and column; nothing else escapes ``load_manifests``.
+
+(Over 350 lines: the stages of the pipeline share one context of files, layers and positions; the
+YAML reader, the schema and the value rules already live in their own modules.)
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@
 - The long form ``{value|fromFile|fromEnv: ..., secret, policy, prune}`` carries per-key options.
 
 No message raised here ever quotes a value's text: the value may be a secret.
+
+(Over 350 lines: the typing rules and the fromFile/fromEnv source policy are one contract, "which
+bytes reach etcd", pinned together by the value tests and their mutants.)
 """
 
 from __future__ import annotations
