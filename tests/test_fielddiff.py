@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from etcdsync.fielddiff import FieldChange, field_changes
-from etcdsync.inventory import Chunk, Entry, Inventory
-from etcdsync.model import DesiredKey, DesiredState
-from etcdsync.plan import Observed, plan
-from etcdsync.render import MAX_FIELDS, plan_json, render_plan
+from etcdsync.core.fielddiff import FieldChange, field_changes
+from etcdsync.core.inventory import Chunk, Entry, Inventory
+from etcdsync.core.model import DesiredKey, DesiredState
+from etcdsync.core.plan import Observed, plan
+from etcdsync.core.render import MAX_FIELDS, plan_json, render_plan
 
 
 def fc(old: Any, new: Any) -> list[FieldChange] | None:

@@ -1,6 +1,7 @@
 """Plans and results as text and JSON (pure: returns strings and dicts, never prints).
 
-Secret values never leave this module in clear: they become a short hash.
+Secret values never leave this module in clear: they become a short hash. What a change did to its
+key is one `Result` of a closed vocabulary; every count of results is taken by `count_results`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ import difflib
 import hashlib
 import json
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable
+from enum import StrEnum
 from typing import Any
 
 from .fielddiff import FieldChange, field_changes
@@ -165,6 +168,41 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
+class Result(StrEnum):
+    """What one change does (or did) to its key: one result per key, in one closed vocabulary."""
+
+    CREATED = "created"      # put where there was no key
+    UPDATED = "updated"      # put over a different value (whether or not it also became ours)
+    ADOPTED = "adopted"      # became ours without its value being written (adopted, taken over, or
+                             # recorded while held by policy warn or create-only)
+    DELETED = "deleted"
+    RELEASED = "released"    # forgotten by the inventory, left in etcd
+    UNCHANGED = "unchanged"
+    SKIPPED = "skipped"      # differs, but held: policy warn (drift) or owned elsewhere (conflict)
+
+
+_RESULT_OF_ACTION = {Action.CREATE: Result.CREATED, Action.UPDATE: Result.UPDATED, Action.DELETE: Result.DELETED,
+                     Action.RELEASE: Result.RELEASED}
+
+
+def result_of(c: Change) -> Result:
+    """The result of a committed change. The one definition of "adopted": ownership gained without
+    the value being created or updated."""
+    result = _RESULT_OF_ACTION.get(c.action)
+    if result is not None:
+        return result
+    if c.own:
+        return Result.ADOPTED
+    if c.action in (Action.DRIFT, Action.CONFLICT):
+        return Result.SKIPPED
+    return Result.UNCHANGED
+
+
+def count_results(changes: Iterable[Change]) -> Counter[Result]:
+    """How many changes end in each result (every count the summaries show comes from here)."""
+    return Counter(result_of(c) for c in changes)
+
+
 def ownership_only(changes: Iterable[Change]) -> int:
     """Changes whose only write is the key's ownership record (a key moved to another document or
     prefix, a prune or secret flag flipped): `diff` counts them as differences, so the summary must."""
@@ -176,7 +214,7 @@ def summary(p: Plan) -> str:
     line = (f"{n['create']} to create, {n['update']} to update, {n['delete']} to delete, "
             f"{n['unchanged'] + n['drift']} unchanged")
     extra = []
-    adopt = sum(1 for c in p.changes if c.own and c.action is not Action.CREATE and c.action is not Action.UPDATE)
+    adopt = count_results(p.changes)[Result.ADOPTED]
     records = ownership_only(p.changes)
     if records:
         extra.append(f"{_plural(records, 'ownership record')} to update")
@@ -222,22 +260,18 @@ def render_plan(p: Plan, *, style: Style = _plain, verbose: bool = False, limit:
 
 
 def result_summary(done: dict[str, Change], unchanged: int) -> str:
-    count = {a: 0 for a in Action}
-    adopted = 0
-    for c in done.values():
-        count[c.action] += 1
-        if c.own and c.action not in (Action.CREATE, Action.UPDATE):
-            adopted += 1
-    line = (f"{count[Action.CREATE]} created, {count[Action.UPDATE]} updated, "
-            f"{count[Action.DELETE]} deleted, {unchanged} unchanged")
+    """One line for what an apply committed; `unchanged` counts the keys it did not need to touch."""
+    count = count_results(done.values())
+    line = (f"{count[Result.CREATED]} created, {count[Result.UPDATED]} updated, "
+            f"{count[Result.DELETED]} deleted, {unchanged} unchanged")
     extra = []
     records = ownership_only(done.values())
     if records:
         extra.append(f"{_plural(records, 'ownership record')} updated")
-    if adopted:
-        extra.append(f"{adopted} adopted")
-    if count[Action.RELEASE]:
-        extra.append(f"{count[Action.RELEASE]} released")
+    if count[Result.ADOPTED]:
+        extra.append(f"{count[Result.ADOPTED]} adopted")
+    if count[Result.RELEASED]:
+        extra.append(f"{count[Result.RELEASED]} released")
     return line + (f" ({', '.join(extra)})" if extra else "")
 
 
@@ -260,7 +294,7 @@ def change_json(c: Change, result: str | None = None) -> dict[str, Any]:
         "new": _json_value(c.new, c.secret),
         "policy": c.policy.value,
         "secret": c.secret,
-        "adopt": c.own and c.owner is None and c.action is not Action.CREATE,
+        "adopt": c.adopts_unowned,
     }
     if c.owner:
         out["owner"] = c.owner
@@ -286,8 +320,7 @@ def plan_json(p: Plan, *, applyset_origin: str) -> dict[str, Any]:
         "applysetFrom": applyset_origin,
         "inSync": not p.has_changes,
         "refused": p.refused,
-        "summary": {**dict(p.counts), "adopt": sum(1 for c in p.changes if c.own and c.action
-                                                   not in (Action.CREATE, Action.UPDATE)),
+        "summary": {**dict(p.counts), "adopt": count_results(p.changes)[Result.ADOPTED],
                     "ownership": ownership_only(p.changes)},
         "changes": [change_json(c) for c in p.changes],
         "live": [
