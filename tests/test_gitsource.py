@@ -207,13 +207,13 @@ def servers(tmp_path_factory: pytest.TempPathFactory, git_env: Path) -> Iterator
 
 
 @pytest.fixture
-def silent_port() -> Iterator[int]:
-    """A port that accepts connections (the kernel's backlog) and never answers."""
+def silent() -> Iterator[socket.socket]:
+    """A listening socket that accepts connections (the kernel's backlog) and never answers."""
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     s.listen(8)
     try:
-        yield s.getsockname()[1]
+        yield s
     finally:
         s.close()
 
@@ -451,11 +451,23 @@ def test_unreachable_host_fails_in_one_line(tmp_path: Path) -> None:
         assert e.value.retryable
 
 
-def test_silent_server_is_cut_by_the_timeout(tmp_path: Path, silent_port: int) -> None:
-    url = f"git://127.0.0.1:{silent_port}/r.git"
+def test_silent_server_is_cut_by_the_timeout(tmp_path: Path, silent: socket.socket) -> None:
+    url = f"git://127.0.0.1:{silent.getsockname()[1]}/r.git"
     with pytest.raises(GitSourceError) as e:
         run(source(url, tmp_path, timeout=1).fetch())
     assert str(e.value) == f"{url}: git ls-remote HEAD timed out after 1s" and e.value.retryable
+    # the git process was killed, not left waiting: its connection reads to the end
+    silent.settimeout(20)
+    conn, _ = silent.accept()
+    conn.settimeout(20)
+    with conn:
+        received = b""
+        for _ in range(1000):
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            received += chunk
+    assert b"git-upload-pack /r.git" in received
 
 
 def test_auth_failure_never_prompts_and_never_shows_the_credential(servers: Servers, tmp_path: Path) -> None:
