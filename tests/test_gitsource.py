@@ -512,6 +512,13 @@ def test_ext_url_refused_also_through_insteadof(servers: Servers, tmp_path: Path
         run(source(f"git://127.0.0.1:{port}/r.git", tmp_path, "main").fetch())
     assert ": protocol not allowed: transport 'ext' not allowed" in str(e.value)
     assert not marker.exists()
+    # nor to another transport (here a local repository read through file://)
+    repo = servers.repo("local-only")
+    repo.commit({"v": "1\n"})
+    monkeypatch.setenv("GIT_CONFIG_KEY_0", f"url.{repo.file_url}.insteadOf")
+    with pytest.raises(GitSourceError) as e:
+        run(source(f"git://127.0.0.1:{port}/r.git", tmp_path, "main").fetch())
+    assert ": protocol not allowed: transport 'file' not allowed" in str(e.value)
 
 
 def test_path_missing_in_a_commit_keeps_the_current_checkout(servers: Servers, tmp_path: Path) -> None:
@@ -783,7 +790,8 @@ def test_webhook_refusals() -> None:
     ("refs/heads/main", "main", True), ("refs/tags/main", "main", True), ("refs/heads/dev", "main", False),
     ("refs/heads/main", "refs/heads/main", True), ("refs/tags/main", "refs/heads/main", False),
     ("refs/heads/main", None, True), ("refs/tags/v1", None, False), ("refs/heads/main", SHA2, False),
-    ("refs/heads/release/1", "release/1", True),
+    ("refs/heads/release/1", "release/1", True), ("refs/heads/xmain", "main", False),
+    ("refs/heads/team/main", "main", False), ("refs/heads/main", "refs/heads/mai", False),
 ])
 def test_push_concerns_the_followed_ref(ref: str, followed: str | None, expected: bool) -> None:
     assert concerns(Push("github", ref, SHA2), followed) is expected
