@@ -489,22 +489,25 @@ class GitSource:
     async def _locked(self) -> AsyncIterator[None]:
         """This object's calls one at a time, and one process at a time on the cache directory (flock)."""
         async with self._lock:
-            self._checkouts.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(self.cache / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
-                deadline = time.monotonic() + self.timeout
-                while True:
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        break
-                    except BlockingIOError:
-                        if time.monotonic() > deadline:
-                            raise GitSourceError(f"{self.remote.shown}: the cache {self.cache} stayed locked by "
-                                                 f"another process for {self.timeout:g}s", retryable=True) from None
-                        await asyncio.sleep(0.05)
-                yield
-            finally:
-                os.close(fd)
+                self._checkouts.mkdir(parents=True, exist_ok=True, mode=0o700)
+                fd = os.open(self.cache / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                try:
+                    deadline = time.monotonic() + self.timeout
+                    while True:
+                        try:
+                            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                            break
+                        except BlockingIOError:
+                            if time.monotonic() > deadline:
+                                raise GitSourceError(f"{self.remote.shown}: the cache {self.cache} stayed locked by "
+                                                     f"another process for {self.timeout:g}s", retryable=True) from None
+                            await asyncio.sleep(0.05)
+                    yield
+                finally:
+                    os.close(fd)
+            except OSError as e:   # the cache directory: not writable, full disk, not a directory
+                raise GitSourceError(f"{self.remote.shown}: cache {self.cache}: {e.strerror or e}") from None
 
 
 def _inside(path: str, root: str) -> bool:

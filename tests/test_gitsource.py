@@ -543,6 +543,15 @@ def test_checkout_of_an_unfetched_commit(servers: Servers, tmp_path: Path) -> No
         run(source(repo.file_url, tmp_path, "main").checkout("../x"))
 
 
+def test_unusable_cache_directory(servers: Servers, tmp_path: Path) -> None:
+    repo = servers.repo("nocache")
+    repo.commit({"v": "1\n"})
+    (tmp_path / "cache").write_text("a file, not a directory\n")
+    with pytest.raises(GitSourceError) as e:
+        run(source(repo.file_url, tmp_path, "main").fetch())
+    assert str(e.value).startswith(f"{repo.file_url}: cache {tmp_path / 'cache'}/") and "Not a directory" in str(e.value)
+
+
 def test_checkout_is_the_committed_bytes(servers: Servers, tmp_path: Path) -> None:
     """The repository's .gitattributes cannot rewrite what is loaded (eol, ident, filters)."""
     repo = servers.repo("attrs")
