@@ -23,7 +23,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from etcdsync.errors import EtcdsyncError
+from ..errors import WebhookError
 
 # 1 MiB, nginx's default client_max_body_size. GitHub lists every pushed commit with its changed files
 # (payloads up to 25 MB), so a huge push may exceed it: it is then refused (413) and found by the next poll.
@@ -31,14 +31,6 @@ MAX_BODY_BYTES = 1024 * 1024
 _SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 _ZERO = re.compile(r"0{40}|0{64}")
 _SIGNATURE = re.compile(r"sha256=([0-9a-fA-F]{64})")
-
-
-class WebhookError(EtcdsyncError):
-    """The request is not an acceptable webhook; ``status`` is the HTTP status to answer."""
-
-    def __init__(self, message: str, status: int) -> None:
-        self.status = status
-        super().__init__(message)
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,9 +43,9 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from etcdsync.errors import EtcdsyncError, ManifestError
-from etcdsync.manifest import load_manifests
-from etcdsync.model import DesiredState
+from ..core.model import DesiredState
+from ..errors import GitSourceError, ManifestError
+from ..manifest import load_manifests
 
 log = logging.getLogger(__name__)
 
@@ -89,16 +89,8 @@ _BAD_REF = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|^[-/.]|/$|/\.|\.lock(?
 _SCP = re.compile(r"(?:[^@/:]+@)?[^/:]+:")
 
 
-class GitSourceError(EtcdsyncError):
-    """A git source failed: a bad URL, ref or path, an unreachable or refusing server, a commit that
-    lacks the path. The message starts with the (redacted) URL and never holds a credential.
-    ``retryable``: the same call may succeed later unchanged (unreachable, timed out); ``sha``: the
-    commit concerned, when there is one."""
-
-    def __init__(self, message: str, *, retryable: bool = False, sha: str | None = None) -> None:
-        self.retryable = retryable
-        self.sha = sha
-        super().__init__(redact(message))
+def _git_error(message: str, *, retryable: bool = False, sha: str | None = None) -> GitSourceError:
+    return GitSourceError(redact(message), retryable=retryable, sha=sha)
 
 
 def redact(text: str) -> str:
@@ -122,21 +114,21 @@ def parse_url(url: str) -> Remote:
     which run commands), other schemes, a leading `-`, control characters, and a password in the URL."""
     shown = redact(_CONTROL.sub("?", url))
     if not url or _CONTROL.search(url):
-        raise GitSourceError(f"{shown or '(empty)'}: a repository URL must be non-empty, without control characters")
+        raise _git_error(f"{shown or '(empty)'}: a repository URL must be non-empty, without control characters")
     if url.startswith("-"):
-        raise GitSourceError(f"{shown}: a repository URL must not start with '-'")
+        raise _git_error(f"{shown}: a repository URL must not start with '-'")
     if _HELPER.match(url):
-        raise GitSourceError(f"{shown}: '<transport>::' URLs (remote helpers such as ext::) are refused; "
+        raise _git_error(f"{shown}: '<transport>::' URLs (remote helpers such as ext::) are refused; "
                              "use https://, ssh://, git:// or file://")
     m = _SCHEME.match(url)
     if m:
         scheme, authority = m.group(1).lower(), m.group(2)
         protocol = _PROTOCOLS.get(scheme)
         if protocol is None:
-            raise GitSourceError(f"{shown}: unsupported URL scheme '{scheme}' (https, http, ssh, git or file)")
+            raise _git_error(f"{shown}: unsupported URL scheme '{scheme}' (https, http, ssh, git or file)")
         userinfo = authority.rpartition("@")[0] if "@" in authority else ""
         if ":" in userinfo:
-            raise GitSourceError(f"{shown}: a password or token in the URL is refused (it would show in process "
+            raise _git_error(f"{shown}: a password or token in the URL is refused (it would show in process "
                                  "lists and logs); use a credential helper, GIT_ASKPASS or an SSH key")
         return Remote(url, shown, protocol)
     if _SCP.match(url) and not url.startswith(("/", "./", "../")):
@@ -153,7 +145,7 @@ def check_ref(ref: str | None) -> str | None:
     if _SHA.fullmatch(ref.lower()):
         return ref.lower()
     if not ref or _BAD_REF.search(ref) or ref.endswith(".lock"):
-        raise GitSourceError(f"ref '{_CONTROL.sub('?', ref)}' is not a valid branch, tag or commit SHA "
+        raise _git_error(f"ref '{_CONTROL.sub('?', ref)}' is not a valid branch, tag or commit SHA "
                              "(a commit SHA must be the full 40 or 64 hex digits)")
     return ref
 
@@ -164,7 +156,7 @@ def check_path(path: str | None) -> str:
         return ""
     p = PurePosixPath(path)
     if _CONTROL.search(path) or p.is_absolute() or ".." in p.parts:
-        raise GitSourceError(f"path '{_CONTROL.sub('?', path)}' must be relative to the repository root, "
+        raise _git_error(f"path '{_CONTROL.sub('?', path)}' must be relative to the repository root, "
                              "without '..'")
     return "" if str(p) == "." else str(p)
 
@@ -222,9 +214,9 @@ class GitSource:
         self.ref = check_ref(ref)
         self.path = check_path(path)
         if not 0 < timeout <= 3600:
-            raise GitSourceError(f"{self.remote.shown}: timeout must be between 0 and 3600 seconds")
+            raise _git_error(f"{self.remote.shown}: timeout must be between 0 and 3600 seconds")
         if keep < 1:
-            raise GitSourceError(f"{self.remote.shown}: keep must be at least 1")
+            raise _git_error(f"{self.remote.shown}: keep must be at least 1")
         self.timeout = timeout
         self.keep = keep
         key = hashlib.sha256(f"{self.remote.url}\0{self.ref or 'HEAD'}".encode()).hexdigest()[:16]
@@ -283,13 +275,13 @@ class GitSource:
         error naming the SHA (and nothing is published)."""
         sha = sha.lower()
         if not _SHA.fullmatch(sha):
-            raise GitSourceError(f"{self.remote.shown}: '{_CONTROL.sub('?', sha)[:80]}' is not a full commit SHA")
+            raise _git_error(f"{self.remote.shown}: '{_CONTROL.sub('?', sha)[:80]}' is not a full commit SHA")
         async with self._locked():
             final = self._checkouts / sha
             if not final.is_dir():
                 await self._init_repo()
                 if not await self._has_commit(sha):
-                    raise GitSourceError(f"{self.remote.shown}: commit {sha} is not in the cache (fetch it first)",
+                    raise _git_error(f"{self.remote.shown}: commit {sha} is not in the cache (fetch it first)",
                                          sha=sha)
                 tmp = self._checkouts / f".tmp-{sha[:12]}-{secrets.token_hex(4)}"
                 try:
@@ -335,11 +327,11 @@ class GitSource:
                 *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE, env=self._env(env), start_new_session=True)
         except OSError as e:
-            raise GitSourceError(f"{self.remote.shown}: cannot run git: {e.strerror or e}") from None
+            raise _git_error(f"{self.remote.shown}: cannot run git: {e.strerror or e}") from None
         try:
             out, err = await asyncio.wait_for(proc.communicate(), self.timeout)
         except TimeoutError:
-            raise GitSourceError(f"{self.remote.shown}: git {label} timed out after {self.timeout:g}s",
+            raise _git_error(f"{self.remote.shown}: git {label} timed out after {self.timeout:g}s",
                                  retryable=True) from None
         finally:
             if proc.returncode is None:   # timed out or cancelled: the whole group (ssh, helpers) goes
@@ -361,7 +353,7 @@ class GitSource:
     def _error(self, what: str, stderr: str, sha: str | None = None) -> GitSourceError:
         said = _summary(stderr)
         kind, retryable = _classify(stderr)
-        return GitSourceError(f"{self.remote.shown}: {what}: {kind}{': ' + said if said else ''}",
+        return _git_error(f"{self.remote.shown}: {what}: {kind}{': ' + said if said else ''}",
                               retryable=retryable, sha=sha)
 
     async def _ls_remote(self) -> tuple[str, str]:
@@ -372,10 +364,10 @@ class GitSource:
             refs = _parse_ls_remote(out)
             target = refs.get("ref: HEAD")
             if "HEAD" not in refs:
-                raise GitSourceError(f"{self.remote.shown}: the repository has no default branch (empty "
+                raise _git_error(f"{self.remote.shown}: the repository has no default branch (empty "
                                      "repository?); give a ref")
             if target is None or not target.startswith("refs/heads/"):
-                raise GitSourceError(f"{self.remote.shown}: the server does not say which branch HEAD is; give a ref")
+                raise _git_error(f"{self.remote.shown}: the server does not say which branch HEAD is; give a ref")
             return target, refs["HEAD"]
         names = [self.ref] if self.ref.startswith("refs/") else [f"refs/heads/{self.ref}", f"refs/tags/{self.ref}"]
         patterns = [p for n in names for p in (n, f"{n}^{{}}")]
@@ -383,9 +375,9 @@ class GitSource:
                                                        what=f"ls-remote {self.ref}"))
         found = [n for n in names if n in refs]
         if not found:
-            raise GitSourceError(f"{self.remote.shown}: unknown ref '{self.ref}': no such branch or tag on the server")
+            raise _git_error(f"{self.remote.shown}: unknown ref '{self.ref}': no such branch or tag on the server")
         if len(found) > 1:
-            raise GitSourceError(f"{self.remote.shown}: ref '{self.ref}' is both a branch and a tag; "
+            raise _git_error(f"{self.remote.shown}: ref '{self.ref}' is both a branch and a tag; "
                                  f"say refs/heads/{self.ref} or refs/tags/{self.ref}")
         ref = found[0]
         return ref, refs.get(f"{ref}^{{}}", refs[ref])
@@ -408,7 +400,7 @@ class GitSource:
                                "--", self.remote.url, "+refs/heads/*:refs/etcdsync/heads/*",
                                "+refs/tags/*:refs/etcdsync/tags/*", what="fetch every branch and tag")
         if not await self._has_commit(sha):
-            raise GitSourceError(f"{self.remote.shown}: commit {sha} is not on any branch or tag of the server",
+            raise _git_error(f"{self.remote.shown}: commit {sha} is not on any branch or tag of the server",
                                  sha=sha)
         await self._git("update-ref", _LOCAL_REF, sha)
 
@@ -445,7 +437,7 @@ class GitSource:
             await self._git("--work-tree", str(directory), "checkout-index", "--all", "--force", env=env,
                             what="checkout-index")
         except _GitFailed as e:
-            raise GitSourceError(f"{self.remote.shown}: cannot check out commit {sha}: {_summary(e.stderr)}",
+            raise _git_error(f"{self.remote.shown}: cannot check out commit {sha}: {_summary(e.stderr)}",
                                  sha=sha) from None
         finally:
             index.unlink(missing_ok=True)
@@ -455,7 +447,7 @@ class GitSource:
         real_root = os.path.realpath(root)
         top = root / self.path if self.path else root
         if not os.path.lexists(top):
-            raise GitSourceError(f"{self.remote.shown}: path '{self.path}' does not exist in commit {sha}", sha=sha)
+            raise _git_error(f"{self.remote.shown}: path '{self.path}' does not exist in commit {sha}", sha=sha)
         links = [top] if top.is_symlink() else []
         if top.is_dir() and not top.is_symlink():
             for d, dirs, files in os.walk(top):
@@ -463,7 +455,7 @@ class GitSource:
         for link in links:
             if not _inside(os.path.realpath(link), real_root):
                 rel = link.relative_to(root).as_posix()
-                raise GitSourceError(f"{self.remote.shown}: commit {sha}: '{rel}' is a symbolic link that leaves "
+                raise _git_error(f"{self.remote.shown}: commit {sha}: '{rel}' is a symbolic link that leaves "
                                      "the checkout", sha=sha)
 
     def _point_current(self, sha: str) -> None:
@@ -500,14 +492,14 @@ class GitSource:
                             break
                         except BlockingIOError:
                             if time.monotonic() > deadline:
-                                raise GitSourceError(f"{self.remote.shown}: the cache {self.cache} stayed locked by "
+                                raise _git_error(f"{self.remote.shown}: the cache {self.cache} stayed locked by "
                                                      f"another process for {self.timeout:g}s", retryable=True) from None
                             await asyncio.sleep(0.05)
                     yield
                 finally:
                     os.close(fd)
             except OSError as e:   # the cache directory: not writable, full disk, not a directory
-                raise GitSourceError(f"{self.remote.shown}: cache {self.cache}: {e.strerror or e}") from None
+                raise _git_error(f"{self.remote.shown}: cache {self.cache}: {e.strerror or e}") from None
 
 
 def _inside(path: str, root: str) -> bool:
@@ -575,13 +567,13 @@ async def _check_git_version(shown: str) -> None:
                                                     stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         out, _ = await asyncio.wait_for(proc.communicate(), 30.0)
     except FileNotFoundError:
-        raise GitSourceError(f"{shown}: the git command is not installed (git "
+        raise _git_error(f"{shown}: the git command is not installed (git "
                              f"{'.'.join(map(str, MIN_GIT_VERSION))} or later is needed)") from None
     except (OSError, TimeoutError) as e:
-        raise GitSourceError(f"{shown}: cannot run 'git version': {e}") from None
+        raise _git_error(f"{shown}: cannot run 'git version': {e}") from None
     m = re.search(rb"(\d+)\.(\d+)", out)
     version = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
     if version < MIN_GIT_VERSION:
-        raise GitSourceError(f"{shown}: git {'.'.join(map(str, version))} is too old "
+        raise _git_error(f"{shown}: git {'.'.join(map(str, version))} is too old "
                              f"({'.'.join(map(str, MIN_GIT_VERSION))} or later is needed)")
     _git_version = version
