@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from etcdsync.local.etcdbin import free_ports
 
 from etcdsync.core.webhook import MAX_BODY_BYTES, Push, concerns, parse_push, read_request
 from etcdsync.errors import GitSourceError, ManifestError, WebhookError
+from etcdsync.local.etcdbin import free_ports
 from etcdsync.sources.git import GitSource, check_path, check_ref, parse_url, redact
 
 GIT_TIMEOUT = 30
