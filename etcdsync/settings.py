@@ -190,6 +190,8 @@ class DaemonSettings:
     """Lease TTL of the election key: how fast a dead leader is replaced."""
     watchdog: float = 5.0
     """Seconds between probes that detect a watch which went silent."""
+    webhook_secret: bytes | None = field(default=None, repr=False)
+    """--webhook-secret-file's content: `POST /hooks/git` is served only with it (a git source)."""
 
 
 def read_password_file(path: str, what: str) -> str:
