@@ -69,6 +69,10 @@ def _read_secret(path: str | None) -> bytes | None:
 @click.option("--leader-elect", is_flag=True, help="Several daemons on one apply set; only the elected one writes.")
 @click.option("--election-ttl", default="5s", show_default=True, help="Lease TTL of the election key.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--flap-threshold", default=5, show_default=True, type=click.IntRange(2, 1000),
+              help="A key repaired this many times within --flap-window is flapping: left alone for --flap-cooldown.")
+@click.option("--flap-window", default="60s", show_default=True, help="See --flap-threshold.")
+@click.option("--flap-cooldown", default="5m", show_default=True, help="See --flap-threshold.")
 @click.option("--interval", default="1m", show_default=True, help="With --git: how often the ref is polled.")
 @click.option("--webhook-secret-file", metavar="FILE",
               help="With --git and --metrics-addr: serve POST /hooks/git (GitHub/GitLab push webhooks, "
@@ -76,7 +80,8 @@ def _read_secret(path: str | None) -> bytes | None:
 @connection_options
 @output_options
 def run_cmd(manifests: ManifestFlags, plan: PlanFlags, resync: str, debounce: str, metrics_addr: str | None,
-            leader_elect: bool, election_ttl: str, log_format: str, interval: str, webhook_secret_file: str | None,
+            leader_elect: bool, election_ttl: str, log_format: str, flap_threshold: int, flap_window: str,
+            flap_cooldown: str, interval: str, webhook_secret_file: str | None,
             etcd: ConnectionFlags, display: OutputFlags) -> None:
     """Keep etcd equal to the manifests: watch files and etcd, repair drift, hold live registrations."""
     from ..daemon.daemon import Daemon
@@ -97,7 +102,8 @@ def run_cmd(manifests: ManifestFlags, plan: PlanFlags, resync: str, debounce: st
     settings = DaemonSettings(
         applyset_flag=plan.applyset, reserved=plan.reserved_prefix, options=plan.options(), resync=resync_seconds,
         metrics_addr=metrics_addr, leader_elect=leader_elect, election_ttl=parse_duration(election_ttl, "--election-ttl"),
-        webhook_secret=_read_secret(webhook_secret_file),
+        webhook_secret=_read_secret(webhook_secret_file), flap_threshold=flap_threshold,
+        flap_window=parse_duration(flap_window, "--flap-window"), flap_cooldown=parse_duration(flap_cooldown, "--flap-cooldown"),
     )
     source = _source(manifests, plan.reserved_prefix, debounce=debounce_seconds, interval=interval_seconds)
     daemon = Daemon(conn, settings, source)

@@ -16,6 +16,7 @@ import functools
 import gc
 import logging
 import signal
+import time
 
 from ..core.inventory import resolve_applyset
 from ..core.model import DesiredState
@@ -25,6 +26,7 @@ from ..settings import Connection, DaemonSettings
 from ..sources import Source
 from ..tasks import Backoff, cancel_and_wait
 from .election import Election
+from .flaps import FlapSettings
 from .live import LiveInstances
 from .metrics import Hook, HttpServer, Metrics
 from .reconcile import Reconciler, Status
@@ -79,6 +81,8 @@ class Daemon:
             "endpoint": self.store.endpoint,
             "source": self.source.describe(),
         }
+        if self.reconciler is not None and (flapping := self.reconciler.flaps.flapping(time.monotonic())):
+            detail["flapping"] = sorted(flapping)
         if self.source.revision is not None:
             detail["revision"] = self.source.revision
         ok = st.manifests_error is None and st.etcd_error is None and st.reconcile_error is None and (
@@ -129,7 +133,12 @@ class Daemon:
         self.election = Election(self.store, self.settings, self.applyset, status=self.status, metrics=self.metrics)
         self.reconciler = Reconciler(self.store, applyset=self.applyset, reserved=self.settings.reserved,
                                      options=self.settings.options, metrics=self.metrics, status=self.status,
-                                     fences=self.fences, own_leases=self._own_leases)
+                                     fences=self.fences, own_leases=self._own_leases,
+                                     flaps=FlapSettings(self.settings.flap_threshold, self.settings.flap_window,
+                                                        self.settings.flap_cooldown),
+                                     wake=lambda: self.trigger(None))
+        reconciler = self.reconciler
+        self.metrics.flapping.set_function(lambda: float(len(reconciler.flaps.flapping(time.monotonic()))))
         self.store.on_cluster_change.append(self._on_cluster_change)
         follow = asyncio.create_task(self._follow_source(), name="files")
         main = asyncio.create_task(self._main(), name="main")
