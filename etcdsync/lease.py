@@ -5,7 +5,8 @@ registrations; the daemon one per TTL between its live instances). The lease is 
 of its TTL over one keepalive stream (the store keeps it open). When etcd says it is gone (expired
 during a partition, revoked by someone with etcdctl, lost with the cluster's data) a new lease is
 granted and every key is put again. `close()` revokes it so the keys vanish at once; a crashed
-process leaves them to expire. `remove(key)` lets one key go while the others stay: it deletes the key
+process leaves them to expire; a lease that holds nothing is not renewed (it lapses, and the next
+put grants a new one). `remove(key)` lets one key go while the others stay: it deletes the key
 if it is still attached to this lease (a key another holder has overwritten is theirs), and a delete
 that cannot reach etcd is retried after the next renewal.
 
@@ -259,6 +260,9 @@ class LeasedKeys:
                 async with asyncio.timeout(delay):
                     await self._wake.wait()
             self._wake.clear()
+            if self.lease_id and not (self.items or self._orphans or self._pending):
+                delay = self.interval    # nothing held: let the lease lapse; a later put grants a new one
+                continue
             try:
                 async with self._lock:
                     if await self._renew() <= 0:

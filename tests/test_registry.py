@@ -238,3 +238,17 @@ def test_discovery_reads_a_numeric_string_port(env: Env) -> None:
         await reg.close()
 
     asyncio.run(go())
+
+
+def test_a_lease_left_empty_lapses_and_the_next_registration_gets_a_new_one(env: Env) -> None:
+    p = f"{env.ns}services/"
+    reg = Registry(Connection(env.endpoints), prefix=p)
+    r = reg.register("idle", "i1", host="h", port=1, ttl=1)
+    first = r.lease_id
+    r.deregister()
+    wait_for(lambda: first not in leases(env), 10, "the empty lease is not renewed and lapses")
+    r2 = reg.register("idle", "i2", host="h", port=2, ttl=1)
+    assert r2.state == "registered" and r2.lease_id not in (0, first)
+    assert lease_of(env, r2.key) == r2.lease_id
+    reg.close()
+    assert env.get(r2.key) is None
