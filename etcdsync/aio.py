@@ -15,7 +15,6 @@ The synchronous classes in `etcdsync` (ConfigStore, Registry) run these on a bac
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import threading
@@ -24,12 +23,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import EtcdConnectionError, EtcdsyncError, UsageError
-from .instances import decode_instance, encode_instance, instance_key
-from .lease import REGISTERED, REGISTERING, LeasedKeys
-from .settings import Connection
-from .store import CompactedError, KeyValue, Store, WatchEvent
-from .tasks import cancel_and_wait
+from .core.instances import decode_instance, encode_instance, instance_key
+from .errors import CompactedError, EtcdConnectionError, EtcdsyncError, UsageError
+from .etcd.lease import REGISTERED, REGISTERING, LeasedKeys
+from .etcd.store import KeyValue, Store, WatchEvent
+from .settings import Connection, services_prefix
+from .tasks import Backoff, cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +124,7 @@ async def _follow(store: Store, key: str, *, prefix: bool, snapshot: Callable[[]
                   on_events: Callable[[tuple[WatchEvent, ...]], Awaitable[None]], w: Watch) -> None:
     """Take a snapshot, then watch from the revision after it, forever: resumes after disconnects,
     and takes a new snapshot when the revision it needs was compacted."""
-    backoff = 0.1
+    backoff = Backoff(0.1, 5.0)
     rev = await snapshot()
     w.revision = rev
     w.healthy, w.last_event = True, time.time()
@@ -140,17 +139,15 @@ async def _follow(store: Store, key: str, *, prefix: bool, snapshot: Callable[[]
                 else:
                     rev = max(rev, batch.revision)
                 w.revision = rev
-                backoff = 0.1
+                backoff.reset()
         except CompactedError as exc:
             log.warning("%s; re-reading %s", exc, key)
             rev = await snapshot()
         except EtcdConnectionError as exc:
             w.healthy = False
-            log.warning("watch %s: %s; resuming from revision %d in %.1fs", key, exc, rev + 1, backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
-            with contextlib.suppress(EtcdConnectionError, CompactedError):
-                pass
+            delay = backoff.next()
+            log.warning("watch %s: %s; resuming from revision %d in %.1fs", key, exc, rev + 1, delay)
+            await asyncio.sleep(delay)
 
 
 class AsyncConfigStore:
@@ -372,11 +369,13 @@ class AsyncRegistration:
 class AsyncRegistry:
     """Register this process's instances under a lease; discover and watch other services."""
 
-    def __init__(self, conn: Connection | Store, *, prefix: str = "/services/", format: str = "json") -> None:
+    def __init__(self, conn: Connection | Store, *, prefix: str | None = None, format: str = "json") -> None:
+        """`prefix` defaults to the format's (settings.services_prefix: "/services/" for json,
+        "services/" for grpc, where gRPC's etcd resolver looks)."""
         if format not in ("json", "grpc"):
             raise UsageError(f"format {format!r}: expected json or grpc")
         self._client = _Client(conn)
-        self.prefix = prefix
+        self.prefix = services_prefix(format) if prefix is None else prefix
         self.format = format
         self.registrations: list[AsyncRegistration] = []
         self._leases: dict[int, LeasedKeys] = {}            # the shared lease of each TTL
@@ -439,14 +438,14 @@ class AsyncRegistry:
         return leased
 
     async def _register_in_background(self, reg: AsyncRegistration) -> None:
-        backoff = 0.1
+        backoff = Backoff(0.1, 2.0)
         while reg._leased is None:
             try:
                 reg._leased = await self._lease_for(reg)
             except EtcdsyncError as exc:
-                log.warning("%s: cannot register yet (%s); trying again in %.1fs", reg.key, exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                delay = backoff.next()
+                log.warning("%s: cannot register yet (%s); trying again in %.1fs", reg.key, exc, delay)
+                await asyncio.sleep(delay)
         if self._holders.get(reg.key) is reg:
             await reg._leased.put(reg.key, reg.value, wait=False)
 

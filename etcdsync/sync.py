@@ -238,7 +238,8 @@ class SyncRegistryView:
 class Registry:
     """Register instances under a lease, discover and watch services at `<prefix><name>/`."""
 
-    def __init__(self, conn: Connection | None = None, *, prefix: str = "/services/", format: str = "json") -> None:
+    def __init__(self, conn: Connection | None = None, *, prefix: str | None = None, format: str = "json") -> None:
+        """`prefix` defaults to the format's: "/services/" for json, "services/" for grpc."""
         self.conn = conn or Connection.from_env()
         self._aio = AsyncRegistry(self.conn, prefix=prefix, format=format)
         _registries.add(self)

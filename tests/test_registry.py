@@ -25,7 +25,7 @@ from history import SYNC_MARK, recorder
 
 from etcdsync import Connection, EtcdConnectionError, Instance, Registry
 from etcdsync.aio import AsyncRegistry
-from etcdsync.etcdbin import EtcdCluster
+from etcdsync.local.etcdbin import EtcdCluster
 
 
 def leases(env: Env) -> set[int]:

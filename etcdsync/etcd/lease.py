@@ -31,9 +31,9 @@ import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
-from .errors import EtcdConnectionError, EtcdsyncError
-from .store import CompactedError, Compare, Delete, Put, Store, absent
-from .tasks import cancel_and_wait
+from ..errors import CompactedError, EtcdConnectionError, EtcdsyncError
+from ..tasks import Backoff, cancel_and_wait
+from .store import Compare, Delete, Put, Store, absent
 
 log = logging.getLogger(__name__)
 
@@ -300,7 +300,7 @@ class LeasedKeys:
     async def _watch_dir(self, d: str) -> None:
         """Put back the held keys of directory `d` whenever they vanish (see the module's docstring)."""
         rev = 0
-        backoff = 0.1
+        backoff = Backoff(0.1, 2.0)
         while not self._closed and self._held_in(d):
             try:
                 if rev == 0:             # (re)start: from now on, after checking that the keys are there
@@ -318,16 +318,16 @@ class LeasedKeys:
                         rev = max(rev, batch.revision)
                     if gone:
                         await self._put_back(gone, "was deleted", rev)
-                    backoff = 0.1
+                    backoff.reset()
                     if batch.progress and not self._held_in(d):    # about every second: not per event
                         return
             except CompactedError:       # compacted, or the cluster lost its data: check again
                 rev = 0
             except EtcdConnectionError as exc:
-                log.debug("%s: watch failed (%s); again in %.1fs", d, exc, backoff)
+                delay = backoff.next()
+                log.debug("%s: watch failed (%s); again in %.1fs", d, exc, delay)
                 rev = 0                  # events may have been missed: check the keys again
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                await asyncio.sleep(delay)
 
     async def _put_back(self, keys: list[str], why: str, seen: int) -> None:
         """`keys` were seen gone at revision `seen`: put back those not written since, if still absent."""
