@@ -9,6 +9,7 @@
   "re-registering" and "lost" back to "registered", and a view says it is not healthy meanwhile.
 - `Registry.view(name)`: the current list in memory, round-robin `pick()`, `mark_failed()`.
 - Discovery accepts a port written as a numeric string.
+- The default prefix is the format's ("/services/" for json, "services/" for grpc).
 """
 
 from __future__ import annotations
@@ -252,3 +253,10 @@ def test_a_lease_left_empty_lapses_and_the_next_registration_gets_a_new_one(env:
     assert lease_of(env, r2.key) == r2.lease_id
     reg.close()
     assert env.get(r2.key) is None
+
+
+def test_the_default_prefix_is_the_formats() -> None:
+    conn = Connection("http://127.0.0.1:1")          # never connected: the prefix is decided up front
+    assert AsyncRegistry(conn).prefix == "/services/"
+    assert AsyncRegistry(conn, format="grpc").prefix == "services/"     # where gRPC's etcd resolver looks
+    assert AsyncRegistry(conn, prefix="/svc/", format="grpc").prefix == "/svc/"
