@@ -327,7 +327,7 @@ class AsyncRegistration:
         self._closed = False
 
     def __repr__(self) -> str:
-        return f"AsyncRegistration({self.key!r}, state={self.state!r}, lease={self.lease_id:x})"
+        return f"AsyncRegistration({self.key!r}, state={self.state!r}, lease={self.lease_id:016x})"
 
     @property
     def leased(self) -> LeasedKeys:

@@ -129,7 +129,7 @@ class Transcript:
         self.closed: str | None = None       # host:port of an endpoint nothing listens on
 
     def lease(self, lease_id: int) -> None:
-        self.leases[f"{lease_id:x}"] = f"{{lease{len(self.leases) + 1}}}"
+        self.leases[f"{lease_id:016x}"] = f"{{lease{len(self.leases) + 1}}}"
 
     def _num(self, n: str) -> str:
         if n not in self.revs:

@@ -131,7 +131,7 @@ def test_ls_owner_column(env: Env, history: Any, token: None) -> None:
     rows = {line.split()[0]: line.split(None, 1)[1] for line in r.out.splitlines()[1:-1]}
     assert rows[f"{ns}config/app/db/url"] == "app"
     assert rows[f"{ns}config/app/stray"] == "-"
-    assert rows[f"{ns}config/app/live"] == f"lease {lease:x}"
+    assert rows[f"{ns}config/app/live"] == f"lease {lease:016x}"
     assert "6 keys, 4 owned by an apply set" in r.out
     r = _ops(env, "ls", ns)
     assert "(etcdsync reserved)" in r.out
@@ -184,9 +184,9 @@ def test_put_refuses_leased_keys(env: Env, history: Any) -> None:
     lease = env.gw.lease_grant(60)
     env._outside(env.gw.put(key, '{"host":"h","port":1}', lease=lease))
     r = _ops(env, "put", key, "x")
-    assert r.code == 3 and f"held by lease {lease:x}" in r.err, r
+    assert r.code == 3 and f"held by lease {lease:016x}" in r.err, r
     r = _ops(env, "del", key)
-    assert r.code == 3 and f"held by lease {lease:x}" in r.err, r
+    assert r.code == 3 and f"held by lease {lease:016x}" in r.err, r
     assert env.kv(key).lease == lease
 
 
@@ -364,7 +364,7 @@ def test_services_ls_lists_every_service(env: Env, history: Any) -> None:
     r = env.cli("services", "ls", "--prefix", p)
     assert r.code == 0, r
     rows = {line.split()[0]: line.split(None, 1)[1] for line in r.out.splitlines()[1:]}
-    assert rows == {"broken": "0  (1 unparsable values skipped)", "checkout": "2", "checkout-admin": "1"}
+    assert rows == {"broken": "0  (1 unparsable value skipped)", "checkout": "2", "checkout-admin": "1"}
     doc = json.loads(env.cli("services", "ls", "--prefix", p, "-o", "json").out)
     assert doc["services"][1] == {"name": "checkout", "instances": 2, "unparsable": 0}
     r = env.cli("services", "ls", "checkout", "--prefix", p)       # with a name: the instances, as before
@@ -392,7 +392,7 @@ def test_services_register_holds_until_sigterm(env: Env, history: Any) -> None:
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, err
-    assert f"registered {key} under lease {kv.lease:x}" in out and f"deregistered {key}" in out
+    assert f"registered {key} under lease {kv.lease:016x}" in out and f"deregistered {key}" in out
     assert env.kv(key) is None, "the lease must be revoked on SIGTERM, not left to expire"
     events = _key_events(history, key)
     assert [e.type for e in events] == ["put", "delete"] and events[0].lease == kv.lease

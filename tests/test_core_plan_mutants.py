@@ -58,7 +58,7 @@ def test_in_sync_but_leased_by_own_lease_is_detached_not_unchanged() -> None:
     d = dk("a", "1")
     p = plan(state(d), {d.key: Observed(b"1", 12, lease=0x1F)}, inventory({d.key: Entry(P)}), {},
              Options(own_leases=frozenset({0x1F})))
-    assert only(p) == expect(Action.UPDATE, d, "1", 12, lease=0x1F, note="detached from etcdsync's own lease 1f")
+    assert only(p) == expect(Action.UPDATE, d, "1", 12, lease=0x1F, note="detached from etcdsync's own lease 000000000000001f")
 
 
 @pytest.mark.parametrize("entry, note", [
@@ -121,7 +121,7 @@ def test_key_under_a_foreign_lease_is_a_conflict() -> None:
     d = dk("a", "1")
     p = plan(state(d), {d.key: Observed(b"1", 12, lease=0xABC)}, inventory({}), {},
              Options(own_leases=frozenset({0x1})))
-    assert only(p) == expect(Action.CONFLICT, d, "1", 12, lease=0xABC, note="held by lease abc of another client")
+    assert only(p) == expect(Action.CONFLICT, d, "1", 12, lease=0xABC, note="held by lease 0000000000000abc of another client")
     assert p.counts["conflict"] == 1
 
 
@@ -131,7 +131,7 @@ def test_foreign_lease_taken_with_take_ownership(owned: bool) -> None:
     inv = inventory({d.key: Entry(Q)} if owned else {})
     p = plan(state(d), {d.key: Observed(b"0", 12, lease=0xABC)}, inv, {}, Options(take_ownership=True))
     assert only(p) == expect(Action.UPDATE, d, "0", 12, own=not owned, retag=owned, lease=0xABC,
-                             note="taken from lease abc")
+                             note="taken from lease 0000000000000abc")
 
 
 def test_foreign_lease_on_a_key_of_another_set_taken_over() -> None:
@@ -139,7 +139,7 @@ def test_foreign_lease_on_a_key_of_another_set_taken_over() -> None:
     p = plan(state(d), {d.key: Observed(b"0", 12, lease=0xABC)}, inventory({}), {d.key: "theirs"},
              Options(take_ownership=True))
     assert only(p) == expect(Action.UPDATE, d, "0", 12, own=True, owner="theirs", lease=0xABC,
-                             note="taken over from apply set 'theirs'; taken from lease abc")
+                             note="taken over from apply set 'theirs'; taken from lease 0000000000000abc")
 
 
 def test_own_lease_on_unowned_key_is_detached_and_adopted() -> None:
@@ -147,7 +147,7 @@ def test_own_lease_on_unowned_key_is_detached_and_adopted() -> None:
     p = plan(state(d), {d.key: Observed(b"0", 12, lease=0x2)}, inventory({}), {},
              Options(own_leases=frozenset({0x2})))
     assert only(p) == expect(Action.UPDATE, d, "0", 12, own=True, lease=0x2,
-                             note="detached from etcdsync's own lease 2")
+                             note="detached from etcdsync's own lease 0000000000000002")
 
 
 @pytest.mark.parametrize("policy, value, action", [

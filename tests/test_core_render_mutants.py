@@ -276,7 +276,7 @@ def test_plan_json_whole() -> None:
              "note": "drift held by policy warn"},
             {**base, "key": "/p/i", "action": "conflict", "old": "x", "new": "y", "owner": "o",
              "note": "owned by apply set 'o'"},
-            {**base, "key": "/p/j", "action": "conflict", "old": "x", "new": "y", "lease": "ab", "note": "held"},
+            {**base, "key": "/p/j", "action": "conflict", "old": "x", "new": "y", "lease": "00000000000000ab", "note": "held"},
             {**base, "key": "/p/k", "action": "update", "old": {"secret": True, "hash": s1},
              "new": {"secret": True, "hash": s2}, "secret": True, "document": "ConfigSet/x",
              "source": "f.yaml:2:3"},

@@ -56,7 +56,7 @@ def inventory(applyset: str | None, reserved_prefix: str, output: str, display: 
 
     def state(key: str) -> str:
         kv = present.get(key)
-        return "absent" if kv is None else f"lease {kv.lease:x}" if kv.lease else "present"
+        return "absent" if kv is None else f"lease {kv.lease:016x}" if kv.lease else "present"
 
     if output == "json":
         click.echo(json.dumps({"revision": rev, "applysets": [

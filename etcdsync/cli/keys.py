@@ -96,7 +96,7 @@ def _kv_json(kv: KeyValue, seen: Seen) -> dict[str, Any]:
     else:
         out["value"] = json_value(kv.value)
     out.update(modRevision=kv.mod_revision, createRevision=kv.create_revision, version=kv.version,
-               lease=f"{kv.lease:x}" if kv.lease else None, owners=seen.owners.get(kv.key, []))
+               lease=f"{kv.lease:016x}" if kv.lease else None, owners=seen.owners.get(kv.key, []))
     return out
 
 
@@ -150,7 +150,7 @@ def _owner_cell(kv: KeyValue, seen: Seen, reserved: str) -> str:
         return "(etcdsync reserved)"
     parts = list(seen.owners.get(kv.key, []))
     if kv.lease:
-        parts.append(f"lease {kv.lease:x}")
+        parts.append(f"lease {kv.lease:016x}")
     return ", ".join(parts) or "-"
 
 
@@ -174,7 +174,7 @@ def ls_cmd(prefix: str, reserved_prefix: str, output: str, display: OutputFlags,
     seen: Seen = run(go())
     if output == "json":
         click.echo(json.dumps({"prefix": prefix, "revision": seen.revision, "keys": [
-            {"key": kv.key, "owners": seen.owners.get(kv.key, []), "lease": f"{kv.lease:x}" if kv.lease else None,
+            {"key": kv.key, "owners": seen.owners.get(kv.key, []), "lease": f"{kv.lease:016x}" if kv.lease else None,
              "reserved": any(kv.key.startswith(r) for r in _reserved_prefixes(reserved_prefix)),
              "modRevision": kv.mod_revision} for kv in seen.kvs]}, indent=2))
         return
@@ -208,7 +208,7 @@ def _refusal(keys: list[KeyValue], seen: Seen, desired: DesiredState | None, ver
             owners = " and ".join(repr(s) for s in sets)
             reasons.append(f"{safe_text(kv.key)}: owned by apply set {owners}{_declared_at(desired, kv.key)}")
         elif kv.lease:
-            reasons.append(f"{safe_text(kv.key)}: held by lease {kv.lease:x} (a live registration)")
+            reasons.append(f"{safe_text(kv.key)}: held by lease {kv.lease:016x} (a live registration)")
     if not reasons:
         return None
     more = f" (and {len(reasons) - 3} more keys)" if len(reasons) > 3 else ""

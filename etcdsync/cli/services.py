@@ -183,7 +183,7 @@ def services_register(name: str, id: str, host: str, port: int, ttl: str, metada
         reg = AsyncRegistry(conn, prefix=prefix or services_prefix(fmt), format=fmt)
         try:
             r = await reg.register(name, id, host=host, port=port, metadata=meta or None, ttl=seconds)
-            click.echo(f"registered {safe_text(r.key)} under lease {r.lease_id:x} (ttl {r.leased.ttl}s); "
+            click.echo(f"registered {safe_text(r.key)} under lease {r.lease_id:016x} (ttl {r.leased.ttl}s); "
                        "Ctrl-C or SIGTERM deregisters")
             if fmt == "grpc":
                 click.echo(f"note: the grpc format keys instances by host:port; ID {id!r} is not part of the key",

@@ -198,11 +198,11 @@ def plan(
             # silently would write it without the lease, so it would never expire
             if lease not in options.own_leases and not options.take_ownership:
                 changes.append(_change(Action.CONFLICT, d, obs, lease=lease,
-                                       note=f"held by lease {lease:x} of another client"))
+                                       note=f"held by lease {lease:016x} of another client"))
                 continue
             if d.policy is Policy.ENFORCE:  # a put without a lease detaches the key from it
-                what = f"taken from lease {lease:x}" if lease not in options.own_leases else \
-                    f"detached from etcdsync's own lease {lease:x}"
+                what = f"taken from lease {lease:016x}" if lease not in options.own_leases else \
+                    f"detached from etcdsync's own lease {lease:016x}"
                 changes.append(_change(Action.UPDATE, d, obs, own=own, owner=owner, retag=retag and not own,
                                        lease=lease, note=f"{note}; {what}" if note else what))
                 continue

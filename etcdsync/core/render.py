@@ -299,7 +299,7 @@ def change_json(c: Change, result: str | None = None) -> dict[str, Any]:
     if c.owner:
         out["owner"] = c.owner
     if c.lease:
-        out["lease"] = f"{c.lease:x}"
+        out["lease"] = f"{c.lease:016x}"
     if c.note:
         out["note"] = c.note
     if c.document:
