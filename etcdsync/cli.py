@@ -225,8 +225,13 @@ def validate(paths: tuple[str, ...], file_roots: tuple[str, ...], env_allow: tup
     check_sources(file_roots, env_allow)
     desired = load(paths, reserved_prefix, file_roots=file_roots, env_allow=env_allow)
     if output == "json":
+        from .render import origin_json
+
+        origins = {k: origin_json(d.source) for k, d in desired.keys.items() if d.source}
+        origins.update((i.key, origin_json(i.source)) for i in desired.live if i.source)
         ctx.out(json.dumps({"valid": True, "files": list(desired.files), "keys": len(desired.keys),
-                            "liveInstances": len(desired.live), "applyset": desired.applyset}))
+                            "liveInstances": len(desired.live), "applyset": desired.applyset,
+                            "origins": origins, "removed": {k: str(s) for k, s in desired.removed.items()}}))
     else:
         ctx.out(f"valid: {plural(len(desired.files), 'file')}, {plural(len(desired.keys), 'key')}, "
                 f"{plural(len(desired.live), 'live instance')}")
@@ -291,23 +296,24 @@ def _plan_command(kw: dict[str, Any], *, execute: bool) -> int:
         outcome = run(go())
     except EtcdsyncError as exc:
         if ctx.output == "json" and "plan" in shown:
-            doc = render.plan_json(shown["plan"], applyset_origin=origin)
+            doc = render.plan_json(shown["plan"], applyset_origin=origin, removed=desired.removed)
             doc["error"] = str(exc)
             ctx.out(json.dumps(doc, indent=2))
         raise
     p = outcome.plan
     if not execute:
         if ctx.output == "json":
-            ctx.out(json.dumps(render.plan_json(p, applyset_origin=origin), indent=2))
+            ctx.out(json.dumps(render.plan_json(p, applyset_origin=origin, removed=desired.removed), indent=2))
         return EXIT_DIFF if p.has_changes else EXIT_OK
     unchanged = sum(1 for c in p.changes if c.key not in outcome.done and not c.writes)
     if ctx.output == "json":
-        doc = render.plan_json(p, applyset_origin=origin)
+        doc = render.plan_json(p, applyset_origin=origin, removed=desired.removed)
         doc["applied"] = {
             "revision": outcome.revision,
             "transactions": outcome.transactions,
             "retriedKeys": outcome.retried,
-            "results": [render.change_json(c, result=c.action.value) for c in outcome.done.values()],
+            "results": [render.change_json(c, result=c.action.value, removed_by=desired.removed.get(c.key))
+                        for c in outcome.done.values()],
         }
         ctx.out(json.dumps(doc, indent=2))
     else:
