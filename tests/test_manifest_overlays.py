@@ -360,3 +360,17 @@ def test_validate_json_shows_every_origin_and_removal(tmp_path: Path, base: Path
     assert out["origins"]["/config/app/b"] == {"value": f"{base}:9:5", "overrides": [], "layers": layers}
     assert out["origins"]["/services/svc/i1"] == {"value": f"{base}:18:7", "overrides": [], "layers": []}
     assert out["removed"] == {"/config/app/c": f"{over}:7:5"}
+
+
+def test_plan_json_gives_live_instances_their_origin(tmp_path: Path, base: Path) -> None:
+    from etcdsync.plan import LiveStatus, Plan
+    from etcdsync.render import plan_json
+
+    over = write(tmp_path / "over.yaml", doc("Service", "svc", "ttl: 5s\ninstances:\n  - {id: i2, host: h2, port: 2}\n"))
+    live = {i.id: i for i in load(base, over).live}
+    out = plan_json(Plan("t", (), (LiveStatus(live["i2"], False, None),), counts={}), applyset_origin="flag")
+    assert out["live"] == [{
+        "key": "/services/svc/i2", "service": "svc", "id": "i2", "registered": False, "ttl": 5.0, "checked": False,
+        "source": f"{over}:7:7",
+        "origin": {"value": f"{over}:7:7", "overrides": [f"{base}:19:7"], "layers": [f"{base}:13:1", f"{over}:1:1"]},
+    }]
