@@ -187,6 +187,19 @@ def test_remove_in_a_document_that_merges_into_nothing_is_an_error(tmp_path: Pat
     assert e.message == "key 'gone': remove: true, but no earlier -f layer declares ConfigSet/other (nothing to remove)"
 
 
+def test_remove_in_a_first_layer_is_an_error_also_when_an_overlay_merges_into_it(tmp_path: Path, base: Path) -> None:
+    first = write(tmp_path / "first.yaml", doc("ConfigSet", "app", "prefix: /c/\ndata:\n  k: 1\n  gone: {remove: true}\n"))
+    over = write(tmp_path / "over.yaml", doc("ConfigSet", "app", "data:\n  k: 2\n"))
+    e = error(first, over)
+    assert (e.file, e.line, e.column) == (str(first), 8, 5)
+    assert e.message == "key 'gone': remove: true, but no earlier -f layer declares ConfigSet/app (nothing to remove)"
+    svc = write(tmp_path / "svc.yaml", doc("Service", "s", "instances:\n  - {id: a, host: h, port: 1}\n  - {id: b, remove: true}\n"))
+    svc2 = write(tmp_path / "svc2.yaml", doc("Service", "s", "instances:\n  - {id: a, host: h2, port: 1}\n"))
+    e = error(svc, svc2)
+    assert (e.file, e.line, e.column) == (str(svc), 7, 7)
+    assert e.message == "instance 'b': remove: true, but no earlier -f layer declares Service/s (nothing to remove)"
+
+
 @pytest.mark.parametrize(("value", "message", "column"), [
     ("{remove: false}", "key 'k': remove must be true (to keep the key, leave it out of the overlay)", 17),
     ("{remove: true, value: 1}", "key 'k': 'remove' stands alone", 8),

@@ -534,6 +534,7 @@ def _overriding(source: Source | None, earlier: Source | None) -> Source | None:
 
 def _merge(acc: _Doc, over: _Doc) -> _Doc:
     """``over`` (a later layer) on top of ``acc`` (the earlier layers, merged): a new document."""
+    _no_earlier_layer(acc)  # a first document's `remove: true` had nothing to remove either
     layers = (*(acc.layers or (acc.source,)), over.source)
     replace = over.mode == "replace"
     out = _Doc(over.kind, over.name, over.file, over.source, over.spec_at, over.mode, layer_no=over.layer_no,
