@@ -23,7 +23,7 @@ from pathlib import Path
 
 from etcd3aio.kv import prefix_range_end
 
-from etcdsync.etcdbin import EtcdCluster, free_ports
+from etcdsync.local.etcdbin import EtcdCluster, free_ports
 
 from . import manifests
 from .results import DAEMON_IDLE_CPU, DAEMON_RSS, DRIFT_REPAIR, DRIFT_REPAIR_PAUSED, Measurement

@@ -10,7 +10,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from etcdsync.etcdbin import binary_version, find_binary
+from etcdsync.local.etcdbin import binary_version, find_binary
 
 
 def _cpu_model() -> str:

@@ -31,7 +31,7 @@ from bench.report import render  # noqa: E402
 from bench.results import ETCDCTL_LOOP, PUT_LOOP, TXN128, TXN128_X8, Measurement, Results  # noqa: E402
 from bench.servers import fresh_etcd  # noqa: E402
 from bench.targets import REPAIR_N, add_ratios, evaluate  # noqa: E402
-from etcdsync.etcdbin import find_version  # noqa: E402
+from etcdsync.local.etcdbin import find_version  # noqa: E402
 
 REPEAT_BUDGET = 90.0     # seconds per workload and size: the 100,000-key put loop runs once
 

@@ -22,11 +22,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import EtcdConnectionError, UsageError
-from .instances import decode_instance, encode_instance, instance_key
-from .lease import LeasedKeys
+from .core.instances import decode_instance, encode_instance, instance_key
+from .errors import CompactedError, EtcdConnectionError, UsageError
+from .etcd.lease import LeasedKeys
+from .etcd.store import KeyValue, Store, WatchEvent
 from .settings import Connection
-from .store import CompactedError, KeyValue, Store, WatchEvent
 
 log = logging.getLogger(__name__)
 

@@ -65,7 +65,7 @@ from helpers_faults import (
 )
 from history import Declared, Event, Recorder, bookkeeping
 
-from etcdsync.etcdbin import EtcdCluster
+from etcdsync.local.etcdbin import EtcdCluster
 
 
 @pytest.fixture
@@ -467,11 +467,10 @@ class Killer:
 
 def test_transactions_are_never_seen_half_applied_under_member_kills(tmp_path: Path, cluster3: EtcdCluster) -> None:
     from etcdsync.apply import apply
+    from etcdsync.core.model import DesiredKey, DesiredState
     from etcdsync.errors import EtcdsyncError
-    from etcdsync.model import DesiredKey, DesiredState
-    from etcdsync.plan import Options
-    from etcdsync.settings import Connection
-    from etcdsync.store import Delete, Put, Store
+    from etcdsync.etcd.store import Delete, Put, Store
+    from etcdsync.settings import Connection, Options
 
     sent: list[dict[str, Any]] = []     # every transaction etcdsync sent, with what came of it
 
@@ -730,8 +729,8 @@ def test_watch_revision_compacted_while_paused_and_manifests_changed(tmp_path: P
         # enough traffic on the watched prefix that etcd cannot push it all to the stopped process:
         # its watcher falls behind, and the compaction below overtakes the revision it waits for
         async def flood() -> None:
+            from etcdsync.etcd.store import Store
             from etcdsync.settings import Connection
-            from etcdsync.store import Store
 
             assert hist is not None
             async with Store(Connection(cluster.endpoints)) as s:

@@ -15,7 +15,7 @@ import pytest
 
 from etcdsync.errors import ManifestError
 from etcdsync.manifest import load_manifests
-from etcdsync.model import DesiredState, Policy, Source
+from etcdsync.core.model import DesiredState, Policy, Source
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -376,8 +376,8 @@ def test_validate_json_shows_every_origin_and_removal(tmp_path: Path, base: Path
 
 
 def test_plan_json_gives_live_instances_their_origin(tmp_path: Path, base: Path) -> None:
-    from etcdsync.plan import LiveStatus, Plan
-    from etcdsync.render import plan_json
+    from etcdsync.core.plan import LiveStatus, Plan
+    from etcdsync.core.render import plan_json
 
     over = write(tmp_path / "over.yaml", doc("Service", "svc", "ttl: 5s\ninstances:\n  - {id: i2, host: h2, port: 2}\n"))
     live = {i.id: i for i in load(base, over).live}
