@@ -12,7 +12,9 @@
     ├── RequestTooLargeError   etcd refused a transaction as too large       yes
     ├── ConflictError          a concurrent writer won every retry (exit 3)  yes
     │   └── OwnershipError     a key is owned by another apply set (exit 3)  no
-    └── GuardError             the deletion guard refused the plan (exit 3)  no
+    ├── GuardError             the deletion guard refused the plan (exit 3)  no
+    ├── GitSourceError         a git source failed (URL, ref, path, server)  per case
+    └── WebhookError           a webhook request is not acceptable (HTTP)    no
 
 `retryable` says whether trying the same thing again later, with the same input, may succeed: the
 cause lies in etcd (down, compacted, changed by another writer, a role not granted yet, a broken
@@ -141,3 +143,23 @@ class ClusterChanged(CompactedError, ClusterChangedError):
         ClusterChangedError.__init__(self, message, old_revision=old_revision, new_revision=new_revision,
                                      old_cluster_id=old_cluster_id, new_cluster_id=new_cluster_id)
         self.compact_revision = 0
+
+
+class GitSourceError(EtcdsyncError):
+    """A git source failed: a bad URL, ref or path, an unreachable or refusing server, a commit that
+    lacks the path. The message starts with the (redacted) URL and never holds a credential (the
+    raiser redacts it). ``retryable``: the same call may succeed later unchanged (unreachable, timed
+    out); ``sha``: the commit concerned, when there is one."""
+
+    def __init__(self, message: str, *, retryable: bool = False, sha: str | None = None) -> None:
+        self.retryable = retryable
+        self.sha = sha
+        super().__init__(message)
+
+
+class WebhookError(EtcdsyncError):
+    """The request is not an acceptable webhook; ``status`` is the HTTP status to answer."""
+
+    def __init__(self, message: str, status: int) -> None:
+        self.status = status
+        super().__init__(message)
