@@ -279,7 +279,7 @@ def test_plan_json_whole() -> None:
             {**base, "key": "/p/j", "action": "conflict", "old": "x", "new": "y", "lease": "00000000000000ab", "note": "held"},
             {**base, "key": "/p/k", "action": "update", "old": {"secret": True, "hash": s1},
              "new": {"secret": True, "hash": s2}, "secret": True, "document": "ConfigSet/x",
-             "source": "f.yaml:2:3"},
+             "source": "f.yaml:2:3", "origin": {"value": "f.yaml:2:3", "overrides": [], "layers": []}},
         ],
         "live": [
             {"key": "/svc/i1", "service": "svc", "id": "i1", "registered": True, "ttl": 10.5, "checked": False},

@@ -184,15 +184,18 @@ def test_files_lists_every_file_read(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------------
 # overlays
 
-def test_later_layer_replaces_a_document_whole(tmp_path: Path) -> None:
-    write(tmp_path / "base" / "app.yaml", configset("app", "/config/app/", {"a": "1", "b": "2", "only-base": "x"}))
+def test_later_layer_merges_into_a_document(tmp_path: Path) -> None:
+    """Data key by key (the later value wins); other documents untouched (overlays.py has the rest)."""
+    base = write(tmp_path / "base" / "app.yaml", configset("app", "/config/app/", {"a": "1", "b": "2", "only-base": "x"}))
     write(tmp_path / "base" / "other.yaml", configset("other", "/config/other/", {"k": "v"}))
     over = write(tmp_path / "prod" / "app.yaml", configset("app", "/config/app/", {"a": "10", "c": "30"}))
     state = load_manifests([tmp_path / "base", tmp_path / "prod"], environ={})
     assert {k: v.value for k, v in state.keys.items()} == {
-        "/config/app/a": b"10", "/config/app/c": b"30", "/config/other/k": b"v",
+        "/config/app/a": b"10", "/config/app/b": b"2", "/config/app/c": b"30", "/config/app/only-base": b"x",
+        "/config/other/k": b"v",
     }
     assert state.keys["/config/app/a"].source == Source(str(over), 8, 5)
+    assert state.keys["/config/app/b"].source == Source(str(base), 9, 5)
 
 
 def test_overlay_can_change_prefix_and_kind_is_part_of_identity(tmp_path: Path) -> None:
@@ -204,12 +207,16 @@ def test_overlay_can_change_prefix_and_kind_is_part_of_identity(tmp_path: Path) 
     assert state.applyset == "app"
 
 
-def test_replaced_document_sources_are_not_read(tmp_path: Path) -> None:
-    """fromEnv/fromFile of a document replaced by an overlay are never needed."""
+def test_overridden_keys_sources_are_not_read(tmp_path: Path) -> None:
+    """fromEnv/fromFile of a key an overlay overrides, or of a document it replaces, are never needed."""
     write(tmp_path / "base.yaml", configset("app", "/c/", {"token": "{fromEnv: ONLY_IN_DEV}", "cert": "{fromFile: dev.pem}"}))
-    write(tmp_path / "prod.yaml", configset("app", "/c/", {"token": "{fromEnv: PROD_TOKEN}"}))
+    write(tmp_path / "prod.yaml", configset("app", "/c/", {"token": "{fromEnv: PROD_TOKEN}", "cert": "{remove: true}"}))
     state = load_manifests([tmp_path / "base.yaml", tmp_path / "prod.yaml"], environ={"PROD_TOKEN": "p"})
-    assert state.keys["/c/token"].value == b"p"
+    assert {k: v.value for k, v in state.keys.items()} == {"/c/token": b"p"}
+    write(tmp_path / "repl.yaml", configset("app", "/c/", {"token": "{fromEnv: PROD_TOKEN}"}).replace(
+        "  prefix:", "  overlay: replace\n  prefix:"))
+    state = load_manifests([tmp_path / "base.yaml", tmp_path / "repl.yaml"], environ={"PROD_TOKEN": "p"})
+    assert {k: v.value for k, v in state.keys.items()} == {"/c/token": b"p"}
 
 
 def test_replaced_document_is_still_validated(tmp_path: Path) -> None:

@@ -572,19 +572,20 @@ def test_daemon_takes_the_same_file_root_and_env_allow(env: Env, daemons: Daemon
 
 def test_leased_key_of_another_client_is_a_conflict_unless_take_ownership(env: Env) -> None:
     lease = env.etcdctl("lease", "grant", "300").split()[1]  # "lease 694d... granted with TTL(300s)"
+    shown = f"{int(lease, 16):x}"  # etcdctl pads the id to 16 digits, etcdsync does not (07f5... -> 7f5...)
     env.etcdctl("put", f"{env.ns}lz/leader", "node-b", f"--lease={lease}")
     f = env.write("m/app.yaml", configset("lz", f"{env.ns}lz/", {"leader": "node-a", "other": "1"}))
     rev = env.revision()
     r = env.cli("diff", "-f", str(f), "--applyset", "t")
     assert r.code == 3, r  # a conflict, like a key owned by another apply set
-    assert f"x {env.ns}lz/leader  (held by lease {lease} of another client)" in r.out, r.out
+    assert f"x {env.ns}lz/leader  (held by lease {shown} of another client)" in r.out, r.out
     assert "1 held by another client's lease" in r.out
     doc = json.loads(env.cli("diff", "-f", str(f), "--applyset", "t", "-o", "json").out)
     (leader,) = [c for c in doc["changes"] if c["key"].endswith("/leader")]
-    assert leader["action"] == "conflict" and leader["lease"] == lease
+    assert leader["action"] == "conflict" and leader["lease"] == shown
     r = env.cli("apply", "-f", str(f), "--applyset", "t")
     assert r.code == 3, r
-    assert r.err.strip().splitlines()[-1] == (f"error: {env.ns}lz/leader: held by lease {lease} of another client; "
+    assert r.err.strip().splitlines()[-1] == (f"error: {env.ns}lz/leader: held by lease {shown} of another client; "
                                               "pass --take-ownership to take it (it is then written without the lease)")
     assert env.revision() == rev
     # same value: still a conflict (adopting would leave it to expire under the other client's lease)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -34,6 +34,7 @@ from .output import DIFF_LIMIT, EXIT_DIFF, EXIT_OK, Ctx, plural, run
 
 if TYPE_CHECKING:
     from ..apply import Outcome
+    from ..core.model import Source
     from ..core.plan import Plan
 
 PROGRESS_FROM = 1000   # writes from which `apply` shows a progress bar on a terminal
@@ -50,8 +51,13 @@ def validate(manifests: ManifestFlags, reserved_prefix: str, output: str, displa
     manifests.check()
     desired = manifests.load(reserved_prefix)
     if output == "json":
+        from ..core.render import origin_json
+
+        origins = {k: origin_json(d.source) for k, d in desired.keys.items() if d.source}
+        origins.update((i.key, origin_json(i.source)) for i in desired.live if i.source)
         ctx.out(json.dumps({"valid": True, "files": list(desired.files), "keys": len(desired.keys),
-                            "liveInstances": len(desired.live), "applyset": desired.applyset}))
+                            "liveInstances": len(desired.live), "applyset": desired.applyset,
+                            "origins": origins, "removed": {k: str(s) for k, s in desired.removed.items()}}))
     else:
         ctx.out(f"valid: {plural(len(desired.files), 'file')}, {plural(len(desired.keys), 'key')}, "
                 f"{plural(len(desired.live), 'live instance')}")
@@ -128,30 +134,33 @@ def _plan_command(manifests: ManifestFlags, flags: PlanFlags, etcd: ConnectionFl
         outcome = run(go())
     except EtcdsyncError as exc:
         if ctx.output == "json" and shown.plan is not None:
-            doc = render.plan_json(shown.plan, applyset_origin=origin)
+            doc = render.plan_json(shown.plan, applyset_origin=origin, removed=desired.removed)
             doc["error"] = str(exc)
             ctx.out(json.dumps(doc, indent=2))
         raise
     if not execute:
         if ctx.output == "json":
-            ctx.out(json.dumps(render.plan_json(outcome.plan, applyset_origin=origin), indent=2))
+            ctx.out(json.dumps(render.plan_json(outcome.plan, applyset_origin=origin, removed=desired.removed),
+                               indent=2))
         return EXIT_DIFF if outcome.plan.has_changes else EXIT_OK
-    _report_apply(ctx, outcome, origin)
+    _report_apply(ctx, outcome, origin, desired.removed)
     return EXIT_OK
 
 
-def _report_apply(ctx: Ctx, outcome: Outcome, origin: str) -> None:
+def _report_apply(ctx: Ctx, outcome: Outcome, origin: str, removed: Mapping[str, Source]) -> None:
+    """``removed``: the keys an overlay removed (DesiredState.removed), named in their deletes' origin."""
     from ..core import render
 
     p = outcome.plan
     unchanged = sum(1 for c in p.changes if c.key not in outcome.done and not c.writes)
     if ctx.output == "json":
-        doc = render.plan_json(p, applyset_origin=origin)
+        doc = render.plan_json(p, applyset_origin=origin, removed=removed)
         doc["applied"] = {
             "revision": outcome.revision,
             "transactions": outcome.transactions,
             "retriedKeys": outcome.retried,
-            "results": [render.change_json(c, result=c.action.value) for c in outcome.done.values()],
+            "results": [render.change_json(c, result=c.action.value, removed_by=removed.get(c.key))
+                        for c in outcome.done.values()],
         }
         ctx.out(json.dumps(doc, indent=2))
         return

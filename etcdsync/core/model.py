@@ -21,11 +21,18 @@ class Policy(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Source:
-    """Where something was declared: a file and a 1-based line and column."""
+    """Where something was declared: a file and a 1-based line and column.
+
+    With overlays (several ``-f`` layers), also how it got there (not part of equality): the earlier
+    layers' declarations of the same key or instance that this one replaced (oldest first), and the
+    document of each layer that the declaring document was merged from or replaced by (in order).
+    """
 
     file: str
     line: int
     column: int
+    overrides: tuple[Source, ...] = field(default=(), compare=False)
+    layers: tuple[Source, ...] = field(default=(), compare=False)
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}:{self.column}"
@@ -90,3 +97,4 @@ class DesiredState:
     applyset_source: Source | None = None
     files: tuple[str, ...] = ()                                     # manifest files read
     sources: tuple[str, ...] = ()                                   # fromFile sources read (resolved paths)
+    removed: Mapping[str, Source] = field(default_factory=dict)    # keys an overlay removed (`remove: true`)

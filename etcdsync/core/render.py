@@ -12,11 +12,12 @@ import hashlib
 import json
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from enum import StrEnum
 from typing import Any
 
 from .fielddiff import FieldChange, field_changes
+from .model import Source
 from .plan import Action, Change, LiveStatus, Plan
 
 MAX_LINES = 20
@@ -286,7 +287,15 @@ def _json_value(value: bytes | None, secret: bool) -> dict[str, Any] | str | Non
         return {"base64": base64.b64encode(value).decode("ascii")}
 
 
-def change_json(c: Change, result: str | None = None) -> dict[str, Any]:
+def origin_json(source: Source) -> dict[str, Any]:
+    """Which layer a declared key came from: the declaration whose value is used (file:line:column),
+    the earlier layers' declarations of the same key it overrode (oldest first), and the documents,
+    one per -f layer, that its document was merged from (empty for a single layer)."""
+    return {"value": str(source), "overrides": [str(s) for s in source.overrides],
+            "layers": [str(s) for s in source.layers]}
+
+
+def change_json(c: Change, result: str | None = None, *, removed_by: Source | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {
         "key": c.key,
         "action": c.action.value,
@@ -306,6 +315,9 @@ def change_json(c: Change, result: str | None = None) -> dict[str, Any]:
         out["document"] = c.document
     if c.source:
         out["source"] = str(c.source)
+        out["origin"] = origin_json(c.source)
+    elif removed_by is not None:
+        out["origin"] = {"removedBy": str(removed_by)}
     fields = _fields(c)
     if fields is not None:
         out["fields"] = [f.to_json() for f in fields]
@@ -314,7 +326,9 @@ def change_json(c: Change, result: str | None = None) -> dict[str, Any]:
     return out
 
 
-def plan_json(p: Plan, *, applyset_origin: str) -> dict[str, Any]:
+def plan_json(p: Plan, *, applyset_origin: str, removed: Mapping[str, Source] | None = None) -> dict[str, Any]:
+    """``removed``: keys an overlay removed (DesiredState.removed), named in the origin of their delete."""
+    removed = removed or {}
     return {
         "applyset": p.applyset,
         "applysetFrom": applyset_origin,
@@ -322,10 +336,16 @@ def plan_json(p: Plan, *, applyset_origin: str) -> dict[str, Any]:
         "refused": p.refused,
         "summary": {**dict(p.counts), "adopt": count_results(p.changes)[Result.ADOPTED],
                     "ownership": ownership_only(p.changes)},
-        "changes": [change_json(c) for c in p.changes],
-        "live": [
-            {"key": s.instance.key, "service": s.instance.service, "id": s.instance.id, "registered": s.present,
-             "ttl": s.instance.ttl, "checked": s.instance.check is not None}
-            for s in p.live
-        ],
+        "changes": [change_json(c, removed_by=removed.get(c.key)) for c in p.changes],
+        "live": [_live_json(s) for s in p.live],
     }
+
+
+def _live_json(s: LiveStatus) -> dict[str, Any]:
+    i = s.instance
+    out = {"key": i.key, "service": i.service, "id": i.id, "registered": s.present, "ttl": i.ttl,
+           "checked": i.check is not None}
+    if i.source:
+        out["source"] = str(i.source)
+        out["origin"] = origin_json(i.source)
+    return out

@@ -3,8 +3,10 @@
 Pipeline: ``collect_files`` (one layer per ``-f`` path) -> read + parse each file into positioned node
 trees (``yamlnodes``) -> per document: apiVersion/kind, schema validation (``schema``), and compilation
 into keys (``values``; fromFile/fromEnv are *not* read yet) -> overlays (a later layer's document with
-the same kind and name replaces the earlier one whole) -> for the surviving documents: read
-fromFile/fromEnv, check sizes, reject an etcd key declared twice -> DesiredState.
+the same kind and name merges into the earlier one: data key by key, instances by id, other spec fields
+when given; ``spec.overlay: replace`` replaces it whole) -> per merged document: keys under its prefix,
+instances under its prefix and format -> read the fromFile/fromEnv sources of the keys that survived,
+check sizes, reject an etcd key declared twice -> DesiredState.
 
 Every failure is a ManifestError with file, line and column; nothing else escapes ``load_manifests``.
 
@@ -105,15 +107,54 @@ def collect_files(paths: Sequence[str | os.PathLike[str]]) -> list[list[Path]]:
 # compiled documents
 
 @dataclass(slots=True)
+class _Inst:
+    """One entry of a Service's ``instances``, checked but not yet turned into a key (the key and the
+    value depend on the document's prefix and format, which a later layer may change)."""
+
+    id: str                          # the id, or host:port when none is given (grpc)
+    has_id: bool
+    host: str
+    port: int
+    metadata_json: str | None
+    metadata: Any
+    ttl: float | None                # the instance's own; None: the document's
+    check: HealthCheck | None
+    where: str                       # "spec.instances[0]"
+    source: Source
+    remove: bool = False
+
+
+@dataclass(slots=True)
 class _Doc:
     kind: str
     name: str
     file: str
     source: Source
+    spec_at: Source | None = None
+    mode: str = "merge"                                                # spec.overlay
+    layer_no: int = 0                                                  # 0: the first -f path
     statics: list[DesiredKey] = field(default_factory=list)            # value known
     deferred: list[tuple[DesiredKey, values.Entry]] = field(default_factory=list)  # fromFile/fromEnv
     live: list[ServiceInstance] = field(default_factory=list)
     prefixes: list[str] = field(default_factory=list)
+    # spec fields as given in this layer (None: not given); after a merge, the effective ones
+    prefix: str | None = None
+    prefix_at: Source | None = None
+    policy: Policy | None = None
+    prune: bool | None = None
+    fmt: str | None = None
+    ttl: float | None = None
+    check: HealthCheck | None = None
+    # overlays
+    key_prefix: str = ""                      # what the keys in statics/deferred start with
+    explicit: dict[str, tuple[bool, bool]] = field(default_factory=dict)  # rel key -> own (policy, prune)
+    removes: list[tuple[str, Source]] = field(default_factory=list)       # `remove: true` data keys
+    instances: list[_Inst] = field(default_factory=list)
+    items: dict[str, tuple[DesiredKey, values.Entry | None]] | None = None  # merged data, by rel key
+    layers: tuple[Source, ...] = ()           # the documents merged into this one, one per layer
+    removed_rel: dict[str, Source] = field(default_factory=dict)          # rel key -> the `remove: true`
+    removed_inst: dict[str, tuple[_Inst, Source]] = field(default_factory=dict)
+    removed: dict[str, Source] = field(default_factory=dict)              # etcd key -> the `remove: true`
 
     @property
     def ident(self) -> str:
@@ -124,7 +165,7 @@ def _src(file: str, node: Node) -> Source:
     return Source(file, node.line, node.column)
 
 
-def _check_display(text: str, what: str, file: str, node: Node) -> None:
+def _check_display(text: str, what: str, file: str, node: Node | Source) -> None:
     """Reject text that would display as something else: bidirectional or zero-width characters, and
     text not in Unicode NFC (the NFC and NFD forms of one word would be two keys that look alike)."""
     if text.isascii():
@@ -142,7 +183,7 @@ def _check_display(text: str, what: str, file: str, node: Node) -> None:
                    f"('{points(nfc)}'; two forms of one word would be two different keys)", file, node)
 
 
-def _check_prefix(prefix: str, what: str, file: str, node: Node, reserved: str) -> None:
+def _check_prefix(prefix: str, what: str, file: str, node: Node | Source, reserved: str) -> None:
     if _BAD_CHARS.search(prefix):
         raise node_error(f"{what} '{_show(prefix)}' contains a control character", file, node)
     _check_display(prefix, what, file, node)
@@ -152,7 +193,7 @@ def _check_prefix(prefix: str, what: str, file: str, node: Node, reserved: str) 
         raise node_error(f"{what} '{_show(prefix)}' is under etcdsync's reserved prefix {reserved}", file, node)
 
 
-def _check_name(name: str, what: str, file: str, node: Node) -> None:
+def _check_name(name: str, what: str, file: str, node: Node | Source) -> None:
     if not name:
         raise node_error(f"{what} must not be empty", file, node)
     if _BAD_CHARS.search(name):
@@ -164,7 +205,7 @@ def _check_name(name: str, what: str, file: str, node: Node) -> None:
         raise node_error(f"{what} '{_show(name)}' must not be '.' or contain '..'", file, node)
 
 
-def _check_full_key(key: str, file: str, node: Node, reserved: str) -> None:
+def _check_full_key(key: str, file: str, node: Node | Source, reserved: str) -> None:
     if reserved and key.startswith(reserved):
         raise node_error(f"key '{_show(key)}' is under etcdsync's reserved prefix {reserved}", file, node)
 
@@ -192,18 +233,28 @@ def _health_check(plain: Mapping[str, Any], where: str, file: str, node: Node) -
 
 
 def _compile_configset(doc: _Doc, root: Node, spec: Mapping[str, Any], reserved: str) -> None:
+    """The document's keys, under its own prefix (or, in an overlay that gives none, relative: the
+    merge puts them under the prefix of the earlier layer's document)."""
     file = doc.file
     spec_node = root.get("spec")
     assert spec_node is not None
-    prefix_node = spec_node.get("prefix") or spec_node
-    prefix: str = spec["prefix"]
-    if not prefix.startswith("/") or not prefix.endswith("/"):
-        raise node_error(f"prefix '{_show(prefix)}' must start and end with '/' (e.g. /config/payments/): keys are "
-                   "the prefix followed by the relative key", file, prefix_node)
-    _check_prefix(prefix, "prefix", file, prefix_node, reserved)
-    doc.prefixes.append(prefix)
-    policy = Policy(spec.get("policy", "enforce"))
-    prune = bool(spec.get("prune", True))
+    doc.spec_at = _src(file, spec_node)
+    prefix = ""
+    if "prefix" in spec:
+        prefix_node = spec_node.get("prefix") or spec_node
+        prefix = spec["prefix"]
+        if not prefix.startswith("/") or not prefix.endswith("/"):
+            raise node_error(f"prefix '{_show(prefix)}' must start and end with '/' (e.g. /config/payments/): keys are "
+                       "the prefix followed by the relative key", file, prefix_node)
+        _check_prefix(prefix, "prefix", file, prefix_node, reserved)
+        doc.prefix, doc.prefix_at = prefix, _src(file, prefix_node)
+    doc.key_prefix = prefix
+    if "policy" in spec:
+        doc.policy = Policy(spec["policy"])
+    if "prune" in spec:
+        doc.prune = bool(spec["prune"])
+    policy = Policy.ENFORCE if doc.policy is None else doc.policy
+    prune = True if doc.prune is None else doc.prune
     data = spec_node.get("data")
     if data is None or data.kind != MAP:
         return
@@ -228,7 +279,15 @@ def _compile_configset(doc: _Doc, root: Node, spec: Mapping[str, Any], reserved:
             _check_size(full, value, source)
             statics.append(DesiredKey(full, value, prefix, policy, prune, False, ident, source))
             continue
+        if values.is_removal(rel, value_node, file):
+            if doc.mode == "replace":
+                raise node_error(f"key '{_show(rel)}': remove: true has no meaning in a document with spec.overlay: replace "
+                           "(it replaces the earlier layers' document whole: leave the key out)", file, key_node)
+            doc.removes.append((rel, source))
+            continue
         entry = values.compile_entry(key_node, value_node, file, policy, prune)
+        if entry.own_policy or entry.own_prune:
+            doc.explicit[rel] = (entry.own_policy, entry.own_prune)
         dk = DesiredKey(full, entry.value or b"", prefix, entry.policy, entry.prune, entry.secret, ident, source)
         if entry.value is None:
             doc.deferred.append((dk, entry))
@@ -263,30 +322,23 @@ def _check_size(key: str, value: bytes, source: Source) -> None:
 
 
 def _compile_service(doc: _Doc, root: Node, spec: Mapping[str, Any], reserved: str) -> None:
+    """Check the document's fields and instances; the keys are made by ``_finish_service`` once the
+    layers are merged (prefix and format decide every key)."""
     file = doc.file
     spec_node = root.get("spec")
     assert spec_node is not None
+    doc.spec_at = _src(file, spec_node)
     meta_node = root.get("metadata")
     name_node = (meta_node.get("name") if meta_node is not None else None) or root
     _check_name(doc.name, "service name", file, name_node)
-    fmt: str = spec.get("format", "json")
-    prefix_node = spec_node.get("prefix") or spec_node
-    prefix: str = spec.get("prefix", services_prefix(fmt))
-    if fmt == "grpc" and prefix.startswith("/"):
-        raise node_error(
-            f"prefix '{_show(prefix)}' must not start with '/' for the grpc format: gRPC's etcd resolver strips one "
-            f"leading slash from the target (use e.g. '{_show(prefix[1:])}')",
-            file, prefix_node,
-        )
-    if fmt == "json" and not prefix.startswith("/"):
-        raise node_error(f"prefix '{_show(prefix)}' must start with '/' (e.g. /services/)", file, prefix_node)
-    _check_prefix(prefix, "prefix", file, prefix_node, reserved)
-    svc_prefix = f"{prefix}{doc.name}/"
-    _check_prefix(svc_prefix, "service prefix", file, prefix_node, reserved)
-    doc.prefixes.append(svc_prefix)
-
-    spec_ttl = _duration(spec["ttl"], "spec.ttl", file, spec_node.get("ttl") or spec_node) if "ttl" in spec else None
-    spec_check = _health_check(spec["check"], "spec.check", file, spec_node.get("check") or spec_node) if "check" in spec else None
+    if "format" in spec:
+        doc.fmt = spec["format"]
+    if "prefix" in spec:
+        doc.prefix, doc.prefix_at = spec["prefix"], _src(file, spec_node.get("prefix") or spec_node)
+    if "ttl" in spec:
+        doc.ttl = _duration(spec["ttl"], "spec.ttl", file, spec_node.get("ttl") or spec_node)
+    if "check" in spec:
+        doc.check = _health_check(spec["check"], "spec.check", file, spec_node.get("check") or spec_node)
 
     inst_list = spec_node.get("instances")
     if inst_list is None or inst_list.kind != SEQ:
@@ -295,18 +347,30 @@ def _compile_service(doc: _Doc, root: Node, spec: Mapping[str, Any], reserved: s
     for i, inst_node in enumerate(inst_list.items):
         where = f"spec.instances[{i}]"
         inst = values.to_python(inst_node, file)
-        host: str = inst["host"]
-        port: int = inst["port"]
-        host_node = inst_node.get("host") or inst_node
-        if _BAD_CHARS.search(host) or "/" in host or " " in host:
-            raise node_error(f"{where}.host '{_show(host)}' must not contain '/', spaces or control characters", file, host_node)
-        _check_display(host, f"{where}.host", file, host_node)
         id_node = inst_node.get("id")
         if id_node is not None:
             id_: str = id_node.value or ""
             _check_name(id_, "instance id", file, id_node)
+        if inst.get("remove"):
+            assert id_node is not None  # the schema requires it
+            if doc.mode == "replace":
+                raise node_error(f"instance '{_show(id_)}': remove: true has no meaning in a document with spec.overlay: "
+                           "replace (it replaces the earlier layers' document whole: leave the instance out)",
+                           file, inst_node)
+            extra = [k for k in inst if k not in ("id", "remove")]
+            if extra:
+                raise node_error(f"instance '{_show(id_)}': an instance with remove: true holds only id and remove, "
+                           f"not '{_show(extra[0])}'", file, inst_node.key_node(extra[0]) or inst_node)
+            host, port = "", 0
         else:
-            id_ = grpc_addr(host, port)
+            host = inst["host"]
+            port = inst["port"]
+            host_node = inst_node.get("host") or inst_node
+            if _BAD_CHARS.search(host) or "/" in host or " " in host:
+                raise node_error(f"{where}.host '{_show(host)}' must not contain '/', spaces or control characters", file, host_node)
+            _check_display(host, f"{where}.host", file, host_node)
+            if id_node is None:
+                id_ = grpc_addr(host, port)
         first = seen_ids.get(id_)
         if first is not None:
             raise node_error(
@@ -314,31 +378,70 @@ def _compile_service(doc: _Doc, root: Node, spec: Mapping[str, Any], reserved: s
                 file, id_node or inst_node,
             )
         seen_ids[id_] = id_node or inst_node
+        if inst.get("remove"):
+            doc.instances.append(_Inst(id_, True, host, port, None, None, None, None, where, _src(file, inst_node), True))
+            continue
         metadata_json: str | None = None
         metadata: Any = None
         meta_node = inst_node.get("metadata")
         if meta_node is not None and not meta_node.is_null:
             metadata_json = values.to_json(meta_node, file)
             metadata = json.loads(metadata_json)
-        value = encode_instance(fmt, host, port, metadata_json=metadata_json)
-        key = instance_key(prefix, doc.name, id_, fmt, host, port)
-        _check_full_key(key, file, inst_node, reserved)
-        ttl = _duration(inst["ttl"], f"{where}.ttl", file, inst_node.get("ttl") or inst_node) if "ttl" in inst else spec_ttl
+        ttl = _duration(inst["ttl"], f"{where}.ttl", file, inst_node.get("ttl") or inst_node) if "ttl" in inst else None
         check = (
             _health_check(inst["check"], f"{where}.check", file, inst_node.get("check") or inst_node)
-            if "check" in inst else spec_check
+            if "check" in inst else None
         )
-        source = _src(file, inst_node)
+        doc.instances.append(_Inst(id_, id_node is not None, host, port, metadata_json, metadata, ttl, check, where,
+                                   _src(file, inst_node)))
+
+
+def _finish_service(doc: _Doc, reserved: str) -> None:
+    """The keys and live registrations of a Service document, its layers merged."""
+    _no_earlier_layer(doc)
+    fmt = doc.fmt or "json"
+    if doc.prefix is not None:
+        assert doc.prefix_at is not None
+        prefix, file, at = doc.prefix, doc.prefix_at.file, doc.prefix_at
+    else:
+        assert doc.spec_at is not None
+        prefix, file, at = services_prefix(fmt), doc.spec_at.file, doc.spec_at
+    if fmt == "grpc" and prefix.startswith("/"):
+        raise node_error(
+            f"prefix '{_show(prefix)}' must not start with '/' for the grpc format: gRPC's etcd resolver strips one "
+            f"leading slash from the target (use e.g. '{_show(prefix[1:])}')",
+            file, at,
+        )
+    if fmt == "json" and not prefix.startswith("/"):
+        raise node_error(f"prefix '{_show(prefix)}' must start with '/' (e.g. /services/)", file, at)
+    _check_prefix(prefix, "prefix", file, at, reserved)
+    svc_prefix = f"{prefix}{doc.name}/"
+    _check_prefix(svc_prefix, "service prefix", file, at, reserved)
+    doc.prefixes.append(svc_prefix)
+    for inst in doc.instances:
+        src = inst.source
+        if not inst.has_id and fmt == "json":
+            raise node_error(f"missing required field 'id' in {inst.where}", src.file, src)
+        if doc.layers:
+            src = Source(src.file, src.line, src.column, src.overrides, doc.layers)
+        value = encode_instance(fmt, inst.host, inst.port, metadata_json=inst.metadata_json)
+        key = instance_key(prefix, doc.name, inst.id, fmt, inst.host, inst.port)
+        _check_full_key(key, src.file, src, reserved)
+        ttl = inst.ttl if inst.ttl is not None else doc.ttl
+        check = inst.check if inst.check is not None else doc.check
         if ttl is None and check is None:
-            _check_size(key, value, source)
-            doc.statics.append(DesiredKey(key, value, svc_prefix, Policy.ENFORCE, True, False, doc.ident, source))
+            _check_size(key, value, src)
+            doc.statics.append(DesiredKey(key, value, svc_prefix, Policy.ENFORCE, True, False, doc.ident, src))
         else:
             doc.live.append(
                 ServiceInstance(
-                    service=doc.name, id=id_, host=host, port=port, key=key, value=value, prefix=svc_prefix,
-                    format=fmt, metadata=metadata, ttl=ttl, check=check, document=doc.ident, source=source,
+                    service=doc.name, id=inst.id, host=inst.host, port=inst.port, key=key, value=value,
+                    prefix=svc_prefix, format=fmt, metadata=inst.metadata, ttl=ttl, check=check, document=doc.ident,
+                    source=src,
                 )
             )
+    for inst, at in doc.removed_inst.values():
+        doc.removed[instance_key(prefix, doc.name, inst.id, fmt, inst.host, inst.port)] = at
 
 
 def _skip_data(path: tuple[Any, ...], node: Node) -> Any:
@@ -376,6 +479,7 @@ def _compile_document(d: Document, reserved: str) -> _Doc:
     _check_display(name, "metadata.name", file, name_node)
     doc = _Doc(kind, name, file, _src(file, root))
     spec = plain.get("spec") or {}
+    doc.mode = spec.get("overlay", "merge")
     if kind == "ConfigSet":
         _compile_configset(doc, root, spec, reserved)
     elif kind == "Service":
@@ -383,6 +487,145 @@ def _compile_document(d: Document, reserved: str) -> _Doc:
     else:
         _check_name(name, "apply set name", file, name_node)
     return doc
+
+
+# ------------------------------------------------------------------------------------------------
+# overlays: a later layer's document merges into (or, with spec.overlay: replace, replaces) the
+# earlier layers' document of the same kind and name
+
+def _items(doc: _Doc) -> dict[str, tuple[DesiredKey, values.Entry | None]]:
+    """A ConfigSet's keys by relative key."""
+    if doc.items is not None:
+        return doc.items
+    n = len(doc.key_prefix)
+    items: dict[str, tuple[DesiredKey, values.Entry | None]] = {dk.key[n:]: (dk, None) for dk in doc.statics}
+    for dk, entry in doc.deferred:
+        items[dk.key[n:]] = (dk, entry)
+    return items
+
+
+def _overriding(source: Source | None, earlier: Source | None) -> Source | None:
+    if source is None or earlier is None:  # pragma: no cover - the loader sets every source
+        return source
+    return Source(source.file, source.line, source.column,
+                  (*earlier.overrides, Source(earlier.file, earlier.line, earlier.column)))
+
+
+def _merge(acc: _Doc, over: _Doc) -> _Doc:
+    """``over`` (a later layer) on top of ``acc`` (the earlier layers, merged): a new document."""
+    _no_earlier_layer(acc)  # a first document's `remove: true` had nothing to remove either
+    layers = (*(acc.layers or (acc.source,)), over.source)
+    replace = over.mode == "replace"
+    out = _Doc(over.kind, over.name, over.file, over.source, over.spec_at, over.mode, layer_no=over.layer_no,
+               layers=layers)
+    # spec fields: the later layer's when given (replace: only the later layer's)
+    for name in ("prefix", "prefix_at", "policy", "prune", "fmt", "ttl", "check"):
+        mine = getattr(over, name)
+        setattr(out, name, mine if mine is not None or replace else getattr(acc, name))
+    if over.kind == "ConfigSet":
+        _require_prefix(acc)
+        if replace:
+            _require_prefix(over)
+        before = _items(acc)
+        items = {} if replace else dict(before)
+        out.explicit = {} if replace else dict(acc.explicit)
+        out.removed_rel = {} if replace else dict(acc.removed_rel)
+        for rel, at in over.removes:
+            if rel not in items:
+                raise ManifestError(f"key '{_show(rel)}': remove: true, but no earlier -f layer declares it in "
+                                    f"{over.ident} (nothing to remove)", at.file, at.line, at.column)
+            del items[rel]
+            out.explicit.pop(rel, None)
+            out.removed_rel[rel] = at
+        for rel, (dk, entry) in _items(over).items():
+            earlier = before.get(rel)
+            if earlier is not None:
+                dk = dk._replace(source=_overriding(dk.source, earlier[0].source))
+            items[rel] = (dk, entry)
+            out.explicit.pop(rel, None)
+            out.removed_rel.pop(rel, None)
+        out.explicit.update(over.explicit)
+        out.items = items
+    else:
+        by_id = {i.id: i for i in acc.instances}
+        instances = {} if replace else dict(by_id)
+        out.removed_inst = {} if replace else dict(acc.removed_inst)
+        for inst in over.instances:
+            if inst.remove:
+                gone = instances.pop(inst.id, None)
+                if gone is None:
+                    at = inst.source
+                    raise ManifestError(f"instance '{_show(inst.id)}': remove: true, but no earlier -f layer declares "
+                                        f"it in {over.ident} (nothing to remove)", at.file, at.line, at.column)
+                out.removed_inst[inst.id] = (gone, inst.source)
+                continue
+            earlier_inst = by_id.get(inst.id)
+            if earlier_inst is not None:
+                source = _overriding(inst.source, earlier_inst.source)
+                assert source is not None
+                inst = _Inst(inst.id, inst.has_id, inst.host, inst.port, inst.metadata_json, inst.metadata, inst.ttl,
+                             inst.check, inst.where, source)
+            instances[inst.id] = inst
+            out.removed_inst.pop(inst.id, None)
+        out.instances = list(instances.values())
+    return out
+
+
+def _no_earlier_layer(doc: _Doc) -> None:
+    """`remove: true` in a document that merged into nothing: there is nothing to remove."""
+    if doc.removes:
+        rel, at = doc.removes[0]
+        raise ManifestError(f"key '{_show(rel)}': remove: true, but no earlier -f layer declares {doc.ident} "
+                            "(nothing to remove)", at.file, at.line, at.column)
+    for inst in doc.instances:
+        if inst.remove:
+            at = inst.source
+            raise ManifestError(f"instance '{_show(inst.id)}': remove: true, but no earlier -f layer declares "
+                                f"{doc.ident} (nothing to remove)", at.file, at.line, at.column)
+
+
+def _require_prefix(doc: _Doc) -> None:
+    if doc.prefix is not None:
+        return
+    at = doc.spec_at or doc.source
+    hint = ""
+    if doc.mode == "replace" and doc.layer_no:
+        hint = " (a document with spec.overlay: replace is whole)"
+    elif doc.layer_no:
+        hint = f" (no earlier -f layer declares {doc.ident} to merge into)"
+    raise ManifestError(f"missing required field 'prefix' in spec{hint}", at.file, at.line, at.column)
+
+
+def _finish_configset(doc: _Doc, reserved: str) -> None:
+    """A merged ConfigSet's keys under its (possibly new) prefix, with the defaults of its policy and
+    prune for the keys that do not set their own."""
+    _no_earlier_layer(doc)
+    _require_prefix(doc)
+    assert doc.prefix is not None
+    doc.prefixes.append(doc.prefix)
+    if doc.items is None:
+        return  # one layer: compiled as it stands
+    prefix, layers = doc.prefix, doc.layers
+    policy = Policy.ENFORCE if doc.policy is None else doc.policy
+    prune = True if doc.prune is None else doc.prune
+    statics: list[DesiredKey] = []
+    deferred: list[tuple[DesiredKey, values.Entry]] = []
+    for rel, (dk, entry) in doc.items.items():
+        own_policy, own_prune = doc.explicit.get(rel, (False, False))
+        src = dk.source
+        assert src is not None
+        src = Source(src.file, src.line, src.column, src.overrides, layers)
+        key = prefix + rel
+        dk = dk._replace(key=key, prefix=prefix, policy=dk.policy if own_policy else policy,
+                         prune=dk.prune if own_prune else prune, document=doc.ident, source=src)
+        _check_full_key(key, src.file, src, reserved)
+        if entry is None:
+            _check_size(key, dk.value, src)
+            statics.append(dk)
+        else:
+            deferred.append((dk, entry))
+    doc.statics, doc.deferred = statics, deferred
+    doc.removed = {prefix + rel: at for rel, at in doc.removed_rel.items()}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -457,7 +700,7 @@ def _load(paths: Sequence[str | os.PathLike[str]], environ: Mapping[str, str], r
     files: list[str] = []
     final: dict[tuple[str, str], _Doc] = {}
     root_of: dict[str, str] = {}
-    for layer_path, layer in zip(paths, layers, strict=True):
+    for layer_no, (layer_path, layer) in enumerate(zip(paths, layers, strict=True)):
         in_layer: dict[tuple[str, str], _Doc] = {}
         root = _layer_root(layer_path)
         for path in layer:
@@ -470,14 +713,18 @@ def _load(paths: Sequence[str | os.PathLike[str]], environ: Mapping[str, str], r
             for d in iter_documents(text, file):
                 n_docs += 1
                 doc = _compile_document(d, reserved)
+                doc.layer_no = layer_no
                 ident = (doc.kind, doc.name)
                 other = in_layer.get(ident)
                 if other is not None:
                     raise ManifestError(
                         f"duplicate document {doc.ident}: also declared at {other.source} "
-                        "(one -f layer may declare each kind/name once; later -f paths override earlier ones)",
+                        "(one -f layer may declare each kind/name once; later -f paths merge into earlier ones)",
                         file, doc.source.line, doc.source.column,
                     )
+                earlier = final.get(ident)
+                if earlier is not None and doc.kind != "ApplySet":
+                    doc = _merge(earlier, doc)
                 in_layer[ident] = doc
             if not n_docs:
                 # an editor mid-save or `: > file`: reading it as "declares nothing" would prune its keys
@@ -486,6 +733,13 @@ def _load(paths: Sequence[str | os.PathLike[str]], environ: Mapping[str, str], r
     ctx.file = None
 
     docs = list(final.values())
+    for doc in docs:
+        ctx.file = doc.file
+        if doc.kind == "ConfigSet":
+            _finish_configset(doc, reserved)
+        elif doc.kind == "Service":
+            _finish_service(doc, reserved)
+    ctx.file = None
     applysets = [d for d in docs if d.kind == "ApplySet"]
     if len(applysets) > 1:
         a, b = applysets[0], applysets[1]
@@ -512,8 +766,9 @@ def _load(paths: Sequence[str | os.PathLike[str]], environ: Mapping[str, str], r
         if doc.deferred:
             statics = list(statics)
             for dk, entry in doc.deferred:
-                value = values.resolve_entry(entry, doc.file, environ, sources.policy(root_of[doc.file]))
                 assert dk.source is not None
+                file = dk.source.file  # after a merge, not necessarily the document's last file
+                value = values.resolve_entry(entry, file, environ, sources.policy(root_of[file]))
                 _check_size(dk.key, value, dk.source)
                 statics.append(dk._replace(value=value))
         for dk in statics:
@@ -535,6 +790,7 @@ def _load(paths: Sequence[str | os.PathLike[str]], environ: Mapping[str, str], r
             raise duplicate(key, live_keys[key], dk.source)
     ctx.file = None
 
+    removed = {key: at for doc in docs for key, at in doc.removed.items() if key not in keys and key not in live_keys}
     applyset = applysets[0] if applysets else None
     return DesiredState(
         keys=dict(sorted(keys.items())),
@@ -544,4 +800,5 @@ def _load(paths: Sequence[str | os.PathLike[str]], environ: Mapping[str, str], r
         applyset_source=applyset.source if applyset else None,
         files=tuple(files),
         sources=tuple(sorted({path for p in sources.by_root.values() for path in p.read})),
+        removed=dict(sorted(removed.items())),
     )

@@ -59,7 +59,7 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                 "name": {
                     "type": "string",
                     "minLength": 1,
-                    "description": "Name of the document; (kind, name) is unique per layer and is what an overlay replaces.",
+                    "description": "Name of the document; (kind, name) is unique per layer and is what a later layer's document merges into.",
                 },
                 "labels": _string_map,
                 "annotations": _string_map,
@@ -77,10 +77,27 @@ MANIFEST_SCHEMA: dict[str, Any] = {
             "enum": POLICIES,
             "description": "enforce: overwrite drift; warn: report drift, never overwrite; create-only: write only when absent.",
         },
+        "overlay": {
+            "enum": ["merge", "replace"],
+            "default": "merge",
+            "description": "How this document overlays the document of the same kind and name in earlier -f layers: "
+                           "merge (data key by key, instances by id, other spec fields replaced when given) or replace (whole).",
+        },
+        "remove": {
+            "const": True,
+            "description": "In an overlay: remove this key or instance, which an earlier -f layer declares.",
+        },
         "dataValue": {
             "title": "data value",
             "description": "The value of one key, relative to spec.prefix.",
             "anyOf": [
+                {
+                    "description": "{remove: true}: an overlay removes the key an earlier -f layer declares.",
+                    "type": "object",
+                    "required": ["remove"],
+                    "additionalProperties": False,
+                    "properties": {"remove": {"$ref": "#/$defs/remove"}},
+                },
                 {
                     "description": "A scalar: stored exactly as written in the file (no implicit typing: no, on, 1.10, 0755 arrive as written; quoted: the string content).",
                     "type": ["string", "number", "boolean", "null"],
@@ -96,6 +113,7 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                     "not": {"anyOf": [
                         {"minProperties": 1, "propertyNames": {"enum": OPTION_NAMES}},
                         {"required": ["secret"]}, {"required": ["fromFile"]}, {"required": ["fromEnv"]},
+                        {"required": ["remove"], "propertyNames": {"enum": [*OPTION_NAMES, "remove"]}},
                     ]},
                 },
             ],
@@ -131,14 +149,18 @@ MANIFEST_SCHEMA: dict[str, Any] = {
         },
         "instance": {
             "type": "object",
-            "required": ["host", "port"],
             "additionalProperties": False,
+            "if": {"required": ["remove"]},
+            "then": {"required": ["id"]},
+            "else": {"required": ["host", "port"]},
             "properties": {
                 "id": {
                     "type": ["string", "integer"],
                     "minLength": 1,
-                    "description": "Instance id (key <prefix><name>/<id>); required for the json format, optional for grpc.",
+                    "description": "Instance id (key <prefix><name>/<id>); required for the json format, optional for grpc "
+                                   "(there the id is host:port). An overlay's instance replaces the earlier one with its id.",
                 },
+                "remove": {"$ref": "#/$defs/remove"},
                 "host": {"type": "string", "minLength": 1},
                 "port": {"type": "integer", "minimum": 1, "maximum": 65535},
                 "metadata": {"type": ["object", "null"], "description": "Free-form metadata, stored as JSON."},
@@ -150,14 +172,15 @@ MANIFEST_SCHEMA: dict[str, Any] = {
             "ConfigSet",
             {
                 "type": "object",
-                "required": ["prefix"],
                 "additionalProperties": False,
                 "properties": {
                     "prefix": {
                         "type": "string",
                         "pattern": "^/(.*/)?$",
-                        "description": "Every key in data is relative to this prefix, e.g. /config/payments/ (starts and ends with '/').",
+                        "description": "Every key in data is relative to this prefix, e.g. /config/payments/ (starts and ends with '/'). "
+                                       "Required, unless an earlier -f layer's document of the same name gives it.",
                     },
+                    "overlay": {"$ref": "#/$defs/overlay"},
                     "policy": {"$ref": "#/$defs/policy", "default": "enforce"},
                     "prune": {"type": "boolean", "default": True, "description": "Default for the keys: false never deletes them."},
                     "data": {
@@ -188,9 +211,8 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                     "ttl": {"$ref": "#/$defs/duration"},
                     "check": {"$ref": "#/$defs/check"},
                     "instances": {"type": ["array", "null"], "items": {"$ref": "#/$defs/instance"}},
+                    "overlay": {"$ref": "#/$defs/overlay"},
                 },
-                "if": {"required": ["format"], "properties": {"format": {"const": "grpc"}}},
-                "else": {"properties": {"instances": {"items": {"required": ["id"]}}}},
             },
             True,
             "Service instances in the registry; with ttl or check they are live registrations held by `etcdsync run`.",

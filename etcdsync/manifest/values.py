@@ -262,6 +262,26 @@ class Entry:
     secret: bool = False
     policy: Policy = Policy.ENFORCE
     prune: bool = True
+    own_policy: bool = False      # `policy`/`prune` given in the long form (not the document's default)
+    own_prune: bool = False
+
+
+def is_removal(rel_key: str, value_node: Node, file: str | None) -> bool:
+    """True for ``{remove: true}``: an overlay removing the key. A mapping holding ``remove`` and
+    otherwise only option names is an error (almost always a mix-up); to store such a mapping as JSON,
+    write ``{value: {...}}``."""
+    if value_node.kind != MAP or not any((k.value or "") == "remove" for k, _ in value_node.items):
+        return False
+    names = [(k.value or "") for k, _ in value_node.items]
+    if not all(n == "remove" or n in OPTION_NAMES for n in names):
+        return False  # a JSON object that happens to have a "remove" field
+    if len(names) > 1:
+        raise node_error(f"key '{shown(rel_key)}': 'remove' stands alone ({{remove: true}} removes the key an earlier "
+                         "layer declares); to store such a mapping as JSON, write {value: {...}}", file, value_node)
+    node = value_node.items[0][1]
+    if node.kind == SCALAR and resolve_scalar(node, file)[0] == "bool" and (node.value or "") in _TRUE:
+        return True
+    raise node_error(f"key '{shown(rel_key)}': remove must be true (to keep the key, leave it out of the overlay)", file, node)
 
 
 def is_long_form(node: Node) -> bool:
@@ -326,7 +346,9 @@ def compile_entry(key_node: Node, value_node: Node, file: str | None, policy: Po
         entry.secret = _bool_option("secret", opts["secret"], file)
     if "prune" in opts:
         entry.prune = _bool_option("prune", opts["prune"], file)
+        entry.own_prune = True
     if "policy" in opts:
+        entry.own_policy = True
         pn = opts["policy"]
         text = pn.value if pn.kind == SCALAR else None
         if text not in POLICIES:

@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from etcdsync.core.model import Source
 from etcdsync.errors import ManifestError
 
 MAX_FILE_BYTES = 64 * 1024 * 1024
@@ -56,8 +57,8 @@ SPOOFING = "\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff"
 _UNPRINTABLE_IN_MESSAGE = re.compile(f"[\x00-\x1f\x7f-\x9f\ud800-\udfff{SPOOFING}]")
 
 
-def node_error(message: str, file: str | None, node: Node) -> ManifestError:
-    """A ManifestError at `node`'s position in `file`."""
+def node_error(message: str, file: str | None, node: Node | Source) -> ManifestError:
+    """A ManifestError at `node`'s position in `file` (a node, or a Source recorded from one)."""
     return ManifestError(message, file, node.line, node.column)
 
 
