@@ -18,15 +18,20 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import os
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import EtcdConnectionError, UsageError
 from .instances import decode_instance, encode_instance, instance_key
 from .lease import LeasedKeys
-from .settings import Connection
+from .settings import RESERVED_PREFIX, Connection
 from .store import CompactedError, KeyValue, Store, WatchEvent
+
+if TYPE_CHECKING:
+    from .views import AsyncView
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +52,14 @@ class Instance:
 
 @dataclass(frozen=True, slots=True)
 class ConfigEvent:
-    """A change to a config key: `type` is "put" or "delete"; `value` is None for deletes."""
+    """A change to a config key: `type` is "put" or "delete"; `value` is None for deletes;
+    `old_value` is the value before (None: absent, or not known)."""
 
     type: str
     key: str
     value: str | None
     revision: int
+    old_value: str | None = None
 
 
 def _text(value: bytes) -> str:
@@ -88,12 +95,16 @@ class _Client:
 
 
 class Watch:
-    """A running watch. `cancel()` stops it; `revision` is the last revision delivered."""
+    """A running watch. `cancel()` stops it; `revision` is the last revision delivered; `healthy`
+    says whether its stream is connected; `last_event` is the time.time() of etcd's last answer on it
+    (an event, or a progress answer about every second)."""
 
     def __init__(self) -> None:
         self.task: asyncio.Task[None] | None = None
         self.revision = 0
         self.started = asyncio.Event()
+        self.healthy = False
+        self.last_event: float | None = None
 
     def cancel(self) -> None:
         if self.task is not None:
@@ -123,6 +134,7 @@ async def _follow(store: Store, key: str, *, prefix: bool, snapshot: Callable[[]
     backoff = 0.1
     rev = await snapshot()
     w.revision = rev
+    w.healthy, w.last_event = True, time.time()
     w.started.set()
     while True:
         try:
@@ -133,11 +145,13 @@ async def _follow(store: Store, key: str, *, prefix: bool, snapshot: Callable[[]
                 else:
                     rev = max(rev, batch.revision)
                 w.revision = rev
+                w.healthy, w.last_event = True, time.time()
                 backoff = 0.1
         except CompactedError as exc:
             log.warning("%s; re-reading %s", exc, key)
             rev = await snapshot()
         except EtcdConnectionError as exc:
+            w.healthy = False
             log.warning("watch %s: %s; resuming from revision %d in %.1fs", key, exc, rev + 1, backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
@@ -192,10 +206,11 @@ class AsyncConfigStore:
             now = {kv.key: kv for kv in kvs}
             if not first:
                 for k in sorted(set(known) - set(now)):
-                    await _call(on_change, ConfigEvent("delete", k, None, rev))
+                    await _call(on_change, ConfigEvent("delete", k, None, rev, _text(known[k].value)))
                 for k, kv in sorted(now.items()):
                     if k not in known or known[k].mod_revision != kv.mod_revision:
-                        await _call(on_change, ConfigEvent("put", k, _text(kv.value), kv.mod_revision))
+                        old = _text(known[k].value) if k in known else None
+                        await _call(on_change, ConfigEvent("put", k, _text(kv.value), kv.mod_revision, old))
             first = False
             known.clear()
             known.update(now)
@@ -203,18 +218,37 @@ class AsyncConfigStore:
 
         async def on_events(events: tuple[WatchEvent, ...]) -> None:
             for ev in events:
+                before = known.get(ev.kv.key)
+                old = None if before is None else _text(before.value)
                 if ev.type == "put":
                     known[ev.kv.key] = ev.kv
-                    await _call(on_change, ConfigEvent("put", ev.kv.key, _text(ev.kv.value), ev.kv.mod_revision))
+                    await _call(on_change, ConfigEvent("put", ev.kv.key, _text(ev.kv.value), ev.kv.mod_revision, old))
                 else:
                     known.pop(ev.kv.key, None)
-                    await _call(on_change, ConfigEvent("delete", ev.kv.key, None, ev.kv.mod_revision))
+                    await _call(on_change, ConfigEvent("delete", ev.kv.key, None, ev.kv.mod_revision, old))
 
         w = Watch()
         w.task = asyncio.create_task(_follow(store, key, prefix=prefix, snapshot=snapshot, on_events=on_events, w=w),
                                      name=f"config-watch {key}")
         await _started(w)
         return w
+
+    async def view(self, prefix: str, *, cache_file: str | os.PathLike[str] | None = None, hold: float = 30.0,
+                   reserved_prefix: str = RESERVED_PREFIX) -> AsyncView:
+        """A watch-backed snapshot of `prefix` in memory: `get`, `items`, typed reads without I/O,
+        `on_change(callback)`; a multi-transaction apply arrives as one change; with `cache_file`
+        it starts from the last snapshot saved there when etcd is unreachable (`stale`). See views.py."""
+        from .views import AsyncView
+
+        return await AsyncView(self._client, prefix, cache_file=cache_file, hold=hold,
+                               reserved_prefix=reserved_prefix).start()
+
+    async def update(self, key: str, fn: Callable[[str | None], Any], *, attempts: int = 16) -> str | None:
+        """Compare-and-swap on the key's mod_revision: `fn(current or None)` -> new value (None
+        deletes), retried when another writer got in between; ConflictError after `attempts`."""
+        from .views import update
+
+        return await update(await self._client.store(), key, fn, attempts=attempts)
 
     async def close(self) -> None:
         await self._client.close()

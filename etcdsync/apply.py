@@ -16,6 +16,7 @@ import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from .applymark import marked, split
 from .errors import ConflictError, GuardError, OwnershipError, UsageError
 from .inventory import Entry, Ownership, encode_chunk, fence_key, inventory_prefix, parse_ownership
 from .model import DesiredState
@@ -209,6 +210,7 @@ class Executor:
             batch = _Batch()
             for change in [*puts, *removes]:
                 if batch.changes and not self._fits(batch, change):
+                    await split(self.store, self.reserved, self.plan)   # views hold back until the apply ends
                     await flush(batch)
                     batch = _Batch()
                 self._add(batch, change)
@@ -385,6 +387,7 @@ def _holds(cmp_: Compare, got: Sequence[KeyValue]) -> bool:
     return now is None or now == int(cmp_.value)
 
 
+@marked   # a plan committed in several transactions is marked for views (applymark.py)
 async def apply(
     store: Store,
     desired: DesiredState,

@@ -3,6 +3,7 @@
     EtcdsyncError
     ├── ManifestError          bad input: file, line, column (exit 2)
     ├── UsageError             a bad flag or setting (exit 2)
+    ├── ConfigValueError       a config value read as int/bool/JSON is not one (also a ValueError)
     ├── EtcdConnectionError    etcd unreachable, timed out, TLS failure (exit 2)
     │   ├── AuthError          wrong user/password, permission denied (exit 2)
     │   └── ClusterChangedError  revision went backwards / new cluster id (exit 2)
@@ -48,6 +49,15 @@ class ManifestError(EtcdsyncError):
 
 class UsageError(EtcdsyncError):
     """A flag, setting or argument is wrong."""
+
+
+class ConfigValueError(EtcdsyncError, ValueError):
+    """A config value read as an int, bool or JSON is not one; names the key, never shows the value."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        self.key = key
+        self.reason = reason
+        super().__init__(f"{key}: {reason}")
 
 
 class EtcdConnectionError(EtcdsyncError):

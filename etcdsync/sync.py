@@ -12,13 +12,17 @@ import asyncio
 import atexit
 import concurrent.futures
 import logging
+import os
 import threading
 import weakref
 from collections.abc import Callable, Coroutine, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .aio import AsyncConfigStore, AsyncRegistration, AsyncRegistry, ConfigEvent, Instance, Watch
-from .settings import Connection
+from .settings import RESERVED_PREFIX, Connection
+
+if TYPE_CHECKING:
+    from .views import View
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +121,14 @@ class SyncWatch:
     def revision(self) -> int:
         return self._watch.revision
 
+    @property
+    def healthy(self) -> bool:
+        return self._watch.healthy
+
+    @property
+    def last_event(self) -> float | None:
+        return self._watch.last_event
+
     def cancel(self) -> None:
         _rt().loop.call_soon_threadsafe(self._watch.cancel)
         self._pool.shutdown(wait=False)
@@ -155,6 +167,17 @@ class ConfigStore:
         submit, pool = _dispatcher(on_change, "config-watch")
         w = _rt().call(self._aio.watch(key, submit, prefix=prefix))
         return SyncWatch(w, pool)
+
+    def view(self, prefix: str, *, cache_file: str | os.PathLike[str] | None = None, hold: float = 30.0,
+             reserved_prefix: str = RESERVED_PREFIX) -> View:
+        """A watch-backed snapshot of `prefix` (see AsyncConfigStore.view); callbacks on a worker thread."""
+        from .views import View
+
+        return View(_rt().call(self._aio.view(prefix, cache_file=cache_file, hold=hold, reserved_prefix=reserved_prefix)))
+
+    def update(self, key: str, fn: Callable[[str | None], Any], *, attempts: int = 16) -> str | None:
+        """Compare-and-swap loop (see AsyncConfigStore.update); `fn` runs on a worker thread."""
+        return _rt().call(self._aio.update(key, lambda current: asyncio.to_thread(fn, current), attempts=attempts))
 
     def close(self) -> None:
         _rt().call(self._aio.close())
