@@ -208,7 +208,7 @@ def test_a_view_never_sees_a_half_applied_plan(tmp_path: Path) -> None:
                 hist.declare(want)
                 r = env.run("apply", "-f", str(f), "--applyset", "big")
                 assert r.code == 0, r
-                wait_for(lambda w=want: dict(view.snapshot) == w, 30, "the view to show the apply")  # type: ignore[misc]
+                wait_for(lambda w=want: delivered and delivered[-1] == w, 30, "the view to deliver the apply")  # type: ignore[misc]
         finally:
             stop.set()
             sampler.join(10)
@@ -265,6 +265,27 @@ def test_data_that_outruns_the_marker_watch_is_held(env: Env) -> None:
         await client.close()
 
     asyncio.run(go())
+
+
+def test_a_view_started_during_an_apply_starts_from_the_state_before_it(env: Env) -> None:
+    p = f"{env.ns}cfg/"
+    marker = marker_prefix(env.reserved) + "big/00000000000000dd"
+    env.put(p + "k0", "old")
+    created = env.put(marker, encode_marker("big", {p}))     # an apply runs (played by the test)
+    env.put(p + "k0", "new")
+    env.put(p + "k1", "new")
+    cfg = ConfigStore(Connection(env.endpoints))
+    view = cfg.view(p, reserved_prefix=env.reserved, hold=5)
+    assert view.items() == [(p + "k0", "old")] and view.revision == created
+    delivered: list[ViewChange] = []
+    view.on_change(delivered.append)
+    env.delete(marker)
+    wait_for(lambda: delivered, 10, "the apply's end")
+    assert view.items() == [(p + "k0", "new"), (p + "k1", "new")]
+    assert [[(e.key, e.old_value, e.value) for e in ch.events] for ch in delivered] == [
+        [(p + "k0", "old", "new"), (p + "k1", None, "new")]]
+    view.close()
+    cfg.close()
 
 
 def test_a_single_transaction_apply_writes_no_marker(env: Env, history: Recorder) -> None:
@@ -352,7 +373,8 @@ def test_a_view_starts_from_its_cache_file_while_etcd_is_down(tmp_path: Path) ->
         changes: list[ViewChange] = []
         started.on_change(changes.append)
         member.start()                                # same port, same data
-        wait_for(lambda: not started.stale and started.get(p + "limit") == "7", 30, "the view to catch up")
+        wait_for(lambda: changes and not started.stale, 30, "the view to catch up")
+        assert started.get(p + "limit") == "7"
         assert started.healthy
         assert [(e.key, e.old_value, e.value) for ch in changes for e in ch.events] == [(p + "limit", "6", "7")]
         cfg.put(p + "limit", "8")
