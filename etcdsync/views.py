@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .aio import ConfigEvent, _Client
-from .errors import ConflictError, EtcdConnectionError, EtcdsyncError
+from .errors import AuthError, ConflictError, EtcdConnectionError, EtcdsyncError
 from .settings import RESERVED_PREFIX
 from .store import CompactedError, Delete, Get, KeyValue, Put, Store, WatchBatch, mod_is
 from .tasks import cancel_and_wait
@@ -128,6 +128,7 @@ class AsyncView(_Reads):
         self._saver: asyncio.Task[None] | None = None
         self._save_wanted = False
         self._start_error: BaseException | None = None
+        self.unmarked = False                   # may not read the apply markers: applies are not held back
 
     @property
     def snapshot(self) -> Snapshot:
@@ -211,9 +212,10 @@ class AsyncView(_Reads):
         store = await self._client.store()
         start = await self._resync(store)
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        pumps = [asyncio.create_task(self._pump(store, self.prefix, start, "data", queue), name=f"view {self.prefix}"),
-                 asyncio.create_task(self._pump(store, marker_prefix(self.reserved_prefix), start, "mark", queue),
-                                     name=f"view markers {self.prefix}")]
+        pumps = [asyncio.create_task(self._pump(store, self.prefix, start, "data", queue), name=f"view {self.prefix}")]
+        if not self.unmarked:
+            pumps.append(asyncio.create_task(self._pump(store, marker_prefix(self.reserved_prefix), start, "mark", queue),
+                                             name=f"view markers {self.prefix}"))
         try:
             while True:
                 timeout = None
@@ -247,11 +249,28 @@ class AsyncView(_Reads):
     def _overlapping(self, kvs: list[KeyValue]) -> dict[str, int]:
         return {kv.key: kv.create_revision for kv in kvs if overlaps(self.prefix, kv.value)}
 
+    async def _markers(self, store: Store, revision: int = 0) -> tuple[list[KeyValue], int]:
+        """The apply markers (at `revision`, default now). A user whose role may not read them gets a
+        view that works without them (a warning says so): it cannot hold applies back."""
+        if not self.unmarked:
+            try:
+                return await store.get_prefix(marker_prefix(self.reserved_prefix), revision=revision)
+            except AuthError as exc:
+                if "permission denied" not in str(exc):
+                    raise
+                log.warning("view %s: cannot read the apply markers under %s (%s): a multi-transaction apply may be "
+                            "seen half applied; grant this user read access to that prefix",
+                            self.prefix, marker_prefix(self.reserved_prefix), exc)
+                self.unmarked = True
+        if revision:
+            return [], revision
+        _, now = await store.latest_mod_revision(self.prefix)    # a read this user may make
+        return [], now
+
     async def _resync(self, store: Store) -> int:
         """Read the prefix at a revision no apply covers when there is one (the state before the
         applies running now, if it is newer than what was published); else now, held."""
-        mp = marker_prefix(self.reserved_prefix)
-        kvs, now = await store.get_prefix(mp)
+        kvs, now = await self._markers(store)
         present = self._overlapping(kvs)
         at = now
         published = 0 if self._snap is None or self.stale else self._snap.revision
@@ -263,7 +282,7 @@ class AsyncView(_Reads):
             if before <= published:
                 break
             try:
-                kvs, _ = await store.get_prefix(mp, revision=before)
+                kvs, _ = await self._markers(store, before)
             except CompactedError:
                 break
             earlier = {k: c for k, c in self._overlapping(kvs).items() if k not in self._gate.ignored}
@@ -320,7 +339,7 @@ class AsyncView(_Reads):
             if self._gate.live():
                 self._hold()
                 return
-            kvs, _ = await store.get_prefix(marker_prefix(self.reserved_prefix), revision=self._at)
+            kvs, _ = await self._markers(store, self._at)
             self._gate.learn(self._at, self._overlapping(kvs))
             covered = self._gate.covered(self._at)
         if covered:

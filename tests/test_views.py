@@ -450,3 +450,25 @@ def test_the_lifespan_example_runs(env: Env) -> None:
         "shutdown",
     ]
     assert json.loads((env.tmp / "example-cache.json").read_text())["items"][f"{env.ns}config/example/limit"] == "7"
+
+
+def test_a_view_whose_user_may_not_read_the_markers_still_works(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from helpers_faults import start_auth_etcd
+
+    c, root = start_auth_etcd(tmp_path / "etcd", user="svc", password="svcpw", role="svc", prefixes=("/a/",))
+    try:
+        root("put", "/a/k", "1")
+        cfg = ConfigStore(Connection(c.endpoints, user="svc", password="svcpw"))
+        with caplog.at_level(logging.WARNING, logger="etcdsync.views"):
+            view = cfg.view("/a/")
+            assert view.items() == [("/a/k", "1")]
+            assert "cannot read the apply markers under /.etcdsync/applying/" in caplog.text
+        changes: list[ViewChange] = []
+        view.on_change(changes.append)
+        root("put", "/a/k", "2")
+        wait_for(lambda: changes, 10, "a change without markers")
+        assert view.get("/a/k") == "2" and view.healthy
+        view.close()
+        cfg.close()
+    finally:
+        c.stop()
