@@ -15,7 +15,7 @@ from pathlib import Path
 from etcd3aio import Etcd3Client
 from etcd3aio.kv import KVService
 
-from etcdsync.etcdbin import find_binary
+from etcdsync.local.etcdbin import find_binary
 
 from .servers import raw_client
 from .timing import run_timed, timed

@@ -11,8 +11,10 @@ import contextlib
 import json
 import random
 import re
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -21,15 +23,16 @@ from pathlib import Path
 
 from etcd3aio.kv import prefix_range_end
 
-from etcdsync.etcdbin import free_ports
+from etcdsync.local.etcdbin import EtcdCluster, free_ports
 
 from . import manifests
-from .results import DAEMON_IDLE_CPU, DAEMON_RSS, DRIFT_REPAIR, Measurement
+from .results import DAEMON_IDLE_CPU, DAEMON_RSS, DRIFT_REPAIR, DRIFT_REPAIR_PAUSED, Measurement
 from .servers import Etcd, etcdsync_cmd, raw_client, subprocess_env
 from .timing import cpu_over, percentile, status_kib
 
 READY_TIMEOUT = 300.0
 REPAIR_TIMEOUT = 2.0          # a drift not repaired within this counts as a failure
+PAUSED_REPAIR_TIMEOUT = 10.0  # the same with a member paused (a failover may come first)
 
 
 @dataclass
@@ -50,8 +53,8 @@ class RunningDaemon:
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()
 
-    def tail_log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-1500:] if self.log_path.exists() else ""
+    def tail_log(self, chars: int = 1500) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -63,11 +66,11 @@ class RunningDaemon:
                 self.proc.wait(10)
 
 
-def start_daemon(manifest_dir: Path, etcd: Etcd, log_path: Path) -> RunningDaemon:
-    """Start `etcdsync run` and wait (bounded) until /readyz answers 200."""
+def start_daemon(manifest_dir: Path, endpoints: str, log_path: Path) -> RunningDaemon:
+    """Start `etcdsync run` against `endpoints` (comma separated) and wait (bounded) until /readyz answers 200."""
     port = free_ports(1)[0]
     cmd = etcdsync_cmd("run", "-f", str(manifest_dir), "--applyset", manifests.APPLYSET,
-                       "--endpoints", etcd.endpoint, "--metrics-addr", f"127.0.0.1:{port}")
+                       "--endpoints", endpoints, "--metrics-addr", f"127.0.0.1:{port}")
     with open(log_path, "wb") as log:      # a file, not a pipe: the daemon logs every repair
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=subprocess_env(),
@@ -92,16 +95,18 @@ def start_daemon(manifest_dir: Path, etcd: Etcd, log_path: Path) -> RunningDaemo
 @dataclass
 class Repairs:
     from_send: list[float]        # put sent -> the watcher sees the declared value again
+    from_ack: list[float]         # put answered (the drift is committed) -> the same
     event_to_event: list[float]   # the watcher sees the drift -> it sees the declared value again
     coalesced: int = 0            # drift and repair arrived in one watch response (event_to_event is 0)
     failures: int = 0             # not repaired within REPAIR_TIMEOUT
 
 
-async def _measure_repairs(addr: str, n: int, drifts: int) -> Repairs:
+async def _measure_repairs(addr: str, n: int, drifts: int, seed: int = 7,
+                           timeout: float = REPAIR_TIMEOUT) -> Repairs:
     """Drift random keys one at a time and watch for the repair (every wait bounded)."""
-    rng = random.Random(7)
+    rng = random.Random(seed)
     prefix = manifests.PREFIX.encode()
-    out = Repairs([], [])
+    out = Repairs([], [], [])
     async with raw_client(addr) as client:
         assert client.kv is not None and client.watch is not None
         kv, watch = client.kv, client.watch
@@ -129,9 +134,10 @@ async def _measure_repairs(addr: str, n: int, drifts: int) -> Repairs:
                 want, wrong = manifests.value(i).encode(), f"drift-{d}".encode()
                 sent = time.perf_counter()
                 rev = (await kv.put(key, wrong)).header.revision
+                acked = time.perf_counter()
                 drift_seen: tuple[float, int] | None = None
                 try:
-                    async with asyncio.timeout(REPAIR_TIMEOUT):
+                    async with asyncio.timeout(timeout):
                         while True:
                             seen, number, k, v, mod = await events.get()
                             if k == key and v == wrong and mod == rev:
@@ -142,6 +148,7 @@ async def _measure_repairs(addr: str, n: int, drifts: int) -> Repairs:
                     out.failures += 1
                     continue
                 out.from_send.append(seen - sent)
+                out.from_ack.append(seen - acked)
                 if drift_seen is not None:
                     out.event_to_event.append(seen - drift_seen[0])
                     out.coalesced += drift_seen[1] == number
@@ -176,7 +183,7 @@ def repair_histogram(metrics_text: str) -> dict[str, object]:
 
 def drift_repair(manifest_dir: Path, etcd: Etcd, n: int, drifts: int, work: Path) -> Measurement:
     """Start the daemon on N keys (it applies them), then drift and time the repairs."""
-    d = start_daemon(manifest_dir, etcd, work / "daemon-repair.log")
+    d = start_daemon(manifest_dir, etcd.endpoint, work / f"daemon-repair-{n}.log")
     try:
         time.sleep(0.5)                       # let the watches settle after the first reconcile
         r = asyncio.run(_measure_repairs(etcd.addr, n, drifts))
@@ -203,7 +210,7 @@ def drift_repair(manifest_dir: Path, etcd: Etcd, n: int, drifts: int, work: Path
 
 def rss_and_idle(manifest_dir: Path, etcd: Etcd, n: int, idle_seconds: float, work: Path) -> list[Measurement]:
     """The daemon on N keys that are already in sync: VmRSS once ready, then CPU over an idle window."""
-    d = start_daemon(manifest_dir, etcd, work / "daemon-rss.log")
+    d = start_daemon(manifest_dir, etcd.endpoint, work / "daemon-rss.log")
     try:
         time.sleep(1.0)
         rss = status_kib(d.pid, "VmRSS") * 1024
@@ -219,3 +226,103 @@ def rss_and_idle(manifest_dir: Path, etcd: Etcd, n: int, idle_seconds: float, wo
         Measurement(DAEMON_IDLE_CPU, n, value=100 * cpu / wall, unit="% of one core",
                     details={"cpu_seconds": cpu, "window_seconds": wall, "readyz": ready}),
     ]
+
+
+def drift_repair_paused(manifest_dir: Path, n: int, drifts: int, work: Path) -> Measurement:
+    """Drift repair on a 3-member cluster while one member is paused (SIGSTOP), each member in turn.
+
+    The daemon gets all three endpoints and pins one of them (at random, like etcd's own client).
+    For each member k: pause it, drift `drifts // 3` keys through a client of a live member and
+    time each repair, continue it, and wait until it is healthy again. One of the three phases
+    pauses the member the daemon is pinned to (its first repair waits for the silent watch to be
+    noticed and the move to another member: reported as `first_after_pause`); one may pause the
+    raft leader (then the cluster itself elects a new one before anything commits).
+    """
+    tmp = tempfile.mkdtemp(prefix="etcdsync-bench-paused-")
+    cluster = EtcdCluster(3, base_dir=tmp)
+    phases: list[dict[str, object]] = []
+    every: list[float] = []
+    from_send: list[float] = []
+    failures = 0
+    try:
+        cluster.start()
+        d = start_daemon(manifest_dir, ",".join(cluster.endpoints), work / "daemon-paused.log")
+        try:
+            time.sleep(0.5)
+            per = max(1, drifts // 3)
+            # the member the daemon is pinned to goes last, paused while it is a follower if it can
+            # be (a paused leader stalls the whole cluster: that phase measures etcd, not etcdsync)
+            order = list(cluster.members)
+            status, body = d.get("/readyz")
+            pinned = json.loads(body).get("endpoint") if status == 200 else None
+            order.sort(key=lambda m: (m.endpoint == pinned, bool(_is_leader(m.endpoint))))
+            for k, member in enumerate(order):
+                live = next(m for m in cluster.members if m is not member)
+                if member.endpoint == pinned and _is_leader(member.endpoint):
+                    _move_leader(member.endpoint, live.endpoint)
+                was_leader = _is_leader(member.endpoint)
+                was_pinned = member.endpoint == pinned
+                member.pause()
+                try:
+                    r = asyncio.run(_measure_repairs(live.endpoint.removeprefix("http://"), n, per, seed=k,
+                                                     timeout=PAUSED_REPAIR_TIMEOUT))
+                finally:
+                    member.resume()
+                member.wait_ready()
+                time.sleep(0.5)                       # let it catch up before the next member stops
+                failures += r.failures
+                every += r.from_ack
+                from_send += r.from_send
+                lat = r.from_ack
+                phases.append({"paused": member.name, "leader": was_leader, "pinned": was_pinned, "drifts": per, "repaired": len(lat),
+                               "failures": r.failures, "first_put_seconds": r.from_send[0] - r.from_ack[0] if lat else None,
+                               "first_after_pause": lat[0] if lat else None,
+                               "p50": percentile(lat, 50) if lat else None,
+                               "p99": percentile(lat, 99) if lat else None, "max": max(lat) if lat else None})
+        finally:
+            d.stop()
+        moves = [line for line in d.tail_log(100_000).splitlines() if "; using http" in line]
+    finally:
+        cluster.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    if not every:
+        raise RuntimeError(f"no drift was repaired with a member paused: {d.tail_log()}")
+    details: dict[str, object] = {
+        "members": 3, "drifts": sum(int(p["drifts"]) for p in phases),  # type: ignore[call-overload]
+        "repaired": len(every), "failures": failures,
+        "measured_from": "the drifting put's answer (the drift is committed) until a watch on a live member "
+                         "sees the declared value again, with one member SIGSTOPped (each member in turn); the "
+                         "time the put itself took is left out: with the raft leader paused, etcd commits "
+                         "nothing until it gives the proposal up and a new leader is elected (~6 s here), "
+                         "whoever the client is",
+        "from_send_p99": percentile(from_send, 99), "from_send_max": max(from_send),
+        "p50": percentile(every, 50), "p90": percentile(every, 90), "p99": percentile(every, 99), "max": max(every),
+        "first_after_pause_max": max(float(p["first_after_pause"] or 0.0) for p in phases),  # type: ignore[arg-type]
+        "phases": phases, "daemon_endpoint_moves": len(moves), "daemon_moves_log": moves[-6:],
+    }
+    return Measurement(DRIFT_REPAIR_PAUSED, n, seconds=percentile(every, 50), details=details)
+
+
+def _gateway(endpoint: str, path: str, body: dict[str, object]) -> dict[str, object]:
+    req = urllib.request.Request(f"{endpoint}/v3/{path}", data=json.dumps(body).encode(), method="POST")
+    with urllib.request.urlopen(req, timeout=5) as r:
+        out: dict[str, object] = json.loads(r.read())
+    return out
+
+
+def _is_leader(endpoint: str) -> bool | None:
+    """Whether the member at `endpoint` is the raft leader (etcd's JSON gateway), None if unknown."""
+    try:
+        status = _gateway(endpoint, "maintenance/status", {})
+        return str(status["header"]["member_id"]) == str(status["leader"])  # type: ignore[index]
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _move_leader(leader: str, to: str) -> None:
+    """Hand the raft leadership from the member at `leader` to the one at `to` (bounded wait)."""
+    target = _gateway(to, "maintenance/status", {})["header"]["member_id"]  # type: ignore[index]
+    _gateway(leader, "maintenance/transfer-leadership", {"targetID": target})
+    deadline = time.monotonic() + 5
+    while _is_leader(leader) and time.monotonic() < deadline:
+        time.sleep(0.05)

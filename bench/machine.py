@@ -10,7 +10,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from etcdsync.etcdbin import binary_version, find_binary
+from etcdsync.local.etcdbin import binary_version, find_binary
 
 
 def _cpu_model() -> str:
@@ -122,5 +122,5 @@ def one_line(m: dict[str, Any]) -> str:
         kind = ("virtio disk, " if disk.get("virtio") else "") + ("rotational" if disk["rotational"] else "non-rotational")
         kind = f" ({kind})"
     return (f"{m['cores']} cores, {m['cpu']}, {m['memory_gib']:g} GiB RAM, Linux {m['kernel']}, "
-            f"Python {m['python']}, etcd {m['etcd']} ({m.get('etcd_binary', 'unknown binary')}, single member, loopback), "
+            f"Python {m['python']}, etcd {m['etcd']} ({m.get('etcd_binary', 'unknown binary')}, single member except where a row says otherwise, loopback), "
             f"etcd3aio {m['etcd3aio']}, etcd data dir on {disk['fstype']} {disk['device']}{kind}")

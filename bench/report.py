@@ -10,6 +10,7 @@ from .results import (
     DAEMON_RSS,
     DIFF_NOOP,
     DRIFT_REPAIR,
+    DRIFT_REPAIR_PAUSED,
     ETCDCTL_LOOP,
     FLOOR,
     PUT_LOOP,
@@ -78,7 +79,7 @@ def sizes_table(r: Results) -> list[str]:
 
 def single_table(r: Results) -> list[str]:
     lines = ["| daemon, library, start-up | measured |", "|---|---:|"]
-    d = r.get(DRIFT_REPAIR)
+    d = r.get(DRIFT_REPAIR, min((m.n for m in r.measurements if m.workload == DRIFT_REPAIR), default=0))
     if d:
         x = d.details
         lines.append(f"| drift repair, {num(x['repaired'])} of {num(x['drifts'])} drifts repaired "
@@ -91,6 +92,19 @@ def single_table(r: Results) -> list[str]:
         if h.get("mean_seconds") is not None:
             lines.append(f"| daemon's own `etcdsync_drift_repair_seconds` (event → commit): count / mean | "
                          f"{num(h['count'])} / {secs(h['mean_seconds'])} |")
+    for big in (m for m in r.measurements if m.workload == DRIFT_REPAIR and "p50_vs_1000" in m.ratios):
+        x = big.details
+        lines.append(f"| drift repair at {num(big.n)} owned keys: p50 / p99 (p50 ÷ p50 at {num(d.n if d else 0)}) | "
+                     f"{secs(x['p50'])} / {secs(x['p99'])} ({big.ratios['p50_vs_1000']:.2f}×) |")
+    p = r.get(DRIFT_REPAIR_PAUSED)
+    if p:
+        x = p.details
+        pinned = next((ph for ph in x["phases"] if ph.get("pinned")), None)
+        lines.append(f"| drift repair on 3 members, one SIGSTOPped (each in turn), from the drift's commit: "
+                     f"p50 / p99 / max | {secs(x['p50'])} / {secs(x['p99'])} / {secs(x['max'])} |")
+        if pinned is not None and pinned.get("first_after_pause") is not None:
+            lines.append(f"| the same, first repair after the daemon's own member was paused (the watch notices "
+                         f"the silence and moves) | {secs(pinned['first_after_pause'])} |")
     s = r.get(STARTUP)
     if s and s.seconds is not None:
         lines.append(f"| `{s.details['command']}`, median of {s.details['runs']} | {secs(s.seconds)} |")

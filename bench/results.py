@@ -19,6 +19,7 @@ TXN128 = "baseline_txn128"               # transactions of 128 puts, one at a ti
 TXN128_X8 = "baseline_txn128_x8"         # transactions of 128 puts, 8 in flight
 ETCDCTL_LOOP = "baseline_etcdctl_loop"   # `etcdctl put` per key in a shell loop
 DRIFT_REPAIR = "drift_repair"            # daemon: wrong value on an enforce key -> restored
+DRIFT_REPAIR_PAUSED = "drift_repair_paused"  # the same on 3 members, one of them paused (SIGSTOP)
 REGISTRY = "registry"                    # 1,000 leased registrations from one process
 STARTUP = "startup_help"                 # `etcdsync --help`
 FLOOR = "process_floor"                  # `etcdsync diff` of a 1-key manifest: the fixed cost of a run
@@ -26,7 +27,7 @@ DAEMON_RSS = "daemon_rss"                # daemon VmRSS once ready
 DAEMON_IDLE_CPU = "daemon_idle_cpu"      # daemon CPU while nothing happens
 
 WORKLOADS = (APPLY, DIFF_NOOP, APPLY_DRIFT, PUT_LOOP, TXN128, TXN128_X8, ETCDCTL_LOOP,
-             DRIFT_REPAIR, REGISTRY, STARTUP, FLOOR, DAEMON_RSS, DAEMON_IDLE_CPU)
+             DRIFT_REPAIR, DRIFT_REPAIR_PAUSED, REGISTRY, STARTUP, FLOOR, DAEMON_RSS, DAEMON_IDLE_CPU)
 BASELINES = (PUT_LOOP, TXN128, TXN128_X8, ETCDCTL_LOOP)
 
 
@@ -124,11 +125,14 @@ class Results:
             "notes": self.notes,
         }
 
-    def write(self, out_dir: Path, stamp: str) -> tuple[Path, Path]:
+    def write(self, out_dir: Path, stamp: str, label: str = "") -> tuple[Path, Path]:
+        """<stamp>.json and latest.json (and latest-<label>.json: one per etcd version)."""
         out_dir.mkdir(parents=True, exist_ok=True)
         text = json.dumps(self.to_json(), indent=2) + "\n"
         path = out_dir / f"{stamp}.json"
-        latest = out_dir / "latest.json"
+        latest = out_dir / (f"latest-{label}.json" if label else "latest.json")
         path.write_text(text)
         latest.write_text(text)
+        if label:
+            (out_dir / "latest.json").write_text(text)
         return path, latest

@@ -31,6 +31,7 @@ from bench.report import render  # noqa: E402
 from bench.results import ETCDCTL_LOOP, PUT_LOOP, TXN128, TXN128_X8, Measurement, Results  # noqa: E402
 from bench.servers import fresh_etcd  # noqa: E402
 from bench.targets import REPAIR_N, add_ratios, evaluate  # noqa: E402
+from etcdsync.local.etcdbin import find_version  # noqa: E402
 
 REPEAT_BUDGET = 90.0     # seconds per workload and size: the 100,000-key put loop runs once
 
@@ -47,6 +48,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--drifts", type=int, help="drifts for the repair latency (default 1000; --quick: 50)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"), help="results directory")
     ap.add_argument("--no-plot", action="store_true", help="do not draw latest.png")
+    ap.add_argument("--etcd", metavar="VERSION",
+                    help="the etcd minor version to run (3.4 or 3.5; default: the one the tests use first, "
+                         "or ETCDSYNC_ETCD_BIN); scripts/bench runs both")
     ap.add_argument("--repeat", type=int,
                     help="runs per workload, median reported (default 3, --quick 1); a workload is "
                          f"repeated only while its runs fit in {REPEAT_BUDGET:.0f} s")
@@ -146,6 +150,13 @@ def daemon_footprint(mdir: Path, n: int, idle_seconds: float, work: Path) -> lis
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.etcd:
+        try:
+            os.environ["ETCDSYNC_ETCD_BIN"] = find_version(args.etcd, "etcd")
+            os.environ["ETCDSYNC_ETCDCTL_BIN"] = find_version(args.etcd, "etcdctl")
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"bench/run.py: --etcd {args.etcd}: {exc}", file=sys.stderr)
+            return 2
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     results = Results(mode="quick" if args.quick else "full", sizes=args.sizes,
@@ -188,6 +199,16 @@ def main(argv: list[str] | None = None) -> int:
                 return daemon.drift_repair(rdir, etcd, REPAIR_N, args.drifts, work)
 
         run(f"daemon drift repair, {args.drifts:,} drifts", repair)
+        if n != REPAIR_N:
+            bdir = work / f"manifests-{n}"
+
+            def repair_big() -> Measurement:
+                with fresh_etcd() as etcd:
+                    return daemon.drift_repair(bdir, etcd, n, args.drifts, work)
+
+            run(f"daemon drift repair at N={n:,}, {args.drifts:,} drifts", repair_big)
+        run(f"daemon drift repair on 3 members, one paused (each in turn), {args.drifts:,} drifts",
+            lambda: daemon.drift_repair_paused(rdir, REPAIR_N, args.drifts, work))
 
         def reg() -> Measurement:
             with fresh_etcd() as etcd:
@@ -204,14 +225,17 @@ def main(argv: list[str] | None = None) -> int:
     evaluate(results)
     results.duration_seconds = time.perf_counter() - t0
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    if args.etcd:
+        stamp += f"-etcd{args.etcd}"
     out_dir = Path(args.out)
     print(render(results))
     print()
-    path, latest = results.write(out_dir, stamp)
+    path, latest = results.write(out_dir, stamp, f"etcd{args.etcd}" if args.etcd else "")
     print(f"results: {path} and {latest}")
     if not args.no_plot:
-        problem = draw(results, out_dir / "latest.png")
-        print(problem or f"plot: {out_dir / 'latest.png'}")
+        plot = out_dir / (f"latest-etcd{args.etcd}.png" if args.etcd else "latest.png")
+        problem = draw(results, plot)
+        print(problem or f"plot: {plot}")
     print(f"total: {results.duration_seconds:.0f} s")
     return 1 if run.failed else 0
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from etcd3aio import Etcd3Client
 
-from etcdsync.etcdbin import EtcdCluster
+from etcdsync.local.etcdbin import EtcdCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable

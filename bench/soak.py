@@ -60,7 +60,7 @@ from etcdgw import Gateway  # noqa: E402
 from history import Declared, Recorder  # noqa: E402
 
 from etcdsync.errors import ManifestError  # noqa: E402
-from etcdsync.etcdbin import EtcdCluster, EtcdMember, free_ports  # noqa: E402
+from etcdsync.local.etcdbin import EtcdCluster, EtcdMember, free_ports  # noqa: E402
 from etcdsync.manifest import load_manifests  # noqa: E402
 
 ETCD34 = "/usr/bin/etcd"

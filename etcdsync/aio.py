@@ -10,6 +10,9 @@
         print(await reg.discover("api"))
 
 The synchronous classes in `etcdsync` (ConfigStore, Registry) run these on a background event loop.
+
+(Over 350 lines: the config store and the registry share one client and one follow loop, which
+reads, watches, resumes and re-reads after a compaction; config views live in `views`.)
 """
 
 from __future__ import annotations
@@ -22,16 +25,16 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .errors import EtcdConnectionError, UsageError
-from .instances import decode_instance, encode_instance, instance_key
-from .lease import LeasedKeys
+from .core.instances import decode_instance, encode_instance, instance_key
+from .errors import CompactedError, EtcdConnectionError, UsageError
+from .etcd.lease import LeasedKeys
+from .etcd.store import KeyValue, Store, WatchEvent
 from .settings import RESERVED_PREFIX, Connection
-from .store import CompactedError, KeyValue, Store, WatchEvent
-
-if TYPE_CHECKING:
-    from .views import AsyncView
+from .viewcore import ConfigEvent
+from .views import AsyncView
+from .views import update as cas_update
 
 log = logging.getLogger(__name__)
 
@@ -48,18 +51,6 @@ class Instance:
     host: str
     port: int
     metadata: Any = None
-
-
-@dataclass(frozen=True, slots=True)
-class ConfigEvent:
-    """A change to a config key: `type` is "put" or "delete"; `value` is None for deletes;
-    `old_value` is the value before (None: absent, or not known)."""
-
-    type: str
-    key: str
-    value: str | None
-    revision: int
-    old_value: str | None = None
 
 
 def _text(value: bytes) -> str:
@@ -238,17 +229,13 @@ class AsyncConfigStore:
         """A watch-backed snapshot of `prefix` in memory: `get`, `items`, typed reads without I/O,
         `on_change(callback)`; a multi-transaction apply arrives as one change; with `cache_file`
         it starts from the last snapshot saved there when etcd is unreachable (`stale`). See views.py."""
-        from .views import AsyncView
-
-        return await AsyncView(self._client, prefix, cache_file=cache_file, hold=hold,
+        return await AsyncView(self._client.store, prefix, cache_file=cache_file, hold=hold,
                                reserved_prefix=reserved_prefix).start()
 
     async def update(self, key: str, fn: Callable[[str | None], Any], *, attempts: int = 16) -> str | None:
         """Compare-and-swap on the key's mod_revision: `fn(current or None)` -> new value (None
         deletes), retried when another writer got in between; ConflictError after `attempts`."""
-        from .views import update
-
-        return await update(await self._client.store(), key, fn, attempts=attempts)
+        return await cas_update(await self._client.store(), key, fn, attempts=attempts)
 
     async def close(self) -> None:
         await self._client.close()

@@ -1,8 +1,9 @@
 """Marks a multi-transaction apply in etcd, so that config views deliver it as one change.
 
 `apply.apply` is wrapped by `marked`: it opens a scope for the whole apply (every re-plan and retry
-included). The executor calls `split()` right before it commits a batch that will be followed by
-another one; the first such call (and only when the plan writes key values at all) puts the marker
+included). The executor (`execute.Executor`) calls `split()` right before it commits a batch that
+will be followed by another one; the first such call (and only when the plan writes key values at
+all) puts the marker
 
     <reserved>applying/<applyset>/<16 hex>   {"v":1,"applyset":...,"prefixes":[...]}
 
@@ -12,7 +13,7 @@ the marker in a revision of its own. A plan that fits one transaction never writ
 
 A crashed apply (kill -9) stops renewing the lease: etcd deletes the marker when it expires (within
 MARK_TTL seconds), and views deliver what the apply committed. Nothing else ever writes or reads
-these keys; `inventory.parse_ownership` ignores them.
+these keys; `core.inventory.parse_ownership` ignores them.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import ParamSpec, TypeVar
 
+from .core.plan import Action, Plan
 from .errors import EtcdsyncError
-from .plan import Action, Plan
-from .store import Put, Store, absent
+from .etcd.store import Put, Store, absent
 from .tasks import cancel_and_wait
 from .viewcore import encode_marker, marker_prefix
 

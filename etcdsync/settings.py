@@ -1,15 +1,49 @@
-"""Settings as frozen dataclasses, passed explicitly: the connection shared by library, CLI and daemon."""
+"""Settings as frozen dataclasses, passed explicitly, and the defaults written once: the connection
+shared by library, CLI and daemon, the plan options, the daemon's settings, durations."""
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import UsageError
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:2379"
 RESERVED_PREFIX = "/.etcdsync/"
+"""Where etcdsync keeps inventories, the ownership fence and election keys."""
+SERVICES_PREFIX = "/services/"
+"""Where service instances live in the `json` format."""
+GRPC_SERVICES_PREFIX = "services/"
+"""Where they live in the `grpc` format (grpc-go's etcd naming resolver: no leading slash)."""
+
+
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_DURATION = re.compile(r"(?:[0-9]+(?:\.[0-9]+)?(?:ms|s|m|h))+")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: Any) -> float | None:
+    """Seconds from "10s", "1.5s", "500ms", "1m30s", "2h" or a number; None when invalid or <= 0."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str) and _DURATION.fullmatch(value):
+        seconds = sum(float(n) * _UNIT[u] for n, u in _DURATION_PART.findall(value))
+    else:
+        return None
+    if not math.isfinite(seconds) or seconds <= 0:
+        return None
+    return seconds
+
+
+def services_prefix(fmt: str) -> str:
+    """The default registry prefix of a format (`json` or `grpc`)."""
+    return GRPC_SERVICES_PREFIX if fmt == "grpc" else SERVICES_PREFIX
 
 
 def _split(value: str | Sequence[str]) -> tuple[str, ...]:
@@ -118,6 +152,44 @@ class Connection:
         elif env.get("ETCDCTL_PASSWORD"):
             values["password"] = env["ETCDCTL_PASSWORD"]
         return cls(**values)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """How a plan treats ownership and deletions (apply, diff, teardown and the daemon)."""
+
+    take_ownership: bool = False
+    """Take keys another apply set owns (--take-ownership)."""
+    allow_empty: bool = False
+    """Allow a plan that leaves the apply set owning nothing (--allow-empty)."""
+    max_deletes: int = 100
+    """Refuse a plan deleting more keys than this (--max-deletes)..."""
+    force: bool = False
+    """...unless forced (--force)."""
+    own_leases: frozenset[int] = frozenset()
+    """Leases etcdsync itself holds (the daemon's): a key under one is not a conflict."""
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    """Everything `etcdsync run` was asked to do, apart from where its manifests come from (a source)."""
+
+    applyset_flag: str | None = None
+    """--applyset; else the ApplySet document; else 'default'."""
+    reserved: str = RESERVED_PREFIX
+    """Where inventories and election keys live."""
+    options: Options = field(default_factory=Options)
+    """Ownership and deletion-guard options, as for `apply`."""
+    resync: float = 300.0
+    """Seconds between full reconciles even when nothing was noticed."""
+    metrics_addr: str | None = None
+    """host:port for /healthz, /readyz and /metrics."""
+    leader_elect: bool = False
+    """Run as one of several daemons on the same apply set; only the leader writes."""
+    election_ttl: float = 5.0
+    """Lease TTL of the election key: how fast a dead leader is replaced."""
+    watchdog: float = 5.0
+    """Seconds between probes that detect a watch which went silent."""
 
 
 def read_password_file(path: str, what: str) -> str:

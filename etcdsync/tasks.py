@@ -17,3 +17,24 @@ async def cancel_and_wait(*tasks: asyncio.Task[Any] | None) -> None:
         t.cancel()
     if live:
         await asyncio.gather(*live, return_exceptions=True)
+
+
+class Backoff:
+    """Capped exponential backoff: `next()` is the delay to wait now (`first`, then doubled each time,
+    at most `cap`); `reset()` after a success starts over from `first`."""
+
+    def __init__(self, first: float, cap: float) -> None:
+        self.first = first
+        self.cap = cap
+        self.delay = first
+
+    def next(self) -> float:
+        delay = self.delay
+        self.delay = min(delay * 2, self.cap)
+        return delay
+
+    def reset(self) -> None:
+        self.delay = self.first
+
+    async def sleep(self) -> None:
+        await asyncio.sleep(self.next())

@@ -1,5 +1,6 @@
-"""The pure part of config views: snapshots, typed reads, the apply marker's format, the hold gate
-and the cache file's format. No I/O here except `write_cache`/`read_cache` (plain files).
+"""The pure part of config views: config events, snapshots, typed reads, the apply marker's
+format, the hold gate and the cache file's format. No I/O here except `write_cache`/`read_cache`
+(plain files; that is why this module is not in `core/`).
 
 Apply markers (written by `applymark`, read by views): an `etcdsync apply` or a daemon reconcile
 that commits its plan in more than one transaction first puts
@@ -29,6 +30,19 @@ from .errors import ConfigValueError
 MARKER_VERSION = 1
 CACHE_VERSION = 1
 _MISSING: Any = object()
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigEvent:
+    """A change to a config key: `type` is "put" or "delete"; `value` is None for deletes;
+    `old_value` is the value before (None: absent, or not known). (Defined here, below both the
+    watches of `aio` and the views that deliver it; `etcdsync.ConfigEvent` is this class.)"""
+
+    type: str
+    key: str
+    value: str | None
+    revision: int
+    old_value: str | None = None
 
 
 # -- snapshots and typed reads ---------------------------------------------------------------

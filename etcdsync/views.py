@@ -13,6 +13,10 @@ When the marker is deleted at d, one pinned read of the prefix at d gives the st
 whatever the data watch has delivered so far. A view holds at most `hold` seconds (default 30):
 then it publishes what it has, logs a warning, and stops waiting for that apply. A crashed apply's
 marker expires with its lease (10 s), which ends the hold too.
+
+(Over 350 lines: the two watches, the hold, the pinned reads, the cache and the health are one
+ordering contract, pinned together by tests/test_views.py and the history checker; the pure parts
+already live in `viewcore`.)
 """
 
 from __future__ import annotations
@@ -23,20 +27,19 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .aio import ConfigEvent, _Client
-from .errors import AuthError, ConflictError, EtcdConnectionError, EtcdsyncError
+from .errors import AuthError, CompactedError, ConflictError, EtcdConnectionError, EtcdsyncError
+from .etcd.store import Delete, Get, KeyValue, Put, Store, WatchBatch, mod_is
 from .settings import RESERVED_PREFIX
-from .store import CompactedError, Delete, Get, KeyValue, Put, Store, WatchBatch, mod_is
 from .tasks import cancel_and_wait
-from .viewcore import _MISSING, Gate, Snapshot, marker_prefix, overlaps, read_cache, write_cache
+from .viewcore import _MISSING, ConfigEvent, Gate, Snapshot, marker_prefix, overlaps, read_cache, write_cache
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AsyncView", "Snapshot", "View", "ViewChange", "update"]
+__all__ = ["AsyncView", "Snapshot", "ViewChange", "update"]
 
 HOLD = 30.0                # seconds a view waits for a multi-transaction apply to finish
 BACKOFF_MAX = 5.0
@@ -105,7 +108,8 @@ class AsyncView(_Reads):
     Callbacks run on the event loop, in order, inside the view's task (coroutines are awaited).
     """
 
-    def __init__(self, client: _Client, prefix: str, *, cache_file: str | os.PathLike[str] | None = None,
+    def __init__(self, connect: Callable[[], Awaitable[Store]], prefix: str, *,
+                 cache_file: str | os.PathLike[str] | None = None,
                  hold: float = HOLD, reserved_prefix: str = RESERVED_PREFIX) -> None:
         self.prefix = prefix
         self.cache_file = cache_file
@@ -114,7 +118,7 @@ class AsyncView(_Reads):
         self.stale = False
         self.healthy = False
         self.last_event: float | None = None
-        self._client = client
+        self._connect = connect                 # the store, connected on first use
         self._snap: Snapshot | None = None
         self._callbacks: list[Callback] = []
         self._gate = Gate()
@@ -209,7 +213,7 @@ class AsyncView(_Reads):
     # -- one connected session ----------------------------------------------------------------
 
     async def _session(self) -> None:
-        store = await self._client.store()
+        store = await self._connect()
         start = await self._resync(store)
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         pumps = [asyncio.create_task(self._pump(store, self.prefix, start, "data", queue), name=f"view {self.prefix}")]
@@ -430,59 +434,3 @@ async def update(store: Store, key: str, fn: Callable[[str | None], Any], *, att
         kv = got[0] if got else None
         await asyncio.sleep(random.uniform(0, min(0.2, 0.002 * 2 ** attempt)))
     raise ConflictError(f"{key}: changed by another writer on each of {attempts} attempts; not updated", [key])
-
-
-
-class View(_Reads):
-    """The thread facade of AsyncView (`ConfigStore.view()`): reads are plain attribute reads of
-    the published snapshot, safe from any thread; each `on_change` callback runs on a worker thread
-    of its own, in order (never the caller's thread, never the event loop's)."""
-
-    def __init__(self, view: AsyncView) -> None:
-        self._view = view
-        self._pools: list[Any] = []
-
-    @property
-    def snapshot(self) -> Snapshot:
-        return self._view.snapshot
-
-    @property
-    def prefix(self) -> str:
-        return self._view.prefix
-
-    @property
-    def stale(self) -> bool:
-        return self._view.stale
-
-    @property
-    def healthy(self) -> bool:
-        return self._view.healthy
-
-    @property
-    def last_event(self) -> float | None:
-        return self._view.last_event
-
-    def on_change(self, callback: Callback) -> Callback:
-        from .sync import _dispatcher, _rt
-
-        submit, pool = _dispatcher(callback, "view")
-        self._pools.append(pool)
-
-        async def register() -> None:
-            self._view.on_change(submit)
-
-        _rt().call(register())
-        return callback
-
-    def close(self) -> None:
-        from .sync import _rt
-
-        _rt().call(self._view.close())
-        for pool in self._pools:
-            pool.shutdown(wait=False)
-
-    def __enter__(self) -> View:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from etcdsync.etcdbin import EtcdCluster, binary_version, find_binary, find_version
+from etcdsync.local.etcdbin import EtcdCluster, binary_version, find_binary, find_version
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,7 +48,7 @@ def pytest_report_header(config: pytest.Config) -> str:
 PURE_MODULES = {"test_inventory.py", "test_manifest_errors.py", "test_manifest_load.py", "test_manifest_values.py",
                 "test_packaging.py", "test_plan.py", "test_render.py", "test_core_plan_mutants.py",
                 "test_core_render_mutants.py", "test_core_inventory_mutants.py", "test_core_instances_mutants.py",
-                "test_core_values_mutants.py"}
+                "test_core_values_mutants.py", "test_fielddiff.py", "test_gitsource.py"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -129,7 +129,7 @@ class Env:
 
     def cli(self, *args: str, env: dict[str, str] | None = None) -> Result:
         """Run `etcdsync` in this process (fast) with this env's endpoints and reserved prefix."""
-        from etcdsync.cli import main
+        from etcdsync.cli.main import main
 
         argv = list(args)
         if argv and argv[0] in ("diff", "apply"):
@@ -197,8 +197,8 @@ class Env:
 
     def store_call(self, fn: Any) -> Any:
         """Run `await fn(store)` against this etcd with etcdsync's adapter (for tests of the adapter)."""
+        from etcdsync.etcd.store import Store
         from etcdsync.settings import Connection
-        from etcdsync.store import Store
 
         async def go() -> Any:
             async with Store(Connection(self.endpoints)) as s:

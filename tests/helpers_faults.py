@@ -27,8 +27,8 @@ from conftest import wait_for
 from etcdgw import Gateway
 from history import Recorder
 
-from etcdsync.etcdbin import EtcdCluster, EtcdMember, find_binary, free_ports
-from etcdsync.inventory import decode_chunk, inventory_prefix
+from etcdsync.core.inventory import decode_chunk, inventory_prefix
+from etcdsync.local.etcdbin import EtcdCluster, EtcdMember, find_binary, free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 GiB = 1024 ** 3

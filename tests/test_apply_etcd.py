@@ -11,14 +11,16 @@ from history import Recorder
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from etcdsync.apply import Limits, apply, observe
+from etcdsync.apply import apply
+from etcdsync.core.inventory import inventory_prefix
+from etcdsync.core.model import DesiredKey, DesiredState
+from etcdsync.core.render import Result
+from etcdsync.diff import observe
 from etcdsync.errors import ConflictError
-from etcdsync.etcdbin import EtcdCluster
-from etcdsync.inventory import inventory_prefix
-from etcdsync.model import DesiredKey, DesiredState
-from etcdsync.plan import Action, Options
-from etcdsync.settings import Connection
-from etcdsync.store import Store
+from etcdsync.etcd.store import Store
+from etcdsync.execute import Limits
+from etcdsync.local.etcdbin import EtcdCluster
+from etcdsync.settings import Connection, Options
 
 
 def state(prefix: str, values: dict[str, str]) -> DesiredState:
@@ -72,7 +74,7 @@ def test_every_written_key_is_in_the_inventory(env: Env, history: Recorder) -> N
     p = f"{env.ns}inv/"
     values = {f"k{i:03d}": str(i) for i in range(200)}
     out = run_apply(env.endpoints, state(p, values), env.reserved)
-    assert out.count(Action.CREATE) == 200
+    assert out.results()[Result.CREATED] == 200
 
     async def owned() -> set[str]:
         async with Store(Connection(env.endpoints)) as store:
@@ -94,7 +96,7 @@ def test_server_with_small_txn_limit_gets_smaller_batches(tmp_path: Any) -> None
         limits = Limits()
         out = run_apply(small.endpoints, state(p, {f"k{i:02d}": "v" for i in range(40)}), "/.etcdsync/", limits=limits)
         assert limits.max_ops <= 8
-        assert out.count(Action.CREATE) == 40
+        assert out.results()[Result.CREATED] == 40
         assert out.transactions >= 40 // 6
 
         async def count() -> int:
@@ -104,7 +106,7 @@ def test_server_with_small_txn_limit_gets_smaller_batches(tmp_path: Any) -> None
 
         assert asyncio.run(count()) == 40
         out = run_apply(small.endpoints, state(p, {f"k{i:02d}": "w" for i in range(40)}), "/.etcdsync/")
-        assert out.count(Action.UPDATE) == 40
+        assert out.results()[Result.UPDATED] == 40
 
 
 def test_plan_that_fits_one_transaction_is_atomic(env: Env, history: Recorder) -> None:
@@ -149,7 +151,7 @@ def test_property_apply_then_plan_is_empty_and_reapply_writes_nothing(env: Env, 
 
 def test_stale_election_fence_commits_nothing(env: Env, history: Recorder) -> None:
     """A paused ex-leader's writes carry a compare on its (now gone) election key: nothing commits."""
-    from etcdsync.store import created_at
+    from etcdsync.etcd.store import created_at
 
     p = f"{env.ns}fence/"
     run_apply(env.endpoints, state(p, {"a": "1"}), env.reserved)

@@ -15,13 +15,14 @@ import pytest
 from conftest import Env
 from history import Declared, Recorder
 
-from etcdsync.apply import MAX_IN_FLIGHT, Limits, apply, observe
+from etcdsync.apply import apply
+from etcdsync.core.model import DesiredKey, DesiredState
+from etcdsync.diff import observe
 from etcdsync.errors import OwnershipError
-from etcdsync.etcdbin import EtcdCluster
-from etcdsync.model import DesiredKey, DesiredState
-from etcdsync.plan import Options
-from etcdsync.settings import Connection
-from etcdsync.store import Store
+from etcdsync.etcd.store import Store
+from etcdsync.execute import MAX_IN_FLIGHT, Limits
+from etcdsync.local.etcdbin import EtcdCluster
+from etcdsync.settings import Connection, Options
 
 
 def state(prefix: str, values: dict[str, str]) -> DesiredState:
@@ -198,7 +199,7 @@ def test_reads_larger_than_one_page_see_every_key(env: Env, history: Recorder) -
 def test_a_conflict_names_the_compares_that_failed_and_only_those(env: Env, history: Recorder) -> None:
     """A lost election fence is named; a valid one is not blamed when another key moved."""
     from etcdsync.errors import ConflictError
-    from etcdsync.store import created_at
+    from etcdsync.etcd.store import created_at
 
     p = f"{env.ns}names/"
     run(env, state(p, {"a": "1"}))
@@ -255,7 +256,7 @@ def test_diff_exits_1_when_the_only_change_is_ownership_or_a_delete(env: Env, hi
 def test_a_plan_superseded_by_newer_manifests_commits_nothing_more(env: Env, history: Recorder) -> None:
     """The daemon asks before every transaction whether newer manifests were loaded meanwhile (etcd
     was away, an editor saved again): if so, nothing more of the older plan is written."""
-    from etcdsync.apply import Superseded
+    from etcdsync.execute import Superseded
 
     p = f"{env.ns}sup/"
     commits: list[int] = []

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 WORKLOADS = {
     "apply", "diff_noop", "apply_drift_1pct", "baseline_put_loop", "baseline_txn128", "baseline_txn128_x8",
-    "baseline_etcdctl_loop", "drift_repair", "registry", "startup_help", "process_floor", "daemon_rss", "daemon_idle_cpu",
+    "baseline_etcdctl_loop", "drift_repair", "drift_repair_paused", "registry", "startup_help", "process_floor", "daemon_rss", "daemon_idle_cpu",
 }
 
 

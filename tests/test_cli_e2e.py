@@ -418,7 +418,7 @@ def test_dev_once_starts_etcd_applies_and_cleans_up(tmp_path) -> None:  # type: 
 
     from conftest import ROOT
 
-    from etcdsync.etcdbin import free_ports
+    from etcdsync.local.etcdbin import free_ports
 
     port = free_ports(1)[0]
     r = subprocess.run([sys.executable, "-m", "etcdsync", "dev", "--once", "--port", str(port), "-f",

@@ -16,8 +16,10 @@ from typing import Any
 import pytest
 from conftest import ROOT, Env, wait_for
 
-from etcdsync.cli_ops import read, safe_text, version_text
-from etcdsync.store import Put
+from etcdsync.cli.keys import read
+from etcdsync.cli.main import version_text
+from etcdsync.cli.output import safe_text
+from etcdsync.etcd.store import Put
 
 APP = """\
 apiVersion: etcdsync/v1
@@ -248,7 +250,7 @@ def test_del_prefix_batches_within_the_server_limit(env: Env, history: Any) -> N
 def test_guards_fail_when_ownership_changes_between_read_and_write(env: Env, history: Any) -> None:
     """The race the guarded transaction exists for: an apply adopts or creates the key after the
     operator's command read it as unowned. Without the fence / key compares the hand write wins."""
-    from etcdsync.cli_ops import _guards
+    from etcdsync.cli.keys import _guards
 
     ns = env.ns
     fresh, created = f"{ns}config/app/fresh", f"{ns}config/app/created"

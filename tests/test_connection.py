@@ -27,9 +27,9 @@ from conftest import ROOT, wait_for
 from helpers_faults import Ctl, find_leader
 
 from etcdsync.aio import AsyncConfigStore, AsyncRegistry
-from etcdsync.etcdbin import EtcdCluster
+from etcdsync.etcd.store import Store
+from etcdsync.local.etcdbin import EtcdCluster
 from etcdsync.settings import Connection
-from etcdsync.store import Store
 
 SIMPLE_TOKENS = ["--auth-token", "simple", "--auth-token-ttl", "2"]
 
@@ -411,7 +411,7 @@ def restore_snapshot(cluster: EtcdCluster, snapshot: Path, token: str = "etcdsyn
     The same --initial-cluster-token keeps the cluster id; another one makes a new cluster."""
     import shutil
 
-    from etcdsync.etcdbin import find_binary
+    from etcdsync.local.etcdbin import find_binary
 
     m = cluster.members[0]
     m.stop()
@@ -475,8 +475,7 @@ def test_restore_from_an_older_snapshot_resyncs_library_watches(lone_etcd: EtcdC
 
 def test_a_watch_raises_cluster_changed_for_a_revision_the_cluster_does_not_have(lone_etcd: EtcdCluster,
                                                                                   tmp_path: Path) -> None:
-    from etcdsync.errors import ClusterChangedError
-    from etcdsync.store import CompactedError
+    from etcdsync.errors import ClusterChangedError, CompactedError
 
     ctl = Ctl(lone_etcd.endpoints)
     snap = tmp_path / "snap.db"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from etcdsync.instances import decode_instance, encode_instance, grpc_addr, instance_key
+from etcdsync.core.instances import decode_instance, encode_instance, grpc_addr, instance_key
 
 
 @pytest.mark.parametrize("host, port, addr", [

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from etcdsync.errors import UsageError
-from etcdsync.inventory import (
+from etcdsync.core.inventory import (
     Chunk,
     Entry,
     Inventory,
-    InventoryError,
     Ownership,
     check_applyset_name,
     decode_chunk,
@@ -20,6 +18,7 @@ from etcdsync.inventory import (
     parse_ownership,
     sets_prefix,
 )
+from etcdsync.errors import InventoryError, UsageError
 
 R = "/.etcdsync/"
 K = R + "sets/me/inventory/c1"

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from etcdsync.inventory import Chunk, Entry, Inventory
-from etcdsync.model import DesiredKey, DesiredState, Policy, ServiceInstance, Source
-from etcdsync.plan import Action, Change, Observed, Options, Plan, guard, plan, retag_note
+from etcdsync.core.inventory import Chunk, Entry, Inventory
+from etcdsync.core.model import DesiredKey, DesiredState, Policy, ServiceInstance, Source
+from etcdsync.core.plan import Action, Change, Observed, Plan, guard, plan, retag_note
+from etcdsync.settings import Options
 
 P = "/config/app/"
 Q = "/config/other/"

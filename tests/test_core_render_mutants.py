@@ -7,9 +7,9 @@ import hashlib
 
 import pytest
 
-from etcdsync.model import HealthCheck, Policy, ServiceInstance, Source
-from etcdsync.plan import Action, Change, LiveStatus, Plan
-from etcdsync.render import (
+from etcdsync.core.model import HealthCheck, Policy, ServiceInstance, Source
+from etcdsync.core.plan import Action, Change, LiveStatus, Plan
+from etcdsync.core.render import (
     change_json,
     escape,
     plan_json,

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from etcdsync.core.model import Policy
 from etcdsync.errors import ManifestError
 from etcdsync.manifest.values import (
     MAX_FROM_FILE_BYTES,
@@ -24,7 +25,6 @@ from etcdsync.manifest.values import (
     to_python,
 )
 from etcdsync.manifest.yamlnodes import CORE_TAG_PREFIX, MAP, SCALAR, SEQ, Node
-from etcdsync.model import Policy
 
 F = "m.yaml"
 

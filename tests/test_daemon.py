@@ -20,7 +20,7 @@ import pytest
 from conftest import ROOT, Env, wait_for
 from history import Declared, Recorder, recorder
 
-from etcdsync.etcdbin import EtcdCluster, free_ports
+from etcdsync.local.etcdbin import EtcdCluster, free_ports
 
 CONFIG = """\
 apiVersion: etcdsync/v1
@@ -656,7 +656,7 @@ def test_etcd_restored_from_an_older_snapshot_is_re_read_and_drift_is_repaired_a
     history's revisions for ones it already handled. It re-reads, converges and repairs drift."""
     from test_connection import restore_snapshot
 
-    from etcdsync.etcdbin import find_binary
+    from etcdsync.local.etcdbin import find_binary
 
     cluster = EtcdCluster(1, base_dir=str(tmp_path / "etcd"))
     cluster.start()

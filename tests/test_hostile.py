@@ -35,7 +35,7 @@ from helpers_faults import Ctl, Daemons, GiB, cli, wait_for
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from etcdsync.etcdbin import EtcdCluster
+from etcdsync.local.etcdbin import EtcdCluster
 
 RESERVED = "/h/.etcdsync/"
 H = "apiVersion: etcdsync/v1\nkind: ConfigSet\nmetadata:\n  name: app\nspec:\n  prefix: /h/app/\n  data:\n"
@@ -468,8 +468,8 @@ def _yaml(ns: str, docs: list[tuple[str, list[tuple[str, str]]]]) -> str:
 
 
 def _snapshot(endpoints: list[str], prefix: str) -> dict[str, tuple[bytes, int]]:
+    from etcdsync.etcd.store import Store
     from etcdsync.settings import Connection
-    from etcdsync.store import Store
 
     async def go() -> dict[str, tuple[bytes, int]]:
         async with Store(Connection(endpoints)) as s:
@@ -480,8 +480,8 @@ def _snapshot(endpoints: list[str], prefix: str) -> dict[str, tuple[bytes, int]]
 
 
 def _write_state(endpoints: list[str], ns: str, ops: list[tuple[str, str, bool]]) -> None:
+    from etcdsync.etcd.store import Store
     from etcdsync.settings import Connection
-    from etcdsync.store import Store
 
     async def go() -> None:
         async with Store(Connection(endpoints)) as s:
@@ -499,7 +499,7 @@ def _main(argv: list[str], environ: dict[str, str]) -> tuple[int, str, str]:
     import gc
     import io
 
-    from etcdsync.cli import main
+    from etcdsync.cli.main import main
 
     out, err = io.StringIO(), io.StringIO()
     old = dict(os.environ)

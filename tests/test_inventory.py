@@ -6,16 +6,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from etcdsync.errors import UsageError
-from etcdsync.inventory import (
+from etcdsync.core.inventory import (
     Entry,
-    InventoryError,
     check_applyset_name,
     decode_chunk,
     encode_chunk,
     fence_key,
     parse_ownership,
 )
+from etcdsync.errors import InventoryError, UsageError
 
 R = "/.etcdsync/"
 

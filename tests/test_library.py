@@ -19,7 +19,7 @@ from conftest import ROOT, Env, wait_for
 import etcdsync
 from etcdsync import ConfigStore, Connection, Instance, Registry
 from etcdsync.aio import AsyncConfigStore, AsyncRegistry
-from etcdsync.etcdbin import EtcdCluster
+from etcdsync.local.etcdbin import EtcdCluster
 
 
 def test_public_names_are_pinned() -> None:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from etcdsync.core.model import DesiredState, Policy, Source
 from etcdsync.errors import ManifestError
 from etcdsync.manifest import MANIFEST_SCHEMA, collect_files, load_manifests
-from etcdsync.model import DesiredState, Policy, Source
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,10 +12,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from etcdsync.core.instances import decode_instance, encode_grpc, encode_instance, encode_json, grpc_addr, instance_key
+from etcdsync.core.model import Policy
 from etcdsync.errors import ManifestError
-from etcdsync.instances import decode_instance, encode_grpc, encode_instance, encode_json, grpc_addr, instance_key
 from etcdsync.manifest import load_manifests
-from etcdsync.model import Policy
 
 HEADER = """\
 apiVersion: etcdsync/v1
@@ -355,7 +355,7 @@ def test_live_instance_metadata_is_parsed(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# etcdsync.instances
+# etcdsync.core.instances
 
 @pytest.mark.parametrize(
     ("fmt", "metadata", "value"),

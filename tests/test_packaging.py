@@ -12,7 +12,7 @@ from conftest import ROOT
 
 def test_console_script_and_dockerfile_agree() -> None:
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert meta["project"]["scripts"]["etcdsync"] == "etcdsync.cli:main"
+    assert meta["project"]["scripts"]["etcdsync"] == "etcdsync.cli.main:main"
     docker = (ROOT / "Dockerfile").read_text()
     assert re.search(r'^FROM python:3\.1\d-slim', docker, re.M)
     assert 'ENTRYPOINT ["etcdsync"]' in docker
@@ -32,7 +32,7 @@ def test_console_script_and_dockerfile_agree() -> None:
 
 
 def test_help_does_not_import_grpc() -> None:
-    code = "import sys; from etcdsync.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n" \
+    code = "import sys; from etcdsync.cli.main import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n" \
            "print('grpc' in sys.modules, 'jsonschema' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.stdout.strip().splitlines()[-1] == "False False"

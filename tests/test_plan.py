@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from etcdsync.inventory import Chunk, Entry, Inventory
-from etcdsync.model import DesiredKey, DesiredState, Policy
-from etcdsync.plan import Action, Observed, Options, plan
+from etcdsync.core.inventory import Chunk, Entry, Inventory
+from etcdsync.core.model import DesiredKey, DesiredState, Policy
+from etcdsync.core.plan import Action, Observed, plan
+from etcdsync.settings import Options
 
 P = "/config/app/"
 

@@ -8,10 +8,10 @@ from typing import Any
 import click
 import pytest
 
-from etcdsync.inventory import Chunk, Entry, Inventory
-from etcdsync.model import DesiredKey, DesiredState, Policy, ServiceInstance
-from etcdsync.plan import Observed, plan
-from etcdsync.render import plan_json, render_plan
+from etcdsync.core.inventory import Chunk, Entry, Inventory
+from etcdsync.core.model import DesiredKey, DesiredState, Policy, ServiceInstance
+from etcdsync.core.plan import Action, Change, Observed, plan
+from etcdsync.core.render import plan_json, render_plan
 
 P = "/config/shop/"
 SECRET_OLD, SECRET_NEW = b"hunter2-old", b"hunter2-new"
@@ -74,7 +74,7 @@ def test_json_has_one_entry_per_key() -> None:
 
 
 def test_long_diffs_are_cut_with_a_count() -> None:
-    from etcdsync.inventory import Inventory as Inv
+    from etcdsync.core.inventory import Inventory as Inv
 
     keys = [DesiredKey(f"{P}k{i:03d}", b"v", P) for i in range(30)]
     p = plan(DesiredState(keys={k.key: k for k in keys}, prefixes=(P,)), {}, Inv("x"), {})
@@ -105,8 +105,8 @@ def test_ownership_only_changes_are_named_in_the_summary() -> None:
 
 
 def test_result_summary_names_ownership_updates_and_grammar() -> None:
-    from etcdsync.plan import Action, Change
-    from etcdsync.render import result_summary
+    from etcdsync.core.plan import Action, Change
+    from etcdsync.core.render import result_summary
 
     done = {"/k": Change(Action.UNCHANGED, "/k", b"1", b"1", 3, "/", retag=True)}
     assert result_summary(done, 0) == "0 created, 0 updated, 0 deleted, 0 unchanged (1 ownership record updated)"
@@ -129,7 +129,7 @@ def test_text_diff_escapes_control_and_bidi_characters_in_keys_and_values(bad: s
     p = plan(DesiredState(keys={k.key: k for k in keys}, prefixes=(P,)), observed, inv, {})
     for text in (render_plan(p), render_plan(p, verbose=True), render_plan(p, style=click.style)):
         assert not UNSAFE & set(click.unstyle(text)), repr(text)
-    from etcdsync.render import escape
+    from etcdsync.core.render import escape
 
     text = render_plan(p)
     assert "line2" in text and f"{P}k{escape(bad)}" in text and escape(bad) != bad
@@ -140,7 +140,27 @@ def test_text_diff_escapes_control_and_bidi_characters_in_keys_and_values(bad: s
 
 
 def test_escape_is_readable() -> None:
-    from etcdsync.render import escape
+    from etcdsync.core.render import escape
 
     assert escape("a\x1b]0;T\x07b\u202ec\u200bd\te") == "a\\x1b]0;T\\x07b\\u202ec\\u200bd\\te"
     assert escape("plain ünïcödé €") == "plain ünïcödé €"
+
+
+def test_one_result_per_change_and_one_definition_of_adopted() -> None:
+    from etcdsync.core.render import Result, count_results, result_of
+
+    cases = [
+        (Change(Action.CREATE, "/a", None, b"1", 0, own=True), Result.CREATED),
+        (Change(Action.UPDATE, "/b", b"0", b"1", 1, own=True), Result.UPDATED),     # adopted and updated: updated
+        (Change(Action.ADOPT, "/c", b"1", b"1", 1, own=True), Result.ADOPTED),
+        (Change(Action.ADOPT, "/c2", b"1", b"1", 1, own=True, owner="o"), Result.ADOPTED),   # taken over
+        (Change(Action.DRIFT, "/c3", b"1", b"2", 1, own=True), Result.ADOPTED),      # recorded, value held by warn
+        (Change(Action.DRIFT, "/d", b"1", b"2", 1), Result.SKIPPED),
+        (Change(Action.CONFLICT, "/e", b"1", b"2", 1, owner="o"), Result.SKIPPED),
+        (Change(Action.DELETE, "/f", b"1", None, 1), Result.DELETED),
+        (Change(Action.RELEASE, "/g", None, None, 0), Result.RELEASED),
+        (Change(Action.UNCHANGED, "/h", b"1", b"1", 1, retag=True), Result.UNCHANGED),
+    ]
+    assert [result_of(c) for c, _ in cases] == [r for _, r in cases]
+    counts = count_results(c for c, _ in cases)
+    assert counts[Result.ADOPTED] == 3 and counts[Result.SKIPPED] == 2 and sum(counts.values()) == len(cases)

@@ -40,7 +40,7 @@ from certs import make_ca
 from conftest import Env
 from helpers_faults import ROOT, Ctl, Daemons, cli, wait_for
 
-from etcdsync.etcdbin import EtcdCluster
+from etcdsync.local.etcdbin import EtcdCluster
 
 # ------------------------------------------------------------------------------------------------
 # password auth
@@ -633,7 +633,7 @@ def test_escape_sequences_in_values_never_reach_the_terminal(env: Env) -> None:
 def test_log_lines_and_errors_escape_control_characters() -> None:
     import logging
 
-    from etcdsync.logfmt import TextFormatter
+    from etcdsync.daemon.logfmt import TextFormatter
 
     rec = logging.LogRecord("x", logging.INFO, __file__, 1, "%s: drift repaired", (f"/k{OSC}\nFAKE line",), None)
     line = TextFormatter("%(message)s").format(rec)
@@ -674,7 +674,7 @@ def test_export_writes_a_placeholder_for_inventory_secrets(env: Env) -> None:
 
 
 def test_export_placeholder_names_are_unique_valid_and_never_etcdsyncs_own() -> None:
-    from etcdsync.export import export_prefix
+    from etcdsync.core.export import export_prefix
 
     items = [(f"/p/{k}", b"v", 0) for k in ("a-b", "a_b", "1x", "etcdsync/password", "ü")]
     text, warnings = export_prefix("/p/", items, secret={f"/p/{k}": "s" for k in ("a-b", "a_b", "1x", "etcdsync/password", "ü")})
@@ -726,7 +726,7 @@ def test_readme_least_privilege_role(tmp_path: Path, daemons: Daemons) -> None:
     import os
     import subprocess
 
-    from etcdsync.etcdbin import find_binary
+    from etcdsync.local.etcdbin import find_binary
 
     c = EtcdCluster(1, base_dir=str(tmp_path / "etcd"))
     c.start()

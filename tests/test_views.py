@@ -13,13 +13,14 @@ import sys
 import threading
 import time
 from pathlib import Path
+
 import pytest
 from conftest import ROOT, Env, wait_for
 from history import Recorder, recorder
 
 from etcdsync import ConfigStore, ConfigValueError, ConflictError, Connection, EtcdConnectionError
 from etcdsync.aio import AsyncConfigStore, _Client
-from etcdsync.etcdbin import EtcdCluster
+from etcdsync.local.etcdbin import EtcdCluster
 from etcdsync.viewcore import Gate, Snapshot, decode_cache, encode_marker, marker_prefix, overlaps
 from etcdsync.views import AsyncView, ViewChange
 
@@ -244,7 +245,7 @@ def test_data_that_outruns_the_marker_watch_is_held(env: Env) -> None:
     async def go() -> None:
         client = _Client(Connection(env.endpoints))
         store = await client.store()
-        view = AsyncView(client, p, reserved_prefix=env.reserved)
+        view = AsyncView(client.store, p, reserved_prefix=env.reserved)
         start = await view._resync(store)
         assert view.items() == []
         marker = marks + "big/00000000000000cc"

@@ -7,13 +7,15 @@ the same kind and name replaces the earlier one whole) -> for the surviving docu
 fromFile/fromEnv, check sizes, reject an etcd key declared twice -> DesiredState.
 
 Every failure is a ManifestError with file, line and column; nothing else escapes ``load_manifests``.
+
+(Over 350 lines: the stages of the pipeline share one context of files, layers and positions; the
+YAML reader, the schema and the value rules already live in their own modules.)
 """
 
 from __future__ import annotations
 
 import gc
 import json
-import math
 import os
 import re
 import stat
@@ -23,29 +25,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from etcdsync.core.instances import encode_instance, grpc_addr, instance_key
+from etcdsync.core.model import DesiredKey, DesiredState, HealthCheck, Policy, ServiceInstance, Source
 from etcdsync.errors import ManifestError
-from etcdsync.instances import encode_instance, grpc_addr, instance_key
-from etcdsync.model import DesiredKey, DesiredState, HealthCheck, Policy, ServiceInstance, Source
+from etcdsync.settings import RESERVED_PREFIX, parse_duration, services_prefix
 
 from . import values
 from .schema import API_VERSION, KINDS, validate_document
-from .yamlnodes import MAP, SCALAR, SEQ, SPOOFING, Document, Node, iter_documents, read_file
+from .yamlnodes import MAP, SCALAR, SEQ, SPOOFING, Document, Node, iter_documents, node_error, read_file
 from .yamlnodes import shown as _show
 
 # etcd's default --max-request-bytes (1.5 MiB), minus 1 KiB for the request's own overhead.
 MAX_KEY_VALUE_BYTES = 1536 * 1024 - 1024
 
-DEFAULT_JSON_PREFIX = "/services/"
-DEFAULT_GRPC_PREFIX = "services/"
 
 _BAD_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _SPOOF_CHARS = re.compile(f"[{SPOOFING}]")
 # anything wrong with a relative key: control characters, lone surrogates, bidirectional or zero-width
 # characters, a leading '/', '.'/'..' or empty segments
 _BAD_KEY = re.compile(f"[\x00-\x1f\x7f-\x9f\ud800-\udfff{SPOOFING}]|^/|(?:^|/)\\.\\.?(?:/|$)|//|/$")
-_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
-_DURATION = re.compile(r"(?:[0-9]+(?:\.[0-9]+)?(?:ms|s|m|h))+")
-_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -126,17 +124,13 @@ def _src(file: str, node: Node) -> Source:
     return Source(file, node.line, node.column)
 
 
-def _err(message: str, file: str, node: Node) -> ManifestError:
-    return ManifestError(message, file, node.line, node.column)
-
-
 def _check_display(text: str, what: str, file: str, node: Node) -> None:
     """Reject text that would display as something else: bidirectional or zero-width characters, and
     text not in Unicode NFC (the NFC and NFD forms of one word would be two keys that look alike)."""
     if text.isascii():
         return
     if _SPOOF_CHARS.search(text):
-        raise _err(f"{what} '{_show(text)}' contains a bidirectional or zero-width character "
+        raise node_error(f"{what} '{_show(text)}' contains a bidirectional or zero-width character "
                    "(it would display as something else)", file, node)
     if not unicodedata.is_normalized("NFC", text):
         nfc = unicodedata.normalize("NFC", text)
@@ -144,56 +138,41 @@ def _check_display(text: str, what: str, file: str, node: Node) -> None:
         def points(t: str) -> str:
             return _show(t.encode("ascii", "backslashreplace").decode("ascii"))
 
-        raise _err(f"{what} '{_show(text)}' ('{points(text)}') is not in Unicode NFC: write it as '{_show(nfc)}' "
+        raise node_error(f"{what} '{_show(text)}' ('{points(text)}') is not in Unicode NFC: write it as '{_show(nfc)}' "
                    f"('{points(nfc)}'; two forms of one word would be two different keys)", file, node)
 
 
 def _check_prefix(prefix: str, what: str, file: str, node: Node, reserved: str) -> None:
     if _BAD_CHARS.search(prefix):
-        raise _err(f"{what} '{_show(prefix)}' contains a control character", file, node)
+        raise node_error(f"{what} '{_show(prefix)}' contains a control character", file, node)
     _check_display(prefix, what, file, node)
     if any(seg in (".", "..") for seg in prefix.split("/")):
-        raise _err(f"{what} '{_show(prefix)}' contains a '.' or '..' path segment", file, node)
+        raise node_error(f"{what} '{_show(prefix)}' contains a '.' or '..' path segment", file, node)
     if reserved and prefix.startswith(reserved):
-        raise _err(f"{what} '{_show(prefix)}' is under etcdsync's reserved prefix {reserved}", file, node)
+        raise node_error(f"{what} '{_show(prefix)}' is under etcdsync's reserved prefix {reserved}", file, node)
 
 
 def _check_name(name: str, what: str, file: str, node: Node) -> None:
     if not name:
-        raise _err(f"{what} must not be empty", file, node)
+        raise node_error(f"{what} must not be empty", file, node)
     if _BAD_CHARS.search(name):
-        raise _err(f"{what} '{_show(name)}' contains a control character", file, node)
+        raise node_error(f"{what} '{_show(name)}' contains a control character", file, node)
     _check_display(name, what, file, node)
     if "/" in name:
-        raise _err(f"{what} '{_show(name)}' must not contain '/'", file, node)
+        raise node_error(f"{what} '{_show(name)}' must not contain '/'", file, node)
     if name == "." or ".." in name:
-        raise _err(f"{what} '{_show(name)}' must not be '.' or contain '..'", file, node)
+        raise node_error(f"{what} '{_show(name)}' must not be '.' or contain '..'", file, node)
 
 
 def _check_full_key(key: str, file: str, node: Node, reserved: str) -> None:
     if reserved and key.startswith(reserved):
-        raise _err(f"key '{_show(key)}' is under etcdsync's reserved prefix {reserved}", file, node)
-
-
-def parse_duration(value: Any) -> float | None:
-    """Seconds from "10s", "1.5s", "500ms", "1m30s", "2h" or a number; None when invalid or <= 0."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    elif isinstance(value, str) and _DURATION.fullmatch(value):
-        seconds = sum(float(n) * _UNIT[u] for n, u in _DURATION_PART.findall(value))
-    else:
-        return None
-    if not math.isfinite(seconds) or seconds <= 0:
-        return None
-    return seconds
+        raise node_error(f"key '{_show(key)}' is under etcdsync's reserved prefix {reserved}", file, node)
 
 
 def _duration(value: Any, where: str, file: str, node: Node) -> float:
     seconds = parse_duration(value)
     if seconds is None:
-        raise _err(f"{where} is not a valid duration: use e.g. 10s, 1m30s, 500ms or a number of seconds (> 0)", file, node)
+        raise node_error(f"{where} is not a valid duration: use e.g. 10s, 1m30s, 500ms or a number of seconds (> 0)", file, node)
     return seconds
 
 
@@ -207,7 +186,7 @@ def _health_check(plain: Mapping[str, Any], where: str, file: str, node: Node) -
     if "http" in plain:
         path = plain["http"]
         if _BAD_CHARS.search(path) or " " in path:
-            raise _err(f"{where}.http must be a URL path without spaces or control characters", file, node.get("http") or node)
+            raise node_error(f"{where}.http must be a URL path without spaces or control characters", file, node.get("http") or node)
         return HealthCheck("http", path, **kwargs)
     return HealthCheck("tcp", None, **kwargs)
 
@@ -219,7 +198,7 @@ def _compile_configset(doc: _Doc, root: Node, spec: Mapping[str, Any], reserved:
     prefix_node = spec_node.get("prefix") or spec_node
     prefix: str = spec["prefix"]
     if not prefix.startswith("/") or not prefix.endswith("/"):
-        raise _err(f"prefix '{_show(prefix)}' must start and end with '/' (e.g. /config/payments/): keys are "
+        raise node_error(f"prefix '{_show(prefix)}' must start and end with '/' (e.g. /config/payments/): keys are "
                    "the prefix followed by the relative key", file, prefix_node)
     _check_prefix(prefix, "prefix", file, prefix_node, reserved)
     doc.prefixes.append(prefix)
@@ -260,15 +239,15 @@ def _compile_configset(doc: _Doc, root: Node, spec: Mapping[str, Any], reserved:
 
 def _reject_key(rel: str, file: str, key_node: Node) -> None:
     if not rel:
-        raise _err("empty key in data", file, key_node)
+        raise node_error("empty key in data", file, key_node)
     if _BAD_CHARS.search(rel):
-        raise _err(f"key '{_show(rel)}' contains a control character or lone surrogate (NUL, newline, ...)", file, key_node)
+        raise node_error(f"key '{_show(rel)}' contains a control character or lone surrogate (NUL, newline, ...)", file, key_node)
     _check_display(rel, "key", file, key_node)
     if rel.startswith("/"):
-        raise _err(f"key '{_show(rel)}' must be relative to the prefix (remove the leading '/')", file, key_node)
+        raise node_error(f"key '{_show(rel)}' must be relative to the prefix (remove the leading '/')", file, key_node)
     if "//" in rel or rel.endswith("/"):
-        raise _err(f"key '{_show(rel)}' has an empty path segment ('//' or a trailing '/')", file, key_node)
-    raise _err(f"key '{_show(rel)}' contains a '.' or '..' path segment (keys must stay under their prefix)", file, key_node)
+        raise node_error(f"key '{_show(rel)}' has an empty path segment ('//' or a trailing '/')", file, key_node)
+    raise node_error(f"key '{_show(rel)}' contains a '.' or '..' path segment (keys must stay under their prefix)", file, key_node)
 
 
 def _check_size(key: str, value: bytes, source: Source) -> None:
@@ -292,15 +271,15 @@ def _compile_service(doc: _Doc, root: Node, spec: Mapping[str, Any], reserved: s
     _check_name(doc.name, "service name", file, name_node)
     fmt: str = spec.get("format", "json")
     prefix_node = spec_node.get("prefix") or spec_node
-    prefix: str = spec.get("prefix", DEFAULT_GRPC_PREFIX if fmt == "grpc" else DEFAULT_JSON_PREFIX)
+    prefix: str = spec.get("prefix", services_prefix(fmt))
     if fmt == "grpc" and prefix.startswith("/"):
-        raise _err(
+        raise node_error(
             f"prefix '{_show(prefix)}' must not start with '/' for the grpc format: gRPC's etcd resolver strips one "
             f"leading slash from the target (use e.g. '{_show(prefix[1:])}')",
             file, prefix_node,
         )
     if fmt == "json" and not prefix.startswith("/"):
-        raise _err(f"prefix '{_show(prefix)}' must start with '/' (e.g. /services/)", file, prefix_node)
+        raise node_error(f"prefix '{_show(prefix)}' must start with '/' (e.g. /services/)", file, prefix_node)
     _check_prefix(prefix, "prefix", file, prefix_node, reserved)
     svc_prefix = f"{prefix}{doc.name}/"
     _check_prefix(svc_prefix, "service prefix", file, prefix_node, reserved)
@@ -320,7 +299,7 @@ def _compile_service(doc: _Doc, root: Node, spec: Mapping[str, Any], reserved: s
         port: int = inst["port"]
         host_node = inst_node.get("host") or inst_node
         if _BAD_CHARS.search(host) or "/" in host or " " in host:
-            raise _err(f"{where}.host '{_show(host)}' must not contain '/', spaces or control characters", file, host_node)
+            raise node_error(f"{where}.host '{_show(host)}' must not contain '/', spaces or control characters", file, host_node)
         _check_display(host, f"{where}.host", file, host_node)
         id_node = inst_node.get("id")
         if id_node is not None:
@@ -330,7 +309,7 @@ def _compile_service(doc: _Doc, root: Node, spec: Mapping[str, Any], reserved: s
             id_ = grpc_addr(host, port)
         first = seen_ids.get(id_)
         if first is not None:
-            raise _err(
+            raise node_error(
                 f"duplicate instance id '{_show(id_)}' in service '{doc.name}' (first at line {first.line})",
                 file, id_node or inst_node,
             )
@@ -372,28 +351,28 @@ def _skip_data(path: tuple[Any, ...], node: Node) -> Any:
 def _compile_document(d: Document, reserved: str) -> _Doc:
     root, file = d.root, d.file
     if root.kind != MAP:
-        raise _err("a manifest document must be a mapping (apiVersion, kind, metadata, spec)", file, root)
+        raise node_error("a manifest document must be a mapping (apiVersion, kind, metadata, spec)", file, root)
     for field_ in ("apiVersion", "kind"):
         if root.get(field_) is None:
-            raise _err(f"missing required field '{field_}'", file, root)
+            raise node_error(f"missing required field '{field_}'", file, root)
     api_node = root.get("apiVersion")
     kind_node = root.get("kind")
     assert api_node is not None and kind_node is not None
     api = api_node.value if api_node.kind == SCALAR else None
     if api != API_VERSION:
         shown = f" '{_show(api)}'" if api is not None else ""
-        raise _err(f"unknown apiVersion{shown} (expected {API_VERSION})", file, api_node)
+        raise node_error(f"unknown apiVersion{shown} (expected {API_VERSION})", file, api_node)
     kind = kind_node.value if kind_node.kind == SCALAR else None
     if kind not in KINDS:
         shown = f" '{_show(kind)}'" if kind is not None else ""
-        raise _err(f"unknown kind{shown} (expected one of {', '.join(KINDS)})", file, kind_node)
+        raise node_error(f"unknown kind{shown} (expected one of {', '.join(KINDS)})", file, kind_node)
     plain = values.to_python(root, file, skip=_skip_data)
     validate_document(kind, plain, root, file)
     name: str = plain["metadata"]["name"]
     meta_node = root.get("metadata")
     name_node = (meta_node.get("name") if meta_node is not None else None) or root
     if _BAD_CHARS.search(name):
-        raise _err(f"metadata.name '{_show(name)}' contains a control character", file, name_node)
+        raise node_error(f"metadata.name '{_show(name)}' contains a control character", file, name_node)
     _check_display(name, "metadata.name", file, name_node)
     doc = _Doc(kind, name, file, _src(file, root))
     spec = plain.get("spec") or {}
@@ -417,7 +396,7 @@ def load_manifests(
     paths: Sequence[str | os.PathLike[str]],
     *,
     environ: Mapping[str, str] | None = None,
-    reserved_prefix: str = "/.etcdsync/",
+    reserved_prefix: str = RESERVED_PREFIX,
     file_roots: Sequence[str | os.PathLike[str]] = (),
     env_allow: Sequence[str] = (),
 ) -> DesiredState:

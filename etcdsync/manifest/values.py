@@ -10,6 +10,9 @@
 - The long form ``{value|fromFile|fromEnv: ..., secret, policy, prune}`` carries per-key options.
 
 No message raised here ever quotes a value's text: the value may be a secret.
+
+(Over 350 lines: the typing rules and the fromFile/fromEnv source policy are one contract, "which
+bytes reach etcd", pinned together by the value tests and their mutants.)
 """
 
 from __future__ import annotations
@@ -24,11 +27,10 @@ from dataclasses import dataclass, field
 from json.encoder import encode_basestring as _json_string  # C-accelerated; ensure_ascii=False
 from typing import Any
 
-from etcdsync.errors import ManifestError
-from etcdsync.model import Policy
+from etcdsync.core.model import Policy
 
 from .schema import OPTION_NAMES as _OPTION_NAMES
-from .yamlnodes import CORE_TAG_PREFIX, MAP, SCALAR, Node, shown
+from .yamlnodes import CORE_TAG_PREFIX, MAP, SCALAR, Node, node_error, shown
 
 OPTION_NAMES = frozenset(_OPTION_NAMES)
 SOURCE_NAMES = ("value", "fromFile", "fromEnv")
@@ -56,10 +58,6 @@ _T_NULL = CORE_TAG_PREFIX + "null"
 MAX_FROM_FILE_BYTES = 2 * 1024 * 1024
 
 
-def _err(message: str, node: Node, file: str | None) -> ManifestError:
-    return ManifestError(message, file, node.line, node.column)
-
-
 # ------------------------------------------------------------------------------------------------
 # YAML 1.2 core typing of one scalar
 
@@ -84,22 +82,22 @@ def resolve_scalar(node: Node, file: str | None) -> tuple[str, Any]:
     if tag == _T_NULL:
         if text in _NULL:
             return "null", text
-        raise _err("value tagged '!!null' is not null", node, file)
+        raise node_error("value tagged '!!null' is not null", file, node)
     if tag == _T_BOOL:
         if text in _TRUE or text in _FALSE:
             return "bool", text
-        raise _err("value tagged '!!bool' is not true or false", node, file)
+        raise node_error("value tagged '!!bool' is not true or false", file, node)
     if tag == _T_INT:
         if _INT_DEC.fullmatch(text) or _INT_OCT.fullmatch(text) or _INT_HEX.fullmatch(text):
             return "int", text
-        raise _err("value tagged '!!int' is not an integer", node, file)
+        raise node_error("value tagged '!!int' is not an integer", file, node)
     if tag == _T_FLOAT:
         if _INT_DEC.fullmatch(text) or _FLOAT.fullmatch(text) or _INF.fullmatch(text) or _NAN.fullmatch(text):
             return "float", text
         if _INT_OCT.fullmatch(text) or _INT_HEX.fullmatch(text):
             return "int", text
-        raise _err("value tagged '!!float' is not a number", node, file)
-    raise _err("unsupported tag", node, file)  # pragma: no cover - the builder rejects other tags
+        raise node_error("value tagged '!!float' is not a number", file, node)
+    raise node_error("unsupported tag", file, node)  # pragma: no cover - the builder rejects other tags
 
 
 def _int_value(text: str) -> int:
@@ -131,7 +129,7 @@ def scalar_to_python(node: Node, file: str | None) -> Any:
             return _int_value(text)
         return _float_value(text)
     except ValueError:  # e.g. int() over Python's digit limit
-        raise _err("number is too large", node, file) from None
+        raise node_error("number is too large", file, node) from None
 
 
 def to_python(node: Node, file: str | None, skip: Any = None) -> Any:
@@ -161,15 +159,15 @@ def _json_number(kind: str, text: str, node: Node, file: str | None) -> str:
     if _JSON_NUMBER.fullmatch(text):
         return text
     if _INF.fullmatch(text) or _NAN.fullmatch(text):
-        raise _err("infinity and NaN are not representable in JSON (quote the value to store a string)", node, file)
+        raise node_error("infinity and NaN are not representable in JSON (quote the value to store a string)", file, node)
     try:
         if _INT_OCT.fullmatch(text) or _INT_HEX.fullmatch(text):
             return str(_int_value(text))
     except ValueError:
-        raise _err("number is too large", node, file) from None
+        raise node_error("number is too large", file, node) from None
     m = _FLOAT.fullmatch(text) if not _INT_DEC.fullmatch(text) else re.fullmatch(r"([-+]?)([0-9]+)()", text)
     if m is None:  # pragma: no cover - resolve_scalar only returns number kinds for these forms
-        raise _err("invalid number", node, file)
+        raise node_error("invalid number", file, node)
     sign, mantissa, exponent = m.group(1), m.group(2), m.group(3) or ""
     sign = "-" if sign == "-" else ""
     if "." in mantissa:
@@ -237,7 +235,7 @@ def encode_text(text: str, node: Node, file: str | None) -> bytes:
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate from a "\ud800" escape
-        raise _err("value is not valid Unicode (lone surrogate escape)", node, file) from None
+        raise node_error("value is not valid Unicode (lone surrogate escape)", file, node) from None
 
 
 def node_value(node: Node, file: str | None) -> bytes:
@@ -275,12 +273,12 @@ def _bool_option(name: str, node: Node, file: str | None) -> bool:
         kind, text = resolve_scalar(node, file)
         if kind == "bool":
             return text in _TRUE
-    raise _err(f"option '{name}' must be true or false", node, file)
+    raise node_error(f"option '{name}' must be true or false", file, node)
 
 
 def _source_text(name: str, node: Node, file: str | None) -> str:
     if node.kind != SCALAR or not (node.value or ""):
-        raise _err(f"option '{name}' must be a non-empty string", node, file)
+        raise node_error(f"option '{name}' must be a non-empty string", file, node)
     return node.value or ""
 
 
@@ -301,11 +299,11 @@ def _check_not_mistyped_long_form(rel_key: str, value_node: Node, file: str | No
             hint = ""
             if close:
                 hint = f" (did you mean '{next(o for o in _OPTION_NAMES if o.lower() == close[0].lower())}'?)"
-            raise _err(
+            raise node_error(
                 f"key '{shown(rel_key)}': '{shown(name, 40)}' is not an option of the long form{hint}; a mapping with "
                 f"secret, fromFile or fromEnv may hold only {', '.join(_OPTION_NAMES)} "
                 "(to store a JSON object, write {value: {...}})",
-                k, file,
+                file, k,
             )
 
 
@@ -318,10 +316,10 @@ def compile_entry(key_node: Node, value_node: Node, file: str | None, policy: Po
     sources = [s for s in SOURCE_NAMES if s in opts]
     if len(sources) != 1:
         what = "none of" if not sources else "more than one of"
-        raise _err(
+        raise node_error(
             f"key '{shown(rel_key)}' looks like the long form (only option keys) but has {what} value, fromFile, fromEnv; "
             "to store such a mapping as JSON, write {value: {...}}",
-            value_node, file,
+            file, value_node,
         )
     entry = Entry(rel_key, key_node, value_node, None, policy=policy, prune=prune)
     if "secret" in opts:
@@ -333,7 +331,7 @@ def compile_entry(key_node: Node, value_node: Node, file: str | None, policy: Po
         text = pn.value if pn.kind == SCALAR else None
         if text not in POLICIES:
             shown_ = f" '{shown(text, 40)}'" if text is not None else ""
-            raise _err(f"invalid policy{shown_}: expected one of {', '.join(POLICIES)}", pn, file)
+            raise node_error(f"invalid policy{shown_}: expected one of {', '.join(POLICIES)}", file, pn)
         entry.policy = Policy(text)
     src = sources[0]
     if src == "value":
@@ -343,7 +341,7 @@ def compile_entry(key_node: Node, value_node: Node, file: str | None, policy: Po
     else:
         name = _source_text("fromEnv", opts["fromEnv"], file)
         if "=" in name:
-            raise _err("option 'fromEnv' must be an environment variable name", opts["fromEnv"], file)
+            raise node_error("option 'fromEnv' must be an environment variable name", file, opts["fromEnv"])
         entry.from_env = name
     return entry
 
@@ -371,20 +369,20 @@ class SourcePolicy:
     def check_file(self, path: str, shown_path: str, where: str, node: Node, file: str | None) -> str:
         real = os.path.realpath(path)
         if any(_inside(real, r) for r in FORBIDDEN_ROOTS):
-            raise _err(f"{where}: '{shown_path}' is under /proc, /sys or /dev, which are never read", node, file)
+            raise node_error(f"{where}: '{shown_path}' is under /proc, /sys or /dev, which are never read", file, node)
         if not any(_inside(real, r) for r in self.roots):
             root = self.roots[0] if self.roots else "?"
-            raise _err(f"{where}: '{shown_path}' resolves to {shown(real)}, outside the manifest root {shown(root)}"
-                       " (allow a directory with --file-root DIR)", node, file)
+            raise node_error(f"{where}: '{shown_path}' resolves to {shown(real)}, outside the manifest root {shown(root)}"
+                       " (allow a directory with --file-root DIR)", file, node)
         return real
 
     def check_env(self, name: str, where: str, node: Node, file: str | None) -> None:
         if name.upper().startswith(FORBIDDEN_ENV):
-            raise _err(f"{where}: environment variable {shown(name)} is one of etcdsync's own settings "
-                       f"({', '.join(p + '*' for p in FORBIDDEN_ENV)}), which are never read", node, file)
+            raise node_error(f"{where}: environment variable {shown(name)} is one of etcdsync's own settings "
+                       f"({', '.join(p + '*' for p in FORBIDDEN_ENV)}), which are never read", file, node)
         if self.env_allow and not any(fnmatch.fnmatchcase(name, g) for g in self.env_allow):
-            raise _err(f"{where}: environment variable {shown(name)} is not allowed by --env-allow "
-                       f"({' '.join(shown(g, 40) for g in self.env_allow)})", node, file)
+            raise node_error(f"{where}: environment variable {shown(name)} is not allowed by --env-allow "
+                       f"({' '.join(shown(g, 40) for g in self.env_allow)})", file, node)
 
 
 def resolve_entry(entry: Entry, file: str | None, environ: Mapping[str, str], policy: SourcePolicy) -> bytes:
@@ -401,21 +399,21 @@ def resolve_entry(entry: Entry, file: str | None, environ: Mapping[str, str], po
             real = policy.check_file(path, shown(entry.from_file), where, node, file)
             # open what was checked (the resolved path), not a name whose links may change meanwhile
             if not stat.S_ISREG(os.stat(real).st_mode):  # a FIFO or device would block or never end
-                raise _err(f"{where}: '{shown(entry.from_file)}' is not a regular file "
-                           "(a pipe, device or directory)", node, file)
+                raise node_error(f"{where}: '{shown(entry.from_file)}' is not a regular file "
+                           "(a pipe, device or directory)", file, node)
             with open(real, "rb") as f:
                 data = f.read(MAX_FROM_FILE_BYTES + 1)
             policy.read.append(real)
         except OSError as e:
-            raise _err(
+            raise node_error(
                 f"{where}: cannot read '{shown(entry.from_file)}' ({e.strerror or type(e).__name__})",
-                node, file,
+                file, node,
             ) from None
         except ValueError:  # embedded NUL in the path
-            raise _err(f"{where}: invalid path", node, file) from None
+            raise node_error(f"{where}: invalid path", file, node) from None
         if len(data) > MAX_FROM_FILE_BYTES:
-            raise _err(
-                f"{where}: '{shown(entry.from_file)}' is larger than etcd's request limit", node, file
+            raise node_error(
+                f"{where}: '{shown(entry.from_file)}' is larger than etcd's request limit", file, node
             )
         return data
     assert entry.from_env is not None
@@ -424,11 +422,11 @@ def resolve_entry(entry: Entry, file: str | None, environ: Mapping[str, str], po
     policy.check_env(entry.from_env, where, node, file)
     value = environ.get(entry.from_env)
     if value is None:
-        raise _err(f"{where}: environment variable {shown(entry.from_env)} is not set", node, file)
+        raise node_error(f"{where}: environment variable {shown(entry.from_env)} is not set", file, node)
     if value == "" and entry.secret:
         # CI systems turn a missing secret into an empty variable: never write an empty secret
-        raise _err(f"{where}: environment variable {shown(entry.from_env)} is empty "
-                   "(a secret must not be empty)", node, file)
+        raise node_error(f"{where}: environment variable {shown(entry.from_env)} is empty "
+                   "(a secret must not be empty)", file, node)
     if isinstance(value, bytes):
         return value
     return value.encode("utf-8", "surrogateescape")

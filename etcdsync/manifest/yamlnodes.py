@@ -14,7 +14,8 @@ are state machines, so nesting depth costs them nothing) and build our own nodes
   ``!!seq``) are accepted; ``!!python/...``, ``!foo`` and friends are rejected with their position.
 
 Reading bytes (size bound, strict UTF-8, BOM, control characters) also lives here, so that every
-problem with a file's text is reported with its line and column.
+problem with a file's text is reported with its line and column. (That is why it runs a little over
+350 lines: one iterative builder and the byte checks that feed it.)
 """
 
 from __future__ import annotations
@@ -53,6 +54,11 @@ _NOT_PRINTABLE = re.compile("[^\t\n\r\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U0001
 # (bidirectional controls U+200E/F, U+202A-E, U+2066-9; zero-width U+200B-D, U+2060-4, U+FEFF)
 SPOOFING = "\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff"
 _UNPRINTABLE_IN_MESSAGE = re.compile(f"[\x00-\x1f\x7f-\x9f\ud800-\udfff{SPOOFING}]")
+
+
+def node_error(message: str, file: str | None, node: Node) -> ManifestError:
+    """A ManifestError at `node`'s position in `file`."""
+    return ManifestError(message, file, node.line, node.column)
 
 
 def shown(text: str, limit: int = 200) -> str:

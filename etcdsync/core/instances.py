@@ -18,8 +18,6 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-FORMATS = ("json", "grpc")
-
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)

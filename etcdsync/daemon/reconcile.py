@@ -16,13 +16,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .apply import Limits, Outcome, Superseded, apply
-from .errors import ConflictError, GuardError, OwnershipError
+from ..apply import Outcome, apply
+from ..core.model import DesiredState, Policy
+from ..core.plan import Action
+from ..core.render import result_summary
+from ..errors import ConflictError, GuardError, OwnershipError
+from ..etcd.store import Compare, Put, Store, WatchEvent, absent, mod_is
+from ..execute import Limits, Superseded
+from ..settings import Options
 from .metrics import Metrics
-from .model import DesiredState, Policy
-from .plan import Action, Options
-from .render import result_summary
-from .store import Compare, Put, Store, WatchEvent, absent, mod_is
 
 log = logging.getLogger("etcdsync.reconcile")
 

@@ -26,7 +26,7 @@ class TextFormatter(logging.Formatter):
     error) are escaped so that nothing logged can forge a line or drive the terminal."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
-        from .render import escape
+        from ..core.render import escape
 
         record.message = escape(record.message)
         return super().formatMessage(record)

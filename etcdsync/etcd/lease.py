@@ -18,9 +18,9 @@ import contextlib
 import logging
 from collections.abc import Callable, Sequence
 
-from .errors import EtcdConnectionError
-from .store import CompactedError, Compare, Delete, Put, Store
-from .tasks import cancel_and_wait
+from ..errors import CompactedError, EtcdConnectionError
+from ..tasks import cancel_and_wait
+from .store import Compare, Delete, Put, Store
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from .model import HealthCheck
-from .tasks import cancel_and_wait
+from ..core.model import HealthCheck
+from ..tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 

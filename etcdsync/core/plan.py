@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import NamedTuple, Protocol
 
+from ..settings import Options
 from .inventory import Entry, Inventory
 from .model import DesiredKey, DesiredState, Policy, ServiceInstance, Source
 
@@ -76,6 +77,12 @@ class Change(NamedTuple):
         return self.action in WRITES or self.retag or self.own
 
     @property
+    def adopts_unowned(self) -> bool:
+        """The key exists, no apply set owns it, and this change records it as ours (the per-change
+        "adopt" flag of the JSON plan; a takeover from another set is not one, an update may be)."""
+        return self.own and self.owner is None and self.action is not Action.CREATE
+
+    @property
     def puts_value(self) -> bool:
         return self.action in (Action.CREATE, Action.UPDATE)
 
@@ -87,15 +94,6 @@ class LiveStatus:
     instance: ServiceInstance
     present: bool
     current: bytes | None
-
-
-@dataclass(frozen=True, slots=True)
-class Options:
-    take_ownership: bool = False
-    allow_empty: bool = False
-    max_deletes: int = 100
-    force: bool = False
-    own_leases: frozenset[int] = frozenset()   # leases etcdsync itself holds (the daemon's): not a conflict
 
 
 @dataclass(frozen=True, slots=True, repr=False)

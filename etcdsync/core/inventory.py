@@ -19,20 +19,30 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from .errors import EtcdsyncError, UsageError
+from ..errors import InventoryError, UsageError
+from .model import DesiredState
 
 APPLYSET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 CHUNK_VERSION = 1
-
-
-class InventoryError(EtcdsyncError):
-    """An inventory chunk in etcd cannot be read; etcdsync refuses to guess what it owns."""
 
 
 def check_applyset_name(name: str) -> str:
     if not APPLYSET_NAME.match(name):
         raise UsageError(f"applyset {name!r}: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")
     return name
+
+
+def resolve_applyset(flag: str | None, desired: DesiredState) -> tuple[str, str]:
+    """The apply set's name and where it came from ("flag", "document" or "default"): the flag, else
+    the ApplySet document, else "default"; a flag and a document that disagree are a UsageError."""
+    if flag:
+        if desired.applyset and desired.applyset != flag:
+            raise UsageError(f"--applyset {flag!r} differs from the ApplySet document {desired.applyset!r} "
+                             f"at {desired.applyset_source}; use one of them")
+        return check_applyset_name(flag), "flag"
+    if desired.applyset:
+        return check_applyset_name(desired.applyset), "document"
+    return "default", "default"
 
 
 def sets_prefix(reserved: str) -> str:

@@ -1,6 +1,7 @@
 """Plans and results as text and JSON (pure: returns strings and dicts, never prints).
 
-Secret values never leave this module in clear: they become a short hash.
+Secret values never leave this module in clear: they become a short hash. What a change did to its
+key is one `Result` of a closed vocabulary; every count of results is taken by `count_results`.
 """
 
 from __future__ import annotations
@@ -8,14 +9,20 @@ from __future__ import annotations
 import base64
 import difflib
 import hashlib
+import json
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable
+from enum import StrEnum
 from typing import Any
 
+from .fielddiff import FieldChange, field_changes
 from .plan import Action, Change, LiveStatus, Plan
 
 MAX_LINES = 20
 MAX_CHARS = 2000
+MAX_FIELDS = 50       # changed paths shown under one key before a count of the rest
+MAX_FIELD_CHARS = 80  # a field's value is shortened beyond this
 
 _SYMBOL = {
     Action.CREATE: "+", Action.UPDATE: "~", Action.ADOPT: ">", Action.DELETE: "-", Action.RELEASE: "<",
@@ -99,6 +106,27 @@ def _value_diff(old: bytes | None, new: bytes | None, secret: bool) -> list[tupl
     return [("-", x) for x in a] + [("+", x) for x in b]
 
 
+def _field_value(value: Any) -> str:
+    text = escape(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+    return text if len(text) <= MAX_FIELD_CHARS else text[:MAX_FIELD_CHARS - 1] + "…"
+
+
+def _field_line(f: FieldChange) -> tuple[str, str]:
+    path = escape(f.path)
+    if f.op == "add":
+        return "+", f"{path}: {_field_value(f.new)}"
+    if f.op == "remove":
+        return "-", f"{path}: {_field_value(f.old)}"
+    return "~", f"{path}: {_field_value(f.old)} → {_field_value(f.new)}"
+
+
+def _fields(c: Change) -> list[FieldChange] | None:
+    """The changed paths of a JSON object or array value (never for a secret), else None."""
+    if c.secret or c.action not in (Action.UPDATE, Action.DRIFT):
+        return None
+    return field_changes(c.old, c.new)
+
+
 def render_change(c: Change, style: Style = _plain) -> list[str]:
     color = _COLOR[c.action]
     note = f"  ({escape(c.note)})" if c.note else ""
@@ -109,13 +137,22 @@ def render_change(c: Change, style: Style = _plain) -> list[str]:
     if c.action is Action.CREATE:
         pairs = [("+", x) for x in show_value(c.new, c.secret)]
     elif c.action in (Action.UPDATE, Action.DRIFT):
-        pairs = _value_diff(c.old, c.new, c.secret)
+        fields = _fields(c)
+        if fields:
+            pairs = [_field_line(f) for f in fields[:MAX_FIELDS]]
+            if len(fields) > MAX_FIELDS:
+                pairs.append(("@", f"... and {len(fields) - MAX_FIELDS} more changed fields (-o json lists them)"))
+        elif fields == []:
+            pairs = [("@", "the same JSON, written differently (key order or spacing)")]
+            pairs += _value_diff(c.old, c.new, c.secret)
+        else:
+            pairs = _value_diff(c.old, c.new, c.secret)
     elif c.action is Action.DELETE:
         pairs = [("-", x) for x in show_value(c.old, c.secret)]
     else:
         pairs = []
     for sign, text in pairs:
-        fg = {"+": "green", "-": "red", "@": "cyan"}.get(sign)
+        fg = {"+": "green", "-": "red", "~": "yellow", "@": "cyan"}.get(sign)
         lines.append("    " + style(f"{sign} {text}" if sign != "@" else text, fg=fg))
     return lines
 
@@ -131,6 +168,41 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
+class Result(StrEnum):
+    """What one change does (or did) to its key: one result per key, in one closed vocabulary."""
+
+    CREATED = "created"      # put where there was no key
+    UPDATED = "updated"      # put over a different value (whether or not it also became ours)
+    ADOPTED = "adopted"      # became ours without its value being written (adopted, taken over, or
+                             # recorded while held by policy warn or create-only)
+    DELETED = "deleted"
+    RELEASED = "released"    # forgotten by the inventory, left in etcd
+    UNCHANGED = "unchanged"
+    SKIPPED = "skipped"      # differs, but held: policy warn (drift) or owned elsewhere (conflict)
+
+
+_RESULT_OF_ACTION = {Action.CREATE: Result.CREATED, Action.UPDATE: Result.UPDATED, Action.DELETE: Result.DELETED,
+                     Action.RELEASE: Result.RELEASED}
+
+
+def result_of(c: Change) -> Result:
+    """The result of a committed change. The one definition of "adopted": ownership gained without
+    the value being created or updated."""
+    result = _RESULT_OF_ACTION.get(c.action)
+    if result is not None:
+        return result
+    if c.own:
+        return Result.ADOPTED
+    if c.action in (Action.DRIFT, Action.CONFLICT):
+        return Result.SKIPPED
+    return Result.UNCHANGED
+
+
+def count_results(changes: Iterable[Change]) -> Counter[Result]:
+    """How many changes end in each result (every count the summaries show comes from here)."""
+    return Counter(result_of(c) for c in changes)
+
+
 def ownership_only(changes: Iterable[Change]) -> int:
     """Changes whose only write is the key's ownership record (a key moved to another document or
     prefix, a prune or secret flag flipped): `diff` counts them as differences, so the summary must."""
@@ -142,7 +214,7 @@ def summary(p: Plan) -> str:
     line = (f"{n['create']} to create, {n['update']} to update, {n['delete']} to delete, "
             f"{n['unchanged'] + n['drift']} unchanged")
     extra = []
-    adopt = sum(1 for c in p.changes if c.own and c.action is not Action.CREATE and c.action is not Action.UPDATE)
+    adopt = count_results(p.changes)[Result.ADOPTED]
     records = ownership_only(p.changes)
     if records:
         extra.append(f"{_plural(records, 'ownership record')} to update")
@@ -188,22 +260,18 @@ def render_plan(p: Plan, *, style: Style = _plain, verbose: bool = False, limit:
 
 
 def result_summary(done: dict[str, Change], unchanged: int) -> str:
-    count = {a: 0 for a in Action}
-    adopted = 0
-    for c in done.values():
-        count[c.action] += 1
-        if c.own and c.action not in (Action.CREATE, Action.UPDATE):
-            adopted += 1
-    line = (f"{count[Action.CREATE]} created, {count[Action.UPDATE]} updated, "
-            f"{count[Action.DELETE]} deleted, {unchanged} unchanged")
+    """One line for what an apply committed; `unchanged` counts the keys it did not need to touch."""
+    count = count_results(done.values())
+    line = (f"{count[Result.CREATED]} created, {count[Result.UPDATED]} updated, "
+            f"{count[Result.DELETED]} deleted, {unchanged} unchanged")
     extra = []
     records = ownership_only(done.values())
     if records:
         extra.append(f"{_plural(records, 'ownership record')} updated")
-    if adopted:
-        extra.append(f"{adopted} adopted")
-    if count[Action.RELEASE]:
-        extra.append(f"{count[Action.RELEASE]} released")
+    if count[Result.ADOPTED]:
+        extra.append(f"{count[Result.ADOPTED]} adopted")
+    if count[Result.RELEASED]:
+        extra.append(f"{count[Result.RELEASED]} released")
     return line + (f" ({', '.join(extra)})" if extra else "")
 
 
@@ -226,7 +294,7 @@ def change_json(c: Change, result: str | None = None) -> dict[str, Any]:
         "new": _json_value(c.new, c.secret),
         "policy": c.policy.value,
         "secret": c.secret,
-        "adopt": c.own and c.owner is None and c.action is not Action.CREATE,
+        "adopt": c.adopts_unowned,
     }
     if c.owner:
         out["owner"] = c.owner
@@ -238,6 +306,9 @@ def change_json(c: Change, result: str | None = None) -> dict[str, Any]:
         out["document"] = c.document
     if c.source:
         out["source"] = str(c.source)
+    fields = _fields(c)
+    if fields is not None:
+        out["fields"] = [f.to_json() for f in fields]
     if result is not None:
         out["result"] = result
     return out
@@ -249,8 +320,7 @@ def plan_json(p: Plan, *, applyset_origin: str) -> dict[str, Any]:
         "applysetFrom": applyset_origin,
         "inSync": not p.has_changes,
         "refused": p.refused,
-        "summary": {**dict(p.counts), "adopt": sum(1 for c in p.changes if c.own and c.action
-                                                   not in (Action.CREATE, Action.UPDATE)),
+        "summary": {**dict(p.counts), "adopt": count_results(p.changes)[Result.ADOPTED],
                     "ownership": ownership_only(p.changes)},
         "changes": [change_json(c) for c in p.changes],
         "live": [

@@ -1,0 +1,242 @@
+"""The flags commands share, declared once and handed to a command as one typed, frozen object per
+group (connection, output, manifests, plan) instead of loose keyword arguments popped from a dict.
+
+Each `*_options` decorator adds its click options to a command and replaces their values by one
+object: `@connection_options` passes `etcd: ConnectionFlags`, `@output_options` `display:
+OutputFlags`, `@manifest_options` `manifests: ManifestFlags`, `@plan_options` `plan: PlanFlags`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from ..errors import UsageError
+from ..settings import RESERVED_PREFIX
+
+if TYPE_CHECKING:
+    from ..core.model import DesiredState
+    from ..settings import Connection, Options
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_MANIFESTS = "manifests"
+
+
+def _grouped(param: str, cls: type[Any], options: list[Callable[[F], F]]) -> Callable[[F], F]:
+    """A decorator adding `options` to a command and passing their values as one `cls` named `param`."""
+    names = [f.name for f in fields(cls)]
+
+    def decorate(command: F) -> F:
+        @functools.wraps(command)
+        def with_flags(*args: Any, **values: Any) -> Any:
+            group = cls(**{name: values.pop(name) for name in names})
+            return command(*args, **{param: group}, **values)
+
+        wrapped: Any = with_flags
+        for option in reversed(options):
+            wrapped = option(wrapped)
+        return wrapped  # type: ignore[no-any-return]
+
+    return decorate
+
+
+# -- output --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class OutputFlags:
+    no_color: bool
+    """--no-color (also: NO_COLOR set, or not a terminal)."""
+    debug: bool
+    """--debug: tracebacks and debug logs."""
+
+
+output_options = _grouped("display", OutputFlags, [
+    click.option("--no-color", is_flag=True, help="No colors (also: NO_COLOR set, or not a terminal)."),
+    click.option("--debug", is_flag=True, envvar="ETCDSYNC_DEBUG", help="Show tracebacks and debug logs."),
+])
+
+
+def format_option(f: F) -> F:
+    return click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)(f)
+
+
+# -- connection ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ConnectionFlags:
+    """The connection flags as given; `connection()` layers them over the environment."""
+
+    endpoints: str | None
+    user: str | None
+    password: str | None
+    password_file: str | None
+    cacert: str | None
+    cert: str | None
+    key: str | None
+    timeout: float | None
+
+    def connection(self) -> Connection:
+        from ..settings import Connection
+
+        return Connection.from_env(
+            endpoints=self.endpoints, user=self.user, password=self.password, password_file=self.password_file,
+            ca_cert=self.cacert, cert=self.cert, key=self.key, timeout=self.timeout,
+        )
+
+
+connection_options = _grouped("etcd", ConnectionFlags, [
+    click.option("--endpoints", metavar="URLS", help="etcd endpoints, comma separated [ETCDSYNC_ENDPOINTS, "
+                 "ETCDCTL_ENDPOINTS; default http://127.0.0.1:2379]."),
+    click.option("--user", help="etcd user, or user:password like etcdctl [ETCDSYNC_USER, ETCDCTL_USER]."),
+    click.option("--password", help="etcd password [ETCDSYNC_PASSWORD, ETCDCTL_PASSWORD]."),
+    click.option("--password-file", type=click.Path(dir_okay=False),
+                 help="Read the password from the first line of this file [ETCDSYNC_PASSWORD_FILE]."),
+    click.option("--cacert", type=click.Path(dir_okay=False), help="CA certificate (PEM) for TLS [ETCDSYNC_CACERT, ETCDCTL_CACERT]."),
+    click.option("--cert", type=click.Path(dir_okay=False), help="Client certificate (PEM) [ETCDSYNC_CERT, ETCDCTL_CERT]."),
+    click.option("--key", type=click.Path(dir_okay=False), help="Client key (PEM) [ETCDSYNC_KEY, ETCDCTL_KEY]."),
+    click.option("--timeout", type=float, help="Seconds a request may take, connecting included [ETCDSYNC_TIMEOUT; default 5]."),
+])
+
+
+# -- the reserved prefix -------------------------------------------------------------------------------
+
+def check_reserved_prefix(_ctx: Any, _param: Any, value: str) -> str:
+    """--reserved-prefix: absolute, ending in '/', no '.'/'..' segment, no control character."""
+    from ..manifest.yamlnodes import shown
+
+    problem = None
+    if not value.startswith("/") or not value.endswith("/"):
+        problem = "must start and end with '/' (e.g. /.etcdsync/)"
+    elif value == "/":
+        problem = "must not be '/' (every key would be etcdsync's)"
+    elif any(ord(ch) < 32 or 0x7f <= ord(ch) <= 0x9f for ch in value):
+        problem = "must not contain control characters"
+    elif any(seg in (".", "..") for seg in value.split("/")):
+        problem = "must not contain '.' or '..' segments"
+    if problem:
+        raise UsageError(f"--reserved-prefix '{shown(value)}': {problem}")
+    return value
+
+
+def reserved_option(help: str = "Where etcdsync keeps its inventory.", *, checked: bool = True) -> Callable[[F], F]:
+    """--reserved-prefix; `checked`: validated like a ConfigSet prefix (the operator commands, which
+    only compare keys against it, take it as given)."""
+    return click.option("--reserved-prefix", default=RESERVED_PREFIX, show_default=True, help=help,
+                        callback=check_reserved_prefix if checked else None)
+
+
+# -- manifests -----------------------------------------------------------------------------------------
+
+def default_paths(paths: tuple[str, ...]) -> tuple[str, ...]:
+    """The -f paths, or ./manifests when none was given (a UsageError when that does not exist)."""
+    if paths:
+        return paths
+    if not os.path.isdir(DEFAULT_MANIFESTS):
+        raise UsageError(f"no -f given and ./{DEFAULT_MANIFESTS} does not exist; pass -f PATH")
+    return (DEFAULT_MANIFESTS,)
+
+
+def load(paths: tuple[str, ...], reserved: str, *, file_roots: tuple[str, ...] = (),
+         env_allow: tuple[str, ...] = ()) -> DesiredState:
+    from ..manifest import load_manifests
+
+    return load_manifests(list(default_paths(paths)), reserved_prefix=reserved, file_roots=file_roots,
+                          env_allow=env_allow)
+
+
+@dataclass(frozen=True)
+class ManifestFlags:
+    """-f, --file-root, --env-allow."""
+
+    paths: tuple[str, ...]
+    file_roots: tuple[str, ...]
+    env_allow: tuple[str, ...]
+
+    def check(self) -> None:
+        """Refuse a --file-root that is not a directory and an --env-allow that is not a glob."""
+        from ..manifest.yamlnodes import shown
+
+        for root in self.file_roots:
+            if not root or not os.path.isdir(root):
+                raise UsageError(f"--file-root '{shown(root)}': not a directory")
+        for glob in self.env_allow:
+            if not glob or any(ord(ch) < 32 for ch in glob):
+                raise UsageError(f"--env-allow '{shown(glob)}': not a name or glob")
+
+    def load(self, reserved: str) -> DesiredState:
+        return load(self.paths, reserved, file_roots=self.file_roots, env_allow=self.env_allow)
+
+
+manifest_options = _grouped("manifests", ManifestFlags, [
+    click.option("-f", "--filename", "paths", multiple=True, metavar="PATH",
+                 help="Manifest file or directory (repeatable; later paths override earlier ones document "
+                      "by document). Default: ./manifests"),
+    click.option("--file-root", "file_roots", multiple=True, metavar="DIR", envvar="ETCDSYNC_FILE_ROOTS",
+                 type=click.Path(file_okay=True, dir_okay=True),
+                 help="fromFile may also read files under DIR (repeatable) [ETCDSYNC_FILE_ROOTS, "
+                      "':' separated]. Default: only the manifest root of each -f path."),
+    click.option("--env-allow", "env_allow", multiple=True, metavar="GLOB", envvar="ETCDSYNC_ENV_ALLOW",
+                 help="fromEnv may read only variables matching one of these globs (repeatable) "
+                      "[ETCDSYNC_ENV_ALLOW, space separated]. ETCDSYNC_* and ETCDCTL_* are never read."),
+])
+
+
+# -- plan ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PlanFlags:
+    """Which apply set, where its inventory lives, and the ownership and deletion-guard options."""
+
+    applyset: str | None
+    reserved_prefix: str
+    take_ownership: bool
+    allow_empty: bool
+    max_deletes: int
+    force: bool
+
+    def options(self) -> Options:
+        from ..settings import Options
+
+        return Options(take_ownership=self.take_ownership, allow_empty=self.allow_empty,
+                       max_deletes=self.max_deletes, force=self.force)
+
+
+def _plan_flags(help: dict[str, str | None]) -> list[Callable[[F], F]]:
+    return [
+        click.option("--applyset", metavar="NAME", help="Apply set name (default: the ApplySet document, else 'default')."),
+        reserved_option(),
+        click.option("--take-ownership", is_flag=True, help=help["take-ownership"]),
+        click.option("--allow-empty", is_flag=True, help=help["allow-empty"]),
+        click.option("--max-deletes", type=click.IntRange(min=0), default=100, show_default=True,
+                     help=help["max-deletes"]),
+        click.option("--force", is_flag=True, help=help["force"]),
+    ]
+
+
+_PLAN_HELP: dict[str, str | None] = {
+    "take-ownership": "Take keys owned by another apply set.",
+    "allow-empty": "Allow a plan that leaves the apply set owning nothing.",
+    "max-deletes": "Refuse plans deleting more keys.",
+    "force": "Allow more deletes than --max-deletes.",
+}
+
+plan_options = _grouped("plan", PlanFlags, _plan_flags(_PLAN_HELP))
+"""The plan flags of diff and apply."""
+
+daemon_plan_options = _grouped("plan", PlanFlags, _plan_flags(dict.fromkeys(_PLAN_HELP)))
+"""The same flags for `run` (which has always listed them without help text)."""
+
+
+def parse_duration(text: str, what: str) -> float:
+    from ..settings import parse_duration as parse
+
+    seconds = parse(text)
+    if seconds is None:
+        raise UsageError(f"{what}: {text!r} is not a duration (use e.g. 10s, 1m30s, 500ms)")
+    return seconds

@@ -1,0 +1,1 @@
+"""`etcdsync run`: the daemon (`daemon.Daemon` is the composition root) and its parts."""

@@ -1,0 +1,284 @@
+"""`etcdsync run`: the continuous reconciler, put together.
+
+Triggers (the source says the manifests may have changed, an etcd event on a declared or owned
+prefix, the resync timer, a watch that had to restart) all lead to the same level-triggered
+reconcile. Drift on a declared key is repaired from the watch event itself (`watches`). Live
+instances (ttl/check) are held under leases while their check passes (`live`). etcd being away is
+survived with capped exponential backoff; a manifest that fails to load keeps the last good state.
+With --leader-elect only the elected daemon writes, and each of its writes is fenced on its
+election key (`election`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import gc
+import logging
+import signal
+
+from ..core.inventory import resolve_applyset
+from ..core.model import DesiredState
+from ..errors import ClusterChangedError, EtcdConnectionError, EtcdsyncError, ManifestError, UsageError
+from ..etcd.store import Compare, Store
+from ..settings import Connection, DaemonSettings
+from ..sources import Source
+from ..tasks import Backoff, cancel_and_wait
+from .election import Election
+from .live import LiveInstances
+from .metrics import HttpServer, Metrics
+from .reconcile import Reconciler, Status
+from .watches import BACKOFF_MAX, BACKOFF_MIN, Watches
+
+log = logging.getLogger("etcdsync.daemon")
+
+
+def _dump_tasks() -> None:
+    """SIGUSR1: log where every task of the daemon is waiting (for a daemon that seems stuck)."""
+    lines = []
+    for task in asyncio.all_tasks():
+        lines.append(f"task {task.get_name()}:")
+        for frame in task.get_stack(limit=12):
+            lines.append(f"  {frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
+    log.warning("SIGUSR1: %d tasks\n%s", len(asyncio.all_tasks()), "\n".join(lines))
+
+
+class Daemon:
+    def __init__(self, conn: Connection, settings: DaemonSettings, source: Source) -> None:
+        self.conn = conn
+        self.settings = settings
+        self.source = source
+        self.metrics = Metrics()
+        self.status = Status(leader=not settings.leader_elect)
+        self.desired: DesiredState | None = None        # last successfully loaded manifests
+        self.applyset = "default"
+        self.store = Store(conn)
+        self.live = LiveInstances(self.store, self.metrics, fences=self.fences)
+        self.election: Election | None = None
+        self.reconciler: Reconciler | None = None
+        self._trigger = asyncio.Event()
+        self._trigger_always = False
+        self._trigger_revisions: set[int] = set()
+        self._watch_restart = asyncio.Event()
+        self._reconciled = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._loading = asyncio.Lock()
+        self.http: HttpServer | None = None
+        self.metrics.ready.set_function(lambda: 1.0 if self.readiness()[0] else 0.0)
+        self.metrics.leader.set(0 if settings.leader_elect else 1)
+
+    def readiness(self) -> tuple[bool, dict[str, object]]:
+        st = self.status
+        detail: dict[str, object] = {
+            "manifests": st.manifests_error or "ok",
+            "etcd": st.etcd_error or "ok",
+            "reconcile": st.reconcile_error or ("ok" if st.last_success else "pending"),
+            "leader": st.leader,
+            "applyset": self.applyset,
+            "lastSuccess": st.last_success,
+            "endpoint": self.store.endpoint,
+        }
+        ok = st.manifests_error is None and st.etcd_error is None and st.reconcile_error is None and (
+            st.last_success is not None or (self.settings.leader_elect and not st.leader))
+        return ok, detail
+
+    def fences(self) -> list[Compare]:
+        """What every write carries (see Election.fences)."""
+        assert self.election is not None, "nothing writes before run() sets up the election"
+        return self.election.fences()
+
+    def _own_leases(self) -> frozenset[int]:
+        leases = self.live.lease_ids()
+        if self.election is not None and self.election.leased is not None:
+            leases.append(self.election.lease_id)
+        return frozenset(lease for lease in leases if lease)
+
+    # -- main -----------------------------------------------------------------------
+
+    async def run(self) -> int:
+        self.desired = self.source.load()               # a bad manifest at start-up is exit 2
+        gc.freeze()   # the desired state lives long: keep the cyclic collector from rescanning it
+        self.applyset, origin = resolve_applyset(self.settings.applyset_flag, self.desired)
+        self.metrics.manifest_valid.set(1)
+        if origin == "default":
+            log.warning("applyset: 'default' (no --applyset and no ApplySet document)")
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)
+        if self.settings.metrics_addr:
+            try:
+                self.http = HttpServer(self.settings.metrics_addr, self.metrics, self.readiness)
+                await self.http.start()
+            except (OSError, ValueError) as exc:
+                raise UsageError(f"--metrics-addr {self.settings.metrics_addr}: cannot listen "
+                                 f"({getattr(exc, 'strerror', None) or exc})") from None
+            log.info("serving /healthz /readyz /metrics on %s:%d", self.http.host, self.http.port)
+        self.election = Election(self.store, self.settings, self.applyset, status=self.status, metrics=self.metrics)
+        self.reconciler = Reconciler(self.store, applyset=self.applyset, reserved=self.settings.reserved,
+                                     options=self.settings.options, metrics=self.metrics, status=self.status,
+                                     fences=self.fences, own_leases=self._own_leases)
+        self.store.on_cluster_change.append(self._on_cluster_change)
+        follow = asyncio.create_task(self._follow_source(), name="files")
+        main = asyncio.create_task(self._main(), name="main")
+        log.info("etcdsync run: apply set %r, %d keys, %d live instances, endpoints %s", self.applyset,
+                 len(self.desired.keys), len(self.desired.live), ",".join(self.conn.endpoints))
+        await self._stop.wait()
+        log.info("stopping: revoking leases of live instances; config keys stay")
+        self.live.stopping = True
+        await cancel_and_wait(follow, main)
+        await self.live.stop()
+        await self.election.close()
+        if self.http is not None:
+            await self.http.close()
+        await self.store.close()
+        log.info("stopped")
+        return 0
+
+    async def _connect(self) -> None:
+        backoff = Backoff(BACKOFF_MIN, BACKOFF_MAX)
+        while True:
+            try:
+                await self.store.connect()
+                return
+            except EtcdConnectionError as exc:
+                self.status.etcd_error = str(exc)
+                delay = backoff.next()
+                log.error("connect: %s; retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+
+    async def _main(self) -> None:
+        """Campaign when asked to, then do the work while we may write."""
+        assert self.election is not None and self.reconciler is not None
+        await self._connect()
+        watches = Watches(self.store, self.settings, self.applyset, reconciler=self.reconciler, status=self.status,
+                          live=self.live, desired=lambda: self.desired, trigger=self.trigger,
+                          reconciled=self._reconciled, restart=self._watch_restart)
+        leader_elect = self.settings.leader_elect
+        while True:
+            if leader_elect:
+                await self.election.campaign()
+            work = [asyncio.create_task(self._reconcile_loop(), name="reconcile"),
+                    asyncio.create_task(watches.run(), name="watch"),
+                    asyncio.create_task(self._resync_loop(), name="resync")]
+            if leader_elect:
+                work.append(asyncio.create_task(self.election.hold(), name="leadership"))
+            try:
+                done, pending = await asyncio.wait(work, return_when=asyncio.FIRST_COMPLETED)
+            finally:  # also when _main itself is cancelled (shutdown): no work task may outlive it
+                await cancel_and_wait(*work)
+            for t in done:
+                if not t.cancelled() and t.exception() is not None:
+                    log.error("%s stopped: %s", t.get_name(), t.exception())
+            if leader_elect:
+                await self.live.stop()      # the new leader registers them under its own lease
+            else:
+                await asyncio.sleep(BACKOFF_MIN)
+            self.status.leader = not leader_elect
+            self.metrics.leader.set(0 if leader_elect else 1)
+
+    def _on_cluster_change(self, change: ClusterChangedError) -> None:
+        """The store saw etcd's revision go backwards or its cluster id change (data wiped, restored
+        from an older snapshot, cluster rebuilt): forget every revision, re-read everything. The watch
+        loop gets the same news from its streams and restarts after that re-read."""
+        assert self.reconciler is not None
+        log.warning("%s; forgetting every revision seen and re-reading everything", change)
+        self.metrics.errors.labels("cluster-change").inc()
+        self.reconciler.forget_revisions()
+        self.trigger()
+
+    # -- triggers -------------------------------------------------------------------
+
+    def trigger(self, revision: int | None = None) -> None:
+        """Ask for a full reconcile. With `revision` (an etcd event that needs one), the request is
+        dropped when a full reconcile reads at or after that revision before it is served."""
+        if revision is None:
+            self._trigger_always = True
+        else:
+            self._trigger_revisions.add(revision)
+        self._trigger.set()
+
+    async def _resync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.resync)
+            log.debug("resync timer: re-reading the manifests and their sources")
+            await self._reload(quiet=True)
+            self.trigger()
+
+    async def _follow_source(self) -> None:
+        async for _ in self.source.changes(lambda: self.desired):
+            if await self._reload():
+                self.trigger()
+
+    async def _reload(self, *, quiet: bool = False) -> bool:
+        """Load the desired state from the source again; keep the last good state on error.
+
+        Returns True when the desired state changed."""
+        async with self._loading:
+            try:  # off the event loop: a large tree takes a second, and drift repair must not wait
+                desired = await asyncio.to_thread(self.source.load)
+            except ManifestError as exc:
+                if self.status.manifests_error != str(exc):
+                    self.metrics.errors.labels("manifest").inc()
+                    log.error("manifests: %s; keeping the last good state", exc)
+                self.status.manifests_error = str(exc)
+                self.metrics.manifest_valid.set(0)
+                return False
+            if self.status.manifests_error is not None:
+                log.info("manifests: load error resolved")
+            self.status.manifests_error = None
+            self.metrics.manifest_valid.set(1)
+            changed = desired != self.desired
+            if changed:   # an equal reload keeps the object: a reconcile in flight is not superseded
+                self.desired = desired
+            gc.freeze()
+            if changed or not quiet:
+                log.info("manifests %s: %d keys, %d live instances", "changed" if changed else "re-read",
+                         len(desired.keys), len(desired.live))
+            return changed
+
+    # -- full reconcile ---------------------------------------------------------------
+
+    async def _reconcile_loop(self) -> None:
+        assert self.reconciler is not None
+        backoff = Backoff(BACKOFF_MIN, BACKOFF_MAX)
+        self.trigger()
+        while True:
+            await self._trigger.wait()
+            self._trigger.clear()
+            always, revisions = self._trigger_always, self._trigger_revisions
+            self._trigger_always, self._trigger_revisions = False, set()
+            if not always and all(self.reconciler.accounted(r) for r in revisions):
+                # every event that asked for it was covered by the last full read, or was our own
+                # commit (its watch event can arrive before the transaction's own response)
+                continue
+            desired = self.desired
+            assert desired is not None
+            try:
+                outcome = await self.reconciler.full(desired, superseded=functools.partial(self._superseded, desired))
+                await self.live.sync(self.reconciler.active or desired)
+            except EtcdsyncError as exc:
+                delay = backoff.next()
+                if exc.retryable:    # etcd's side (away, inventory broken): read and plan again
+                    self.status.etcd_error = str(exc)
+                    self.metrics.errors.labels("etcd").inc()
+                    self.metrics.reconciles.labels("error").inc()
+                    log.error("reconcile: %s; retrying in %.1fs", exc, delay)
+                    await asyncio.sleep(delay)
+                    self.trigger()
+                else:                # the input: wait for the next change of manifests
+                    self.metrics.errors.labels("other").inc()
+                    self.status.reconcile_error = str(exc)
+                    log.error("reconcile: %s", exc)
+                    await asyncio.sleep(delay)
+                continue
+            self.status.etcd_error = None
+            backoff.reset()
+            if outcome is not None:
+                self._reconciled.set()
+                self._watch_restart.set()
+            outcome = None  # do not hold the plan (one Change per key) while idle
+
+    def _superseded(self, desired: DesiredState) -> bool:
+        """Newer manifests were loaded since `desired` was planned."""
+        return self.desired is not desired

@@ -1,0 +1,71 @@
+"""Observe etcd and plan: one read of everything a desired state touches, at one revision, and the
+plan made from it. Nothing here writes (`etcdsync diff`, and the first half of every apply)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from .core.inventory import Ownership, parse_ownership
+from .core.model import DesiredState
+from .core.plan import ObservedLike, Plan, plan
+from .errors import GuardError, OwnershipError
+from .etcd.store import Store
+from .settings import Options
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """etcd as read for one plan, all at one revision."""
+
+    revision: int
+    observed: dict[str, ObservedLike]
+    ownership: Ownership
+
+
+def minimal_prefixes(prefixes: set[str]) -> list[str]:
+    """Drop prefixes covered by a shorter one, so each key is read once."""
+    out: list[str] = []
+    for p in sorted(prefixes):
+        if not p:
+            continue
+        if out and p.startswith(out[-1]):
+            continue
+        out.append(p)
+    return out
+
+
+async def observe(store: Store, desired: DesiredState, *, applyset: str, reserved: str) -> Snapshot:
+    """One ranged read of the reserved prefix, then one per prefix, all pinned to the same revision."""
+    kvs, rev = await store.get_prefix(reserved)
+    ownership = parse_ownership(((kv.key, kv.value, kv.mod_revision) for kv in kvs), reserved)
+    inv = ownership.inventory(applyset)
+    prefixes = minimal_prefixes(set(desired.prefixes) | inv.prefixes | {i.prefix for i in desired.live})
+    results = await asyncio.gather(*(store.get_prefix(p, revision=rev) for p in prefixes))
+    observed: dict[str, ObservedLike] = {}
+    for items, _ in results:
+        for kv in items:
+            observed[kv.key] = kv
+    for key in [k for k in observed if k.startswith(reserved)]:  # a declared prefix may cover ours
+        del observed[key]
+    return Snapshot(rev, observed, ownership)
+
+
+
+async def diff(store: Store, desired: DesiredState, *, applyset: str, reserved: str,
+               options: Options | None = None) -> tuple[Plan, Snapshot]:
+    """Read etcd and plan `desired` against it; writes nothing. The snapshot is what the plan was made
+    from (the executor compares against its revisions)."""
+    snap = await observe(store, desired, applyset=applyset, reserved=reserved)
+    p = plan(desired, snap.observed, snap.ownership.inventory(applyset),
+             snap.ownership.owners_except(applyset), options or Options())
+    return p, snap
+
+
+def refuse(p: Plan, applyset: str) -> None:
+    """Raise when the plan must not be executed: a key owned by another apply set (OwnershipError) or
+    the deletion guard's refusal (GuardError)."""
+    if p.conflicts:
+        raise OwnershipError(p.conflict_message(applyset), [c.key for c in p.conflicts])
+    if p.refused:
+        raise GuardError(p.refused)

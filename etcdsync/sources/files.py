@@ -1,0 +1,84 @@
+"""Manifest files and directories as the daemon's source, watched with watchfiles."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+from ..core.model import DesiredState
+
+
+def _outermost(dirs: set[str]) -> list[str]:
+    """Drop directories inside another one of the set (watched recursively already)."""
+    out: list[str] = []
+    for d in sorted(dirs):
+        if not any(d == o or d.startswith(o + os.sep) for o in out):
+            out.append(d)
+    return out
+
+
+class FileSource:
+    """The manifests under `paths` (-f), loaded like the one-shot commands load them."""
+
+    def __init__(self, paths: Sequence[str], *, reserved: str, file_roots: Sequence[str] = (),
+                 env_allow: Sequence[str] = (), debounce: float = 0.2) -> None:
+        self.paths = tuple(paths)
+        self.reserved = reserved
+        self.file_roots = tuple(file_roots)
+        self.env_allow = tuple(env_allow)
+        self.debounce = debounce
+        """Seconds of quiet after a manifest file change before it is reloaded."""
+
+    def describe(self) -> str:
+        return ", ".join(self.paths)
+
+    def load(self) -> DesiredState:
+        from ..manifest import load_manifests
+
+        return load_manifests(list(self.paths), reserved_prefix=self.reserved, file_roots=self.file_roots,
+                              env_allow=self.env_allow)
+
+    def watched(self, desired: DesiredState | None) -> tuple[list[str], Callable[[Any, str], bool]]:
+        """The directories to watch and the filter of paths that may trigger a reload: manifest files
+        (`*.yaml`/`*.yml` under a -f directory, not hidden; a file named with -f) and the fromFile
+        sources of the loaded manifests. Anything else there (a log file, an editor's swap file) is
+        ignored, so the daemon never reacts to its own output."""
+        dirs: set[str] = set()
+        files: set[str] = set()
+        for p in self.paths:
+            path = os.path.abspath(p)
+            if os.path.isdir(path):
+                dirs.add(path)
+            else:
+                files.add(path)
+        sources = set(desired.sources if desired else ())
+        roots = dirs | {os.path.dirname(f) for f in files | sources}
+        real_dirs = {os.path.realpath(d) for d in dirs}
+        named = files | sources | {os.path.realpath(f) for f in files | sources}
+
+        def wanted(_change: Any, path: str) -> bool:
+            if path in named:
+                return True
+            if not path.endswith((".yaml", ".yml")):
+                return False
+            for d in dirs | real_dirs:
+                if path.startswith(d + os.sep):
+                    rel = path[len(d) + 1:]
+                    return not any(part.startswith(".") for part in rel.split(os.sep))
+            return False
+
+        return sorted(r for r in _outermost(roots) if os.path.isdir(r)), wanted
+
+    async def changes(self, current: Callable[[], DesiredState | None]) -> AsyncIterator[None]:
+        from watchfiles import awatch
+
+        while True:
+            roots, wanted = self.watched(current())
+            restart = asyncio.Event()
+            async for _changes in awatch(*roots, watch_filter=wanted, debounce=int(self.debounce * 1000),
+                                         step=50, stop_event=restart, recursive=True):
+                yield
+                if self.watched(current())[0] != roots:   # a new fromFile source outside the watched folders
+                    restart.set()
