@@ -10,8 +10,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY etcdsync ./etcdsync
-RUN pip install . && rm -rf /src \
-    && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin etcdsync
+# git: for --git (the daemon following a repository); its cache must be writable by the daemon's user
+RUN apt-get update && apt-get install -y --no-install-recommends git && rm -rf /var/lib/apt/lists/* \
+    && pip install . && rm -rf /src \
+    && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin etcdsync \
+    && mkdir -p /var/cache/etcdsync/git && chown 10001 /var/cache/etcdsync/git
+ENV ETCDSYNC_GIT_CACHE=/var/cache/etcdsync/git
 
 USER 10001
 WORKDIR /

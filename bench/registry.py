@@ -1,9 +1,11 @@
 """Registry workload, run in its own process: `python -m bench.registry --endpoint URL --count 1000`.
 
 Registers `count` instances with `etcdsync.aio.AsyncRegistry.register(..., ttl=10)` one after the
-other (what a process hosting many instances does), then measures the CPU this process spends
-keeping the leases alive over a window (and etcd's CPU over the same window), checks that every
-instance is still registered, and deregisters them. Prints one JSON object.
+other (each awaited before the next: bound by the round trip), deregisters them, then registers
+`count` instances at once (`asyncio.gather`, what a process hosting many instances does at start-up:
+pipelined into shared transactions), then measures the CPU this process spends keeping them alive
+over a window (and etcd's CPU over the same window), checks that every instance is still
+registered, and deregisters them. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -22,11 +24,21 @@ from .timing import cpu_seconds, run_timed
 
 
 async def _run(endpoint: str, count: int, window: float, ttl: float, etcd_pid: int) -> dict[str, float]:
-    reg = AsyncRegistry(Connection(endpoints=[endpoint]))
+    seq = AsyncRegistry(Connection(endpoints=[endpoint]))
+    await seq.discover("warm-up")                 # connect first: the figures are of registering only
     cpu0 = cpu_seconds()
     t0 = time.perf_counter()
     for i in range(count):
-        await reg.register("bench", f"i{i}", host="127.0.0.1", port=10000 + i % 50000, ttl=ttl)
+        await seq.register("sequential", f"i{i}", host="127.0.0.1", port=10000 + i % 50000, ttl=ttl)
+    sequential_s = time.perf_counter() - t0
+    sequential_cpu = cpu_seconds() - cpu0
+    await seq.close()
+    reg = AsyncRegistry(Connection(endpoints=[endpoint]))
+    await reg.discover("warm-up")
+    cpu0 = cpu_seconds()
+    t0 = time.perf_counter()
+    await asyncio.gather(*(reg.register("bench", f"i{i}", host="127.0.0.1", port=10000 + i % 50000, ttl=ttl)
+                           for i in range(count)))
     register_s = time.perf_counter() - t0
     register_cpu = cpu_seconds() - cpu0
     await asyncio.sleep(1.0)                      # let the first keepalive tasks settle into their rhythm
@@ -38,6 +50,7 @@ async def _run(endpoint: str, count: int, window: float, ttl: float, etcd_pid: i
     await reg.close()
     deregister_s = time.perf_counter() - t1
     return {"count": count, "ttl": ttl, "register_seconds": register_s, "register_cpu_seconds": register_cpu,
+            "sequential_register_seconds": sequential_s, "sequential_register_cpu_seconds": sequential_cpu,
             "window_seconds": wall, "keepalive_cpu_seconds": cpu, "keepalive_cpu_per_second": cpu / wall,
             "etcd_cpu_per_second": etcd_cpu / wall, "alive_after_window": alive,
             "deregister_seconds": deregister_s}

@@ -69,7 +69,8 @@ RESERVED = "/soak/.etcdsync/"
 APPLYSET = "soak"
 FREE = "/soak/free/"              # unmanaged prefix the writers also use
 EDIT_SPACING = 2.5                # seconds between manifest edits (> --timeout + debounce)
-DAEMON_ARGS = ["--timeout", "2", "--debounce", "100ms", "--resync", "3s", "--take-ownership"]
+DAEMON_ARGS = ["--timeout", "2", "--debounce", "100ms", "--resync", "3s", "--take-ownership",
+               "--flap-threshold", "1000"]   # the campaign drifts keys on purpose: no flap pauses
 
 FAULTS = ["edit", "rename-save", "truncated-save", "emptied-file", "swap-file", "kill-member", "kill-leader",
           "quorum-loss", "pause-member", "compact", "kill-daemon"]

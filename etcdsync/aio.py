@@ -18,27 +18,28 @@ reads, watches, resumes and re-reads after a compaction; config views live in `v
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .core.instances import decode_instance, encode_instance, instance_key
-from .errors import CompactedError, EtcdConnectionError, UsageError
-from .etcd.lease import LeasedKeys
+from .errors import CompactedError, EtcdConnectionError, EtcdsyncError, UsageError
+from .etcd.lease import REGISTERED, REGISTERING, LeasedKeys
 from .etcd.store import KeyValue, Store, WatchEvent
-from .settings import RESERVED_PREFIX, Connection
+from .settings import RESERVED_PREFIX, Connection, services_prefix
+from .tasks import Backoff, cancel_and_wait
 from .viewcore import ConfigEvent
 from .views import AsyncView
 from .views import update as cas_update
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AsyncConfigStore", "AsyncRegistry", "AsyncRegistration", "ConfigEvent", "Instance", "Watch"]
+__all__ = ["AsyncConfigStore", "AsyncRegistry", "AsyncRegistration", "ConfigEvent", "Instance", "RegistryView", "Watch"]
 
 Callback = Callable[[Any], Any]
 
@@ -94,8 +95,8 @@ class Watch:
         self.task: asyncio.Task[None] | None = None
         self.revision = 0
         self.started = asyncio.Event()
-        self.healthy = False
-        self.last_event: float | None = None
+        self.healthy = False              # connected: the last read or stream answer came through
+        self.last_event: float | None = None   # time.time() when etcd last answered (a change or a progress note)
 
     def cancel(self) -> None:
         if self.task is not None:
@@ -122,7 +123,7 @@ async def _follow(store: Store, key: str, *, prefix: bool, snapshot: Callable[[]
                   on_events: Callable[[tuple[WatchEvent, ...]], Awaitable[None]], w: Watch) -> None:
     """Take a snapshot, then watch from the revision after it, forever: resumes after disconnects,
     and takes a new snapshot when the revision it needs was compacted."""
-    backoff = 0.1
+    backoff = Backoff(0.1, 5.0)
     rev = await snapshot()
     w.revision = rev
     w.healthy, w.last_event = True, time.time()
@@ -130,24 +131,22 @@ async def _follow(store: Store, key: str, *, prefix: bool, snapshot: Callable[[]
     while True:
         try:
             async for batch in store.watch(key, prefix=prefix, start_revision=rev + 1):
+                w.healthy, w.last_event = True, time.time()
                 if batch.events:
                     rev = max(rev, max(ev.kv.mod_revision for ev in batch.events))
                     await on_events(batch.events)
                 else:
                     rev = max(rev, batch.revision)
                 w.revision = rev
-                w.healthy, w.last_event = True, time.time()
-                backoff = 0.1
+                backoff.reset()
         except CompactedError as exc:
             log.warning("%s; re-reading %s", exc, key)
             rev = await snapshot()
         except EtcdConnectionError as exc:
             w.healthy = False
-            log.warning("watch %s: %s; resuming from revision %d in %.1fs", key, exc, rev + 1, backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
-            with contextlib.suppress(EtcdConnectionError, CompactedError):
-                pass
+            delay = backoff.next()
+            log.warning("watch %s: %s; resuming from revision %d in %.1fs", key, exc, rev + 1, delay)
+            await asyncio.sleep(delay)
 
 
 class AsyncConfigStore:
@@ -252,22 +251,128 @@ async def _started(w: Watch) -> None:
     started.cancel()
 
 
-@dataclass
-class AsyncRegistration:
-    """A live registration; `deregister()` (or leaving `async with`) revokes its lease."""
+class RegistryView:
+    """A watch-backed, in-memory list of one service's instances (`AsyncRegistry.view(name)`).
 
-    key: str
-    value: bytes
-    leased: LeasedKeys
-    _on_close: Callable[[AsyncRegistration], None] = field(default=lambda r: None, repr=False)
+    Reads cost no I/O and are safe from any thread. `instances` is the current list (sorted by id);
+    `healthy` says whether the watch behind it is connected, `last_event` when etcd last answered
+    it (`time.time()`; a change or a progress note, about every second while connected), so
+    `time.time() - view.last_event` is how old the list may be. `pick()` round-robins over the
+    instances not marked failed; `mark_failed(instance, for_=30)` skips one for a while (client-side
+    ejection: a killed instance is not called during the seconds until its lease expires). When every
+    instance is marked failed, `pick()` round-robins over all of them (a maybe-failed instance is
+    better than none); it returns None only when there is no instance at all.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._instances: list[Instance] = []
+        self._failed: dict[str, float] = {}      # instance id -> time.monotonic() until which it is skipped
+        self._next = 0
+        self._lock = threading.Lock()
+        self._watch: Watch | None = None
+
+    @property
+    def instances(self) -> list[Instance]:
+        return list(self._instances)
+
+    @property
+    def healthy(self) -> bool:
+        return self._watch is not None and self._watch.healthy
+
+    @property
+    def last_event(self) -> float | None:
+        return self._watch.last_event if self._watch is not None else None
+
+    @property
+    def revision(self) -> int:
+        return self._watch.revision if self._watch is not None else 0
+
+    def _update(self, instances: list[Instance]) -> None:
+        self._instances = instances
+
+    def pick(self) -> Instance | None:
+        """The next instance in round-robin order, skipping those marked failed; None if there is none."""
+        with self._lock:
+            everyone = self._instances
+            if not everyone:
+                return None
+            now = time.monotonic()
+            for id_, until in list(self._failed.items()):
+                if until <= now:
+                    del self._failed[id_]
+            candidates = [i for i in everyone if i.id not in self._failed] or everyone
+            self._next += 1
+            return candidates[(self._next - 1) % len(candidates)]
+
+    def mark_failed(self, instance: Instance | str, for_: float = 30.0) -> None:
+        """Skip `instance` (or the instance with that id) in `pick()` for `for_` seconds."""
+        id_ = instance if isinstance(instance, str) else instance.id
+        with self._lock:
+            self._failed[id_] = time.monotonic() + max(0.0, for_)
+
+    def cancel(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+
+    async def wait_closed(self) -> None:
+        if self._watch is not None:
+            await self._watch.wait_closed()
+
+
+class AsyncRegistration:
+    """A live registration; `deregister()` (or leaving `async with`) deletes its key.
+
+    Registrations of one registry with the same TTL share one lease (unless registered with
+    `own_lease=True`): deregistering one deletes its key and leaves the lease to the others.
+    `state` says where it stands: "registering" (not written yet: etcd unreachable since
+    `register(..., wait=False)`), "registered", "re-registering" (the lease was lost, the key was
+    deleted, or renewals fail: being put back), "lost" (no renewal for longer than the TTL: the key
+    has expired in etcd; the library keeps trying) or "deregistered".
+    """
+
+    def __init__(self, key: str, value: bytes, ttl: int, registry: AsyncRegistry, own_lease: bool) -> None:
+        self.key = key
+        self.value = value
+        self.ttl = ttl
+        self._leased: LeasedKeys | None = None
+        self.own_lease = own_lease
+        self._registry = registry
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"AsyncRegistration({self.key!r}, state={self.state!r}, lease={self.lease_id:x})"
+
+    @property
+    def leased(self) -> LeasedKeys:
+        """The lease that holds the key (shared by this registry's registrations of the same TTL)."""
+        if self._leased is None:
+            raise UsageError(f"{self.key}: not registered yet")
+        return self._leased
 
     @property
     def lease_id(self) -> int:
-        return self.leased.lease_id
+        return self._leased.lease_id if self._leased is not None else 0
+
+    @property
+    def state(self) -> str:
+        if self._closed:
+            return "deregistered"
+        if self._leased is None or self.key not in self._leased.items:
+            return REGISTERING
+        return self._leased.state(self.key)
+
+    async def wait_registered(self, timeout: float | None = None) -> None:
+        """Wait until the state is "registered" (TimeoutError after `timeout` seconds)."""
+        async with asyncio.timeout(timeout):
+            while self.state != REGISTERED:
+                if self._closed:
+                    raise UsageError(f"{self.key}: deregistered")
+                await asyncio.sleep(0.05)
 
     async def deregister(self) -> None:
-        await self.leased.close(revoke=True)
-        self._on_close(self)
+        await self._registry._deregister(self)
 
     async def __aenter__(self) -> AsyncRegistration:
         return self
@@ -279,13 +384,17 @@ class AsyncRegistration:
 class AsyncRegistry:
     """Register this process's instances under a lease; discover and watch other services."""
 
-    def __init__(self, conn: Connection | Store, *, prefix: str = "/services/", format: str = "json") -> None:
+    def __init__(self, conn: Connection | Store, *, prefix: str | None = None, format: str = "json") -> None:
+        """`prefix` defaults to the format's (settings.services_prefix: "/services/" for json,
+        "services/" for grpc, where gRPC's etcd resolver looks)."""
         if format not in ("json", "grpc"):
             raise UsageError(f"format {format!r}: expected json or grpc")
         self._client = _Client(conn)
-        self.prefix = prefix
+        self.prefix = services_prefix(format) if prefix is None else prefix
         self.format = format
         self.registrations: list[AsyncRegistration] = []
+        self._leases: dict[int, LeasedKeys] = {}            # the shared lease of each TTL
+        self._holders: dict[str, AsyncRegistration] = {}     # key -> the registration that wrote it last
 
     def _dir(self, name: str) -> str:
         if not name or "/" in name:
@@ -293,11 +402,19 @@ class AsyncRegistry:
         return f"{self.prefix}{name}/"
 
     async def register(self, name: str, id: str | None = None, *, host: str, port: int,
-                       metadata: Mapping[str, Any] | None = None, ttl: float = 10) -> AsyncRegistration:
+                       metadata: Mapping[str, Any] | None = None, ttl: float = 10, wait: bool = True,
+                       own_lease: bool = False) -> AsyncRegistration:
         """Put `<prefix><name>/<id>` under a lease of `ttl` seconds, kept alive in the background and
         re-registered when lost; when someone else deletes the key while this registration lives, it
         is put back within about a second. Registering the same id again replaces the value; two
-        processes holding the same id take turns (the live one re-asserts the key when it vanishes)."""
+        processes holding the same id take turns (the live one re-asserts the key when it vanishes).
+
+        The registrations of this registry with the same TTL share one lease and one keepalive
+        stream, and registrations made concurrently (`asyncio.gather`) share transactions.
+        `own_lease=True` gives this one a lease of its own, which `deregister()` revokes.
+        `wait=False` returns at once and keeps trying in the background while etcd is unreachable
+        (see `state` and `wait_registered()`); by default this waits until the key is written and
+        raises if it cannot be."""
         self._dir(name)
         if self.format == "json" and (not id or "/" in id):
             raise UsageError(f"instance id {id!r}: must be non-empty and contain no '/'")
@@ -305,12 +422,70 @@ class AsyncRegistry:
             raise UsageError(f"port {port}: must be 1-65535")
         key = instance_key(self.prefix, name, id, self.format, host, int(port))
         value = encode_instance(self.format, host, int(port), metadata)
-        leased = LeasedKeys(await self._client.store(), ttl, heal=True)
-        leased.items[key] = value
-        await leased.start()
-        reg = AsyncRegistration(key, value, leased, self.registrations.remove)
+        reg = AsyncRegistration(key, value, max(1, int(round(ttl))), self, own_lease)
+        previous = self._holders.get(key)
+        if previous is not None and previous._leased is not None:
+            previous._leased.forget(key)          # the new put replaces its value (and lease)
+        self._holders[key] = reg
         self.registrations.append(reg)
+        if not wait:
+            reg._task = asyncio.create_task(self._register_in_background(reg), name=f"register {key}")
+            return reg
+        try:
+            reg._leased = await self._lease_for(reg)
+            await reg._leased.put(key, value)
+        except BaseException:
+            await self._forget(reg)
+            raise
         return reg
+
+    async def _lease_for(self, reg: AsyncRegistration) -> LeasedKeys:
+        """The registry's shared lease of `reg.ttl` (or a new one of its own), keepalive started."""
+        leased = None if reg.own_lease else self._leases.get(reg.ttl)
+        if leased is None:
+            store = await self._client.store()
+            leased = None if reg.own_lease else self._leases.get(reg.ttl)
+            if leased is None:
+                leased = LeasedKeys(store, reg.ttl, heal=True)
+                if not reg.own_lease:
+                    self._leases[reg.ttl] = leased
+                await leased.start(wait=False)   # the first put (or the keepalive loop) grants it
+        return leased
+
+    async def _register_in_background(self, reg: AsyncRegistration) -> None:
+        backoff = Backoff(0.1, 2.0)
+        while reg._leased is None:
+            try:
+                reg._leased = await self._lease_for(reg)
+            except EtcdsyncError as exc:
+                delay = backoff.next()
+                log.warning("%s: cannot register yet (%s); trying again in %.1fs", reg.key, exc, delay)
+                await asyncio.sleep(delay)
+        if self._holders.get(reg.key) is reg:
+            await reg._leased.put(reg.key, reg.value, wait=False)
+
+    async def _forget(self, reg: AsyncRegistration, *, wait: bool = False) -> None:
+        """Drop `reg` from the books; its key is deleted (now with `wait`, else by the keepalive loop;
+        after the next renewal when etcd is unreachable) if it still holds it."""
+        reg._closed = True
+        await cancel_and_wait(reg._task)
+        if reg in self.registrations:
+            self.registrations.remove(reg)
+        holds = self._holders.get(reg.key) is reg
+        if holds:
+            del self._holders[reg.key]
+        if reg._leased is None:
+            return
+        if reg.own_lease:
+            await reg._leased.close(revoke=True)
+        elif holds and wait:
+            await reg._leased.remove(reg.key)
+        elif holds:
+            reg._leased.discard(reg.key)
+
+    async def _deregister(self, reg: AsyncRegistration) -> None:
+        if not reg._closed:
+            await self._forget(reg, wait=True)
 
     def _decode(self, kv: KeyValue) -> Instance | None:
         try:
@@ -372,7 +547,23 @@ class AsyncRegistry:
         await _started(w)
         return w
 
+    async def view(self, name: str) -> RegistryView:
+        """A watch-backed in-memory list of `name`'s instances with `pick()` and `mark_failed()`
+        (see RegistryView); it holds the current list when this returns. `view.cancel()` stops it."""
+        v = RegistryView(name)
+        v._watch = await self.watch(name, v._update)
+        return v
+
     async def close(self) -> None:
+        """Deregister everything: each shared lease is revoked (its keys vanish at once)."""
         for reg in list(self.registrations):
-            await reg.deregister()
+            reg._closed = True
+            await cancel_and_wait(reg._task)
+            if reg.own_lease and reg._leased is not None:
+                await reg._leased.close(revoke=True)
+        self.registrations.clear()
+        self._holders.clear()
+        leases, self._leases = list(self._leases.values()), {}
+        for leased in leases:
+            await leased.close(revoke=True)
         await self._client.close()

@@ -190,6 +190,12 @@ class DaemonSettings:
     """Lease TTL of the election key: how fast a dead leader is replaced."""
     watchdog: float = 5.0
     """Seconds between probes that detect a watch which went silent."""
+    flap_threshold: int = 5
+    flap_window: float = 60.0
+    flap_cooldown: float = 300.0
+    """A key repaired `flap_threshold` times within `flap_window` seconds is left alone for `flap_cooldown`."""
+    webhook_secret: bytes | None = field(default=None, repr=False)
+    """--webhook-secret-file's content: `POST /hooks/git` is served only with it (a git source)."""
 
 
 def read_password_file(path: str, what: str) -> str:

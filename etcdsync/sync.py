@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
-from .aio import AsyncConfigStore, AsyncRegistration, AsyncRegistry, ConfigEvent, Instance, Watch
+from .aio import AsyncConfigStore, AsyncRegistration, AsyncRegistry, ConfigEvent, Instance, RegistryView, Watch
 from .settings import RESERVED_PREFIX, Connection
 from .viewcore import Snapshot
 from .views import AsyncView, ViewChange, _Reads
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-__all__ = ["ConfigStore", "Registry", "Registration", "SyncWatch", "ConfigEvent", "Instance"]
+__all__ = ["ConfigStore", "Registry", "Registration", "SyncRegistryView", "SyncWatch", "ConfigEvent", "Instance"]
 
 
 class _Runtime:
@@ -232,7 +232,8 @@ class View(_Reads):
 
 
 class Registration:
-    """A live registration: kept alive in the background; `deregister()` or leaving `with` revokes it."""
+    """A live registration: kept alive in the background; `deregister()` or leaving `with` deletes its
+    key (registrations of one Registry with the same TTL share a lease; see AsyncRegistration)."""
 
     def __init__(self, reg: AsyncRegistration) -> None:
         self._reg = reg
@@ -245,6 +246,15 @@ class Registration:
     def lease_id(self) -> int:
         return self._reg.lease_id
 
+    @property
+    def state(self) -> str:
+        """"registering", "registered", "re-registering", "lost" or "deregistered"."""
+        return self._reg.state
+
+    def wait_registered(self, timeout: float | None = None) -> None:
+        """Block until the state is "registered" (TimeoutError after `timeout` seconds)."""
+        _rt().call(self._reg.wait_registered(timeout))
+
     def deregister(self) -> None:
         _rt().call(self._reg.deregister())
 
@@ -255,17 +265,63 @@ class Registration:
         self.deregister()
 
 
+class SyncRegistryView:
+    """`Registry.view(name)`: the in-memory instance list of a service, kept current by a watch.
+    `instances`, `pick()`, `mark_failed()`, `healthy`, `last_event` (see etcdsync.aio.RegistryView)
+    read memory only; `cancel()` stops the watch."""
+
+    def __init__(self, view: RegistryView) -> None:
+        self._view = view
+        self.name = view.name
+
+    @property
+    def instances(self) -> list[Instance]:
+        return self._view.instances
+
+    @property
+    def healthy(self) -> bool:
+        return self._view.healthy
+
+    @property
+    def last_event(self) -> float | None:
+        return self._view.last_event
+
+    @property
+    def revision(self) -> int:
+        return self._view.revision
+
+    def pick(self) -> Instance | None:
+        return self._view.pick()
+
+    def mark_failed(self, instance: Instance | str, for_: float = 30.0) -> None:
+        self._view.mark_failed(instance, for_)
+
+    def cancel(self) -> None:
+        _rt().loop.call_soon_threadsafe(self._view.cancel)
+
+    def __enter__(self) -> SyncRegistryView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
+
+
 class Registry:
     """Register instances under a lease, discover and watch services at `<prefix><name>/`."""
 
-    def __init__(self, conn: Connection | None = None, *, prefix: str = "/services/", format: str = "json") -> None:
+    def __init__(self, conn: Connection | None = None, *, prefix: str | None = None, format: str = "json") -> None:
+        """`prefix` defaults to the format's: "/services/" for json, "services/" for grpc."""
         self.conn = conn or Connection.from_env()
         self._aio = AsyncRegistry(self.conn, prefix=prefix, format=format)
         _registries.add(self)
 
     def register(self, name: str, id: str | None = None, *, host: str, port: int,
-                 metadata: Mapping[str, Any] | None = None, ttl: float = 10) -> Registration:
-        return Registration(_rt().call(self._aio.register(name, id, host=host, port=port, metadata=metadata, ttl=ttl)))
+                 metadata: Mapping[str, Any] | None = None, ttl: float = 10, wait: bool = True,
+                 own_lease: bool = False) -> Registration:
+        """See AsyncRegistry.register: one shared lease per TTL, `wait=False` keeps trying in the
+        background, `own_lease=True` for a lease that `deregister()` revokes."""
+        return Registration(_rt().call(self._aio.register(name, id, host=host, port=port, metadata=metadata, ttl=ttl,
+                                                          wait=wait, own_lease=own_lease)))
 
     def discover(self, name: str) -> list[Instance]:
         return _rt().call(self._aio.discover(name))
@@ -275,6 +331,10 @@ class Registry:
         submit, pool = _dispatcher(on_instances, f"watch-{name}")
         w = _rt().call(self._aio.watch(name, submit))
         return SyncWatch(w, pool)
+
+    def view(self, name: str) -> SyncRegistryView:
+        """An in-memory, watch-backed list of `name`'s instances with round-robin `pick()`."""
+        return SyncRegistryView(_rt().call(self._aio.view(name)))
 
     def close(self, timeout: float | None = None) -> None:
         """Deregister everything this registry registered and close its connection."""

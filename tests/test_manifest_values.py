@@ -392,7 +392,7 @@ def test_decode_instance_is_lenient(key: str, value: bytes, fmt: str, expected: 
 @pytest.mark.parametrize(
     ("value", "fmt"),
     [
-        (b"", "json"), (b"not json", "json"), (b"[1]", "json"), (b'{"host":"h"}', "json"), (b'{"host":"h","port":"80"}', "json"),
+        (b"", "json"), (b"not json", "json"), (b"[1]", "json"), (b'{"host":"h"}', "json"), (b'{"host":"h","port":"eighty"}', "json"),
         (b'{"host":"h","port":true}', "json"), (b'{"host":1,"port":80}', "json"), (b"\xff\xfe", "json"),
         (b'{"Op":0}', "grpc"), (b'{"Op":0,"Addr":"nohostport"}', "grpc"), (b'{"Op":0,"Addr":"h:99999"}', "grpc"),
         (b'{"Op":1,"Addr":"h:1"}', "grpc"), (b'{"host":"h","port":1}', "xml"),

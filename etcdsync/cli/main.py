@@ -127,8 +127,16 @@ def main(argv: list[str] | None = None) -> None:
         code = cli.main(args=args, prog_name="etcdsync", standalone_mode=False)
     except click.exceptions.Exit as exc:
         code = exc.exit_code
+    except click.UsageError as exc:   # one line like every other error, not click's usage block
+        from ..core.render import escape
+
+        command = exc.ctx.command_path if exc.ctx is not None else "etcdsync"
+        click.echo(f"error: {escape(exc.format_message())} (see '{command} --help')", err=True)
+        code = EXIT_ERROR
     except click.ClickException as exc:
-        exc.show()
+        from ..core.render import escape
+
+        click.echo(f"error: {escape(exc.format_message())}", err=True)
         code = EXIT_ERROR
     except click.Abort:
         click.echo("aborted", err=True)

@@ -22,6 +22,7 @@ from ..settings import RESERVED_PREFIX
 if TYPE_CHECKING:
     from ..core.model import DesiredState
     from ..settings import Connection, Options
+    from ..sources.git import GitSource
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -152,16 +153,25 @@ def load(paths: tuple[str, ...], reserved: str, *, file_roots: tuple[str, ...] =
 
 @dataclass(frozen=True)
 class ManifestFlags:
-    """-f, --file-root, --env-allow."""
+    """-f, --file-root, --env-allow; or --git, --ref, --path, --git-cache."""
 
     paths: tuple[str, ...]
     file_roots: tuple[str, ...]
     env_allow: tuple[str, ...]
+    git: str | None = None
+    ref: str | None = None
+    git_path: str | None = None
+    git_cache: str | None = None
 
     def check(self) -> None:
-        """Refuse a --file-root that is not a directory and an --env-allow that is not a glob."""
+        """Refuse a --file-root that is not a directory and an --env-allow that is not a glob; -f with
+        --git; --ref/--path without --git."""
         from ..manifest.yamlnodes import shown
 
+        if self.git is not None and self.paths:
+            raise UsageError("-f and --git: the manifests come from files or from a repository, not both")
+        if self.git is None and (self.ref is not None or self.git_path is not None):
+            raise UsageError(f"{'--ref' if self.ref is not None else '--path'} needs --git URL")
         for root in self.file_roots:
             if not root or not os.path.isdir(root):
                 raise UsageError(f"--file-root '{shown(root)}': not a directory")
@@ -169,8 +179,22 @@ class ManifestFlags:
             if not glob or any(ord(ch) < 32 for ch in glob):
                 raise UsageError(f"--env-allow '{shown(glob)}': not a name or glob")
 
+    def git_source(self) -> GitSource | None:
+        """The repository --git names (None without --git); checked, nothing fetched yet."""
+        if self.git is None:
+            return None
+        from ..sources.git import GitSource
+
+        return GitSource(self.git, self.ref, self.git_path, cache_dir=self.git_cache)
+
     def load(self, reserved: str) -> DesiredState:
-        return load(self.paths, reserved, file_roots=self.file_roots, env_allow=self.env_allow)
+        git = self.git_source()
+        if git is None:
+            return load(self.paths, reserved, file_roots=self.file_roots, env_allow=self.env_allow)
+        import asyncio
+
+        snapshot = asyncio.run(git.pull())
+        return snapshot.load(reserved_prefix=reserved, file_roots=self.file_roots, env_allow=self.env_allow)
 
 
 manifest_options = _grouped("manifests", ManifestFlags, [
@@ -184,6 +208,15 @@ manifest_options = _grouped("manifests", ManifestFlags, [
     click.option("--env-allow", "env_allow", multiple=True, metavar="GLOB", envvar="ETCDSYNC_ENV_ALLOW",
                  help="fromEnv may read only variables matching one of these globs (repeatable) "
                       "[ETCDSYNC_ENV_ALLOW, space separated]. ETCDSYNC_* and ETCDCTL_* are never read."),
+    click.option("--git", "git", metavar="URL", envvar="ETCDSYNC_GIT",
+                 help="Read the manifests from this git repository instead of -f (https, ssh, git or file URL; "
+                      "git's own authentication) [ETCDSYNC_GIT]."),
+    click.option("--ref", "ref", metavar="REF", help="Branch, tag or full commit SHA to follow (default: the "
+                                                     "repository's default branch)."),
+    click.option("--path", "git_path", metavar="DIR", help="Directory inside the repository that holds the "
+                                                           "manifests (default: its root)."),
+    click.option("--git-cache", "git_cache", metavar="DIR", envvar="ETCDSYNC_GIT_CACHE",
+                 help="Where fetched commits are kept (default: ~/.cache/etcdsync/git) [ETCDSYNC_GIT_CACHE]."),
 ])
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..core.inventory import resolve_applyset
+from ..errors import UsageError
 from ..settings import RESERVED_PREFIX
 from .options import (
     ConnectionFlags,
@@ -26,7 +27,7 @@ from .options import (
 from .output import Ctx, run
 
 if TYPE_CHECKING:
-    from ..sources.files import FileSource
+    from ..sources import Source
 
 
 def setup_logging(fmt: str, debug: bool) -> None:
@@ -35,11 +36,28 @@ def setup_logging(fmt: str, debug: bool) -> None:
     configure(fmt, logging.DEBUG if debug else logging.INFO)
 
 
-def _file_source(manifests: ManifestFlags, reserved: str, *, debounce: float = 0.2) -> FileSource:
+def _source(manifests: ManifestFlags, reserved: str, *, debounce: float = 0.2, interval: float = 60.0) -> Source:
+    git = manifests.git_source()
+    if git is not None:
+        from ..sources.gitrepo import GitRepoSource
+
+        return GitRepoSource(git, reserved=reserved, file_roots=manifests.file_roots, env_allow=manifests.env_allow,
+                             interval=interval)
     from ..sources.files import FileSource
 
     return FileSource(default_paths(manifests.paths), reserved=reserved, file_roots=manifests.file_roots,
                       env_allow=manifests.env_allow, debounce=debounce)
+
+
+def _read_secret(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    from ..settings import read_password_file
+
+    secret = read_password_file(path, "--webhook-secret-file").encode()
+    if not secret:
+        raise UsageError(f"--webhook-secret-file {path}: empty")
+    return secret
 
 
 @click.command(name="run")
@@ -51,10 +69,20 @@ def _file_source(manifests: ManifestFlags, reserved: str, *, debounce: float = 0
 @click.option("--leader-elect", is_flag=True, help="Several daemons on one apply set; only the elected one writes.")
 @click.option("--election-ttl", default="5s", show_default=True, help="Lease TTL of the election key.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--flap-threshold", default=5, show_default=True, type=click.IntRange(2, 1000),
+              help="A key repaired this many times within --flap-window is flapping: left alone for --flap-cooldown.")
+@click.option("--flap-window", default="60s", show_default=True, help="See --flap-threshold.")
+@click.option("--flap-cooldown", default="5m", show_default=True, help="See --flap-threshold.")
+@click.option("--interval", default="1m", show_default=True, help="With --git: how often the ref is polled.")
+@click.option("--webhook-secret-file", metavar="FILE",
+              help="With --git and --metrics-addr: serve POST /hooks/git (GitHub/GitLab push webhooks, "
+                   "checked with the secret in FILE) to fetch at once.")
 @connection_options
 @output_options
 def run_cmd(manifests: ManifestFlags, plan: PlanFlags, resync: str, debounce: str, metrics_addr: str | None,
-            leader_elect: bool, election_ttl: str, log_format: str, etcd: ConnectionFlags, display: OutputFlags) -> None:
+            leader_elect: bool, election_ttl: str, log_format: str, flap_threshold: int, flap_window: str,
+            flap_cooldown: str, interval: str, webhook_secret_file: str | None,
+            etcd: ConnectionFlags, display: OutputFlags) -> None:
     """Keep etcd equal to the manifests: watch files and etcd, repair drift, hold live registrations."""
     from ..daemon.daemon import Daemon
     from ..settings import DaemonSettings
@@ -62,14 +90,23 @@ def run_cmd(manifests: ManifestFlags, plan: PlanFlags, resync: str, debounce: st
     setup_logging(log_format, display.debug)
     conn = etcd.connection()
     manifests.check()
-    default_paths(manifests.paths)   # no -f and no ./manifests: the one-shot commands' error, before the flags'
+    if manifests.git is None:
+        default_paths(manifests.paths)   # no -f and no ./manifests: the one-shot commands' error, before the flags'
+        if webhook_secret_file is not None:
+            raise UsageError("--webhook-secret-file needs --git URL")
+    elif webhook_secret_file is not None and not metrics_addr:
+        raise UsageError("--webhook-secret-file needs --metrics-addr (the webhook is served there)")
     resync_seconds = parse_duration(resync, "--resync")
     debounce_seconds = parse_duration(debounce, "--debounce")
+    interval_seconds = parse_duration(interval, "--interval")
     settings = DaemonSettings(
         applyset_flag=plan.applyset, reserved=plan.reserved_prefix, options=plan.options(), resync=resync_seconds,
         metrics_addr=metrics_addr, leader_elect=leader_elect, election_ttl=parse_duration(election_ttl, "--election-ttl"),
+        webhook_secret=_read_secret(webhook_secret_file), flap_threshold=flap_threshold,
+        flap_window=parse_duration(flap_window, "--flap-window"), flap_cooldown=parse_duration(flap_cooldown, "--flap-cooldown"),
     )
-    daemon = Daemon(conn, settings, _file_source(manifests, plan.reserved_prefix, debounce=debounce_seconds))
+    source = _source(manifests, plan.reserved_prefix, debounce=debounce_seconds, interval=interval_seconds)
+    daemon = Daemon(conn, settings, source)
     gc.enable()
     sys.exit(run(daemon.run()))
 
@@ -95,6 +132,8 @@ def dev(manifests: ManifestFlags, data_dir: str | None, port: int | None, metric
 
     ctx = Ctx(no_color=display.no_color, output="text", debug=display.debug)
     manifests.check()
+    if manifests.git is not None:
+        raise UsageError("dev: --git is for apply, diff, validate and run; dev serves local files")
     desired = manifests.load(RESERVED_PREFIX)
     applyset, _ = resolve_applyset(None, desired)
     member, tmp = start_etcd(data_dir, port)
@@ -112,7 +151,7 @@ def dev(manifests: ManifestFlags, data_dir: str | None, port: int | None, metric
         if once:
             return
         metrics_addr = metrics_addr or default_metrics_addr()
-        source = _file_source(manifests, RESERVED_PREFIX)
+        source = _source(manifests, RESERVED_PREFIX)
         ctx.out(f"daemon: watching {source.describe()}; metrics on http://{metrics_addr}/metrics; "
                 "Ctrl-C stops the daemon and etcd")
         setup_logging(log_format, display.debug)

@@ -91,7 +91,7 @@ def services_ls(name: str | None, prefix: str | None, fmt: str, output: str, dis
         click.echo(f"no services under {safe_text(base)}")
         return
     rows = [("SERVICE", "INSTANCES")] + [
-        (safe_text(s), str(n) + (f"  ({bad} unparsable values skipped)" if bad else "")) for s, (n, bad) in sorted(counts.items())]
+        (safe_text(s), str(n) + (f"  ({bad} unparsable {'value' if bad == 1 else 'values'} skipped)" if bad else "")) for s, (n, bad) in sorted(counts.items())]
     click.echo(table(rows))
 
 

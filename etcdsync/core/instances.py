@@ -82,7 +82,7 @@ def decode_instance(key: str | bytes, value: str | bytes, fmt: str) -> tuple[str
     """``(id, host, port, metadata)`` from a stored key and value; ValueError when unparsable.
 
     The id is the last path segment of the key (for grpc, ``host:port``). json: extra fields are
-    accepted, ``host`` must be a string and ``port`` an integer. grpc: ``Addr`` is parsed as
+    accepted, ``host`` must be a string and ``port`` an integer (or a numeric string, 1-65535). grpc: ``Addr`` is parsed as
     ``host:port``; ``Metadata`` may be a JSON string (decoded; kept as the raw string when it is not
     JSON), a JSON value written directly by another client, or null/absent (None).
     """
@@ -101,6 +101,8 @@ def decode_instance(key: str | bytes, value: str | bytes, fmt: str) -> tuple[str
         host, port = obj.get("host"), obj.get("port")
         if not isinstance(host, str) or not host:
             raise ValueError("value has no string 'host'")
+        if isinstance(port, str) and port.isascii() and port.isdigit() and 0 < int(port) < 65536:
+            port = int(port)             # "8080": what Node services writing process.env.PORT produce
         if not isinstance(port, int) or isinstance(port, bool):
             raise ValueError("value has no integer 'port'")
         return id_, host, port, obj.get("metadata")

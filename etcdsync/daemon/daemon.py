@@ -16,6 +16,7 @@ import functools
 import gc
 import logging
 import signal
+import time
 
 from ..core.inventory import resolve_applyset
 from ..core.model import DesiredState
@@ -25,8 +26,9 @@ from ..settings import Connection, DaemonSettings
 from ..sources import Source
 from ..tasks import Backoff, cancel_and_wait
 from .election import Election
+from .flaps import FlapSettings
 from .live import LiveInstances
-from .metrics import HttpServer, Metrics
+from .metrics import Hook, HttpServer, Metrics
 from .reconcile import Reconciler, Status
 from .watches import BACKOFF_MAX, BACKOFF_MIN, Watches
 
@@ -77,10 +79,23 @@ class Daemon:
             "applyset": self.applyset,
             "lastSuccess": st.last_success,
             "endpoint": self.store.endpoint,
+            "source": self.source.describe(),
         }
+        if self.reconciler is not None and (flapping := self.reconciler.flaps.flapping(time.monotonic())):
+            detail["flapping"] = sorted(flapping)
+        if self.source.revision is not None:
+            detail["revision"] = self.source.revision
         ok = st.manifests_error is None and st.etcd_error is None and st.reconcile_error is None and (
             st.last_success is not None or (self.settings.leader_elect and not st.leader))
         return ok, detail
+
+    def _hooks(self) -> dict[str, Hook]:
+        """`POST /hooks/git` when the source takes webhooks and a secret was given."""
+        secret = self.settings.webhook_secret
+        webhook = getattr(self.source, "webhook", None)
+        if secret is None or webhook is None:
+            return {}
+        return {"/hooks/git": lambda headers, body: webhook(headers, body, secret)}
 
     def fences(self) -> list[Compare]:
         """What every write carries (see Election.fences)."""
@@ -96,6 +111,7 @@ class Daemon:
     # -- main -----------------------------------------------------------------------
 
     async def run(self) -> int:
+        await self.source.prepare()                     # a git source fetches its commit
         self.desired = self.source.load()               # a bad manifest at start-up is exit 2
         gc.freeze()   # the desired state lives long: keep the cyclic collector from rescanning it
         self.applyset, origin = resolve_applyset(self.settings.applyset_flag, self.desired)
@@ -108,7 +124,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)
         if self.settings.metrics_addr:
             try:
-                self.http = HttpServer(self.settings.metrics_addr, self.metrics, self.readiness)
+                self.http = HttpServer(self.settings.metrics_addr, self.metrics, self.readiness, self._hooks())
                 await self.http.start()
             except (OSError, ValueError) as exc:
                 raise UsageError(f"--metrics-addr {self.settings.metrics_addr}: cannot listen "
@@ -117,7 +133,12 @@ class Daemon:
         self.election = Election(self.store, self.settings, self.applyset, status=self.status, metrics=self.metrics)
         self.reconciler = Reconciler(self.store, applyset=self.applyset, reserved=self.settings.reserved,
                                      options=self.settings.options, metrics=self.metrics, status=self.status,
-                                     fences=self.fences, own_leases=self._own_leases)
+                                     fences=self.fences, own_leases=self._own_leases,
+                                     flaps=FlapSettings(self.settings.flap_threshold, self.settings.flap_window,
+                                                        self.settings.flap_cooldown),
+                                     wake=lambda: self.trigger(None))
+        reconciler = self.reconciler
+        self.metrics.flapping.set_function(lambda: float(len(reconciler.flaps.flapping(time.monotonic()))))
         self.store.on_cluster_change.append(self._on_cluster_change)
         follow = asyncio.create_task(self._follow_source(), name="files")
         main = asyncio.create_task(self._main(), name="main")

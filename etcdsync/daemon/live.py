@@ -109,7 +109,7 @@ class LiveInstances:
         self._registered.discard(key)
         leased = self._lease_for(inst)
         if not delete:
-            leased.items.pop(key, None)
+            leased.forget(key)
             return
         with contextlib.suppress(EtcdsyncError):
             await leased.remove(key)

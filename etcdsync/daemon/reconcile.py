@@ -24,6 +24,7 @@ from ..errors import ConflictError, GuardError, OwnershipError
 from ..etcd.store import Compare, Put, Store, WatchEvent, absent, mod_is
 from ..execute import Limits, Superseded
 from ..settings import Options
+from .flaps import FlapDetector, FlapSettings
 from .metrics import Metrics
 
 log = logging.getLogger("etcdsync.reconcile")
@@ -62,8 +63,13 @@ class Reconciler:
         status: Status,
         fences: Callable[[], Sequence[Compare]] = lambda: (),
         own_leases: Callable[[], frozenset[int]] = frozenset,
+        flaps: FlapSettings | None = None,
+        wake: Callable[[], None] = lambda: None,
     ) -> None:
         self.store = store
+        self.flaps = FlapDetector(flaps or FlapSettings())
+        """Keys another writer fights: left alone for a cool-down (see daemon/flaps.py)."""
+        self.wake = wake                             # asks for a full reconcile (when a cool-down ends)
         self.own_leases = own_leases                 # the daemon's leases: keys under them are not conflicts
         self.applyset = applyset
         self.reserved = reserved
@@ -112,9 +118,15 @@ class Reconciler:
 
     async def _full(self, desired: DesiredState, superseded: Callable[[], bool]) -> Outcome | None:
         start = time.perf_counter()
+        held = self.flaps.flapping(time.monotonic())
+        planned = desired
+        if held:   # a flapping key is planned as policy warn for its cool-down: reported, not repaired
+            planned = dataclasses.replace(desired, keys={
+                k: d._replace(policy=Policy.WARN) if k in held and d.policy is Policy.ENFORCE else d
+                for k, d in desired.keys.items()})
         try:
             options = dataclasses.replace(self.options, own_leases=self.own_leases())
-            outcome = await apply(self.store, desired, applyset=self.applyset, reserved=self.reserved,
+            outcome = await apply(self.store, planned, applyset=self.applyset, reserved=self.reserved,
                                   options=options, limits=self.limits, fences=self.fences(),
                                   on_commit=self._committed, on_execute=lambda _plan: self._start_writing(desired),
                                   track_ownership=True, superseded=superseded)
@@ -147,7 +159,7 @@ class Reconciler:
                      f" (+{len(keys) - 20} more)" if len(keys) > 20 else "")
         warned: dict[str, int] = {}
         for c in p.changes:
-            if c.action is Action.DRIFT:
+            if c.action is Action.DRIFT and c.key not in held:
                 warned[c.key] = c.revision
                 if self._warned.get(c.key) != c.revision:
                     self.metrics.drift.labels("warn", "reported").inc()
@@ -200,6 +212,9 @@ class Reconciler:
         owned = self.owned_in.get(d.key)
         if owned is None:
             return False     # not recorded as ours: only a full reconcile may decide
+        if self.flaps.holding(d.key, time.monotonic()):
+            self.metrics.drift.labels(d.policy.value, "flapping").inc()
+            return None      # another writer fights it: left alone until the cool-down ends
         chunk, chunk_rev = owned
         result = await self.store.txn([guard, mod_is(chunk, chunk_rev), *self.fences()], [Put(d.key, d.value)])
         if not result.succeeded:
@@ -210,4 +225,9 @@ class Reconciler:
         self.metrics.drift.labels(d.policy.value, "repaired").inc()
         log.info("%s: drift repaired (%s, policy %s) in %.1f ms", d.key,
                  "deleted" if event.type == "delete" else "changed", d.policy.value, elapsed * 1000)
+        if self.flaps.repaired(d.key, time.monotonic()):
+            s = self.flaps.settings
+            log.warning("%s: flapping: another writer changed it again after %d repairs within %gs; leaving it "
+                        "alone for %gs", d.key, s.threshold, s.window, s.cooldown)
+            asyncio.get_running_loop().call_later(s.cooldown + 0.05, self.wake)
         return True

@@ -21,7 +21,7 @@ import logging
 import random
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
 from urllib.parse import urlsplit
 
@@ -87,7 +87,7 @@ class Compare(NamedTuple):
     """A transaction guard on one key. Build with the helpers below."""
 
     key: str
-    target: str          # "mod" | "version" | "create" | "value"
+    target: str          # "mod" | "version" | "create" | "value" | "lease"
     op: str              # "=" | "!=" | "<" | ">"
     value: int | bytes
 
@@ -157,7 +157,8 @@ def _kv(pb: Any) -> KeyValue:
     return KeyValue(_s(pb.key), bytes(pb.value), pb.mod_revision, pb.create_revision, pb.version, pb.lease)
 
 
-_TARGETS = {"mod": _PbCompare.MOD, "version": _PbCompare.VERSION, "create": _PbCompare.CREATE, "value": _PbCompare.VALUE}
+_TARGETS = {"mod": _PbCompare.MOD, "version": _PbCompare.VERSION, "create": _PbCompare.CREATE, "value": _PbCompare.VALUE,
+            "lease": _PbCompare.LEASE}
 _OPS = {"=": _PbCompare.EQUAL, "!=": _PbCompare.NOT_EQUAL, "<": _PbCompare.LESS, ">": _PbCompare.GREATER}
 
 
@@ -169,6 +170,8 @@ def _pb_compare(c: Compare) -> Any:
         pb.version = int(c.value)
     elif c.target == "create":
         pb.create_revision = int(c.value)
+    elif c.target == "lease":
+        pb.lease = int(c.value)
     else:
         pb.value = c.value if isinstance(c.value, bytes) else _b(str(c.value))
     return pb
@@ -270,6 +273,7 @@ class Store:
         self.on_cluster_change: list[Callable[[ClusterChangedError], None]] = []
         """Called (on the event loop) with the ClusterChangedError when a change of cluster is detected."""
         self._target = ",".join(conn.endpoints)
+        self._keepalives: dict[int, _KeepAliveStream] = {}
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -333,6 +337,9 @@ class Store:
         return client
 
     async def close(self) -> None:
+        for stream in self._keepalives.values():
+            stream.call.cancel()
+        self._keepalives.clear()
         endpoints, self._endpoints = self._endpoints, []
         for ep in endpoints:
             if ep.client is not None:
@@ -609,6 +616,9 @@ class Store:
         return int(resp.ID)
 
     async def lease_revoke(self, lease_id: int) -> None:
+        stream = self._keepalives.pop(lease_id, None)
+        if stream is not None:
+            stream.call.cancel()
         try:
             await self._call("lease revoke", lambda: self._lease.revoke(lease_id, timeout=self.conn.timeout))
         except EtcdConnectionError as exc:
@@ -616,16 +626,46 @@ class Store:
                 raise
 
     async def lease_keepalive(self, lease_id: int) -> int:
-        """Renew a lease once; its new TTL in seconds, or 0 when it no longer exists."""
+        """Renew a lease once; its new TTL in seconds, or 0 when it no longer exists.
+
+        Each lease has one keepalive stream, opened at its first renewal and kept for the next ones
+        (opening a stream per renewal cost most of the CPU of a process holding many leases); it is
+        opened anew after a failure, on another endpoint or with a new token, and closed by
+        `lease_revoke` and `close`."""
 
         async def once() -> int:
-            stream = self._lease.keep_alive(lease_id)
-            try:
-                async for resp in stream:
+            stream = self._keepalives.get(lease_id)
+            channel = self.client._channel
+            if stream is not None and (stream.channel is not channel or stream.generation != self._token_generation):
+                stream.call.cancel()
+                stream = None
+            if stream is None:
+                assert channel is not None and self.client.lease is not None
+                call = _pb.LeaseStub(channel).LeaseKeepAlive(metadata=self.client.lease._metadata or None)
+                stream = self._keepalives[lease_id] = _KeepAliveStream(call, channel, self._token_generation)
+            async with stream.lock:
+                read: asyncio.Future[Any] | None = None
+                try:
+                    try:
+                        await stream.call.write(_pb.LeaseKeepAliveRequest(ID=lease_id))
+                    except asyncio.InvalidStateError:       # the stream has ended (no error status)
+                        raise _ClientConnectionError("lease keepalive stream closed") from None
+                    # not wait_for(call.read()): see `watch`
+                    read = asyncio.ensure_future(stream.call.read())
+                    await asyncio.wait({read})
+                    resp, read = read.result(), None
+                    if resp is grpc.aio.EOF:
+                        raise _ClientConnectionError("lease keepalive stream closed by etcd")
                     return int(resp.TTL)
-                return 0
-            finally:
-                stream.cancel()
+                except BaseException:
+                    if self._keepalives.get(lease_id) is stream:
+                        del self._keepalives[lease_id]
+                    stream.call.cancel()
+                    if read is not None:
+                        if not read.done():
+                            read.cancel()
+                        read.add_done_callback(_retrieve)
+                    raise
 
         return await self._call("lease keepalive", once)
 
@@ -760,6 +800,16 @@ class Store:
                 if not read.done():
                     read.cancel()
                 read.add_done_callback(_retrieve)
+
+
+@dataclass(eq=False)
+class _KeepAliveStream:
+    """The open keepalive stream of one lease: renewals are written and answered one at a time."""
+
+    call: Any
+    channel: Any
+    generation: int
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 def _retrieve(fut: asyncio.Future[Any]) -> None:

@@ -93,7 +93,7 @@ def collect_files(paths: Sequence[str | os.PathLike[str]]) -> list[list[Path]]:
         try:
             st = path.stat()
         except FileNotFoundError:
-            raise ManifestError(f"manifest path not found: {os.fspath(p)}", os.fspath(p)) from None
+            raise ManifestError("manifest path not found", os.fspath(p)) from None
         except (OSError, ValueError) as e:
             reason = getattr(e, "strerror", None) or type(e).__name__
             raise ManifestError(f"cannot access manifest path {os.fspath(p)}: {reason}", os.fspath(p)) from None

@@ -2,7 +2,7 @@
 
 A source loads the desired state and says when it may have changed; the daemon consumes nothing
 else of it. `files.FileSource` reads manifest files and directories (watched with watchfiles); a
-source that follows a git repository is a new module here implementing the same `Source`.
+source that follows a git repository is `gitrepo.GitRepoSource`, which implements the same `Source`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,16 @@ class Source(Protocol):
     """The desired state, and a stream of hints that it may have changed."""
 
     def describe(self) -> str:
-        """What is read, for log lines (e.g. the paths)."""
+        """What is read, for log lines (e.g. the paths; a repository and the commit loaded)."""
+        ...
+
+    @property
+    def revision(self) -> str | None:
+        """The version of the desired state loaded (a git commit SHA), None when sources have none."""
+        ...
+
+    async def prepare(self) -> None:
+        """Make the first load possible (a git source fetches here); called once before `load`."""
         ...
 
     def load(self) -> DesiredState:

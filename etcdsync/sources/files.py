@@ -34,6 +34,13 @@ class FileSource:
     def describe(self) -> str:
         return ", ".join(self.paths)
 
+    @property
+    def revision(self) -> str | None:
+        return None
+
+    async def prepare(self) -> None:
+        return None
+
     def load(self) -> DesiredState:
         from ..manifest import load_manifests
 
