@@ -24,6 +24,7 @@ __all__ = [
     "ClusterChangedError",
     "ConfigEvent",
     "ConfigStore",
+    "ConfigValueError",
     "ConflictError",
     "Connection",
     "EtcdConnectionError",
@@ -34,6 +35,7 @@ __all__ = [
     "Registration",
     "Registry",
     "SyncWatch",
+    "UsageError",
 ]
 
 _WHERE = {
@@ -42,7 +44,7 @@ _WHERE = {
     "ConfigEvent": "aio", "Instance": "aio",
     "EtcdsyncError": "errors", "ManifestError": "errors", "EtcdConnectionError": "errors", "AuthError": "errors",
     "ClusterChangedError": "errors",
-    "ConflictError": "errors", "GuardError": "errors",
+    "ConflictError": "errors", "GuardError": "errors", "UsageError": "errors", "ConfigValueError": "errors",
 }
 
 if TYPE_CHECKING:
@@ -50,11 +52,13 @@ if TYPE_CHECKING:
     from .errors import (
         AuthError,
         ClusterChangedError,
+        ConfigValueError,
         ConflictError,
         EtcdConnectionError,
         EtcdsyncError,
         GuardError,
         ManifestError,
+        UsageError,
     )
     from .settings import Connection
     from .sync import ConfigStore, Registration, Registry, SyncWatch

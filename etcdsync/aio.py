@@ -10,6 +10,9 @@
         print(await reg.discover("api"))
 
 The synchronous classes in `etcdsync` (ConfigStore, Registry) run these on a background event loop.
+
+(Over 350 lines: the config store and the registry share one client and one follow loop, which
+reads, watches, resumes and re-reads after a compaction; config views live in `views`.)
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -27,8 +31,11 @@ from .core.instances import decode_instance, encode_instance, instance_key
 from .errors import CompactedError, EtcdConnectionError, EtcdsyncError, UsageError
 from .etcd.lease import REGISTERED, REGISTERING, LeasedKeys
 from .etcd.store import KeyValue, Store, WatchEvent
-from .settings import Connection, services_prefix
+from .settings import RESERVED_PREFIX, Connection, services_prefix
 from .tasks import Backoff, cancel_and_wait
+from .viewcore import ConfigEvent
+from .views import AsyncView
+from .views import update as cas_update
 
 log = logging.getLogger(__name__)
 
@@ -45,16 +52,6 @@ class Instance:
     host: str
     port: int
     metadata: Any = None
-
-
-@dataclass(frozen=True, slots=True)
-class ConfigEvent:
-    """A change to a config key: `type` is "put" or "delete"; `value` is None for deletes."""
-
-    type: str
-    key: str
-    value: str | None
-    revision: int
 
 
 def _text(value: bytes) -> str:
@@ -90,7 +87,9 @@ class _Client:
 
 
 class Watch:
-    """A running watch. `cancel()` stops it; `revision` is the last revision delivered."""
+    """A running watch. `cancel()` stops it; `revision` is the last revision delivered; `healthy`
+    says whether its stream is connected; `last_event` is the time.time() of etcd's last answer on it
+    (an event, or a progress answer about every second)."""
 
     def __init__(self) -> None:
         self.task: asyncio.Task[None] | None = None
@@ -197,10 +196,11 @@ class AsyncConfigStore:
             now = {kv.key: kv for kv in kvs}
             if not first:
                 for k in sorted(set(known) - set(now)):
-                    await _call(on_change, ConfigEvent("delete", k, None, rev))
+                    await _call(on_change, ConfigEvent("delete", k, None, rev, _text(known[k].value)))
                 for k, kv in sorted(now.items()):
                     if k not in known or known[k].mod_revision != kv.mod_revision:
-                        await _call(on_change, ConfigEvent("put", k, _text(kv.value), kv.mod_revision))
+                        old = _text(known[k].value) if k in known else None
+                        await _call(on_change, ConfigEvent("put", k, _text(kv.value), kv.mod_revision, old))
             first = False
             known.clear()
             known.update(now)
@@ -208,18 +208,33 @@ class AsyncConfigStore:
 
         async def on_events(events: tuple[WatchEvent, ...]) -> None:
             for ev in events:
+                before = known.get(ev.kv.key)
+                old = None if before is None else _text(before.value)
                 if ev.type == "put":
                     known[ev.kv.key] = ev.kv
-                    await _call(on_change, ConfigEvent("put", ev.kv.key, _text(ev.kv.value), ev.kv.mod_revision))
+                    await _call(on_change, ConfigEvent("put", ev.kv.key, _text(ev.kv.value), ev.kv.mod_revision, old))
                 else:
                     known.pop(ev.kv.key, None)
-                    await _call(on_change, ConfigEvent("delete", ev.kv.key, None, ev.kv.mod_revision))
+                    await _call(on_change, ConfigEvent("delete", ev.kv.key, None, ev.kv.mod_revision, old))
 
         w = Watch()
         w.task = asyncio.create_task(_follow(store, key, prefix=prefix, snapshot=snapshot, on_events=on_events, w=w),
                                      name=f"config-watch {key}")
         await _started(w)
         return w
+
+    async def view(self, prefix: str, *, cache_file: str | os.PathLike[str] | None = None, hold: float = 30.0,
+                   reserved_prefix: str = RESERVED_PREFIX) -> AsyncView:
+        """A watch-backed snapshot of `prefix` in memory: `get`, `items`, typed reads without I/O,
+        `on_change(callback)`; a multi-transaction apply arrives as one change; with `cache_file`
+        it starts from the last snapshot saved there when etcd is unreachable (`stale`). See views.py."""
+        return await AsyncView(self._client.store, prefix, cache_file=cache_file, hold=hold,
+                               reserved_prefix=reserved_prefix).start()
+
+    async def update(self, key: str, fn: Callable[[str | None], Any], *, attempts: int = 16) -> str | None:
+        """Compare-and-swap on the key's mod_revision: `fn(current or None)` -> new value (None
+        deletes), retried when another writer got in between; ConflictError after `attempts`."""
+        return await cas_update(await self._client.store(), key, fn, attempts=attempts)
 
     async def close(self) -> None:
         await self._client.close()

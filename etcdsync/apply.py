@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from .applymark import marked
 from .core.inventory import Entry, inventory_prefix
 from .core.model import DesiredState
 from .core.plan import Change, Plan
@@ -44,6 +45,7 @@ class Outcome:
         return count_results(self.done.values())
 
 
+@marked   # a plan committed in several transactions is marked for views (applymark.py)
 async def apply(
     store: Store,
     desired: DesiredState,

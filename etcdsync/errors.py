@@ -3,6 +3,7 @@
     EtcdsyncError                                                        retryable
     ├── ManifestError          bad input: file, line, column (exit 2)        no
     ├── UsageError             a bad flag or setting (exit 2)                no
+    ├── ConfigValueError       a typed read: not an int, bool, JSON value    no
     ├── EtcdConnectionError    etcd unreachable, timed out, TLS failure      yes
     │   ├── AuthError          wrong user/password, permission denied        yes
     │   └── ClusterChangedError  revision went backwards / new cluster id    yes
@@ -61,6 +62,15 @@ class ManifestError(EtcdsyncError):
 
 class UsageError(EtcdsyncError):
     """A flag, setting or argument is wrong."""
+
+
+class ConfigValueError(EtcdsyncError, ValueError):
+    """A config value read as an int, bool or JSON is not one; names the key, never shows the value."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        self.key = key
+        self.reason = reason
+        super().__init__(f"{key}: {reason}")
 
 
 class EtcdConnectionError(EtcdsyncError):

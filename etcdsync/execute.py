@@ -16,6 +16,7 @@ import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from .applymark import split
 from .core.inventory import Entry, encode_chunk, fence_key, inventory_prefix
 from .core.plan import Action, Change, Plan
 from .diff import Snapshot
@@ -154,6 +155,7 @@ class Executor:
             batch = _Batch()
             for change in [*puts, *removes]:
                 if batch.changes and not self._fits(batch, change):
+                    await split(self.store, self.reserved, self.plan)   # views hold back until the apply ends
                     await flush(batch)
                     batch = _Batch()
                 self._add(batch, change)

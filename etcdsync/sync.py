@@ -12,13 +12,16 @@ import asyncio
 import atexit
 import concurrent.futures
 import logging
+import os
 import threading
 import weakref
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
 from .aio import AsyncConfigStore, AsyncRegistration, AsyncRegistry, ConfigEvent, Instance, RegistryView, Watch
-from .settings import Connection
+from .settings import RESERVED_PREFIX, Connection
+from .viewcore import Snapshot
+from .views import AsyncView, ViewChange, _Reads
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +120,14 @@ class SyncWatch:
     def revision(self) -> int:
         return self._watch.revision
 
+    @property
+    def healthy(self) -> bool:
+        return self._watch.healthy
+
+    @property
+    def last_event(self) -> float | None:
+        return self._watch.last_event
+
     def cancel(self) -> None:
         _rt().loop.call_soon_threadsafe(self._watch.cancel)
         self._pool.shutdown(wait=False)
@@ -156,8 +167,68 @@ class ConfigStore:
         w = _rt().call(self._aio.watch(key, submit, prefix=prefix))
         return SyncWatch(w, pool)
 
+    def view(self, prefix: str, *, cache_file: str | os.PathLike[str] | None = None, hold: float = 30.0,
+             reserved_prefix: str = RESERVED_PREFIX) -> View:
+        """A watch-backed snapshot of `prefix` (see AsyncConfigStore.view); callbacks on a worker thread."""
+        return View(_rt().call(self._aio.view(prefix, cache_file=cache_file, hold=hold, reserved_prefix=reserved_prefix)))
+
+    def update(self, key: str, fn: Callable[[str | None], Any], *, attempts: int = 16) -> str | None:
+        """Compare-and-swap loop (see AsyncConfigStore.update); `fn` runs on a worker thread."""
+        return _rt().call(self._aio.update(key, lambda current: asyncio.to_thread(fn, current), attempts=attempts))
+
     def close(self) -> None:
         _rt().call(self._aio.close())
+
+
+class View(_Reads):
+    """The thread facade of AsyncView (`ConfigStore.view()`): reads are plain attribute reads of
+    the published snapshot, safe from any thread; each `on_change` callback runs on a worker thread
+    of its own, in order (never the caller's thread, never the event loop's)."""
+
+    def __init__(self, view: AsyncView) -> None:
+        self._view = view
+        self._pools: list[Any] = []
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self._view.snapshot
+
+    @property
+    def prefix(self) -> str:
+        return self._view.prefix
+
+    @property
+    def stale(self) -> bool:
+        return self._view.stale
+
+    @property
+    def healthy(self) -> bool:
+        return self._view.healthy
+
+    @property
+    def last_event(self) -> float | None:
+        return self._view.last_event
+
+    def on_change(self, callback: Callable[[ViewChange], Any]) -> Callable[[ViewChange], Any]:
+        submit, pool = _dispatcher(callback, "view")
+        self._pools.append(pool)
+
+        async def register() -> None:
+            self._view.on_change(submit)
+
+        _rt().call(register())
+        return callback
+
+    def close(self) -> None:
+        _rt().call(self._view.close())
+        for pool in self._pools:
+            pool.shutdown(wait=False)
+
+    def __enter__(self) -> View:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class Registration:

@@ -16,6 +16,9 @@ verifies:
 - policies: a `create-only` or `warn` key that exists is never overwritten;
 - no needless writes: etcdsync never puts the value a key already holds (a repair that did not
   compare the key's revision shows up this way when two writes race it);
+- apply markers (`<reserved>applying/...`, etcdsync's marks around a multi-transaction apply): each
+  is put once, under a lease (so a crashed apply's marker expires), in a revision of its own (so the
+  revisions before and after it are whole states), and holds the marker's shape;
 - quiescence (`assert_quiet`): nothing at all is written over a quiet period;
 - convergence (`unconverged`): etcd holds what the last declared version says, and the inventory
   lists exactly its keys.
@@ -288,6 +291,7 @@ class Recorder:
         out: list[str] = list(self._errors)
         events = self.snapshot()
         out += self._check_ownership(events)
+        out += self._check_markers(events)
         if self.versions:
             out += self._check_values(events)
         return out
@@ -369,6 +373,38 @@ class Recorder:
                 out.append(f"{key}: etcdsync overwrote an existing {d.policy} key at revision {ev.revision}; "
                            f"history: {self.history_of(key)}")
                 flagged.add(key)
+        return out
+
+    def markers(self) -> list[Event]:
+        """etcdsync's apply-marker events, in order."""
+        return [e for e in self.snapshot() if e.key.startswith(self.reserved + "applying/") and self.ours(e)]
+
+    def _check_markers(self, events: list[Event]) -> list[str]:
+        out: list[str] = []
+        marks = self.reserved + "applying/"
+        at: dict[int, list[Event]] = {}
+        for ev in events:
+            at.setdefault(ev.revision, []).append(ev)
+        put: set[str] = set()
+        for ev in events:
+            if not ev.key.startswith(marks) or not self.ours(ev) or ev.type != "put":
+                continue
+            if ev.key in put:
+                out.append(f"{ev.key}: apply marker put again at revision {ev.revision}")
+            put.add(ev.key)
+            if not ev.lease:
+                out.append(f"{ev.key}: apply marker put at revision {ev.revision} without a lease (a crash would leave it)")
+            others = [e.key for e in at[ev.revision] if e is not ev]
+            if others:
+                out.append(f"{ev.key}: apply marker shares revision {ev.revision} with {others[:3]}")
+            try:
+                doc = json.loads(ev.value)
+                ok = (isinstance(doc, dict) and set(doc) == {"v", "applyset", "prefixes"} and doc["v"] == 1
+                      and ev.key.startswith(f"{marks}{doc['applyset']}/") and isinstance(doc["prefixes"], list))
+            except ValueError:
+                ok = False
+            if not ok:
+                out.append(f"{ev.key}: apply marker at revision {ev.revision} is not of the marker's shape: {ev.value[:80]!r}")
         return out
 
     def _check_ownership(self, events: list[Event]) -> list[str]:

@@ -24,8 +24,9 @@ from etcdsync.local.etcdbin import EtcdCluster
 
 def test_public_names_are_pinned() -> None:
     assert sorted(etcdsync.__all__) == [
-        "AuthError", "ClusterChangedError", "ConfigEvent", "ConfigStore", "ConflictError", "Connection", "EtcdConnectionError",
-        "EtcdsyncError", "GuardError", "Instance", "ManifestError", "Registration", "Registry", "SyncWatch",
+        "AuthError", "ClusterChangedError", "ConfigEvent", "ConfigStore", "ConfigValueError", "ConflictError", "Connection",
+        "EtcdConnectionError", "EtcdsyncError", "GuardError", "Instance", "ManifestError", "Registration", "Registry",
+        "SyncWatch", "UsageError",
     ]
     for name in etcdsync.__all__:
         assert getattr(etcdsync, name) is not None

@@ -790,5 +790,11 @@ def test_readme_least_privilege_role(tmp_path: Path, daemons: Daemons) -> None:
         r = cli("apply", *args, "--take-ownership", endpoints=c.endpoints, env=user)
         one_line(r, "permission denied")
         assert root.revision() == before and root.get("/config/payments/shared") == b"from-other"
+        # a plan of several transactions marks itself under /.etcdsync/applying/payments/: the role allows it
+        many = "".join(f"    big/k{i:03d}: x\n" for i in range(200))
+        (mdir / "payments.yaml").write_text(PAYMENTS.replace("    retry: 5\n", "    retry: 5\n" + many))
+        r = cli("apply", *args, endpoints=c.endpoints, env=user)
+        assert r.code == 0 and "in 2 transactions" in r.out, (r.out[-300:], r.err)
+        assert len(root.values("/config/payments/big/")) == 200 and root.values("/.etcdsync/applying/") == {}
     finally:
         c.stop()
