@@ -80,6 +80,16 @@ class ServiceInstance:
 
 
 @dataclass(frozen=True, slots=True)
+class ServiceDecl:
+    """A Service document as declared (instances apart): for the registry lint."""
+
+    name: str
+    prefix: str                      # spec.prefix: keys are "<prefix><name>/..."
+    format: str = "json"
+    source: Source | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class DesiredState:
     """Everything the manifests declare, after overlays, ready for planning."""
 
@@ -90,3 +100,4 @@ class DesiredState:
     applyset_source: Source | None = None
     files: tuple[str, ...] = ()                                     # manifest files read
     sources: tuple[str, ...] = ()                                   # fromFile sources read (resolved paths)
+    services: tuple[ServiceDecl, ...] = ()                          # Service documents, in load order

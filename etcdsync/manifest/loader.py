@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from etcdsync.core.instances import encode_instance, grpc_addr, instance_key
-from etcdsync.core.model import DesiredKey, DesiredState, HealthCheck, Policy, ServiceInstance, Source
+from etcdsync.core.model import DesiredKey, DesiredState, HealthCheck, Policy, ServiceDecl, ServiceInstance, Source
 from etcdsync.errors import ManifestError
 from etcdsync.settings import RESERVED_PREFIX, parse_duration, services_prefix
 
@@ -114,6 +114,7 @@ class _Doc:
     deferred: list[tuple[DesiredKey, values.Entry]] = field(default_factory=list)  # fromFile/fromEnv
     live: list[ServiceInstance] = field(default_factory=list)
     prefixes: list[str] = field(default_factory=list)
+    service: ServiceDecl | None = None
 
     @property
     def ident(self) -> str:
@@ -284,6 +285,7 @@ def _compile_service(doc: _Doc, root: Node, spec: Mapping[str, Any], reserved: s
     svc_prefix = f"{prefix}{doc.name}/"
     _check_prefix(svc_prefix, "service prefix", file, prefix_node, reserved)
     doc.prefixes.append(svc_prefix)
+    doc.service = ServiceDecl(doc.name, prefix, fmt, _src(file, name_node))
 
     spec_ttl = _duration(spec["ttl"], "spec.ttl", file, spec_node.get("ttl") or spec_node) if "ttl" in spec else None
     spec_check = _health_check(spec["check"], "spec.check", file, spec_node.get("check") or spec_node) if "check" in spec else None
@@ -544,4 +546,5 @@ def _load(paths: Sequence[str | os.PathLike[str]], environ: Mapping[str, str], r
         applyset_source=applyset.source if applyset else None,
         files=tuple(files),
         sources=tuple(sorted({path for p in sources.by_root.values() for path in p.read})),
+        services=tuple(d.service for d in docs if d.service is not None),
     )
