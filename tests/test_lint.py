@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import json
 import textwrap
@@ -75,12 +76,17 @@ def _validate(*args: str) -> tuple[int, str, str]:
     from etcdsync.cli.main import main
 
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(["validate", *args])
-            code = 0
-        except SystemExit as exc:
-            code = int(exc.code or 0)
+    gc_was_enabled = gc.isenabled()      # main() turns the cyclic collector off for one-shot commands
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main(["validate", *args])
+                code = 0
+            except SystemExit as exc:
+                code = int(exc.code or 0)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
     return code, out.getvalue(), err.getvalue()
 
 
