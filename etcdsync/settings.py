@@ -46,6 +46,39 @@ def services_prefix(fmt: str) -> str:
     return GRPC_SERVICES_PREFIX if fmt == "grpc" else SERVICES_PREFIX
 
 
+def reserved_prefix_problem(value: str) -> str | None:
+    """Why `value` cannot be the reserved prefix (absolute, ending in '/', not '/', no '.'/'..'
+    segment, no control character), or None."""
+    if not value.startswith("/") or not value.endswith("/"):
+        return "must start and end with '/' (e.g. /.etcdsync/)"
+    if value == "/":
+        return "must not be '/' (every key would be etcdsync's)"
+    if any(ord(ch) < 32 or 0x7f <= ord(ch) <= 0x9f for ch in value):
+        return "must not contain control characters"
+    if any(seg in (".", "..") for seg in value.split("/")):
+        return "must not contain '.' or '..' segments"
+    return None
+
+
+@dataclass(frozen=True)
+class Context:
+    """One named context of the config file (see `etcdsync.contexts`): connection settings that sit
+    below flags and environment variables. Paths are absolute (resolved against the config file); a
+    context never holds a password, only the file that does."""
+
+    name: str
+    file: str = ""
+    """The config file it was read from (for messages)."""
+    endpoints: tuple[str, ...] = ()
+    user: str | None = None
+    password_file: str | None = None
+    ca_cert: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    reserved_prefix: str | None = None
+    timeout: float | None = None
+
+
 def _split(value: str | Sequence[str]) -> tuple[str, ...]:
     items = [value] if isinstance(value, str) else list(value)
     out: list[str] = []
@@ -104,23 +137,27 @@ class Connection:
         object.__setattr__(self, "timeout", float(timeout))
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Connection:
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, context: Context | None = None,
+                 **overrides: object) -> Connection:
         """Read `ETCDSYNC_ENDPOINTS`, `_USER`, `_PASSWORD`, `_PASSWORD_FILE`, `_CACERT`, `_CERT`, `_KEY`,
         `_TIMEOUT`; where one is unset, etcdctl's `ETCDCTL_ENDPOINTS`, `_USER` (`user:password`),
-        `_PASSWORD`, `_CACERT`, `_CERT`, `_KEY`, so a shell set up for etcdctl works unchanged.
-        Keyword overrides that are not None win (that is how CLI flags are layered on top);
-        `password_file` reads the password from the first line of a file."""
+        `_PASSWORD`, `_CACERT`, `_CERT`, `_KEY`, so a shell set up for etcdctl works unchanged; where
+        that is unset too, the `context`'s setting. Keyword overrides that are not None win (that is
+        how CLI flags are layered on top); `password_file` reads the password from the first line of a
+        file. The context's password file is read only for the context's own user (a user given by a
+        flag or the environment never gets the context's password)."""
         env = os.environ if environ is None else environ
+        ctx = context or Context("")
 
-        def pick(name: str) -> str | None:
-            return env.get(f"ETCDSYNC_{name}") or env.get(f"ETCDCTL_{name}") or None
+        def pick(name: str, fallback: str | None) -> str | None:
+            return env.get(f"ETCDSYNC_{name}") or env.get(f"ETCDCTL_{name}") or fallback or None
 
         values: dict[str, object] = {
-            "endpoints": pick("ENDPOINTS"),
-            "user": pick("USER"),
-            "ca_cert": pick("CACERT"),
-            "cert": pick("CERT"),
-            "key": pick("KEY"),
+            "endpoints": pick("ENDPOINTS", ",".join(ctx.endpoints)),
+            "user": pick("USER", ctx.user),
+            "ca_cert": pick("CACERT", ctx.ca_cert),
+            "cert": pick("CERT", ctx.cert),
+            "key": pick("KEY", ctx.key),
         }
         timeout = env.get("ETCDSYNC_TIMEOUT")
         if timeout:
@@ -128,6 +165,8 @@ class Connection:
                 values["timeout"] = float(timeout.rstrip("s"))
             except ValueError:
                 raise UsageError(f"ETCDSYNC_TIMEOUT: not a number of seconds: {timeout!r}") from None
+        elif ctx.timeout is not None:
+            values["timeout"] = ctx.timeout
         for name in overrides:
             if name not in values and name not in ("timeout", "password", "password_file"):
                 raise TypeError(f"unknown connection setting {name!r}")
@@ -151,6 +190,8 @@ class Connection:
             values["password"] = read_password_file(env["ETCDSYNC_PASSWORD_FILE"], "ETCDSYNC_PASSWORD_FILE")
         elif env.get("ETCDCTL_PASSWORD"):
             values["password"] = env["ETCDCTL_PASSWORD"]
+        elif ctx.password_file and user == ctx.user:
+            values["password"] = read_password_file(ctx.password_file, f"{ctx.file}: context {ctx.name!r}: password-file")
         return cls(**values)  # type: ignore[arg-type]
 
 

@@ -44,12 +44,17 @@ PROGRESS_FROM = 1000   # writes from which `apply` shows a progress bar on a ter
 @manifest_options
 @reserved_option()
 @format_option
+@click.option("--strict", is_flag=True, help="Exit 2 when the registry lint warns.")
 @output_options
-def validate(manifests: ManifestFlags, reserved_prefix: str, output: str, display: OutputFlags) -> None:
-    """Check manifests offline: syntax, schema, value rules, duplicate keys."""
+def validate(manifests: ManifestFlags, reserved_prefix: str, output: str, strict: bool, display: OutputFlags) -> None:
+    """Check manifests offline: syntax, schema, value rules, duplicate keys; lint the registry."""
+    from ..core.lint import lint
+    from ..core.render import escape
+
     ctx = Ctx(no_color=display.no_color, output=output, debug=display.debug)
     manifests.check()
     desired = manifests.load(reserved_prefix)
+    warnings = lint(desired.services, desired.keys)
     if output == "json":
         from ..core.render import origin_json
 
@@ -57,10 +62,15 @@ def validate(manifests: ManifestFlags, reserved_prefix: str, output: str, displa
         origins.update((i.key, origin_json(i.source)) for i in desired.live if i.source)
         ctx.out(json.dumps({"valid": True, "files": list(desired.files), "keys": len(desired.keys),
                             "liveInstances": len(desired.live), "applyset": desired.applyset,
-                            "origins": origins, "removed": {k: str(s) for k, s in desired.removed.items()}}))
+                            "origins": origins, "removed": {k: str(s) for k, s in desired.removed.items()},
+                            "warnings": [w.as_json() for w in warnings]}))
     else:
+        for w in warnings:
+            click.echo(f"warning: {escape(str(w))}", err=True)
         ctx.out(f"valid: {plural(len(desired.files), 'file')}, {plural(len(desired.keys), 'key')}, "
-                f"{plural(len(desired.live), 'live instance')}")
+                f"{plural(len(desired.live), 'live instance')}" + (f", {plural(len(warnings), 'warning')}" if warnings else ""))
+    if strict and warnings:
+        raise UsageError(f"{plural(len(warnings), 'lint warning')} (--strict)")
 
 
 @dataclass

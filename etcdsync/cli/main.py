@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 
 from ..errors import EtcdsyncError
-from . import applysets, keys, run, services
+from . import applysets, config, keys, run, services
 from .apply import apply_cmd, diff, export, validate
 from .output import EXIT_ERROR
 
@@ -49,6 +49,7 @@ cli.add_command(export)
 cli.add_command(run.run_cmd)
 cli.add_command(run.dev)
 cli.add_command(services.services)
+cli.add_command(config.config)
 for _command in (keys.get, keys.ls_cmd, keys.put, keys.del_cmd, applysets.inventory, applysets.applysets,
                  applysets.teardown):
     cli.add_command(_command)

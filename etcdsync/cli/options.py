@@ -81,11 +81,14 @@ class ConnectionFlags:
     cert: str | None
     key: str | None
     timeout: float | None
+    context: str | None
 
     def connection(self) -> Connection:
+        from ..contexts import select
         from ..settings import Connection
 
         return Connection.from_env(
+            context=select(self.context),
             endpoints=self.endpoints, user=self.user, password=self.password, password_file=self.password_file,
             ca_cert=self.cacert, cert=self.cert, key=self.key, timeout=self.timeout,
         )
@@ -102,6 +105,9 @@ connection_options = _grouped("etcd", ConnectionFlags, [
     click.option("--cert", type=click.Path(dir_okay=False), help="Client certificate (PEM) [ETCDSYNC_CERT, ETCDCTL_CERT]."),
     click.option("--key", type=click.Path(dir_okay=False), help="Client key (PEM) [ETCDSYNC_KEY, ETCDCTL_KEY]."),
     click.option("--timeout", type=float, help="Seconds a request may take, connecting included [ETCDSYNC_TIMEOUT; default 5]."),
+    # eager: --reserved-prefix, when not given, takes the context's (see reserved_option)
+    click.option("--context", metavar="NAME", is_eager=True,
+                 help="Context of the config file to use [ETCDSYNC_CONTEXT; default: its current-context]."),
 ])
 
 
@@ -110,26 +116,34 @@ connection_options = _grouped("etcd", ConnectionFlags, [
 def check_reserved_prefix(_ctx: Any, _param: Any, value: str) -> str:
     """--reserved-prefix: absolute, ending in '/', no '.'/'..' segment, no control character."""
     from ..manifest.yamlnodes import shown
+    from ..settings import reserved_prefix_problem
 
-    problem = None
-    if not value.startswith("/") or not value.endswith("/"):
-        problem = "must start and end with '/' (e.g. /.etcdsync/)"
-    elif value == "/":
-        problem = "must not be '/' (every key would be etcdsync's)"
-    elif any(ord(ch) < 32 or 0x7f <= ord(ch) <= 0x9f for ch in value):
-        problem = "must not contain control characters"
-    elif any(seg in (".", "..") for seg in value.split("/")):
-        problem = "must not contain '.' or '..' segments"
+    problem = reserved_prefix_problem(value)
     if problem:
         raise UsageError(f"--reserved-prefix '{shown(value)}': {problem}")
     return value
 
 
+def _reserved_or_context(checked: bool) -> Callable[[Any, Any, str | None], str]:
+    """--reserved-prefix as given, else (in a command with --context) the context's, else the default."""
+    def callback(ctx: Any, param: Any, value: str | None) -> str:
+        if value is None:
+            if "context" in ctx.params:          # processed first: it is eager
+                from ..contexts import select
+
+                chosen = select(ctx.params["context"])
+                value = chosen.reserved_prefix if chosen is not None and chosen.reserved_prefix else None
+            return value or RESERVED_PREFIX      # the context's was checked when its file was read
+        return check_reserved_prefix(ctx, param, value) if checked else value
+
+    return callback
+
+
 def reserved_option(help: str = "Where etcdsync keeps its inventory.", *, checked: bool = True) -> Callable[[F], F]:
     """--reserved-prefix; `checked`: validated like a ConfigSet prefix (the operator commands, which
-    only compare keys against it, take it as given)."""
-    return click.option("--reserved-prefix", default=RESERVED_PREFIX, show_default=True, help=help,
-                        callback=check_reserved_prefix if checked else None)
+    only compare keys against it, take it as given). Without the flag: the context's, else /.etcdsync/."""
+    return click.option("--reserved-prefix", default=None, callback=_reserved_or_context(checked),
+                        help=f"{help} [default: the context's, else {RESERVED_PREFIX}]")
 
 
 # -- manifests -----------------------------------------------------------------------------------------

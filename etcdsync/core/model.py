@@ -87,6 +87,16 @@ class ServiceInstance:
 
 
 @dataclass(frozen=True, slots=True)
+class ServiceDecl:
+    """A Service document as declared (instances apart): for the registry lint."""
+
+    name: str
+    prefix: str                      # spec.prefix: keys are "<prefix><name>/..."
+    format: str = "json"
+    source: Source | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class DesiredState:
     """Everything the manifests declare, after overlays, ready for planning."""
 
@@ -98,3 +108,4 @@ class DesiredState:
     files: tuple[str, ...] = ()                                     # manifest files read
     sources: tuple[str, ...] = ()                                   # fromFile sources read (resolved paths)
     removed: Mapping[str, Source] = field(default_factory=dict)    # keys an overlay removed (`remove: true`)
+    services: tuple[ServiceDecl, ...] = ()                          # Service documents, in load order

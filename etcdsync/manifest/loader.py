@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from etcdsync.core.instances import encode_instance, grpc_addr, instance_key
-from etcdsync.core.model import DesiredKey, DesiredState, HealthCheck, Policy, ServiceInstance, Source
+from etcdsync.core.model import DesiredKey, DesiredState, HealthCheck, Policy, ServiceDecl, ServiceInstance, Source
 from etcdsync.errors import ManifestError
 from etcdsync.settings import RESERVED_PREFIX, parse_duration, services_prefix
 
@@ -155,6 +155,9 @@ class _Doc:
     removed_rel: dict[str, Source] = field(default_factory=dict)          # rel key -> the `remove: true`
     removed_inst: dict[str, tuple[_Inst, Source]] = field(default_factory=dict)
     removed: dict[str, Source] = field(default_factory=dict)              # etcd key -> the `remove: true`
+
+    service: ServiceDecl | None = None
+    name_at: Source | None = None             # a Service's metadata.name (the registry lint points there)
 
     @property
     def ident(self) -> str:
@@ -330,6 +333,7 @@ def _compile_service(doc: _Doc, root: Node, spec: Mapping[str, Any], reserved: s
     doc.spec_at = _src(file, spec_node)
     meta_node = root.get("metadata")
     name_node = (meta_node.get("name") if meta_node is not None else None) or root
+    doc.name_at = _src(file, name_node)
     _check_name(doc.name, "service name", file, name_node)
     if "format" in spec:
         doc.fmt = spec["format"]
@@ -418,6 +422,7 @@ def _finish_service(doc: _Doc, reserved: str) -> None:
     svc_prefix = f"{prefix}{doc.name}/"
     _check_prefix(svc_prefix, "service prefix", file, at, reserved)
     doc.prefixes.append(svc_prefix)
+    doc.service = ServiceDecl(doc.name, prefix, fmt, doc.name_at or doc.source)
     for inst in doc.instances:
         src = inst.source
         if not inst.has_id and fmt == "json":
@@ -801,4 +806,5 @@ def _load(paths: Sequence[str | os.PathLike[str]], environ: Mapping[str, str], r
         files=tuple(files),
         sources=tuple(sorted({path for p in sources.by_root.values() for path in p.read})),
         removed=dict(sorted(removed.items())),
+        services=tuple(d.service for d in docs if d.service is not None),
     )
