@@ -20,6 +20,9 @@ watch per directory), and a key that vanishes while this process holds it (delet
 or it was attached to another holder's lease that ended) is put back at once if it is still absent.
 A key that someone else *overwrites* is left to them: two processes holding the same key take turns
 (Consul-like: the live holder re-asserts the key when it sees it vanish), they never fight over it.
+
+(Over 350 lines: granting, renewal, re-granting after loss, healing deleted keys and the per-key
+registration state share the lease's lifecycle; apart they would race on it.)
 """
 
 from __future__ import annotations

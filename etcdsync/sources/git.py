@@ -23,6 +23,9 @@ Cache layout, one directory per (URL, ref) under ``cache_dir``::
 A commit SHA as the ref is fetched by SHA (servers on protocol v2, GitHub and GitLab allow it); a server
 that refuses (protocol v0 without `uploadpack.allowReachableSHA1InWant`) gets one full fetch of every
 branch and tag instead, and the SHA must then be among them.
+
+(Over 350 lines: the URL and ref checks, the git plumbing with its timeouts and error mapping, and the
+publish-by-rename checkout are one safety argument; split apart, each part would re-state it.)
 """
 
 from __future__ import annotations
