@@ -18,7 +18,6 @@ reads, watches, resumes and re-reads after a compaction; config views live in `v
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import os
 import threading
@@ -32,7 +31,7 @@ from .errors import CompactedError, EtcdConnectionError, EtcdsyncError, UsageErr
 from .etcd.lease import REGISTERED, REGISTERING, LeasedKeys
 from .etcd.store import KeyValue, Store, WatchEvent
 from .settings import RESERVED_PREFIX, Connection, services_prefix
-from .tasks import Backoff, cancel_and_wait
+from .tasks import Backoff, call_user, cancel_and_wait
 from .viewcore import ConfigEvent
 from .views import AsyncView
 from .views import update as cas_update
@@ -109,14 +108,7 @@ class Watch:
 
 async def _call(callback: Callback, arg: Any) -> None:
     """Run a user callback; an exception is logged, never fatal to the watch."""
-    try:
-        result = callback(arg)
-        if inspect.isawaitable(result):
-            await result
-    except asyncio.CancelledError:
-        raise
-    except Exception:  # noqa: BLE001 - the user's code: log and go on
-        log.exception("watch callback %r raised; the watch goes on", callback)
+    await call_user(callback, arg, log, "watch")
 
 
 async def _follow(store: Store, key: str, *, prefix: bool, snapshot: Callable[[], Awaitable[int]],

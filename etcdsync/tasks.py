@@ -1,8 +1,11 @@
-"""Stopping asyncio tasks without swallowing our own cancellation."""
+"""Stopping asyncio tasks without swallowing our own cancellation; running users' callbacks."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
+import logging
+from collections.abc import Callable
 from typing import Any
 
 
@@ -38,3 +41,16 @@ class Backoff:
 
     async def sleep(self) -> None:
         await asyncio.sleep(self.next())
+
+
+async def call_user(callback: Callable[[Any], Any], arg: Any, log: logging.Logger, what: str) -> None:
+    """Run a user's callback (plain or async) with `arg`; an exception is logged on `log`, never fatal
+    to the `what` ("watch", "view") that calls it. Our own cancellation still propagates."""
+    try:
+        result = callback(arg)
+        if inspect.isawaitable(result):
+            await result
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # noqa: BLE001 - the user's code: log and go on
+        log.exception("%s callback %r raised; the %s goes on", what, callback, what)

@@ -34,7 +34,7 @@ from typing import Any
 from .errors import AuthError, CompactedError, ConflictError, EtcdConnectionError, EtcdsyncError
 from .etcd.store import Delete, Get, KeyValue, Put, Store, WatchBatch, mod_is
 from .settings import RESERVED_PREFIX
-from .tasks import cancel_and_wait
+from .tasks import call_user, cancel_and_wait
 from .viewcore import _MISSING, ConfigEvent, Gate, Snapshot, marker_prefix, overlaps, read_cache, write_cache
 
 log = logging.getLogger(__name__)
@@ -383,14 +383,7 @@ class AsyncView(_Reads):
             return
         change = ViewChange(old, new, events)
         for cb in list(self._callbacks):
-            try:
-                result = cb(change)
-                if inspect.isawaitable(result):
-                    await result
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - the user's code: log and go on
-                log.exception("view callback %r raised; the view goes on", cb)
+            await call_user(cb, change, log, "view")
 
     # -- the cache file -------------------------------------------------------------------------
 
