@@ -283,7 +283,8 @@ def test_leader_kills_and_quorum_loss_never_stop_the_daemon_nor_expire_registrat
         rec.declare(declared("/x/app/", app))
         (mdir / "app.yaml").write_text(configset("app", "/x/app/", app))
         (mdir / "live.yaml").write_text(LIVE)
-        d = daemons.start(tmp_path, [mdir], "--timeout", "1", endpoints=cluster3.endpoints, reserved="/x/.etcdsync/")
+        d = daemons.start(tmp_path, [mdir], "--timeout", "1", "--flap-threshold", "1000",
+                          endpoints=cluster3.endpoints, reserved="/x/.etcdsync/")
         d.wait_ready()
         live = ["/x/services/web/i1", "/x/services/web/i2"]
         wait_for(lambda: all(get(gw, k) is not None for k in live), 10, "live instances registered")
@@ -379,6 +380,7 @@ def test_daemon_started_while_etcd_is_down_keeps_running_and_converges_when_it_c
         cluster.stop()
 
 
+# (The daemons below drift one key many times on purpose: --flap-threshold keeps flap detection out.)
 # A SIGSTOPped member delays repair only while the daemon's pinned member is the paused one and its
 # watch has not noticed yet: with several endpoints a watch sends progress requests every 0.25 s and
 # is declared silent after 0.75 s, then the store moves to another member and the watch resumes there
@@ -397,7 +399,8 @@ def test_a_paused_member_does_not_stall_drift_repair(tmp_path: Path, cluster3: E
         mdir.mkdir()
         rec.declare(declared("/x/app/", {"a": "one"}))
         (mdir / "app.yaml").write_text(configset("app", "/x/app/", {"a": "one"}))
-        d = daemons.start(tmp_path, [mdir], "--timeout", "1", endpoints=cluster3.endpoints, reserved="/x/.etcdsync/")
+        d = daemons.start(tmp_path, [mdir], "--timeout", "1", "--flap-threshold", "1000",
+                          endpoints=cluster3.endpoints, reserved="/x/.etcdsync/")
         d.wait_ready()
         latencies: list[tuple[str, float]] = []
         for m in cluster3.members:
