@@ -2,26 +2,77 @@
 exit codes (0 ok/in sync, 1 diff found differences, 2 usage/manifest/connection, 3 conflict/guard).
 
 This module holds the group, the entry point and the small commands (schema, completion, --version);
-the others live in one module per group of commands and are added below. Heavy imports (grpc,
-jsonschema) happen inside the commands so that `etcdsync --help` is fast.
+the others live in one module per group of commands, named in COMMANDS and imported only when that
+command runs (or when `--help` or shell completion lists them): a run pays for its own command's
+imports, not for every command's. Heavy imports (grpc, jsonschema) happen inside the commands.
 """
 
 from __future__ import annotations
 
 import gc
+import importlib
 import json
 import logging
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import click
 
 from ..errors import EtcdsyncError
-from . import applysets, config, keys, run, services
-from .apply import apply_cmd, diff, export, validate
-from .output import EXIT_ERROR
+
+EXIT_ERROR = EtcdsyncError.exit_code   # output.EXIT_ERROR; output imports asyncio, which --help does not need
+
+# Every command outside this module: name -> "module:attribute" in etcdsync.cli. A new command is one
+# line here (tests/test_cli_commands.py pins the list and checks that each entry imports and is a
+# click command).
+COMMANDS: dict[str, str] = {
+    "validate": "apply:validate",
+    "diff": "apply:diff",
+    "apply": "apply:apply_cmd",
+    "export": "apply:export",
+    "run": "run:run_cmd",
+    "dev": "run:dev",
+    "services": "services:services",
+    "config": "config:config",
+    "get": "keys:get",
+    "ls": "keys:ls_cmd",
+    "put": "keys:put",
+    "del": "keys:del_cmd",
+    "inventory": "applysets:inventory",
+    "applysets": "applysets:applysets",
+    "teardown": "applysets:teardown",
+}
+
+
+def load_command(target: str) -> click.Command:
+    """Import the command that a COMMANDS entry names."""
+    module, _, attribute = target.partition(":")
+    command = getattr(importlib.import_module(f"{__package__}.{module}"), attribute)
+    if not isinstance(command, click.Command):
+        raise TypeError(f"etcdsync.cli.{target} is not a click command")
+    return command
+
+
+class LazyGroup(click.Group):
+    """A click group whose commands in `lazy` (name -> "module:attribute") are imported on first use."""
+
+    def __init__(self, *args: Any, lazy: Mapping[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.commands or cmd_name not in self.lazy:
+            return super().get_command(ctx, cmd_name)
+        command = load_command(self.lazy[cmd_name])
+        self.commands[cmd_name] = command          # once: later look-ups are plain
+        return command
 
 
 def _show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -30,7 +81,8 @@ def _show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> N
         ctx.exit()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=LazyGroup, lazy=COMMANDS,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_show_version,
               help="Show etcdsync's version and commit, and the etcd client library's, and exit.")
 def cli() -> None:
@@ -40,19 +92,6 @@ def cli() -> None:
     Exit codes: 0 success / in sync, 1 diff found differences,
     2 usage, manifest or connection error, 3 conflict or guard refused.
     """
-
-
-cli.add_command(validate)
-cli.add_command(diff)
-cli.add_command(apply_cmd)
-cli.add_command(export)
-cli.add_command(run.run_cmd)
-cli.add_command(run.dev)
-cli.add_command(services.services)
-cli.add_command(config.config)
-for _command in (keys.get, keys.ls_cmd, keys.put, keys.del_cmd, applysets.inventory, applysets.applysets,
-                 applysets.teardown):
-    cli.add_command(_command)
 
 
 @cli.command()
