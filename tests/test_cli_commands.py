@@ -88,3 +88,9 @@ def test_offline_commands_do_not_import_the_etcd_client(args: tuple[str, ...]) -
     assert stdout, args
     assert not modules & {"grpc", "etcd3aio", "google.protobuf"}, args
 
+
+
+@pytest.mark.parametrize("args", [("validate", "-f", "manifests"), ("--help",), ("completion", "bash")])
+def test_valid_manifests_and_help_do_not_import_jsonschema(args: tuple[str, ...]) -> None:
+    _, modules = _imported_after(*args)
+    assert "jsonschema" not in modules, args

@@ -2,7 +2,9 @@
 
 ``MANIFEST_SCHEMA`` is printed by ``etcdsync schema`` for editor completion and is also what the loader
 validates each document against (the sub-schema of the document's kind, so errors are precise instead
-of a top-level ``oneOf`` failure). jsonschema is imported lazily: ``etcdsync --help`` stays fast.
+of a top-level ``oneOf`` failure). A document is first checked by ``conforms`` below, a small
+interpreter of the keywords this schema uses; jsonschema (~40 ms to import) is loaded only when that
+check fails, to find and word the errors, so a valid tree never imports it.
 
 The values of ``spec.data`` are described here (scalar | long form | JSON value) but are checked by
 ``values.py``: the loader hands ``data`` to the validator as an empty object, so a ConfigSet of
@@ -13,6 +15,8 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
+from collections.abc import Mapping
 from typing import Any
 
 from etcdsync.errors import ManifestError
@@ -360,9 +364,137 @@ def _error_to_manifest(err: Any, root: Node, file: str) -> tuple[tuple[int, int,
     return (node.line, node.column, rank), ManifestError(msg, file, node.line, node.column)
 
 
+# ------------------------------------------------------------------------------------------------
+# The fast check: is an instance valid under a (sub-)schema of MANIFEST_SCHEMA? Each keyword below
+# mirrors jsonschema's Draft 2020-12 implementation (types: bool is neither integer nor number, 1.0 is
+# an integer; const/enum: True is not 1; pattern: re.search; a keyword applies only to instances of
+# its type). A keyword it does not know makes it answer "unknown", and jsonschema decides.
+# tests/test_manifest_schema_fast.py compares it with jsonschema on generated documents.
+
+class _Unsupported(Exception):
+    pass
+
+
+_ANNOTATIONS = frozenset({"title", "description", "default", "$schema", "$id", "$defs"})
+
+
+def _is_type(instance: Any, name: str) -> bool:
+    if name == "string":
+        return isinstance(instance, str)
+    if name == "object":
+        return isinstance(instance, dict)
+    if name == "array":
+        return isinstance(instance, list)
+    if name == "null":
+        return instance is None
+    if name == "boolean":
+        return isinstance(instance, bool)
+    if isinstance(instance, bool):
+        return False
+    if name == "integer":
+        return isinstance(instance, int) or (isinstance(instance, float) and instance.is_integer())
+    if name == "number":
+        return isinstance(instance, (int, float))
+    raise _Unsupported(name)
+
+
+def _equal(one: Any, two: Any) -> bool:
+    if isinstance(one, str) or isinstance(two, str):
+        return bool(one == two)
+    if isinstance(one, list) and isinstance(two, list):
+        return len(one) == len(two) and all(_equal(a, b) for a, b in zip(one, two, strict=True))
+    if isinstance(one, dict) and isinstance(two, dict):
+        return one.keys() == two.keys() and all(_equal(one[k], two[k]) for k in one)
+    if isinstance(one, bool) or isinstance(two, bool):
+        return one is two
+    return bool(one == two)
+
+
+def conforms(schema: Mapping[str, Any], instance: Any, defs: Mapping[str, Any]) -> bool:
+    """Whether `instance` is valid under `schema` (whose `$ref`s point into `defs`); raises
+    _Unsupported for a keyword it does not implement."""
+    for keyword, arg in schema.items():
+        if keyword in _ANNOTATIONS:
+            continue
+        if keyword == "$ref":
+            if not arg.startswith("#/$defs/"):
+                raise _Unsupported(arg)
+            ok = conforms(defs[arg[len("#/$defs/"):]], instance, defs)
+        elif keyword == "type":
+            ok = any(_is_type(instance, t) for t in (arg if isinstance(arg, list) else [arg]))
+        elif keyword == "const":
+            ok = _equal(instance, arg)
+        elif keyword == "enum":
+            ok = any(_equal(each, instance) for each in arg)
+        elif keyword == "anyOf":
+            ok = any(conforms(sub, instance, defs) for sub in arg)
+        elif keyword == "oneOf":
+            ok = sum(1 for sub in arg if conforms(sub, instance, defs)) == 1
+        elif keyword == "not":
+            ok = not conforms(arg, instance, defs)
+        elif keyword == "if":
+            branch = "then" if conforms(arg, instance, defs) else "else"
+            ok = branch not in schema or conforms(schema[branch], instance, defs)
+        elif keyword in ("then", "else"):
+            continue                                        # applied with "if"
+        elif keyword in ("minLength", "pattern"):
+            if not isinstance(instance, str):
+                continue
+            ok = len(instance) >= arg if keyword == "minLength" else re.search(arg, instance) is not None
+        elif keyword in ("minimum", "maximum", "exclusiveMinimum"):
+            if not _is_type(instance, "number"):
+                continue
+            ok = not (instance < arg if keyword == "minimum" else instance > arg if keyword == "maximum"
+                      else instance <= arg)
+        elif keyword == "items":
+            if not isinstance(instance, list):
+                continue
+            ok = all(conforms(arg, item, defs) for item in instance)
+        elif keyword in ("required", "properties", "additionalProperties", "minProperties", "propertyNames"):
+            if not isinstance(instance, dict):
+                continue
+            ok = _object_keyword(keyword, arg, schema, instance, defs)
+        else:
+            raise _Unsupported(keyword)
+        if not ok:
+            return False
+    return True
+
+
+def _object_keyword(keyword: str, arg: Any, schema: Mapping[str, Any], instance: dict[str, Any],
+                    defs: Mapping[str, Any]) -> bool:
+    if keyword == "required":
+        return all(name in instance for name in arg)
+    if keyword == "properties":
+        return all(conforms(sub, instance[name], defs) for name, sub in arg.items() if name in instance)
+    if keyword == "minProperties":
+        return len(instance) >= int(arg)
+    if keyword == "propertyNames":
+        return all(conforms(arg, name, defs) for name in instance)
+    if "patternProperties" in schema:
+        raise _Unsupported("patternProperties")
+    extras = [name for name in instance if name not in schema.get("properties", {})]
+    if arg is False:
+        return not extras
+    if arg is True:
+        return True
+    return all(conforms(arg, instance[name], defs) for name in extras)
+
+
+def fast_valid(kind: str, plain: Any) -> bool | None:
+    """True/False: whether the document is valid against its kind's schema; None: not decided here."""
+    defs = MANIFEST_SCHEMA["$defs"]
+    try:
+        return conforms(defs[kind], plain, defs)
+    except _Unsupported:
+        return None
+
+
 def validate_document(kind: str, plain: Any, root: Node, file: str) -> None:
     """Validate one document (already known to have a valid apiVersion and kind) against its kind's
     schema; raise the first error (in file order) as a ManifestError at the offending node."""
+    if fast_valid(kind, plain):
+        return
     errors = list(_validator(kind).iter_errors(plain))
     if not errors:
         return
