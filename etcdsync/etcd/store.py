@@ -162,27 +162,43 @@ _TARGETS = {"mod": _PbCompare.MOD, "version": _PbCompare.VERSION, "create": _PbC
 _OPS = {"=": _PbCompare.EQUAL, "!=": _PbCompare.NOT_EQUAL, "<": _PbCompare.LESS, ">": _PbCompare.GREATER}
 
 
-def _pb_compare(c: Compare) -> Any:
-    pb = _PbCompare(result=_OPS[c.op], target=_TARGETS[c.target], key=_b(c.key))
-    if c.target == "mod":
-        pb.mod_revision = int(c.value)
-    elif c.target == "version":
-        pb.version = int(c.value)
-    elif c.target == "create":
-        pb.create_revision = int(c.value)
-    elif c.target == "lease":
-        pb.lease = int(c.value)
-    else:
-        pb.value = c.value if isinstance(c.value, bytes) else _b(str(c.value))
-    return pb
-
-
-def _pb_op(op: Op) -> Any:
-    if isinstance(op, Put):
-        return KVService.txn_op_put(_b(op.key), op.value, lease=op.lease)
-    if isinstance(op, Delete):
-        return KVService.txn_op_delete(_b(op.key))
-    return KVService.txn_op_get(_b(op.key))
+def txn_request(compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()) -> Any:
+    """The TxnRequest message of a transaction, built in place: each compare and operation is one
+    element added to the request's own repeated fields, not a message built apart and copied in
+    (etcd3aio's txn_op_* helpers and its txn() copy every operation twice: at 100,000 keys that was
+    ~0.4 s of an apply)."""
+    req = _pb.TxnRequest()
+    add = req.compare.add
+    for c in compares:
+        pb = add()
+        pb.result = _OPS[c.op]
+        pb.target = _TARGETS[c.target]
+        pb.key = _b(c.key)
+        target = c.target
+        if target == "mod":
+            pb.mod_revision = int(c.value)
+        elif target == "version":
+            pb.version = int(c.value)
+        elif target == "create":
+            pb.create_revision = int(c.value)
+        elif target == "lease":
+            pb.lease = int(c.value)
+        else:
+            pb.value = c.value if isinstance(c.value, bytes) else _b(str(c.value))
+    for ops, branch in ((success, req.success), (failure, req.failure)):
+        add = branch.add
+        for op in ops:
+            if isinstance(op, Put):
+                put = add().request_put
+                put.key = _b(op.key)
+                put.value = op.value
+                if op.lease:
+                    put.lease = op.lease
+            elif isinstance(op, Delete):
+                add().request_delete_range.key = _b(op.key)
+            else:
+                add().request_range.key = _b(op.key)
+    return req
 
 
 def parse_endpoint(endpoint: str) -> tuple[str, str, int]:
@@ -582,10 +598,11 @@ class Store:
     # -- writes --------------------------------------------------------------------
 
     async def txn(self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()) -> TxnResult:
-        cmp = [_pb_compare(c) for c in compares]
-        ok = [_pb_op(o) for o in success]
-        bad = [_pb_op(o) for o in failure]
-        resp = await self._call("txn", linearizable=True, fn=lambda: self._kv.txn(cmp, ok, bad, timeout=self.conn.timeout, max_attempts=1))
+        request = txn_request(compares, success, failure)
+        # KVService.txn would copy every operation into a new request: send this one as it is, through
+        # the same call (error mapping, auth metadata, one attempt: _call retries) that txn() makes.
+        resp = await self._call("txn", linearizable=True, fn=lambda: self._kv._rpc(
+            self._kv._stub.Txn, request, operation="KV.Txn", timeout=self.conn.timeout, max_attempts=1))
         gets = tuple(
             tuple(_kv(item) for item in r.response_range.kvs)
             for r in resp.responses
