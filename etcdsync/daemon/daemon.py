@@ -12,11 +12,15 @@ election key (`election`).
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import functools
 import gc
 import logging
+import platform
 import signal
+import sys
 import time
+from typing import Any
 
 from ..core.inventory import resolve_applyset
 from ..core.model import DesiredState
@@ -33,6 +37,25 @@ from .reconcile import Reconciler, Status
 from .watches import BACKOFF_MAX, BACKOFF_MIN, Watches
 
 log = logging.getLogger("etcdsync.daemon")
+
+
+_malloc_trim: Any = None
+
+
+def trim_heap() -> None:
+    """Hand the C heap's free memory back to the system after a load (glibc's malloc_trim(0); a
+    no-op elsewhere). Loading a large tree frees most of what it allocated, but glibc keeps freed
+    memory mapped: 100,000 keys left the daemon ~12 MB larger than it needs to be. Takes ~1 ms."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        _malloc_trim = False
+        if sys.platform == "linux" and platform.libc_ver()[0] == "glibc":
+            try:
+                _malloc_trim = ctypes.CDLL(None).malloc_trim
+            except (OSError, AttributeError):
+                pass
+    if _malloc_trim:
+        _malloc_trim(0)
 
 
 def _dump_tasks() -> None:
@@ -114,6 +137,7 @@ class Daemon:
         await self.source.prepare()                     # a git source fetches its commit
         self.desired = self.source.load()               # a bad manifest at start-up is exit 2
         gc.freeze()   # the desired state lives long: keep the cyclic collector from rescanning it
+        trim_heap()
         self.applyset, origin = resolve_applyset(self.settings.applyset_flag, self.desired)
         self.metrics.manifest_valid.set(1)
         if origin == "default":
@@ -256,6 +280,8 @@ class Daemon:
             if changed or not quiet:
                 log.info("manifests %s: %d keys, %d live instances", "changed" if changed else "re-read",
                          len(desired.keys), len(desired.live))
+            del desired       # an equal copy is freed before the trim
+            trim_heap()
             return changed
 
     # -- full reconcile ---------------------------------------------------------------
@@ -299,6 +325,7 @@ class Daemon:
                 self._reconciled.set()
                 self._watch_restart.set()
             outcome = None  # do not hold the plan (one Change per key) while idle
+            trim_heap()
 
     def _superseded(self, desired: DesiredState) -> bool:
         """Newer manifests were loaded since `desired` was planned."""
