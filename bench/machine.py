@@ -123,4 +123,5 @@ def one_line(m: dict[str, Any]) -> str:
         kind = f" ({kind})"
     return (f"{m['cores']} cores, {m['cpu']}, {m['memory_gib']:g} GiB RAM, Linux {m['kernel']}, "
             f"Python {m['python']}, etcd {m['etcd']} ({m.get('etcd_binary', 'unknown binary')}, single member except where a row says otherwise, loopback), "
-            f"etcd3aio {m['etcd3aio']}, etcd data dir on {disk['fstype']} {disk['device']}{kind}")
+            f"etcd3aio {m['etcd3aio']}, etcd data dir on {disk['fstype']} {disk['device']}{kind}"
+            + (f"; etcdsync's bytecode {m['bytecode']}" if m.get("bytecode") else ""))

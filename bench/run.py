@@ -34,6 +34,19 @@ from bench.targets import REPAIR_N, add_ratios, evaluate  # noqa: E402
 from etcdsync.local.etcdbin import find_version  # noqa: E402
 
 REPEAT_BUDGET = 90.0     # seconds per workload and size: the 100,000-key put loop runs once
+# --only: startup (--help, 1-key diff), cli (apply/diff/drift per N), baselines (raw writes per N, etcdctl
+# loop), daemon (RSS, idle CPU), repair (drift repair at 1,000 and the largest N, paused member), registry
+GROUPS = ("startup", "cli", "baselines", "daemon", "repair", "registry")
+
+
+def compile_bytecode() -> str:
+    """Compile etcdsync's modules to bytecode before timing anything, as installing the package does
+    (pip writes .pyc files). Without it, an environment with PYTHONDONTWRITEBYTECODE set (or a
+    read-only checkout) compiles every module of the checkout again in every timed run."""
+    import compileall
+
+    ok = compileall.compile_dir(str(ROOT / "etcdsync"), quiet=1)
+    return "compiled before the runs" if ok else "compiling failed (timings include compiling)"
 
 
 def log(msg: str) -> None:
@@ -51,10 +64,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--etcd", metavar="VERSION",
                     help="the etcd minor version to run (3.4 or 3.5; default: the one the tests use first, "
                          "or ETCDSYNC_ETCD_BIN); scripts/bench runs both")
+    ap.add_argument("--only", metavar="GROUPS",
+                    help=f"comma separated workload groups to run (default all): {', '.join(GROUPS)}")
     ap.add_argument("--repeat", type=int,
                     help="runs per workload, median reported (default 3, --quick 1); a workload is "
                          f"repeated only while its runs fit in {REPEAT_BUDGET:.0f} s")
     a = ap.parse_args(argv)
+    a.only = set(GROUPS) if not a.only else {g.strip() for g in a.only.split(",") if g.strip()}
+    if a.only - set(GROUPS):
+        ap.error(f"--only: unknown group(s) {', '.join(sorted(a.only - set(GROUPS)))} (known: {', '.join(GROUPS)})")
     sizes = a.sizes or ("1000" if a.quick else "1000,10000,100000")
     try:
         a.sizes = sorted({int(s.replace("_", "")) for s in sizes.split(",") if s.strip()})
@@ -165,21 +183,29 @@ def main(argv: list[str] | None = None) -> int:
                       argv=sys.argv[1:] if argv is None else list(argv))
     results.machine["loadavg_start"] = list(os.getloadavg())
     results.machine["repeat"] = args.repeat
+    results.machine["bytecode"] = compile_bytecode()
+    if args.only != set(GROUPS):
+        results.notes.append(f"partial run: only {', '.join(g for g in GROUPS if g in args.only)}")
     run = Runner(results)
     with tempfile.TemporaryDirectory(prefix="etcdsync-bench-") as tmp:
         work = Path(tmp)
-        run(f"etcdsync --help start-up x{args.help_runs}", lambda: workloads.startup_help(args.help_runs))
+        only = args.only
+        if "startup" in only:
+            run(f"etcdsync --help start-up x{args.help_runs}", lambda: workloads.startup_help(args.help_runs))
 
-        def floor() -> Measurement:
-            with fresh_etcd() as etcd:
-                return workloads.process_floor(etcd, work, args.help_runs)
+            def floor() -> Measurement:
+                with fresh_etcd() as etcd:
+                    return workloads.process_floor(etcd, work, args.help_runs)
 
-        run(f"etcdsync diff of a 1-key manifest x{args.help_runs} (fixed cost of a run)", floor)
+            run(f"etcdsync diff of a 1-key manifest x{args.help_runs} (fixed cost of a run)", floor)
         for n in args.sizes:
             mdir = work / f"manifests-{n}"
             manifests.write_manifest(mdir, n)
-            run(f"etcdsync apply, no-op diff, apply after 1 % drift: N={n:,}",
-                partial(etcdsync_chain, mdir, n), args.repeat)
+            if "cli" in only:
+                run(f"etcdsync apply, no-op diff, apply after 1 % drift: N={n:,}",
+                    partial(etcdsync_chain, mdir, n), args.repeat)
+            if "baselines" not in only:
+                continue
             items = manifests.items(n)
             run(f"baseline put per key, N={n:,}", partial(baseline, PUT_LOOP, items), args.repeat)
             run(f"baseline txns of 128, N={n:,}", partial(baseline, TXN128, items, 1), args.repeat)
@@ -188,8 +214,9 @@ def main(argv: list[str] | None = None) -> int:
                 sample = items[:args.etcdctl_keys] if args.etcdctl_keys else items
                 run(f"baseline etcdctl loop, {len(sample):,} keys", partial(baseline, ETCDCTL_LOOP, sample))
         n = max(args.sizes)
-        run(f"daemon RSS and idle CPU, N={n:,} ({args.idle_seconds:g}s idle)",
-            lambda: daemon_footprint(work / f"manifests-{n}", n, args.idle_seconds, work))
+        if "daemon" in only:
+            run(f"daemon RSS and idle CPU, N={n:,} ({args.idle_seconds:g}s idle)",
+                lambda: daemon_footprint(work / f"manifests-{n}", n, args.idle_seconds, work))
         rdir = work / f"manifests-{REPAIR_N}"
         if not rdir.exists():
             manifests.write_manifest(rdir, REPAIR_N)
@@ -198,8 +225,9 @@ def main(argv: list[str] | None = None) -> int:
             with fresh_etcd() as etcd:
                 return daemon.drift_repair(rdir, etcd, REPAIR_N, args.drifts, work)
 
-        run(f"daemon drift repair, {args.drifts:,} drifts", repair)
-        if n != REPAIR_N:
+        if "repair" in only:
+            run(f"daemon drift repair, {args.drifts:,} drifts", repair)
+        if "repair" in only and n != REPAIR_N:
             bdir = work / f"manifests-{n}"
 
             def repair_big() -> Measurement:
@@ -207,14 +235,16 @@ def main(argv: list[str] | None = None) -> int:
                     return daemon.drift_repair(bdir, etcd, n, args.drifts, work)
 
             run(f"daemon drift repair at N={n:,}, {args.drifts:,} drifts", repair_big)
-        run(f"daemon drift repair on 3 members, one paused (each in turn), {args.drifts:,} drifts",
-            lambda: daemon.drift_repair_paused(rdir, REPAIR_N, args.drifts, work))
+        if "repair" in only:
+            run(f"daemon drift repair on 3 members, one paused (each in turn), {args.drifts:,} drifts",
+                lambda: daemon.drift_repair_paused(rdir, REPAIR_N, args.drifts, work))
 
         def reg() -> Measurement:
             with fresh_etcd() as etcd:
                 return registry.measure(etcd, args.registry_count, args.registry_window)
 
-        run(f"registry, {args.registry_count:,} instances, {args.registry_window:g}s keepalive window", reg)
+        if "registry" in only:
+            run(f"registry, {args.registry_count:,} instances, {args.registry_window:g}s keepalive window", reg)
 
     results.machine["loadavg_end"] = list(os.getloadavg())       # includes this run's own processes
     busy = results.machine["loadavg_start"][0]
