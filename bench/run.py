@@ -34,9 +34,10 @@ from bench.targets import REPAIR_N, add_ratios, evaluate  # noqa: E402
 from etcdsync.local.etcdbin import find_version  # noqa: E402
 
 REPEAT_BUDGET = 90.0     # seconds per workload and size: the 100,000-key put loop runs once
-# --only: startup (--help, 1-key diff), cli (apply/diff/drift per N), baselines (raw writes per N, etcdctl
-# loop), daemon (RSS, idle CPU), repair (drift repair at 1,000 and the largest N, paused member), registry
-GROUPS = ("startup", "cli", "baselines", "daemon", "repair", "registry")
+# --only: startup (--help, 1-key diff), cli (apply/diff/drift per N), baselines (raw transactions per N),
+# loops (a put per key, an etcdctl per key: the slow ones), daemon (RSS, idle CPU), repair (drift repair at
+# 1,000 and the largest N, paused member), registry
+GROUPS = ("startup", "cli", "baselines", "loops", "daemon", "repair", "registry")
 
 
 def compile_bytecode() -> str:
@@ -204,13 +205,13 @@ def main(argv: list[str] | None = None) -> int:
             if "cli" in only:
                 run(f"etcdsync apply, no-op diff, apply after 1 % drift: N={n:,}",
                     partial(etcdsync_chain, mdir, n), args.repeat)
-            if "baselines" not in only:
-                continue
             items = manifests.items(n)
-            run(f"baseline put per key, N={n:,}", partial(baseline, PUT_LOOP, items), args.repeat)
-            run(f"baseline txns of 128, N={n:,}", partial(baseline, TXN128, items, 1), args.repeat)
-            run(f"baseline txns of 128 x8 in flight, N={n:,}", partial(baseline, TXN128_X8, items, 8), args.repeat)
-            if n == min(args.sizes):
+            if "loops" in only:
+                run(f"baseline put per key, N={n:,}", partial(baseline, PUT_LOOP, items), args.repeat)
+            if "baselines" in only:
+                run(f"baseline txns of 128, N={n:,}", partial(baseline, TXN128, items, 1), args.repeat)
+                run(f"baseline txns of 128 x8 in flight, N={n:,}", partial(baseline, TXN128_X8, items, 8), args.repeat)
+            if "loops" in only and n == min(args.sizes):
                 sample = items[:args.etcdctl_keys] if args.etcdctl_keys else items
                 run(f"baseline etcdctl loop, {len(sample):,} keys", partial(baseline, ETCDCTL_LOOP, sample))
         n = max(args.sizes)
