@@ -118,3 +118,14 @@ def test_limits_learned_are_reused_within_a_process(tmp_path: Path) -> None:
         assert not second.shrunk, "the second apply was refused as too large again: limits not reused"
         assert second.layout is not None and second.layout.max_ops == limits.max_ops
         assert second.transactions == second.layout.transactions
+
+
+def test_commit_line_and_json() -> None:
+    from etcdsync.core.plan import Plan
+    from etcdsync.core.render import commit_json, commit_line, plan_json
+
+    assert commit_line(1, 128) == "commit: 1 transaction (atomic)"
+    assert commit_line(3, 8) == "commit: 3 transactions of at most 8 operations (not atomic: readers can see it half applied)"
+    assert commit_json(3, 8) == {"transactions": 3, "maxOperations": 8, "atomic": False}
+    assert plan_json(Plan("a", ()), applyset_origin="flag", commit=(1, 128))["commit"] == \
+        {"transactions": 1, "maxOperations": 128, "atomic": True}
