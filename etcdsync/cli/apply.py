@@ -7,6 +7,7 @@ what it returns; the only thing they add is a progress bar on a terminal for lar
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import secrets
@@ -93,8 +94,9 @@ class _Shown:
         if self.ctx.output == "text":
             from ..core import render
 
-            self.ctx.out(render.render_plan(p, style=self.ctx.style, verbose=self.ctx.verbose,
-                                            limit=None if self.ctx.verbose else DIFF_LIMIT))
+            # a refusal is reported once, as the error on stderr, not also as a line of the diff
+            self.ctx.out(render.render_plan(dataclasses.replace(p, refused=None), style=self.ctx.style,
+                                            verbose=self.ctx.verbose, limit=None if self.ctx.verbose else DIFF_LIMIT))
 
     def on_layout(self, layout: Layout, attempt: int) -> None:
         if attempt:

@@ -346,7 +346,7 @@ def plan_json(p: Plan, *, applyset_origin: str, removed: Mapping[str, Source] | 
     return {
         "applyset": p.applyset,
         "applysetFrom": applyset_origin,
-        "inSync": not p.has_changes,
+        "inSync": not p.has_changes and not p.conflicts,   # a conflict is not "in sync", though nothing is written
         "refused": p.refused,
         "summary": {**dict(p.counts), "adopt": count_results(p.changes)[Result.ADOPTED],
                     "ownership": ownership_only(p.changes)},
