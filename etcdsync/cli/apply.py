@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from ..core.history import DEFAULT_LIMIT
 from ..core.inventory import resolve_applyset
 from ..errors import EtcdsyncError, UsageError
+from .history import history_limit_option, load_with_source, record_apply
 from .options import (
     ConnectionFlags,
     ManifestFlags,
@@ -111,7 +113,8 @@ def _progress_bar(shown: _Shown) -> Iterator[Any]:
         yield on_plan
 
 
-def _plan_command(manifests: ManifestFlags, flags: PlanFlags, etcd: ConnectionFlags, ctx: Ctx, *, execute: bool) -> int:
+def _plan_command(manifests: ManifestFlags, flags: PlanFlags, etcd: ConnectionFlags, ctx: Ctx, *, execute: bool,
+                  history_limit: int = DEFAULT_LIMIT) -> int:
     from ..apply import Outcome, apply
     from ..core import render
     from ..diff import diff as plan_only
@@ -121,7 +124,7 @@ def _plan_command(manifests: ManifestFlags, flags: PlanFlags, etcd: ConnectionFl
     conn = etcd.connection()
     reserved = flags.reserved_prefix
     manifests.check()
-    desired = manifests.load(reserved)
+    desired, provenance = load_with_source(manifests, reserved)   # provenance: for the history entry
     applyset, origin = resolve_applyset(flags.applyset, desired)
     if origin == "default" and ctx.output == "text":
         ctx.note("applyset: 'default' (no --applyset and no ApplySet document; two trees applied under one "
@@ -137,8 +140,10 @@ def _plan_command(manifests: ManifestFlags, flags: PlanFlags, etcd: ConnectionFl
                 refuse(p, applyset)       # the same refusals as apply's, also for diff
                 return Outcome(p)
             with _progress_bar(shown) as on_plan:
-                return await apply(store, desired, applyset=applyset, reserved=reserved, options=options,
-                                   on_plan=on_plan, progress=shown.progress)
+                outcome = await apply(store, desired, applyset=applyset, reserved=reserved, options=options,
+                                      on_plan=on_plan, progress=shown.progress)
+            await record_apply(store, reserved, outcome, applyset=applyset, source=provenance, limit=history_limit)
+            return outcome
 
     try:
         outcome = run(go())
@@ -212,12 +217,14 @@ def diff(manifests: ManifestFlags, plan: PlanFlags, output: str, verbose: bool, 
 @manifest_options
 @plan_options
 @plan_output_options
+@history_limit_option
 @connection_options
 @output_options
-def apply_cmd(manifests: ManifestFlags, plan: PlanFlags, output: str, verbose: bool, etcd: ConnectionFlags,
-              display: OutputFlags) -> None:
+def apply_cmd(manifests: ManifestFlags, plan: PlanFlags, output: str, verbose: bool, history_limit: int,
+              etcd: ConnectionFlags, display: OutputFlags) -> None:
     """Make etcd match the manifests: guarded transactions, prune last."""
-    sys.exit(_plan_command(manifests, plan, etcd, _plan_ctx(output, verbose, display), execute=True))
+    sys.exit(_plan_command(manifests, plan, etcd, _plan_ctx(output, verbose, display), execute=True,
+                           history_limit=history_limit))
 
 
 @click.command()
