@@ -108,16 +108,17 @@ def history_cmd(applyset: str | None, reserved_prefix: str, output: str, etcd: C
 # -- explain ------------------------------------------------------------------------------------------
 
 @click.command()
-@click.argument("key")
+@click.argument("etcd_key", metavar="KEY")
 @manifest_options
 @reserved_option()
 @click.option("--applyset", metavar="NAME", help="The apply set of the manifests (default: their ApplySet document).")
 @format_option
 @connection_options
 @output_options
-def explain(key: str, manifests: ManifestFlags, reserved_prefix: str, applyset: str | None, output: str,
+def explain(etcd_key: str, manifests: ManifestFlags, reserved_prefix: str, applyset: str | None, output: str,
             etcd: ConnectionFlags, display: OutputFlags) -> None:
     """Where KEY is declared, who owns it, its value and its recent etcd history (whose writes)."""
+    key = etcd_key
     from ..core.history import classify
     from ..core.inventory import parse_ownership
     from ..core.render import origin_json, secret_hash
