@@ -361,8 +361,10 @@ class Recorder:
             if not self.ours(ev) or not ev.key.startswith((hist, susp)):
                 continue
             if ev.type == "delete":
-                if ev.key.startswith(hist) and not any(e.type == "put" and e.key.startswith(hist)
-                                                       for e in events if e.revision == ev.revision):
+                beside = [e for e in events if e.revision == ev.revision]
+                cleanup = any(not e.key.startswith(hist) for e in beside)   # the reserved prefix wiped whole
+                if ev.key.startswith(hist) and not cleanup and not any(e.type == "put" and e.key.startswith(hist)
+                                                                       for e in beside):
                     out.append(f"{ev.key}: history entry deleted at revision {ev.revision} without an entry "
                                "recorded beside it (only retention deletes entries)")
                 continue
