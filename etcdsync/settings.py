@@ -237,6 +237,8 @@ class DaemonSettings:
     """A key repaired `flap_threshold` times within `flap_window` seconds is left alone for `flap_cooldown`."""
     webhook_secret: bytes | None = field(default=None, repr=False)
     """--webhook-secret-file's content: `POST /hooks/git` is served only with it (a git source)."""
+    history_limit: int = 100
+    """--history-limit: history entries kept for the apply set."""
 
 
 def read_password_file(path: str, what: str) -> str:

@@ -19,8 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from ..core.history import DEFAULT_LIMIT
 from ..core.inventory import resolve_applyset
 from ..errors import EtcdsyncError, GuardError, UsageError
+from .history import history_limit_option, load_with_source, record_apply
 from .options import (
     ConnectionFlags,
     ManifestFlags,
@@ -137,7 +139,7 @@ class _PlanFile:
 
 
 def _plan_command(manifests: ManifestFlags, flags: PlanFlags, etcd: ConnectionFlags, ctx: Ctx, *, execute: bool,
-                  files: _PlanFile = _PlanFile()) -> int:
+                  files: _PlanFile = _PlanFile(), history_limit: int = DEFAULT_LIMIT) -> int:
     from ..apply import Outcome, apply, apply_saved
     from ..core import planfile, render
     from ..diff import diff as plan_only
@@ -149,7 +151,7 @@ def _plan_command(manifests: ManifestFlags, flags: PlanFlags, etcd: ConnectionFl
     reserved = flags.reserved_prefix
     saved = _read_plan(files.plan, flags) if files.plan else None
     manifests.check()
-    desired = manifests.load(reserved)
+    desired, provenance = load_with_source(manifests, reserved)   # provenance: for the history entry
     if saved is not None:
         applyset, origin = _saved_applyset(saved, flags, desired, files.plan or "")
     else:
@@ -164,8 +166,11 @@ def _plan_command(manifests: ManifestFlags, flags: PlanFlags, etcd: ConnectionFl
     async def go() -> Outcome:
         async with Store(conn) as store:
             if saved is not None:
-                return await apply_saved(store, saved, desired, atomic=files.atomic, on_plan=shown.on_plan,
-                                         on_layout=shown.on_layout, progress=shown.progress)
+                outcome = await apply_saved(store, saved, desired, atomic=files.atomic, on_plan=shown.on_plan,
+                                            on_layout=shown.on_layout, progress=shown.progress)
+                await record_apply(store, reserved, outcome, applyset=applyset, source=provenance,
+                                   limit=history_limit)
+                return outcome
             if not execute:
                 p, snap = await plan_only(store, desired, applyset=applyset, reserved=reserved, options=options)
                 shown.on_plan(p, 0)
@@ -185,9 +190,11 @@ def _plan_command(manifests: ManifestFlags, flags: PlanFlags, etcd: ConnectionFl
                         transactions=layout.transactions, max_ops=layout.max_ops))
                 return Outcome(p)
             with _progress_bar(shown) as on_plan:
-                return await apply(store, desired, applyset=applyset, reserved=reserved, options=options,
-                                   on_plan=on_plan, progress=shown.progress, atomic=files.atomic,
-                                   on_layout=shown.on_layout)
+                outcome = await apply(store, desired, applyset=applyset, reserved=reserved, options=options,
+                                      on_plan=on_plan, progress=shown.progress, atomic=files.atomic,
+                                      on_layout=shown.on_layout)
+            await record_apply(store, reserved, outcome, applyset=applyset, source=provenance, limit=history_limit)
+            return outcome
 
     try:
         outcome = run(go())
@@ -341,16 +348,17 @@ def diff(manifests: ManifestFlags, plan: PlanFlags, output: str, verbose: bool, 
 @manifest_options
 @plan_options
 @plan_output_options
+@history_limit_option
 @connection_options
 @output_options
 @click.option("--plan", "plan_file", metavar="PLAN", type=click.Path(dir_okay=False),
               help="Apply exactly this saved plan (from `etcdsync diff --out`), or refuse.")
 @click.option("--atomic", is_flag=True, help="Refuse (exit 3, nothing written) a plan that does not fit one transaction.")
-def apply_cmd(manifests: ManifestFlags, plan: PlanFlags, output: str, verbose: bool, etcd: ConnectionFlags,
-              display: OutputFlags, plan_file: str | None, atomic: bool) -> None:
+def apply_cmd(manifests: ManifestFlags, plan: PlanFlags, output: str, verbose: bool, history_limit: int,
+              etcd: ConnectionFlags, display: OutputFlags, plan_file: str | None, atomic: bool) -> None:
     """Make etcd match the manifests: guarded transactions, prune last."""
     sys.exit(_plan_command(manifests, plan, etcd, _plan_ctx(output, verbose, display), execute=True,
-                           files=_PlanFile(plan=plan_file, atomic=atomic)))
+                           files=_PlanFile(plan=plan_file, atomic=atomic), history_limit=history_limit))
 
 
 @click.command()

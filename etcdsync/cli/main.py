@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 
 from ..errors import EtcdsyncError
-from . import applysets, config, keys, run, services
+from . import applysets, config, history, keys, run, services
 from .apply import apply_cmd, diff, export, validate
 from .output import EXIT_ERROR
 
@@ -50,6 +50,11 @@ cli.add_command(run.run_cmd)
 cli.add_command(run.dev)
 cli.add_command(services.services)
 cli.add_command(config.config)
+cli.add_command(history.history_cmd)
+cli.add_command(history.explain)
+cli.add_command(history.rollback)
+cli.add_command(history.suspend)
+cli.add_command(history.resume)
 for _command in (keys.get, keys.ls_cmd, keys.put, keys.del_cmd, applysets.inventory, applysets.applysets,
                  applysets.teardown):
     cli.add_command(_command)
