@@ -270,7 +270,8 @@ def _plan_flags(help: dict[str, str | None]) -> list[Callable[[F], F]]:
                      help=help["max-deletes"]),
         click.option("--force", is_flag=True, help=help["force"]),
         click.option("-l", "--selector", metavar="KEY=VALUE[,...]", default=None, help=help["selector"]),
-        click.option("--prune", type=click.BOOL, default=True, show_default=True, metavar="BOOL", help=help["prune"]),
+        click.option("--prune", type=click.Choice(["true", "false"]), default="true", show_default=True,
+                     callback=lambda _ctx, _param, value: value == "true", help=help["prune"]),
     ]
 
 

@@ -105,7 +105,7 @@ class Plan:
     owned_before: int = 0
     refused: str | None = None             # the deletion guard's reason, when it refuses
     counts: Mapping[str, int] = field(default_factory=dict)
-    kept: int = 0                          # owned, undeclared keys left alone (-l, --prune=false)
+    kept: int = 0                          # owned keys not planned (-l: other documents; --prune=false)
 
     def __repr__(self) -> str:  # the default would list every key
         return f"Plan(applyset={self.applyset!r}, changes={len(self.changes)}, counts={dict(self.counts)})"
