@@ -260,6 +260,8 @@ def test_a_selector_apply_prunes_only_its_documents_keys(env: Env, history: Reco
     assert r.code == 1, r
     assert "0 to create, 1 to update, 1 to delete, 0 unchanged" in r.out, r.out
     assert f"{ns}b/" not in r.out
+    assert r.err.strip() == ("note: -l team=a: 2 owned keys of other documents or no longer declared left out of the "
+                             "plan (neither written nor pruned)"), r.err
     r = env.cli("apply", "-f", str(m), "--applyset", "t", "-l", "team=a", "-o", "json")
     assert r.code == 0, r
     doc = json.loads(r.out)
@@ -340,6 +342,7 @@ def test_prune_false_writes_puts_only_and_keeps_the_removed_keys_owned(env: Env,
     r = env.run("apply", "-f", str(m), "--applyset", "t", "--prune=false")   # the real CLI, kubectl's spelling
     assert r.code == 0, r
     assert "applied: 1 created, 1 updated, 0 deleted" in r.out, r.out
+    assert "note: --prune=false: 1 owned key of other documents or no longer declared left out of the plan" in r.err
     assert env.get(f"{ns}a/y") == b"1" and env.get(f"{ns}a/z") == b"1" and env.get(f"{ns}a/x") == b"2"
     assert f"{ns}a/y" in owned_keys(env), "a key left out by --prune=false stays in the inventory"
     # in sync apart from the prune: diff --prune false says so

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from ..apply import Outcome
     from ..core.model import Source
     from ..core.plan import Plan
+    from ..settings import Options
 
 PROGRESS_FROM = 1000   # writes from which `apply` shows a progress bar on a terminal
 
@@ -142,6 +143,7 @@ def _plan_command(manifests: ManifestFlags, flags: PlanFlags, etcd: ConnectionFl
 
     try:
         outcome = run(go())
+        _note_partial(ctx, outcome.plan, options)
     except EtcdsyncError as exc:
         if ctx.output == "json" and shown.plan is not None:
             doc = render.plan_json(shown.plan, applyset_origin=origin, removed=desired.removed)
@@ -155,6 +157,17 @@ def _plan_command(manifests: ManifestFlags, flags: PlanFlags, etcd: ConnectionFl
         return EXIT_DIFF if outcome.plan.has_changes else EXIT_OK
     _report_apply(ctx, outcome, origin, desired.removed)
     return EXIT_OK
+
+
+def _note_partial(ctx: Ctx, p: Plan, options: Options) -> None:
+    """On stderr (text output): what -l and --prune=false left out of the plan."""
+    if ctx.output != "text" or (options.selector is None and options.prune):
+        return
+    why = [] if options.selector is None else [f"-l {options.selector}"]
+    if not options.prune:
+        why.append("--prune=false")
+    ctx.note(f"note: {' and '.join(why)}: {plural(p.kept, 'owned key')} of other documents or no longer declared "
+             "left out of the plan (neither written nor pruned)")
 
 
 def _report_apply(ctx: Ctx, outcome: Outcome, origin: str, removed: Mapping[str, Source]) -> None:
