@@ -660,7 +660,8 @@ def test_export_writes_a_placeholder_for_inventory_secrets(env: Env) -> None:
         """)
     assert env.cli("apply", "-f", str(f), "--applyset", "t", env={"CANARY_PW": pw}).code == 0
     env.put(f"{env.ns}exp/bidi", "a\u202eb")  # not ours, not secret: exported, escaped
-    r = env.run("export", "--prefix", f"{env.ns}exp/", "--name", "exp", "--reserved-prefix", env.reserved)
+    # --name: the applied document's, so that its keys' ownership records (document included) stay as they are
+    r = env.run("export", "--prefix", f"{env.ns}exp/", "--name", "app", "--reserved-prefix", env.reserved)
     assert r.code == 0, r
     can.check(r.out + r.err, "export")
     assert "    db/password: {fromEnv: DB_PASSWORD, secret: true}" in r.out, r.out
