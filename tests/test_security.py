@@ -572,7 +572,7 @@ def test_daemon_takes_the_same_file_root_and_env_allow(env: Env, daemons: Daemon
 
 def test_leased_key_of_another_client_is_a_conflict_unless_take_ownership(env: Env) -> None:
     lease = env.etcdctl("lease", "grant", "300").split()[1]  # "lease 694d... granted with TTL(300s)"
-    shown = f"{int(lease, 16):x}"  # etcdctl pads the id to 16 digits, etcdsync does not (07f5... -> 7f5...)
+    shown = f"{int(lease, 16):016x}"  # etcdsync prints 16 hex digits (07f5...), whatever etcdctl printed
     env.etcdctl("put", f"{env.ns}lz/leader", "node-b", f"--lease={lease}")
     f = env.write("m/app.yaml", configset("lz", f"{env.ns}lz/", {"leader": "node-a", "other": "1"}))
     rev = env.revision()
