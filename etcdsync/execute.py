@@ -296,7 +296,7 @@ class Executor:
                 batch.touched.add(ck)
                 batch.touched_size += self._chunk_cost(ck)
         if c.own or c.retag:
-            batch.new_entries[c.key] = Entry(c.prefix, c.prune, c.secret)
+            batch.new_entries[c.key] = Entry(c.prefix, c.prune, c.secret, c.document)
             batch.entries_size += len(c.key) + 8
         batch.fenced = batch.fenced or _needs_fence(c)
         batch.size += 2 * len(c.key) + len(c.new or b"") + 32

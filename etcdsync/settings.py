@@ -209,6 +209,10 @@ class Options:
     """...unless forced (--force)."""
     own_leases: frozenset[int] = frozenset()
     """Leases etcdsync itself holds (the daemon's): a key under one is not a conflict."""
+    selector: str | None = None
+    """-l/--selector: plan only the documents whose labels match (see core.selector.select)."""
+    prune: bool = True
+    """--prune=false: plan puts only; owned keys no longer declared stay owned."""
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from ..core.plan import Plan
     from ..core.planfile import SavedPlan
     from ..execute import Layout
+    from ..settings import Options
 
 PROGRESS_FROM = 1000   # writes from which `apply` shows a progress bar on a terminal
 
@@ -198,6 +199,7 @@ def _plan_command(manifests: ManifestFlags, flags: PlanFlags, etcd: ConnectionFl
 
     try:
         outcome = run(go())
+        _note_partial(ctx, outcome.plan, options)
     except EtcdsyncError as exc:
         if ctx.output == "json" and shown.plan is not None:
             doc = render.plan_json(shown.plan, applyset_origin=origin, removed=desired.removed, commit=shown.commit)
@@ -235,9 +237,10 @@ def _read_plan(path: str, flags: PlanFlags) -> SavedPlan:
     from ..core import planfile
     from ..manifest.yamlnodes import shown
 
-    if flags.take_ownership or flags.allow_empty or flags.force or flags.max_deletes != 100:
-        raise UsageError("--plan: --take-ownership, --allow-empty, --force and --max-deletes were decided when "
-                         "the plan was made (pass them to `etcdsync diff --out`)")
+    if (flags.take_ownership or flags.allow_empty or flags.force or flags.max_deletes != 100
+            or flags.selector is not None or not flags.prune):
+        raise UsageError("--plan: --take-ownership, --allow-empty, --force, --max-deletes, -l/--selector and --prune "
+                         "were decided when the plan was made (pass them to `etcdsync diff --out`)")
     try:
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
@@ -276,6 +279,17 @@ def _write_plan(path: str, text: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise UsageError(f"--out {shown(path)}: {exc.strerror}") from None
+
+
+def _note_partial(ctx: Ctx, p: Plan, options: Options) -> None:
+    """On stderr (text output): what -l and --prune=false left out of the plan."""
+    if ctx.output != "text" or (options.selector is None and options.prune):
+        return
+    why = [] if options.selector is None else [f"-l {options.selector}"]
+    if not options.prune:
+        why.append("--prune=false")
+    ctx.note(f"note: {' and '.join(why)}: {plural(p.kept, 'owned key')} of other documents or no longer declared "
+             "left out of the plan (neither written nor pruned)")
 
 
 def _report_apply(ctx: Ctx, outcome: Outcome, origin: str, removed: Mapping[str, Source], *,

@@ -21,6 +21,7 @@ import time
 from ..core.history import Suspension, decode_suspension, suspend_key
 from ..core.inventory import resolve_applyset
 from ..core.model import DesiredState
+from ..core.selector import select
 from ..errors import ClusterChangedError, EtcdConnectionError, EtcdsyncError, ManifestError, UsageError
 from ..etcd.store import Compare, Store, absent
 from ..history import daemon_identity, files_source, git_source
@@ -138,7 +139,7 @@ class Daemon:
 
     async def run(self) -> int:
         await self.source.prepare()                     # a git source fetches its commit
-        self.desired = self.source.load()               # a bad manifest at start-up is exit 2
+        self.desired = self._load()                     # a bad manifest at start-up is exit 2
         gc.freeze()   # the desired state lives long: keep the cyclic collector from rescanning it
         self.applyset, origin = resolve_applyset(self.settings.applyset_flag, self.desired)
         self.metrics.manifest_valid.set(1)
@@ -304,13 +305,18 @@ class Daemon:
             if await self._reload():
                 self.trigger()
 
+    def _load(self) -> DesiredState:
+        """The source's manifests narrowed to the documents -l selects: reconciles, repairs and live
+        instances all keep only those (a selector matching nothing is a ManifestError)."""
+        return select(self.source.load(), self.settings.options.selector)
+
     async def _reload(self, *, quiet: bool = False) -> bool:
         """Load the desired state from the source again; keep the last good state on error.
 
         Returns True when the desired state changed."""
         async with self._loading:
             try:  # off the event loop: a large tree takes a second, and drift repair must not wait
-                desired = await asyncio.to_thread(self.source.load)
+                desired = await asyncio.to_thread(self._load)
             except ManifestError as exc:
                 if self.status.manifests_error != str(exc):
                     self.metrics.errors.labels("manifest").inc()
