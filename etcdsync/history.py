@@ -186,8 +186,9 @@ async def state_at(store: Store, reserved: str, applyset: str, revision: int) ->
         kv = values.get(key)
         if kv is None or kv.lease:
             continue
+        # the document the inventory recorded then (a DesiredKey's document must name a kind/name)
         keys[key] = DesiredKey(key, kv.value, entry.prefix, Policy.ENFORCE, entry.prune, entry.secret,
-                               f"rollback@{revision}")
+                               entry.document)
     prefixes = tuple(sorted(by_prefix))
     return DesiredState(keys=keys, prefixes=prefixes, applyset=None), len(inv.owned)
 

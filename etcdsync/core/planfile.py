@@ -124,7 +124,7 @@ def _value(c: Change, salt: str) -> Any:
 
 
 def _entry_json(e: Entry | None) -> dict[str, Any] | None:
-    return None if e is None else {"prefix": e.prefix, "prune": e.prune, "secret": e.secret}
+    return None if e is None else {"prefix": e.prefix, "prune": e.prune, "secret": e.secret, "document": e.document}
 
 
 def encode(p: Plan, *, reserved: str, cluster_id: str, revision: int, digest: str, salt: str,
@@ -182,9 +182,10 @@ def _entry(raw: Any, where: str) -> Entry | None:
         return None
     if not isinstance(raw, dict):
         raise _Bad(f"{where}'owned' must be an object or null")
-    _unknown(raw, {"prefix", "prune", "secret"}, where + "owned: ")
+    _unknown(raw, {"prefix", "prune", "secret", "document"}, where + "owned: ")
+    document = _get(raw, "document", str, where + "owned: ") if "document" in raw else ""
     return Entry(_get(raw, "prefix", str, where + "owned: "), _get(raw, "prune", bool, where + "owned: "),
-                 _get(raw, "secret", bool, where + "owned: "))
+                 _get(raw, "secret", bool, where + "owned: "), document)
 
 
 def _change(raw: Any, i: int) -> SavedChange:
