@@ -10,14 +10,15 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .applymark import marked
+from .core import planfile
 from .core.inventory import Entry, inventory_prefix
 from .core.model import DesiredState
 from .core.plan import Change, Plan
 from .core.render import Result, count_results
-from .diff import diff, refuse
-from .errors import ConflictError, RequestTooLargeError
+from .diff import diff, observe, refuse
+from .errors import ConflictError, GuardError, RequestTooLargeError
 from .etcd.store import Compare, Store
-from .execute import Conflict, Executor, Limits, Superseded
+from .execute import Conflict, Executor, Layout, Limits, Superseded
 from .settings import Options
 from .tasks import Backoff
 
@@ -36,6 +37,9 @@ class Outcome:
     revisions: list[int] = field(default_factory=list)  # revisions of our own committed transactions
     read_revision: int = 0                              # the revision the last plan was read at
     owned_in: dict[str, tuple[str, int]] = field(default_factory=dict)  # with track_ownership: key -> chunk, rev
+    layout: Layout | None = None                        # how the first executed plan was to be committed
+    shrunk: bool = False                                # etcd refused a batch as too large: limits were lowered
+    limits: Limits | None = None                        # the limits in force at the end
 
     def __repr__(self) -> str:  # the default would list every key
         return f"Outcome({self.plan!r}, done={len(self.done)}, transactions={self.transactions})"
@@ -62,6 +66,8 @@ async def apply(
     on_execute: Callable[[Plan], None] | None = None,
     track_ownership: bool = False,
     superseded: Callable[[], bool] = lambda: False,
+    atomic: bool = False,
+    on_layout: Callable[[Layout, int], None] | None = None,
 ) -> Outcome:
     """Observe, plan, refuse or execute; re-read and re-plan on conflicts.
 
@@ -71,6 +77,11 @@ async def apply(
     outcome says which inventory chunk (and its revision) records each owned key afterwards.
     `superseded()` is asked before every transaction: when it says True (a newer desired state was
     loaded meanwhile) nothing more is committed and Superseded is raised.
+    `on_layout(layout, attempt)` is told how each plan that passed the guards will be committed;
+    with `atomic` a plan that needs more than one transaction (by the limits known, or because etcd
+    refused its one transaction as too large) is refused with a GuardError before anything is written.
+    `limits` learned from the server (lowered when it refuses a batch) stay lowered in the object
+    given: pass the same one to every apply of a process.
     """
     limits = limits or Limits()
     options = options or Options()
@@ -96,6 +107,12 @@ async def apply(
             on_execute(p)
         ex = Executor(store, snap, p, reserved=reserved, limits=limits, fences=fences, progress=progress,
                       on_commit=on_commit, superseded=superseded)
+        layout = ex.layout()
+        outcome.layout = outcome.layout or layout
+        if on_layout is not None:
+            on_layout(layout, attempt)
+        if atomic:
+            refuse_split(layout)
         try:
             await ex.run()
         except Conflict as conflict:
@@ -114,18 +131,17 @@ async def apply(
                 ) from None
             await backoff.sleep()
             continue
-        except RequestTooLargeError:
+        except RequestTooLargeError as exc:
             outcome.done.update(ex.done)
             outcome.transactions += ex.transactions
             outcome.revisions.extend(ex.revisions)
-            limits.shrink()
-            log.info("etcd refused a transaction as too large; now at most %d ops / %d bytes",
-                     limits.max_ops, limits.max_bytes)
+            too_large(limits, outcome, exc, atomic=atomic)
             continue
         outcome.done.update(ex.done)
         outcome.transactions += ex.transactions
         outcome.revisions.extend(ex.revisions)
         outcome.revision = ex.revision
+        outcome.limits = limits
         if track_ownership:
             prefix = inventory_prefix(reserved, applyset)
             outcome.owned_in = _owned_in((ck, rev, entries) for ck, (rev, entries) in ex.chunks.items()
@@ -139,3 +155,119 @@ def _owned_in(chunks: Iterable[tuple[str, int, Mapping[str, Entry]]]) -> dict[st
         for key in entries:
             out.setdefault(key, (ck, rev))
     return out
+
+
+def refuse_split(layout: Layout) -> None:
+    """--atomic: refuse a plan that needs more than one transaction."""
+    if not layout.atomic:
+        raise GuardError(f"--atomic: the plan needs {layout.transactions} transactions of at most "
+                         f"{layout.max_ops} operations, not one; refusing (nothing written)")
+
+
+def too_large(limits: Limits, outcome: Outcome, exc: RequestTooLargeError, *, atomic: bool) -> None:
+    """etcd refused a transaction as too large: lower the limits (kept for the rest of the process)
+    and say so; with --atomic that refusal is final (the one transaction was not committed)."""
+    before = limits.max_ops
+    limits.shrink()
+    outcome.shrunk = True
+    outcome.limits = limits
+    log.info("etcd refused a transaction as too large; now at most %d ops / %d bytes", limits.max_ops, limits.max_bytes)
+    if atomic:
+        raise GuardError(f"--atomic: etcd refused the plan's one transaction of up to {before} operations as too "
+                         f"large ({exc}); the server's limits (--max-txn-ops, --max-request-bytes) are lower than "
+                         "the plan needs; refusing (nothing written)") from None
+
+
+@marked   # like apply: a saved plan committed in several transactions is marked for views
+async def apply_saved(
+    store: Store,
+    saved: planfile.SavedPlan,
+    desired: DesiredState,
+    *,
+    limits: Limits | None = None,
+    atomic: bool = False,
+    on_plan: Callable[[Plan, int], None] | None = None,
+    on_layout: Callable[[Layout, int], None] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Outcome:
+    """Apply exactly the changes of a saved plan (`etcdsync apply --plan`), never a new plan.
+
+    Refused (GuardError) when etcd is another cluster than the plan's, or with `atomic` when it
+    needs more than one transaction; refused (ConflictError, naming every key) when a secret's value
+    in `desired` is not the one planned, or when any planned key moved since the plan was made (its
+    revision or its ownership record), all before anything is written. A compare that fails while
+    committing (a writer raced the check) is a ConflictError too: a saved plan is never re-planned.
+    """
+    cluster = await store.cluster_id()
+    if cluster != saved.cluster_id:
+        raise GuardError(f"the plan was made for etcd cluster {saved.cluster_id}, these endpoints are cluster "
+                         f"{cluster}; refusing (nothing written)")
+    bad = planfile.secret_mismatches(saved, desired)
+    if bad:
+        raise ConflictError(f"the saved plan does not match the manifests: {'; '.join(bad)}; refusing "
+                            "(nothing written; make the plan again with `etcdsync diff --out`)",
+                            [line.split(": ", 1)[0] for line in bad])
+    limits = limits or Limits()
+    prefixes = tuple(sorted({sc.change.prefix for sc in saved.changes if sc.change.prefix}))
+    pending = {sc.change.key for sc in saved.changes}
+    outcome: Outcome | None = None
+    attempt = 0
+    while True:
+        snap = await observe(store, DesiredState(prefixes=prefixes), applyset=saved.applyset, reserved=saved.reserved)
+        moved = planfile.stale(saved, snap.observed, snap.ownership.inventory(saved.applyset).owned,
+                               snap.ownership.owners_except(saved.applyset), pending)
+        if moved:
+            raise StalePlanError(moved, committed=len(outcome.done) if outcome else 0)
+        p = planfile.plan_to_apply(saved, desired, snap.observed, pending)
+        if outcome is None:
+            outcome = Outcome(p, revision=snap.revision)
+            if on_plan is not None:
+                on_plan(p, 0)
+        outcome.read_revision = snap.revision
+        outcome.limits = limits
+        if not p.has_changes:
+            return outcome
+        ex = Executor(store, snap, p, reserved=saved.reserved, limits=limits, progress=progress)
+        layout = ex.layout()
+        outcome.layout = outcome.layout or layout
+        if on_layout is not None:
+            on_layout(layout, attempt)
+        if atomic:
+            refuse_split(layout)
+        try:
+            await ex.run()
+        except Conflict as conflict:
+            _account(outcome, ex)
+            keys = conflict.keys
+            raise ConflictError(
+                f"{keys[0]}: changed by another writer while the saved plan was being applied"
+                + (f" (and {len(keys) - 1} more keys: {', '.join(keys[1:6])})" if len(keys) > 1 else "")
+                + f"; {len(outcome.done)} changes were committed before; a saved plan is never re-planned: "
+                "make it again with `etcdsync diff --out`", keys) from None
+        except RequestTooLargeError as exc:
+            _account(outcome, ex)
+            too_large(limits, outcome, exc, atomic=atomic)
+            pending -= set(ex.done)
+            attempt += 1
+            continue
+        _account(outcome, ex)
+        outcome.revision = ex.revision
+        return outcome
+
+
+def _account(outcome: Outcome, ex: Executor) -> None:
+    outcome.done.update(ex.done)
+    outcome.transactions += ex.transactions
+    outcome.revisions.extend(ex.revisions)
+
+
+class StalePlanError(ConflictError):
+    """Planned keys moved since a saved plan was made: every one is named, with both revisions."""
+
+    def __init__(self, stale: list[planfile.Stale], *, committed: int = 0) -> None:
+        self.stale = stale
+        done = "nothing written" if not committed else f"{committed} changes were committed before"
+        super().__init__(
+            f"the saved plan is stale: {len(stale)} planned key{'s' if len(stale) != 1 else ''} changed since it "
+            f"was made: {'; '.join(str(s) for s in stale)}; refusing ({done}; make the plan again with "
+            "`etcdsync diff --out`)", [s.key for s in stale])

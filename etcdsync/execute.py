@@ -49,6 +49,18 @@ class Limits:
         self.max_bytes = max(64 * 1024, self.max_bytes // 2)
 
 
+@dataclass(frozen=True)
+class Layout:
+    """How a plan is committed: `transactions` of at most `max_ops` operations each (one: atomic)."""
+
+    transactions: int
+    max_ops: int
+
+    @property
+    def atomic(self) -> bool:
+        return self.transactions <= 1
+
+
 class Superseded(Exception):
     """The desired state being applied was replaced by a newer one (the daemon reloaded its
     manifests): nothing more of the old plan is committed; the caller plans the new state."""
@@ -119,14 +131,37 @@ class Executor:
         self.revision = snap.revision
         self.transactions = 0
         self.revisions: list[int] = []
+        self._batches: list[_Batch] | None = None
 
     def _chunk_cost(self, ck: str) -> int:
         _, entries = self.chunks[ck]
         return sum(len(k) + 8 for k in entries) + 64
 
+    def batches(self) -> list[_Batch]:
+        """The transactions the plan is split into (puts first, deletes last), by the one set of cost
+        rules (`_fits`): computed once, before anything is committed, so `run` commits exactly these
+        and `layout` reports them. Chunk costs are taken before any commit: a rewritten chunk only
+        shrinks, so the estimate errs on the safe side."""
+        if self._batches is None:
+            puts = [c for c in self.plan.writes if c.action not in (Action.DELETE, Action.RELEASE)]
+            removes = [c for c in self.plan.writes if c.action in (Action.DELETE, Action.RELEASE)]
+            out: list[_Batch] = []
+            batch = _Batch()
+            for change in [*puts, *removes]:
+                if batch.changes and not self._fits(batch, change):
+                    out.append(batch)
+                    batch = _Batch()
+                self._add(batch, change)
+            if batch.changes:
+                out.append(batch)
+            self._batches = out
+        return self._batches
+
+    def layout(self) -> Layout:
+        """How the plan will be committed: how many transactions, under which operation limit."""
+        return Layout(len(self.batches()), self.limits.max_ops)
+
     async def run(self) -> None:
-        puts = [c for c in self.plan.writes if c.action not in (Action.DELETE, Action.RELEASE)]
-        removes = [c for c in self.plan.writes if c.action in (Action.DELETE, Action.RELEASE)]
         pending: set[asyncio.Task[None]] = set()
 
         async def settle(limit: int) -> None:
@@ -152,14 +187,10 @@ class Executor:
                 await self._commit(batch)
 
         try:
-            batch = _Batch()
-            for change in [*puts, *removes]:
-                if batch.changes and not self._fits(batch, change):
+            batches = self.batches()
+            for i, batch in enumerate(batches):
+                if i + 1 < len(batches):
                     await split(self.store, self.reserved, self.plan)   # views hold back until the apply ends
-                    await flush(batch)
-                    batch = _Batch()
-                self._add(batch, change)
-            if batch.changes:
                 await flush(batch)
             await settle(0)
         finally:
@@ -265,7 +296,7 @@ class Executor:
                 batch.touched.add(ck)
                 batch.touched_size += self._chunk_cost(ck)
         if c.own or c.retag:
-            batch.new_entries[c.key] = Entry(c.prefix, c.prune, c.secret)
+            batch.new_entries[c.key] = Entry(c.prefix, c.prune, c.secret, c.document)
             batch.entries_size += len(c.key) + 8
         batch.fenced = batch.fenced or _needs_fence(c)
         batch.size += 2 * len(c.key) + len(c.new or b"") + 32

@@ -209,6 +209,10 @@ class Options:
     """...unless forced (--force)."""
     own_leases: frozenset[int] = frozenset()
     """Leases etcdsync itself holds (the daemon's): a key under one is not a conflict."""
+    selector: str | None = None
+    """-l/--selector: plan only the documents whose labels match (see core.selector.select)."""
+    prune: bool = True
+    """--prune=false: plan puts only; owned keys no longer declared stay owned."""
 
 
 @dataclass(frozen=True)
@@ -237,6 +241,8 @@ class DaemonSettings:
     """A key repaired `flap_threshold` times within `flap_window` seconds is left alone for `flap_cooldown`."""
     webhook_secret: bytes | None = field(default=None, repr=False)
     """--webhook-secret-file's content: `POST /hooks/git` is served only with it (a git source)."""
+    history_limit: int = 100
+    """--history-limit: history entries kept for the apply set."""
 
 
 def read_password_file(path: str, what: str) -> str:

@@ -19,7 +19,12 @@ verifies:
 - apply markers (`<reserved>applying/...`, etcdsync's marks around a multi-transaction apply): each
   is put once, under a lease (so a crashed apply's marker expires), in a revision of its own (so the
   revisions before and after it are whole states), and holds the marker's shape;
-- quiescence (`assert_quiet`): nothing at all is written over a quiet period;
+- history entries (`<reserved>history/<applyset>/<id>`) and suspension records
+  (`<reserved>suspend/<applyset>`): each put has the one strict shape etcdsync reads back, carries no
+  lease, and an entry lists only revisions before its own that hold etcdsync's writes (never another
+  client's: `explain` tells writers apart by them); entries are deleted only by retention;
+- quiescence (`assert_quiet`): nothing at all is written over a quiet period, except a history entry
+  that records writes made before the period began (a late record, never a new write);
 - convergence (`unconverged`): etcd holds what the last declared version says, and the inventory
   lists exactly its keys.
 
@@ -292,6 +297,7 @@ class Recorder:
         events = self.snapshot()
         out += self._check_ownership(events)
         out += self._check_markers(events)
+        out += self._check_records(events)
         if self.versions:
             out += self._check_values(events)
         return out
@@ -314,10 +320,71 @@ class Recorder:
         time.sleep(seconds)
         b = self.sync()
         writes = [e for e in self.writes_between(a, b) if e.key.startswith(under)]
+        late = {e.revision for e in writes if self._late_record(e, a)}
+        writes = [e for e in writes if e.revision not in late]
         if writes:
             lines = [f"rev {e.revision} {e.type} {e.key} = {e.value[:60]!r}" for e in writes[:20]]
             raise AssertionError(f"not quiet: {len(writes)} writes between revisions {a} and {b} "
                                  f"over {seconds}s:\n  " + "\n  ".join(lines))
+
+    def _late_record(self, ev: Event, before: int) -> bool:
+        """A history entry put (or a retention delete beside one) recording only revisions <= `before`."""
+        prefix = self.reserved + "history/"
+        if not ev.key.startswith(prefix):
+            return False
+        group = [e for e in self.snapshot() if e.revision == ev.revision]
+        puts = [e for e in group if e.type == "put" and e.key.startswith(prefix)]
+        if len(puts) != 1 or any(not e.key.startswith(prefix) for e in group):
+            return False
+        from etcdsync.core.history import decode_entry
+
+        try:
+            entry = decode_entry(puts[0].key, puts[0].value, reserved=self.reserved)
+        except Exception:  # noqa: BLE001 - judged by _check_records
+            return False
+        return entry.span[1] <= before
+
+    def entries(self) -> list[Any]:
+        """etcdsync's history entries put during the recording, in order (decoded)."""
+        from etcdsync.core.history import decode_entry
+
+        return [decode_entry(e.key, e.value, reserved=self.reserved) for e in self.snapshot()
+                if e.type == "put" and e.key.startswith(self.reserved + "history/") and self.ours(e)]
+
+    def _check_records(self, events: list[Event]) -> list[str]:
+        from etcdsync.core.history import decode_entry, decode_suspension
+
+        out: list[str] = []
+        hist, susp = self.reserved + "history/", self.reserved + "suspend/"
+        ours_at: set[int] = {e.revision for e in events if self.ours(e) and not bookkeeping(e.key)}
+        for ev in events:
+            if not self.ours(ev) or not ev.key.startswith((hist, susp)):
+                continue
+            if ev.type == "delete":
+                beside = [e for e in events if e.revision == ev.revision]
+                cleanup = any(not e.key.startswith(hist) for e in beside)   # the reserved prefix wiped whole
+                if ev.key.startswith(hist) and not cleanup and not any(e.type == "put" and e.key.startswith(hist)
+                                                                       for e in beside):
+                    out.append(f"{ev.key}: history entry deleted at revision {ev.revision} without an entry "
+                               "recorded beside it (only retention deletes entries)")
+                continue
+            if ev.lease:
+                out.append(f"{ev.key}: put at revision {ev.revision} under a lease")
+            try:
+                if ev.key.startswith(susp):
+                    decode_suspension(ev.key, ev.value, reserved=self.reserved)
+                    continue
+                entry = decode_entry(ev.key, ev.value, reserved=self.reserved)
+            except Exception as exc:  # noqa: BLE001 - an InventoryError naming the record
+                out.append(f"{ev.key}: at revision {ev.revision}: {exc}")
+                continue
+            for r in entry.revisions:
+                if r >= ev.revision:
+                    out.append(f"{ev.key}: entry at revision {ev.revision} lists revision {r}, not before it")
+                elif r > self.start and (r in self.outside or r in self.marked or r not in ours_at):
+                    out.append(f"{ev.key}: entry lists revision {r}, which holds no write of etcdsync "
+                               "(another writer's, or nothing): explain would credit etcdsync with it")
+        return out
 
     def history_of(self, key: str) -> str:
         """The key's values in order, for failure messages."""

@@ -19,8 +19,9 @@ from conftest import ROOT
 from etcdsync.cli.main import COMMANDS, cli, load_command
 
 # Every command of `etcdsync`. A command added to the CLI is added here too, on purpose.
-EXPECTED = ["apply", "applysets", "completion", "config", "del", "dev", "diff", "export", "get", "inventory", "ls",
-            "put", "run", "schema", "services", "teardown", "validate"]
+EXPECTED = ["apply", "applysets", "completion", "config", "del", "dev", "diff", "explain", "export", "get", "history",
+            "inventory", "ls", "put", "resume", "rollback", "run", "schema", "services", "suspend", "teardown",
+            "validate"]
 
 
 def test_the_list_of_commands_is_pinned() -> None:
@@ -78,7 +79,7 @@ def test_shell_completion_lists_commands_from_the_table() -> None:
 def test_a_command_imports_only_its_own_module() -> None:
     stdout, modules = _imported_after("validate", "--help")
     assert "Check manifests offline" in stdout
-    others = {f"etcdsync.cli.{m}" for m in ("keys", "run", "services", "applysets", "config")}
+    others = {f"etcdsync.cli.{m}" for m in ("keys", "run", "services", "applysets", "config", "history")}
     assert not modules & others, modules & others
 
 

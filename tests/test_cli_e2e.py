@@ -210,7 +210,7 @@ def test_deletion_guard(env: Env, history: Recorder) -> None:
     assert r.code == 3 and "--max-deletes 2" in r.err, r
     assert env.revision() == rev
     r = env.cli("diff", "-f", str(f), "--applyset", "t", "--max-deletes", "2")
-    assert r.code == 3 and "refused" in r.out
+    assert r.code == 3 and "--max-deletes 2; refusing" in r.err and "refus" not in r.out, r   # said once, on stderr
     r = env.cli("apply", "-f", str(f), "--applyset", "t", "--max-deletes", "2", "--force")
     assert r.code == 0, r
     assert env.get(f"{env.ns}config/app/region") is None

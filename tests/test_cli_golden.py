@@ -155,6 +155,7 @@ class Transcript:
             text = text.replace(ep, "{endpoint}")
             text = text.replace(ep.removeprefix("http://"), "{endpoint}")
         text = re.sub(r"(?<=/inventory/)[0-9a-f]{16}\b", self._chunk, text)
+        text = re.sub(r"(?<=/history/)([A-Za-z0-9._-]+/)[0-9]{16}\b", r"\1{history-id...}", text)  # a revision
         for raw, placeholder in self.leases.items():
             text = re.sub(rf"\b{raw}\b", placeholder, text)
         # the header revision of a read: ls's and applysets' last line, the top level of the JSON of

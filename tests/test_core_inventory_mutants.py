@@ -46,14 +46,22 @@ def test_applyset_names_refused(name: str) -> None:
 def test_encode_chunk_exact_bytes() -> None:
     entries = {"/b/y": Entry("/b/", False, True), "/a/x": Entry("/a/"), "/a/z/é": Entry("/a/", True, True),
                "/b/w": Entry("/b/", False)}
-    assert encode_chunk(entries) == ('{"v":1,"prefixes":{"/a/":["x","z/é"],"/b/":["w","y"]},'
+    assert encode_chunk(entries) == ('{"v":2,"prefixes":{"/a/":["x","z/é"],"/b/":["w","y"]},'
                                      '"noprune":["/b/w","/b/y"],"secret":["/a/z/é","/b/y"]}').encode()
     assert decode_chunk(K, encode_chunk(entries)) == entries
 
 
 def test_encode_chunk_plain_and_empty() -> None:
-    assert encode_chunk({"/a/x": Entry("/a/")}) == b'{"v":1,"prefixes":{"/a/":["x"]}}'
-    assert encode_chunk({}) == b'{"v":1,"prefixes":{}}'
+    assert encode_chunk({"/a/x": Entry("/a/")}) == b'{"v":2,"prefixes":{"/a/":["x"]}}'
+    assert encode_chunk({}) == b'{"v":2,"prefixes":{}}'
+    assert encode_chunk({"/a/x": Entry("/a/", document="ConfigSet/a")}) == \
+        b'{"v":2,"prefixes":{"/a/":["x"]},"documents":{"ConfigSet/a":{"/a/":true}}}'
+    mixed = {"/a/x": Entry("/a/", document="ConfigSet/b"), "/a/y": Entry("/a/", document="ConfigSet/a"),
+             "/a/z": Entry("/a/", False, True)}
+    assert encode_chunk(mixed) == (b'{"v":2,"prefixes":{"/a/":["x","y","z"]},'
+                                   b'"documents":{"ConfigSet/a":{"/a/":["y"]},"ConfigSet/b":{"/a/":["x"]}},'
+                                   b'"noprune":["/a/z"],"secret":["/a/z"]}')
+    assert decode_chunk(K, encode_chunk(mixed)) == mixed
 
 
 def test_encode_chunk_refuses_a_key_outside_its_prefix() -> None:
@@ -65,6 +73,9 @@ def test_decode_chunk_entries() -> None:
     value = b'{"v":1,"prefixes":{"/a/":["x","y"],"/b/":[]},"noprune":["/a/y"],"secret":["/a/x","/a/y"]}'
     assert decode_chunk(K, value) == {"/a/x": Entry("/a/", True, True), "/a/y": Entry("/a/", False, True)}
     assert decode_chunk(K, b'{"v":1,"prefixes":{}}') == {}
+    value = b'{"v":2,"prefixes":{"/a/":["x","y"],"/b/":["z"]},"documents":{"C/a":{"/a/":["y"],"/b/":true}},"noprune":["/a/y"]}'
+    assert decode_chunk(K, value) == {"/a/x": Entry("/a/"), "/a/y": Entry("/a/", False, False, "C/a"),
+                                      "/b/z": Entry("/b/", True, False, "C/a")}
 
 
 def refusal(reason: str, key: str = K) -> str:
@@ -75,7 +86,28 @@ def refusal(reason: str, key: str = K) -> str:
 @pytest.mark.parametrize("value, reason", [
     (b"[]", "not a JSON object"),
     (b'{"prefixes":{}}', "unsupported inventory version null"),
-    (b'{"v":2,"prefixes":{}}', "unsupported inventory version 2"),
+    (b'{"v":3,"prefixes":{}}', "unsupported inventory version 3"),
+    (b'{"v":0,"prefixes":{}}', "unsupported inventory version 0"),
+    (b'{"v":1,"prefixes":{},"documents":{}}', "unknown field 'documents'"),
+    (b'{"v":2,"prefixes":{},"documents":[]}', "'documents' is not an object"),
+    (b'{"v":2,"prefixes":{"/a/":["x"]},"documents":{"/a":{"/a/":true}}}', "document '/a' is not <kind>/<name>"),
+    (b'{"v":2,"prefixes":{"/a/":["x"]},"documents":{"C/":{"/a/":true}}}', "document 'C/' is not <kind>/<name>"),
+    (b'{"v":2,"prefixes":{"/a/":["x"]},"documents":{"C/a":[]}}',
+     "the keys of document 'C/a' are not a non-empty object of prefixes"),
+    (b'{"v":2,"prefixes":{"/a/":["x"]},"documents":{"C/a":{}}}',
+     "the keys of document 'C/a' are not a non-empty object of prefixes"),
+    (b'{"v":2,"prefixes":{"/a/":["x"]},"documents":{"C/a":{"/b/":true}}}',
+     "document 'C/a' names prefix '/b/', which the chunk does not list"),
+    (b'{"v":2,"prefixes":{"/a/":["x"]},"documents":{"C/a":{"/a/":false}}}',
+     "the keys of document 'C/a' under '/a/' are not true or a list of strings"),
+    (b'{"v":2,"prefixes":{"/a/":["x"]},"documents":{"C/a":{"/a/":[]}}}',
+     "the keys of document 'C/a' under '/a/' are not true or a list of strings"),
+    (b'{"v":2,"prefixes":{"/a/":["x"]},"documents":{"C/a":{"/a/":["x",1]}}}',
+     "the keys of document 'C/a' under '/a/' are not true or a list of strings"),
+    (b'{"v":2,"prefixes":{"/a/":["x"]},"documents":{"C/a":{"/a/":["z","y","x"]}}}',
+     "document 'C/a' names 'y' under '/a/', which the chunk does not list"),
+    (b'{"v":2,"prefixes":{"/a/":["x","y"]},"documents":{"C/a":{"/a/":true},"C/b":{"/a/":["y"]}}}',
+     "key '/a/y' has two documents ('C/a' and 'C/b')"),
     (b'{"v":true,"prefixes":{}}', "unsupported inventory version true"),
     (b'{"v":1.0,"prefixes":{}}', "unsupported inventory version 1.0"),
     (b'{"v":"1","prefixes":{}}', 'unsupported inventory version "1"'),

@@ -16,6 +16,11 @@ SRC = Source("m.yaml", 3, 5)
 DOC = "ConfigSet/app"
 
 
+def owned_entry(prefix: str, prune: bool = True, secret: bool = False, document: str = DOC) -> Entry:
+    """An inventory entry recorded (format 2) as declared by DOC, the document of every `dk` key."""
+    return Entry(prefix, prune, secret, document)
+
+
 def dk(rel: str, value: str = "v", *, prefix: str = P, policy: Policy = Policy.ENFORCE, prune: bool = True,
        secret: bool = False) -> DesiredKey:
     return DesiredKey(prefix + rel, value.encode(), prefix, policy, prune, secret, DOC, SRC)
@@ -49,23 +54,23 @@ def only(p: Plan) -> Change:
 @pytest.mark.parametrize("prune, secret", [(True, False), (False, True)])
 def test_in_sync_and_owned_is_unchanged_with_every_field(policy: Policy, prune: bool, secret: bool) -> None:
     d = dk("a", "1", policy=policy, prune=prune, secret=secret)
-    p = plan(state(d), {d.key: Observed(b"1", 12)}, inventory({d.key: Entry(P, prune, secret)}), {})
+    p = plan(state(d), {d.key: Observed(b"1", 12)}, inventory({d.key: owned_entry(P, prune, secret)}), {})
     assert only(p) == expect(Action.UNCHANGED, d, "1", 12)
     assert not p.has_changes and p.writes == ()
 
 
 def test_in_sync_but_leased_by_own_lease_is_detached_not_unchanged() -> None:
     d = dk("a", "1")
-    p = plan(state(d), {d.key: Observed(b"1", 12, lease=0x1F)}, inventory({d.key: Entry(P)}), {},
+    p = plan(state(d), {d.key: Observed(b"1", 12, lease=0x1F)}, inventory({d.key: owned_entry(P)}), {},
              Options(own_leases=frozenset({0x1F})))
     assert only(p) == expect(Action.UPDATE, d, "1", 12, lease=0x1F, note="detached from etcdsync's own lease 000000000000001f")
 
 
 @pytest.mark.parametrize("entry, note", [
-    (Entry(Q), f"ownership record: prefix {Q} -> {P}"),
-    (Entry(P, False), "ownership record: prune false -> true"),
-    (Entry(P, True, True), "ownership record: secret true -> false"),
-    (Entry(Q, False, True), f"ownership record: prefix {Q} -> {P}, prune false -> true, secret true -> false"),
+    (owned_entry(Q), f"ownership record: prefix {Q} -> {P}"),
+    (owned_entry(P, False), "ownership record: prune false -> true"),
+    (owned_entry(P, True, True), "ownership record: secret true -> false"),
+    (owned_entry(Q, False, True), f"ownership record: prefix {Q} -> {P}, prune false -> true, secret true -> false"),
 ])
 def test_same_value_owned_with_other_record_is_a_retag(entry: Entry, note: str) -> None:
     d = dk("a", "1")
@@ -77,8 +82,8 @@ def test_same_value_owned_with_other_record_is_a_retag(entry: Entry, note: str) 
 
 def test_retag_note_reports_new_values_for_prune_and_secret() -> None:
     d = dk("a", prune=False, secret=True)
-    assert retag_note(Entry(P, True, False), d) == "ownership record: prune true -> false, secret false -> true"
-    assert retag_note(Entry(P, False, True), d) == "ownership record: "
+    assert retag_note(owned_entry(P, True, False), d) == "ownership record: prune true -> false, secret false -> true"
+    assert retag_note(owned_entry(P, False, True), d) == "ownership record: "
 
 
 def test_conflict_with_another_apply_set() -> None:
@@ -97,14 +102,14 @@ def test_conflict_when_absent_keeps_revision_zero() -> None:
 
 def test_my_own_key_is_not_a_conflict_even_if_another_set_lists_it() -> None:
     d = dk("a", "1")
-    p = plan(state(d), {d.key: Observed(b"1", 12)}, inventory({d.key: Entry(P)}), {d.key: "theirs"})
+    p = plan(state(d), {d.key: Observed(b"1", 12)}, inventory({d.key: owned_entry(P)}), {d.key: "theirs"})
     assert only(p) == expect(Action.UNCHANGED, d, "1", 12)
 
 
 @pytest.mark.parametrize("owned, own", [(False, True), (True, False)])
 def test_absent_key_is_created(owned: bool, own: bool) -> None:
     d = dk("a", "1")
-    inv = inventory({d.key: Entry(Q)} if owned else {})
+    inv = inventory({d.key: owned_entry(Q)} if owned else {})
     p = plan(state(d), {}, inv, {})
     assert only(p) == expect(Action.CREATE, d, None, 0, own=own)
     assert p.owned_after == 1
@@ -128,7 +133,7 @@ def test_key_under_a_foreign_lease_is_a_conflict() -> None:
 @pytest.mark.parametrize("owned", [False, True])
 def test_foreign_lease_taken_with_take_ownership(owned: bool) -> None:
     d = dk("a", "1")
-    inv = inventory({d.key: Entry(Q)} if owned else {})
+    inv = inventory({d.key: owned_entry(Q)} if owned else {})
     p = plan(state(d), {d.key: Observed(b"0", 12, lease=0xABC)}, inv, {}, Options(take_ownership=True))
     assert only(p) == expect(Action.UPDATE, d, "0", 12, own=not owned, retag=owned, lease=0xABC,
                              note="taken from lease 0000000000000abc")
@@ -157,7 +162,7 @@ def test_own_lease_on_unowned_key_is_detached_and_adopted() -> None:
 ])
 def test_own_lease_under_a_lenient_policy_is_planned_by_value(policy: Policy, value: str, action: Action) -> None:
     d = dk("a", "1", policy=policy)
-    p = plan(state(d), {d.key: Observed(value.encode(), 12, lease=0x2)}, inventory({d.key: Entry(P)}), {},
+    p = plan(state(d), {d.key: Observed(value.encode(), 12, lease=0x2)}, inventory({d.key: owned_entry(P)}), {},
              Options(own_leases=frozenset({0x2})))
     note = {Action.UNCHANGED: "create-only: existing value kept" if policy is Policy.CREATE_ONLY else "",
             Action.DRIFT: "drift held by policy warn"}[action]
@@ -191,7 +196,7 @@ def test_enforce_takes_over_and_updates() -> None:
                              note="taken over from apply set 'theirs'")
 
 
-@pytest.mark.parametrize("entry, retag", [(Entry(P), False), (Entry(Q), True)])
+@pytest.mark.parametrize("entry, retag", [(owned_entry(P), False), (owned_entry(Q), True)])
 def test_enforce_updates_an_owned_key(entry: Entry, retag: bool) -> None:
     d = dk("a", "1")
     p = plan(state(d), {d.key: Observed(b"0", 12)}, inventory({d.key: entry}), {})
@@ -201,8 +206,8 @@ def test_enforce_updates_an_owned_key(entry: Entry, retag: bool) -> None:
 
 @pytest.mark.parametrize("owned, entry, own, retag", [
     (False, None, True, False),
-    (True, Entry(P), False, False),
-    (True, Entry(Q), False, True),
+    (True, owned_entry(P), False, False),
+    (True, owned_entry(Q), False, True),
 ])
 def test_warn_reports_drift(owned: bool, entry: Entry | None, own: bool, retag: bool) -> None:
     d = dk("a", "1", policy=Policy.WARN)
@@ -219,8 +224,8 @@ def test_warn_drift_on_a_taken_over_key() -> None:
 
 @pytest.mark.parametrize("entry, action, own, retag, note", [
     (None, Action.ADOPT, True, False, "create-only: existing value kept"),
-    (Entry(P), Action.UNCHANGED, False, False, "create-only: existing value kept"),
-    (Entry(Q, True, True), Action.UNCHANGED, False, True,
+    (owned_entry(P), Action.UNCHANGED, False, False, "create-only: existing value kept"),
+    (owned_entry(Q, True, True), Action.UNCHANGED, False, True,
      f"create-only: existing value kept; ownership record: prefix {Q} -> {P}, secret true -> false"),
 ])
 def test_create_only_keeps_the_existing_value(entry: Entry | None, action: Action, own: bool, retag: bool,
@@ -242,23 +247,23 @@ def test_create_only_on_a_taken_over_key_is_adopted() -> None:
 
 def gone(rel: str, note: str, action: Action, obs: Observed | None, entry: Entry) -> Change:
     return Change(action, P + rel, obs.value if obs else None, None, obs.mod_revision if obs else 0, entry.prefix,
-                  Policy.ENFORCE, entry.prune, entry.secret, note=note)
+                  Policy.ENFORCE, entry.prune, entry.secret, note=note, document=entry.document)
 
 
 @pytest.mark.parametrize("obs, entry, action, note", [
-    (None, Entry(P), Action.RELEASE, "already absent"),
-    (None, Entry(P, False, True), Action.RELEASE, "already absent"),
-    (Observed(b"x", 30), Entry(P, False), Action.RELEASE, "prune: false, kept in etcd"),
-    (Observed(b"x", 30, lease=5), Entry(P, True, True), Action.RELEASE, "now held by a lease, left alone"),
-    (Observed(b"x", 30), Entry(P, True, True), Action.DELETE, ""),
-    (Observed(b"x", 30), Entry(P), Action.DELETE, ""),
+    (None, owned_entry(P), Action.RELEASE, "already absent"),
+    (None, owned_entry(P, False, True), Action.RELEASE, "already absent"),
+    (Observed(b"x", 30), owned_entry(P, False), Action.RELEASE, "prune: false, kept in etcd"),
+    (Observed(b"x", 30, lease=5), owned_entry(P, True, True), Action.RELEASE, "now held by a lease, left alone"),
+    (Observed(b"x", 30), owned_entry(P, True, True), Action.DELETE, ""),
+    (Observed(b"x", 30), owned_entry(P), Action.DELETE, ""),
 ])
 def test_owned_key_no_longer_declared(obs: Observed | None, entry: Entry, action: Action, note: str) -> None:
     keep = dk("keep", "1")
     observed = {keep.key: Observed(b"1", 9)}
     if obs is not None:
         observed[P + "z"] = obs
-    p = plan(state(keep), observed, inventory({keep.key: Entry(P), P + "z": entry}), {}, Options(max_deletes=1))
+    p = plan(state(keep), observed, inventory({keep.key: owned_entry(P), P + "z": entry}), {}, Options(max_deletes=1))
     assert p.changes == (expect(Action.UNCHANGED, keep, "1", 9), gone("z", note, action, obs, entry))
     assert p.owned_before == 2 and p.owned_after == 1
     assert p.refused is None
@@ -266,7 +271,7 @@ def test_owned_key_no_longer_declared(obs: Observed | None, entry: Entry, action
 
 def test_changes_are_sorted_by_key_and_counted() -> None:
     keys = [dk("c", "1"), dk("a", "1"), dk("b", "1")]
-    inv = inventory({P + "b": Entry(P), P + "d": Entry(P), P + "e": Entry(P)})
+    inv = inventory({P + "b": owned_entry(P), P + "d": owned_entry(P), P + "e": owned_entry(P)})
     observed = {P + "a": Observed(b"0", 1), P + "b": Observed(b"1", 2), P + "d": Observed(b"1", 3)}
     p = plan(state(*keys), observed, inv, {})
     assert [(c.key[len(P):], c.action) for c in p.changes] == [
@@ -297,7 +302,7 @@ def test_live_instances_report_presence_and_current_value() -> None:
 
 def deleting(n: int, keep: int) -> tuple[DesiredState, dict[str, Observed], Inventory]:
     kept = [dk(f"k{i}", "1") for i in range(keep)]
-    entries = {d.key: Entry(P) for d in kept} | {P + f"d{i}": Entry(P) for i in range(n)}
+    entries = {d.key: owned_entry(P) for d in kept} | {P + f"d{i}": owned_entry(P) for i in range(n)}
     observed = {key: Observed(b"1", 5) for key in entries}
     return state(*kept), observed, inventory(entries)
 
@@ -321,7 +326,7 @@ def test_emptying_an_apply_set_is_refused_unless_allowed() -> None:
 
 
 def test_emptying_by_releases_is_refused_and_counts_them() -> None:
-    inv = inventory({P + "a": Entry(P), P + "b": Entry(P, False)})
+    inv = inventory({P + "a": owned_entry(P), P + "b": owned_entry(P, False)})
     p = plan(state(), {P + "b": Observed(b"1", 3)}, inv, {})
     assert p.refused == ("apply set 'me' would own nothing afterwards (0 to delete, 2 to release); "
                          "refusing, pass --allow-empty if that is intended")
@@ -421,13 +426,13 @@ def test_prune_false_and_secret_are_carried_on_every_planned_change() -> None:
 
 def test_owned_key_listed_by_another_set_is_updated_not_a_conflict() -> None:
     d = dk("a", "1")
-    p = plan(state(d), {d.key: Observed(b"0", 12)}, inventory({d.key: Entry(P)}), {d.key: "theirs"})
+    p = plan(state(d), {d.key: Observed(b"0", 12)}, inventory({d.key: owned_entry(P)}), {d.key: "theirs"})
     assert only(p) == expect(Action.UPDATE, d, "0", 12)
 
 
 def test_secret_key_with_a_matching_record_is_not_retagged() -> None:
     d = dk("a", "1", secret=True)
-    p = plan(state(d), {d.key: Observed(b"0", 12)}, inventory({d.key: Entry(P, True, True)}), {})
+    p = plan(state(d), {d.key: Observed(b"0", 12)}, inventory({d.key: owned_entry(P, True, True)}), {})
     assert only(p) == expect(Action.UPDATE, d, "0", 12)
 
 

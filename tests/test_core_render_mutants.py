@@ -262,6 +262,7 @@ def test_plan_json_whole() -> None:
         "applyset": "me", "applysetFrom": "flag", "inSync": False, "refused": "refused x",
         "summary": {"create": 1, "update": 2, "adopt": 1, "delete": 1, "release": 1, "unchanged": 2, "drift": 1,
                     "conflict": 2, "ownership": 1},
+        "commit": None,
         "changes": [
             {**base, "key": "/p/a", "action": "create", "old": None, "new": "new"},
             {**base, "key": "/p/b", "action": "update", "old": "l1\nl2\nl3\nl4\n", "new": "l1\nX\nl3\nl4\n",

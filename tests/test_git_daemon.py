@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from conftest import ROOT, Env, wait_for
+from gitrepos import Repo, git_daemon, isolate
 from history import Recorder
 
 from etcdsync.local.etcdbin import free_ports
@@ -39,50 +40,17 @@ SECRET = b"webhook-secret"
 @pytest.fixture(autouse=True)
 def git_identity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A private HOME, cache and identity for every git process (ours, the CLI's and the daemon's)."""
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-    for who in ("AUTHOR", "COMMITTER"):
-        monkeypatch.setenv(f"GIT_{who}_NAME", "etcdsync test")
-        monkeypatch.setenv(f"GIT_{who}_EMAIL", "test@etcdsync.invalid")
-
-
-def git(*args: str | os.PathLike[str], cwd: Path | None = None) -> str:
-    r = subprocess.run(["git", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=30)
-    assert r.returncode == 0, f"git {args}: {r.stderr}"
-    return r.stdout.strip()
-
-
-class Repo:
-    def __init__(self, base: Path) -> None:
-        self.bare = base / "config.git"
-        self.work = base / "work"
-        git("init", "-q", "--bare", "-b", "main", self.bare)
-        git("init", "-q", "-b", "main", self.work)
-
-    def commit(self, path: str, text: str) -> str:
-        f = self.work / path
-        f.parent.mkdir(parents=True, exist_ok=True)
-        f.write_text(text)
-        git("add", "-A", cwd=self.work)
-        git("commit", "-q", "-m", "change", cwd=self.work)
-        git("push", "-q", self.bare, "HEAD:refs/heads/main", cwd=self.work)
-        return git("rev-parse", "HEAD", cwd=self.work)
+    isolate(monkeypatch, tmp_path / "home")
 
 
 @pytest.fixture
-def git_daemon(tmp_path: Path) -> Iterator[tuple[Repo, str]]:
+def served(tmp_path: Path) -> Iterator[tuple[Repo, str]]:
     """A repository and its git:// URL, served by `git daemon` on a free loopback port."""
-    repo = Repo(tmp_path)
-    port = free_ports(1)[0]
-    proc = subprocess.Popen(["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={tmp_path}",
-                             "--listen=127.0.0.1", f"--port={port}", str(tmp_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
+    base = tmp_path / "served"
+    base.mkdir()
+    repo = Repo(base)
+    with git_daemon(base, tmp_path / "git-daemon.log") as port:
         yield repo, f"git://127.0.0.1:{port}/config.git"
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(10)
 
 
 class GitDaemon:
@@ -144,7 +112,7 @@ def push_hook(sha: str, ref: str = "refs/heads/main", secret: bytes = SECRET) ->
 def test_diff_and_apply_read_a_repository(env: Env, history: Recorder, tmp_path: Path) -> None:
     repo = Repo(tmp_path / "r")
     history.declare({f"{env.ns}app/a": "one", f"{env.ns}app/b": "two"})
-    sha = repo.commit("manifests/app.yaml", CONFIG.format(ns=env.ns, a="one"))
+    sha = repo.commit({"manifests/app.yaml": CONFIG.format(ns=env.ns, a="one")})
     url = f"file://{repo.bare}"
     r = env.cli("diff", "--git", url, "--path", "manifests", "--applyset", "g")
     assert r.code == 1 and f"+ {env.ns}app/a" in r.out, r
@@ -152,7 +120,7 @@ def test_diff_and_apply_read_a_repository(env: Env, history: Recorder, tmp_path:
     assert r.code == 0, r
     assert env.get(f"{env.ns}app/a") == b"one"
     # a bad commit: the error names the commit and the file in the repository; nothing is written
-    bad = repo.commit("manifests/app.yaml", CONFIG.format(ns=env.ns, a="[unclosed"))
+    bad = repo.commit({"manifests/app.yaml": CONFIG.format(ns=env.ns, a="[unclosed")})
     rev = env.revision()
     r = env.cli("apply", "--git", url, "--path", "manifests", "--applyset", "g")
     assert r.code == 2 and f"{bad[:12]}:manifests/app.yaml:" in r.err and "Traceback" not in r.err, r
@@ -167,10 +135,10 @@ def test_diff_and_apply_read_a_repository(env: Env, history: Recorder, tmp_path:
 
 
 def test_the_daemon_follows_commits_keeps_the_last_good_one_and_takes_webhooks(
-        env: Env, history: Recorder, git_daemon: tuple[Repo, str], daemons: list[GitDaemon]) -> None:
-    repo, url = git_daemon
+        env: Env, history: Recorder, served: tuple[Repo, str], daemons: list[GitDaemon]) -> None:
+    repo, url = served
     history.declare({f"{env.ns}app/a": "one", f"{env.ns}app/b": "two"})
-    first = repo.commit("manifests/app.yaml", CONFIG.format(ns=env.ns, a="one"))
+    first = repo.commit({"manifests/app.yaml": CONFIG.format(ns=env.ns, a="one")})
     d = GitDaemon(env, url, "--interval", "1s")
     daemons.append(d)
     wait_for(lambda: d.request("/readyz")[0] == 200, 30, f"daemon ready ({d.logs()[-800:]})")
@@ -178,33 +146,33 @@ def test_the_daemon_follows_commits_keeps_the_last_good_one_and_takes_webhooks(
 
     # a new commit is applied within the polling interval
     history.declare({f"{env.ns}app/a": "two", f"{env.ns}app/b": "two"})
-    second = repo.commit("manifests/app.yaml", CONFIG.format(ns=env.ns, a="two"))
+    second = repo.commit({"manifests/app.yaml": CONFIG.format(ns=env.ns, a="two")})
     wait_for(lambda: env.get(f"{env.ns}app/a") == b"two", 20, f"second commit applied ({d.logs()[-800:]})")
     wait_for(lambda: d.ready().get("revision") == second, 10, "readyz names the commit")
 
     # a broken commit keeps the last good state and is reported with its SHA
-    bad = repo.commit("manifests/app.yaml", "kind: [unclosed\n")
+    bad = repo.commit({"manifests/app.yaml": "kind: [unclosed\n"})
     wait_for(lambda: f"{bad[:12]}:manifests/app.yaml" in d.ready().get("manifests", ""), 20,
              f"broken commit reported ({d.logs()[-800:]})")
     assert env.get(f"{env.ns}app/a") == b"two"
     history.declare({f"{env.ns}app/a": "three", f"{env.ns}app/b": "two"})
-    repo.commit("manifests/app.yaml", CONFIG.format(ns=env.ns, a="three"))
+    repo.commit({"manifests/app.yaml": CONFIG.format(ns=env.ns, a="three")})
     wait_for(lambda: env.get(f"{env.ns}app/a") == b"three", 20, "the fixed commit is applied")
     history.assert_quiet(1.5, under=f"{env.ns}app/")
     assert d.stop() == 0
 
 
-def test_a_push_webhook_fetches_at_once(env: Env, history: Recorder, git_daemon: tuple[Repo, str],
+def test_a_push_webhook_fetches_at_once(env: Env, history: Recorder, served: tuple[Repo, str],
                                         daemons: list[GitDaemon]) -> None:
-    repo, url = git_daemon
+    repo, url = served
     history.declare({f"{env.ns}app/a": "one", f"{env.ns}app/b": "two"})
-    repo.commit("manifests/app.yaml", CONFIG.format(ns=env.ns, a="one"))
+    repo.commit({"manifests/app.yaml": CONFIG.format(ns=env.ns, a="one")})
     d = GitDaemon(env, url, "--interval", "1h")      # only the webhook can bring a new commit in time
     daemons.append(d)
     wait_for(lambda: d.request("/readyz")[0] == 200, 30, f"daemon ready ({d.logs()[-800:]})")
 
     history.declare({f"{env.ns}app/a": "hooked", f"{env.ns}app/b": "two"})
-    sha = repo.commit("manifests/app.yaml", CONFIG.format(ns=env.ns, a="hooked"))
+    sha = repo.commit({"manifests/app.yaml": CONFIG.format(ns=env.ns, a="hooked")})
     body, headers = push_hook(sha, secret=b"wrong")
     assert d.request("/hooks/git", body, headers)[0] == 401
     body, headers = push_hook(sha, ref="refs/heads/other")

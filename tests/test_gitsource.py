@@ -14,7 +14,6 @@ import hashlib
 import hmac
 import json
 import os
-import signal
 import socket
 import subprocess
 import threading
@@ -26,14 +25,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from gitrepos import GIT_TIMEOUT, Repo, git, git_daemon, isolate
 
 from etcdsync.core.webhook import MAX_BODY_BYTES, Push, concerns, parse_push, read_request
 from etcdsync.errors import GitSourceError, ManifestError, WebhookError
 from etcdsync.local.etcdbin import free_ports
 from etcdsync.sources.git import GitSource, check_path, check_ref, parse_url, redact
-
-GIT_TIMEOUT = 30
-
 
 # ------------------------------------------------------------------------------------------------
 # environment and servers
@@ -43,73 +40,8 @@ def git_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A private HOME and identity for every git process of this module (ours and GitSource's)."""
     home = tmp_path_factory.mktemp("home")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HOME", str(home))
-        mp.setenv("XDG_CONFIG_HOME", str(home / ".config"))
-        mp.setenv("XDG_CACHE_HOME", str(home / ".cache"))
-        mp.setenv("GIT_CONFIG_NOSYSTEM", "1")
-        for var in ("GIT_CONFIG_GLOBAL", "GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_ASKPASS", "SSH_ASKPASS",
-                    "GIT_CONFIG_COUNT"):
-            mp.delenv(var, raising=False)
-        for who in ("AUTHOR", "COMMITTER"):
-            mp.setenv(f"GIT_{who}_NAME", "etcdsync test")
-            mp.setenv(f"GIT_{who}_EMAIL", "test@etcdsync.invalid")
+        isolate(mp, home)
         yield home
-
-
-def git(*args: str | os.PathLike[str], cwd: Path | None = None) -> str:
-    r = subprocess.run(["git", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=GIT_TIMEOUT)
-    assert r.returncode == 0, f"git {' '.join(map(str, args))}: {r.stderr}"
-    return r.stdout.strip()
-
-
-class Repo:
-    """A bare repository (what the servers serve) fed from a work repository next to it."""
-
-    def __init__(self, base: Path, name: str) -> None:
-        self.name = name
-        self.bare = base / f"{name}.git"
-        self.work = base / "work" / name
-        git("init", "-q", "--bare", "-b", "main", self.bare)
-        git("init", "-q", "-b", "main", self.work)
-
-    def commit(self, files: dict[str, str | None], *, links: dict[str, str] | None = None, branch: str = "main",
-               message: str = "change") -> str:
-        for name, text in files.items():
-            path = self.work / name
-            if text is None:
-                path.unlink()
-            else:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(text)
-        for name, target in (links or {}).items():
-            path = self.work / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.symlink(target, path)
-        git("add", "-A", cwd=self.work)
-        git("commit", "-q", "--allow-empty", "-m", message, cwd=self.work)
-        git("push", "-q", "--force", self.bare, f"HEAD:refs/heads/{branch}", cwd=self.work)
-        return git("rev-parse", "HEAD", cwd=self.work)
-
-    def tag(self, name: str, rev: str = "HEAD", *, annotated: bool = False) -> None:
-        git("tag", *(["-a", "-m", name] if annotated else []), name, rev, cwd=self.work)
-        git("push", "-q", self.bare, f"refs/tags/{name}", cwd=self.work)
-
-    @property
-    def file_url(self) -> str:
-        return f"file://{self.bare}"
-
-
-def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"git daemon exited: {log.read_text()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"git daemon did not listen on {port}: {log.read_text()}")
 
 
 @dataclass
@@ -180,30 +112,17 @@ class _GitHttp(BaseHTTPRequestHandler):
 def servers(tmp_path_factory: pytest.TempPathFactory, git_env: Path) -> Iterator[Servers]:
     """`git daemon` and `git http-backend` over one base directory, on 127.0.0.1, stopped at the end."""
     base = tmp_path_factory.mktemp("served")
-    port = free_ports(1)[0]
-    log = base.parent / f"{base.name}-daemon.log"
-    with open(log, "wb") as out:
-        daemon = subprocess.Popen(
-            ["git", "daemon", "--export-all", f"--base-path={base}", f"--port={port}", "--listen=127.0.0.1",
-             "--reuseaddr", "--informative-errors", "--init-timeout=10", "--timeout=30", str(base)],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
     handler = type("Handler", (_GitHttp,), {"base": base})
     http = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=http.serve_forever, daemon=True)
     thread.start()
     try:
-        _wait_port(port, daemon, log)
-        yield Servers(base, port, http.server_address[1])
+        with git_daemon(base, base.parent / f"{base.name}-daemon.log") as port:
+            yield Servers(base, port, http.server_address[1])
     finally:
         http.shutdown()
         http.server_close()
         thread.join(10)
-        os.killpg(daemon.pid, signal.SIGTERM)
-        try:
-            daemon.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(daemon.pid, signal.SIGKILL)
-            daemon.wait(10)
 
 
 @pytest.fixture

@@ -560,8 +560,9 @@ def _claims(before: dict[str, tuple[bytes, int]], reserved: str) -> dict[str, se
             doc = json.loads(value, object_pairs_hook=dup_check)
         except ValueError:
             return None
-        if not isinstance(doc, dict) or set(doc) - {"v", "prefixes", "noprune", "secret"} or type(doc.get("v")) is not int \
-                or doc["v"] != 1 or not isinstance(doc.get("prefixes"), dict):
+        if not isinstance(doc, dict) or type(doc.get("v")) is not int or doc["v"] not in (1, 2) \
+                or set(doc) - {"v", "prefixes", "noprune", "secret", *(("documents",) if doc["v"] == 2 else ())} \
+                or not isinstance(doc.get("prefixes"), dict):
             return None
         listed: set[str] = set()
         for prefix, rels in doc["prefixes"].items():
@@ -575,6 +576,28 @@ def _claims(before: dict[str, tuple[bytes, int]], reserved: str) -> dict[str, se
             keys = doc.get(flag, [])
             if not isinstance(keys, list) or not all(isinstance(k, str) and k in listed for k in keys):
                 return None
+        # format 2: {"<kind>/<name>": {listed prefix: true | non-empty list of keys listed there}}, a key once
+        documents = doc.get("documents", {})
+        if not isinstance(documents, dict):
+            return None
+        documented: set[str] = set()
+        for doc_name, groups in documents.items():
+            kind, _, doc_rest = doc_name.partition("/")
+            if not kind.isalpha() or not kind.isascii() or not doc_rest or _CTRL.search(doc_name) \
+                    or not isinstance(groups, dict) or not groups:
+                return None
+            for prefix, rels in groups.items():
+                if prefix not in doc["prefixes"]:
+                    return None
+                if rels is True:
+                    rels = doc["prefixes"][prefix]
+                elif not isinstance(rels, list) or not rels or \
+                        not all(isinstance(r, str) and r in doc["prefixes"][prefix] for r in rels):
+                    return None
+                for rel in rels:
+                    if prefix + rel in documented:
+                        return None
+                    documented.add(prefix + rel)
         out.setdefault(name, set()).update(listed)
     return out
 

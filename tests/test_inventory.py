@@ -27,7 +27,7 @@ def test_chunk_round_trip_keeps_prefix_and_prune() -> None:
 
 
 BAD_CHUNKS = [
-    b"not json", b"[]", b'{"v":2,"prefixes":{}}', b'{"v":1}', b'{"v":1,"prefixes":{"/a/":[1]}}',
+    b"not json", b"[]", b'{"v":3,"prefixes":{}}', b'{"v":0,"prefixes":{}}', b'{"v":1}', b'{"v":2}', b'{"v":1,"prefixes":{"/a/":[1]}}',
     # a string where the list belongs was read character by character: /other/p, /other/r, ...
     b'{"v":1,"prefixes":{"/other/":"precious"}}',
     b'{"v":true,"prefixes":{}}', b'{"v":1.0,"prefixes":{}}', b'{"v":"1","prefixes":{}}',
@@ -48,6 +48,18 @@ BAD_CHUNKS = [
     b'{"v":1,"prefixes":{"/a/":["x"]},"secret":[1]}',
     b'{"v":1,"prefixes":{"/a/":["x"]},"secret":null}',
     b'\xff\xfe', b'{"v":1,"prefixes":{},"v":1}',
+    # format 2's "documents": which document declared each key
+    b'{"v":1,"prefixes":{"/a/":["x"]},"documents":{"ConfigSet/a":{"/a/":true}}}',   # not a field of format 1
+    b'{"v":2,"prefixes":{"/a/":["x"]},"documents":[]}',
+    b'{"v":2,"prefixes":{"/a/":["x"]},"documents":{"a":{"/a/":true}}}',             # not <kind>/<name>
+    b'{"v":2,"prefixes":{"/a/":["x"]},"documents":{"ConfigSet/a\u0001":{"/a/":true}}}',
+    b'{"v":2,"prefixes":{"/a/":["x"]},"documents":{"ConfigSet/a":{}}}',
+    b'{"v":2,"prefixes":{"/a/":["x"]},"documents":{"ConfigSet/a":{"/b/":true}}}',    # a prefix it does not list
+    b'{"v":2,"prefixes":{"/a/":["x"]},"documents":{"ConfigSet/a":{"/a/":["y"]}}}',   # a key it does not list
+    b'{"v":2,"prefixes":{"/a/":["x"]},"documents":{"ConfigSet/a":{"/a/":false}}}',
+    b'{"v":2,"prefixes":{"/a/":["x"]},"documents":{"ConfigSet/a":{"/a/":[]}}}',
+    b'{"v":2,"prefixes":{"/a/":["x"]},"documents":{"ConfigSet/a":{"/a/":"x"}}}',
+    b'{"v":2,"prefixes":{"/a/":["x"]},"documents":{"ConfigSet/a":{"/a/":true},"Service/b":{"/a/":["x"]}}}',
 ]
 
 
@@ -104,10 +116,27 @@ _seg = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), min_si
 
 
 @given(st.lists(st.tuples(st.lists(_seg, min_size=1, max_size=3), st.lists(_seg, min_size=1, max_size=3),
-                          st.booleans(), st.booleans()), max_size=8))
-def test_every_encoded_chunk_decodes_to_itself(raw: list[tuple[list[str], list[str], bool, bool]]) -> None:
+                          st.booleans(), st.booleans(), st.sampled_from(["", "ConfigSet/a", "Service/b", "ConfigSet/x/y"])),
+                max_size=8))
+def test_every_encoded_chunk_decodes_to_itself(raw: list[tuple[list[str], list[str], bool, bool, str]]) -> None:
     entries = {}
-    for pre, rel, prune, secret in raw:
+    for pre, rel, prune, secret, document in raw:
         prefix = "/" + "/".join(pre) + "/"
-        entries[prefix + "/".join(rel)] = Entry(prefix, prune, secret)
+        entries[prefix + "/".join(rel)] = Entry(prefix, prune, secret, document)
     assert decode_chunk("k", encode_chunk(entries), reserved=R) == entries
+
+
+def test_documents_are_recorded_per_prefix_or_per_key() -> None:
+    entries = {"/a/x": Entry("/a/", document="ConfigSet/a"), "/a/y": Entry("/a/", document="ConfigSet/a"),
+               "/m/1": Entry("/m/", document="ConfigSet/m"), "/m/2": Entry("/m/", document="Service/m"),
+               "/m/3": Entry("/m/"), "/u/z": Entry("/u/")}
+    raw = encode_chunk(entries)
+    assert raw == (b'{"v":2,"prefixes":{"/a/":["x","y"],"/m/":["1","2","3"],"/u/":["z"]},'
+                   b'"documents":{"ConfigSet/a":{"/a/":true},"ConfigSet/m":{"/m/":["1"]},"Service/m":{"/m/":["2"]}}}')
+    assert decode_chunk("k", raw) == entries
+
+
+def test_a_format_1_chunk_is_read_with_no_document() -> None:
+    # the exact bytes the previous format wrote
+    raw = b'{"v":1,"prefixes":{"/a/":["x","y"]},"noprune":["/a/y"],"secret":["/a/x"]}'
+    assert decode_chunk("k", raw) == {"/a/x": Entry("/a/", True, True, ""), "/a/y": Entry("/a/", False, False, "")}

@@ -42,7 +42,7 @@ def sample_plan() -> Any:
     }
     inv = Inventory("shop")
     inv.add_chunk(Chunk("/.etcdsync/sets/shop/inventory/a", 2, {
-        P + k: Entry(P) for k in ("changed", "same", "token", "cert", "warned", "seed", "gone", "binary")}))
+        P + k: Entry(P, document="ConfigSet/shop") for k in ("changed", "same", "token", "cert", "warned", "seed", "gone", "binary")}))
     return plan(desired, observed, inv, {})
 
 
@@ -91,7 +91,8 @@ def test_ownership_only_changes_are_named_in_the_summary() -> None:
     keys = [DesiredKey(b + "moved", b"1", b, document="ConfigSet/shop"),
             DesiredKey(a + "kept", b"2", a, prune=False, document="ConfigSet/all")]
     inv = Inventory("x")
-    inv.add_chunk(Chunk("/.etcdsync/sets/x/inventory/a", 2, {b + "moved": Entry(a), a + "kept": Entry(a)}))
+    inv.add_chunk(Chunk("/.etcdsync/sets/x/inventory/a", 2, {b + "moved": Entry(a, document="ConfigSet/shop"),
+                                                        a + "kept": Entry(a, document="ConfigSet/all")}))
     observed = {b + "moved": Observed(b"1", 3), a + "kept": Observed(b"2", 4)}
     p = plan(DesiredState(keys={k.key: k for k in keys}, prefixes=(a, b)), observed, inv, {})
     assert p.has_changes

@@ -7,7 +7,10 @@ what it returns; the only thing they add is a progress bar on a terminal for lar
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import os
+import secrets
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -16,8 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from ..core.history import DEFAULT_LIMIT
 from ..core.inventory import resolve_applyset
-from ..errors import EtcdsyncError, UsageError
+from ..errors import EtcdsyncError, GuardError, UsageError
+from .history import history_limit_option, load_with_source, record_apply
 from .options import (
     ConnectionFlags,
     ManifestFlags,
@@ -36,6 +41,9 @@ if TYPE_CHECKING:
     from ..apply import Outcome
     from ..core.model import Source
     from ..core.plan import Plan
+    from ..core.planfile import SavedPlan
+    from ..execute import Layout
+    from ..settings import Options
 
 PROGRESS_FROM = 1000   # writes from which `apply` shows a progress bar on a terminal
 
@@ -80,6 +88,7 @@ class _Shown:
     ctx: Ctx
     plan: Plan | None = None
     bar: Any = field(default=None, repr=False)
+    commit: tuple[int, int] | None = None     # (transactions, max operations) of the first plan to commit
 
     def on_plan(self, p: Plan, attempt: int) -> None:
         if attempt:
@@ -88,8 +97,18 @@ class _Shown:
         if self.ctx.output == "text":
             from ..core import render
 
-            self.ctx.out(render.render_plan(p, style=self.ctx.style, verbose=self.ctx.verbose,
-                                            limit=None if self.ctx.verbose else DIFF_LIMIT))
+            # a refusal is reported once, as the error on stderr, not also as a line of the diff
+            self.ctx.out(render.render_plan(dataclasses.replace(p, refused=None), style=self.ctx.style,
+                                            verbose=self.ctx.verbose, limit=None if self.ctx.verbose else DIFF_LIMIT))
+
+    def on_layout(self, layout: Layout, attempt: int) -> None:
+        if attempt:
+            return
+        self.commit = (layout.transactions, layout.max_ops)
+        if self.ctx.output == "text":
+            from ..core import render
+
+            self.ctx.out(render.commit_line(*self.commit))
 
     def progress(self, n: int) -> None:
         if self.bar is not None:
@@ -111,60 +130,180 @@ def _progress_bar(shown: _Shown) -> Iterator[Any]:
         yield on_plan
 
 
-def _plan_command(manifests: ManifestFlags, flags: PlanFlags, etcd: ConnectionFlags, ctx: Ctx, *, execute: bool) -> int:
-    from ..apply import Outcome, apply
-    from ..core import render
+@dataclass(frozen=True)
+class _PlanFile:
+    """diff's --out / apply's --plan, and --atomic."""
+
+    out: str | None = None
+    plan: str | None = None
+    atomic: bool = False
+
+
+def _plan_command(manifests: ManifestFlags, flags: PlanFlags, etcd: ConnectionFlags, ctx: Ctx, *, execute: bool,
+                  files: _PlanFile = _PlanFile(), history_limit: int = DEFAULT_LIMIT) -> int:
+    from ..apply import Outcome, apply, apply_saved
+    from ..core import planfile, render
     from ..diff import diff as plan_only
     from ..diff import refuse
     from ..etcd.store import Store
+    from ..execute import Executor, Layout, Limits
 
     conn = etcd.connection()
     reserved = flags.reserved_prefix
+    saved = _read_plan(files.plan, flags) if files.plan else None
     manifests.check()
-    desired = manifests.load(reserved)
-    applyset, origin = resolve_applyset(flags.applyset, desired)
+    desired, provenance = load_with_source(manifests, reserved)   # provenance: for the history entry
+    if saved is not None:
+        applyset, origin = _saved_applyset(saved, flags, desired, files.plan or "")
+    else:
+        applyset, origin = resolve_applyset(flags.applyset, desired)
     if origin == "default" and ctx.output == "text":
         ctx.note("applyset: 'default' (no --applyset and no ApplySet document; two trees applied under one "
                  "name prune each other's keys)")
     options = flags.options()
     shown = _Shown(ctx)
+    digest = planfile.manifest_digest(desired)
 
     async def go() -> Outcome:
         async with Store(conn) as store:
+            if saved is not None:
+                outcome = await apply_saved(store, saved, desired, atomic=files.atomic, on_plan=shown.on_plan,
+                                            on_layout=shown.on_layout, progress=shown.progress)
+                await record_apply(store, reserved, outcome, applyset=applyset, source=provenance,
+                                   limit=history_limit)
+                return outcome
             if not execute:
-                p, _ = await plan_only(store, desired, applyset=applyset, reserved=reserved, options=options)
+                p, snap = await plan_only(store, desired, applyset=applyset, reserved=reserved, options=options)
                 shown.on_plan(p, 0)
                 refuse(p, applyset)       # the same refusals as apply's, also for diff
+                layout = Layout(0, Limits().max_ops)
+                if p.has_changes:     # the executor's own split, so the count is the one apply commits
+                    layout = Executor(store, snap, p, reserved=reserved, limits=Limits()).layout()
+                    shown.on_layout(layout, 0)
+                if files.atomic:
+                    from ..apply import refuse_split
+
+                    refuse_split(layout)
+                if files.out:
+                    _write_plan(files.out, planfile.encode(
+                        p, reserved=reserved, cluster_id=await store.cluster_id(), revision=snap.revision,
+                        digest=digest, salt=secrets.token_hex(16), owned=snap.ownership.inventory(applyset).owned,
+                        transactions=layout.transactions, max_ops=layout.max_ops))
                 return Outcome(p)
             with _progress_bar(shown) as on_plan:
-                return await apply(store, desired, applyset=applyset, reserved=reserved, options=options,
-                                   on_plan=on_plan, progress=shown.progress)
+                outcome = await apply(store, desired, applyset=applyset, reserved=reserved, options=options,
+                                      on_plan=on_plan, progress=shown.progress, atomic=files.atomic,
+                                      on_layout=shown.on_layout)
+            await record_apply(store, reserved, outcome, applyset=applyset, source=provenance, limit=history_limit)
+            return outcome
 
     try:
         outcome = run(go())
+        _note_partial(ctx, outcome.plan, options)
     except EtcdsyncError as exc:
         if ctx.output == "json" and shown.plan is not None:
-            doc = render.plan_json(shown.plan, applyset_origin=origin, removed=desired.removed)
+            doc = render.plan_json(shown.plan, applyset_origin=origin, removed=desired.removed, commit=shown.commit)
             doc["error"] = str(exc)
+            stale = getattr(exc, "stale", None)
+            if stale is not None:
+                doc["stale"] = [s.as_json() for s in stale]
+            ctx.out(json.dumps(doc, indent=2))
+        elif ctx.output == "json" and saved is not None:
+            doc = {"applyset": saved.applyset, "error": str(exc)}
+            stale = getattr(exc, "stale", None)
+            if stale is not None:
+                doc["stale"] = [s.as_json() for s in stale]
             ctx.out(json.dumps(doc, indent=2))
         raise
     if not execute:
         if ctx.output == "json":
-            ctx.out(json.dumps(render.plan_json(outcome.plan, applyset_origin=origin, removed=desired.removed),
-                               indent=2))
+            ctx.out(json.dumps(render.plan_json(outcome.plan, applyset_origin=origin, removed=desired.removed,
+                                                commit=shown.commit), indent=2))
+        elif files.out:
+            ctx.note(f"plan saved to {render.escape(files.out)}: apply it with `etcdsync apply --plan {render.escape(files.out)}`")
         return EXIT_DIFF if outcome.plan.has_changes else EXIT_OK
-    _report_apply(ctx, outcome, origin, desired.removed)
+    manifests_changed = saved is not None and saved.digest != digest
+    if manifests_changed and ctx.output == "text":
+        ctx.note(f"note: the manifests changed since {render.escape(files.plan or '')} was made; applying the saved "
+                 "plan only (a new diff shows what else differs)")
+    _report_apply(ctx, outcome, origin, desired.removed, commit=shown.commit,
+                  saved=None if saved is None else {"file": files.plan, "revision": saved.revision,
+                                                    "manifestsChanged": manifests_changed})
     return EXIT_OK
 
 
-def _report_apply(ctx: Ctx, outcome: Outcome, origin: str, removed: Mapping[str, Source]) -> None:
+def _read_plan(path: str, flags: PlanFlags) -> SavedPlan:
+    """The plan file `apply --plan` names, decoded and checked against the flags given with it."""
+    from ..core import planfile
+    from ..manifest.yamlnodes import shown
+
+    if (flags.take_ownership or flags.allow_empty or flags.force or flags.max_deletes != 100
+            or flags.selector is not None or not flags.prune):
+        raise UsageError("--plan: --take-ownership, --allow-empty, --force, --max-deletes, -l/--selector and --prune "
+                         "were decided when the plan was made (pass them to `etcdsync diff --out`)")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise UsageError(f"--plan {shown(path)}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{shown(path)}: not a plan file: not UTF-8 text") from None
+    saved = planfile.decode(text, shown(path))
+    if saved.reserved != flags.reserved_prefix:
+        raise GuardError(f"{shown(path)}: the plan was made for reserved prefix {shown(saved.reserved)!r}, not "
+                         f"{shown(flags.reserved_prefix)!r}; refusing (nothing written)")
+    return saved
+
+
+def _saved_applyset(saved: SavedPlan, flags: PlanFlags, desired: Any, path: str) -> tuple[str, str]:
+    """The saved plan's apply set; --applyset or the ApplySet document, when given, must name it."""
+    from ..manifest.yamlnodes import shown
+
+    for given, what in ((flags.applyset, "--applyset"), (desired.applyset, "the ApplySet document")):
+        if given and given != saved.applyset:
+            raise GuardError(f"{shown(path)}: the plan was made for apply set {saved.applyset!r}, {what} names "
+                             f"{given!r}; refusing (nothing written)")
+    return saved.applyset, "plan"
+
+
+def _write_plan(path: str, text: str) -> None:
+    """Write the plan file whole or not at all (a temporary file renamed over it)."""
+    from ..manifest.yamlnodes import shown
+
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise UsageError(f"--out {shown(path)}: {exc.strerror}") from None
+
+
+def _note_partial(ctx: Ctx, p: Plan, options: Options) -> None:
+    """On stderr (text output): what -l and --prune=false left out of the plan."""
+    if ctx.output != "text" or (options.selector is None and options.prune):
+        return
+    why = [] if options.selector is None else [f"-l {options.selector}"]
+    if not options.prune:
+        why.append("--prune=false")
+    ctx.note(f"note: {' and '.join(why)}: {plural(p.kept, 'owned key')} of other documents or no longer declared "
+             "left out of the plan (neither written nor pruned)")
+
+
+def _report_apply(ctx: Ctx, outcome: Outcome, origin: str, removed: Mapping[str, Source], *,
+                  commit: tuple[int, int] | None = None, saved: dict[str, Any] | None = None) -> None:
     """``removed``: the keys an overlay removed (DesiredState.removed), named in their deletes' origin."""
     from ..core import render
 
     p = outcome.plan
     unchanged = sum(1 for c in p.changes if c.key not in outcome.done and not c.writes)
+    limits = outcome.limits
     if ctx.output == "json":
-        doc = render.plan_json(p, applyset_origin=origin, removed=removed)
+        doc = render.plan_json(p, applyset_origin=origin, removed=removed, commit=commit)
+        if saved is not None:
+            doc["savedPlan"] = saved
         doc["applied"] = {
             "revision": outcome.revision,
             "transactions": outcome.transactions,
@@ -172,11 +311,18 @@ def _report_apply(ctx: Ctx, outcome: Outcome, origin: str, removed: Mapping[str,
             "results": [render.change_json(c, result=c.action.value, removed_by=removed.get(c.key))
                         for c in outcome.done.values()],
         }
+        if limits is not None:
+            doc["applied"]["limits"] = {"maxOperations": limits.max_ops, "maxBytes": limits.max_bytes,
+                                        "lowered": outcome.shrunk}
         ctx.out(json.dumps(doc, indent=2))
         return
     if outcome.retried:
         ctx.note(f"note: {plural(len(outcome.retried), 'key')} changed during apply (another writer): "
                  f"{render.escape(', '.join(outcome.retried[:5]))}; re-read and re-planned")
+    if outcome.shrunk and limits is not None:
+        ctx.note(f"note: etcd refused a transaction as too large; continued with batches of at most "
+                 f"{limits.max_ops} operations and {limits.max_bytes} bytes (the server's --max-txn-ops or "
+                 "--max-request-bytes is below etcd's defaults)")
     if not p.has_changes:
         ctx.out("in sync: nothing to apply")
     else:
@@ -202,22 +348,31 @@ def plan_output_options(f: Any) -> Any:
 @plan_output_options
 @connection_options
 @output_options
+@click.option("--out", "out", metavar="PLAN", type=click.Path(dir_okay=False),
+              help="Save the plan to this file, for `etcdsync apply --plan PLAN`.")
+@click.option("--atomic", is_flag=True, help="Exit 3 when the plan does not fit one transaction.")
 def diff(manifests: ManifestFlags, plan: PlanFlags, output: str, verbose: bool, etcd: ConnectionFlags,
-         display: OutputFlags) -> None:
+         display: OutputFlags, out: str | None, atomic: bool) -> None:
     """Show what apply would change (exit 1 when it would change anything)."""
-    sys.exit(_plan_command(manifests, plan, etcd, _plan_ctx(output, verbose, display), execute=False))
+    sys.exit(_plan_command(manifests, plan, etcd, _plan_ctx(output, verbose, display), execute=False,
+                           files=_PlanFile(out=out, atomic=atomic)))
 
 
 @click.command(name="apply")
 @manifest_options
 @plan_options
 @plan_output_options
+@history_limit_option
 @connection_options
 @output_options
-def apply_cmd(manifests: ManifestFlags, plan: PlanFlags, output: str, verbose: bool, etcd: ConnectionFlags,
-              display: OutputFlags) -> None:
+@click.option("--plan", "plan_file", metavar="PLAN", type=click.Path(dir_okay=False),
+              help="Apply exactly this saved plan (from `etcdsync diff --out`), or refuse.")
+@click.option("--atomic", is_flag=True, help="Refuse (exit 3, nothing written) a plan that does not fit one transaction.")
+def apply_cmd(manifests: ManifestFlags, plan: PlanFlags, output: str, verbose: bool, history_limit: int,
+              etcd: ConnectionFlags, display: OutputFlags, plan_file: str | None, atomic: bool) -> None:
     """Make etcd match the manifests: guarded transactions, prune last."""
-    sys.exit(_plan_command(manifests, plan, etcd, _plan_ctx(output, verbose, display), execute=True))
+    sys.exit(_plan_command(manifests, plan, etcd, _plan_ctx(output, verbose, display), execute=True,
+                           files=_PlanFile(plan=plan_file, atomic=atomic), history_limit=history_limit))
 
 
 @click.command()

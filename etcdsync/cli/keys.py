@@ -12,9 +12,9 @@ an apply that creates, adopts, takes over or releases the key in between makes t
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from ..core.model import DesiredState
     from ..etcd.store import Compare, KeyValue, Store
 
+T = TypeVar("T")
 ATTEMPTS = 5                 # hand writes: re-read and re-decide this many times on a failed compare
 
 
@@ -266,24 +267,24 @@ def put(target: str, value: str, force: bool, paths: tuple[str, ...], reserved_p
     desired = _manifests(paths, reserved_prefix)
     data = value.encode("utf-8", "surrogateescape")
 
+    async def step(store: Store, seen: Seen) -> tuple[str, int, Seen]:
+        kv = seen.kvs[0] if seen.kvs else None
+        if kv is not None and not force:
+            reason = _refusal([kv], seen, desired, "put")
+            if reason:
+                raise OwnershipError(reason, [key])
+        if kv is not None and kv.value == data:
+            return "unchanged", seen.revision, seen
+        result = await store.txn(_guards(seen, [kv if kv is not None else key]), [Put(key, data)])
+        if not result.succeeded:
+            raise _Moved()
+        return ("updated" if kv is not None else "created"), result.revision, seen
+
     async def go() -> tuple[str, int, Seen]:
-        backoff = Backoff(0.05, 2.0)
         async with Store(conn) as store:
-            for _attempt in range(ATTEMPTS):
-                seen = await read(store, reserved_prefix, key, prefix=False)
-                kv = seen.kvs[0] if seen.kvs else None
-                if kv is not None and not force:
-                    reason = _refusal([kv], seen, desired, "put")
-                    if reason:
-                        raise OwnershipError(reason, [key])
-                if kv is not None and kv.value == data:
-                    return "unchanged", seen.revision, seen
-                result = await store.txn(_guards(seen, [kv if kv is not None else key]), [Put(key, data)])
-                if result.succeeded:
-                    return ("updated" if kv is not None else "created"), result.revision, seen
-                await backoff.sleep()
-        raise ConflictError(f"{key}: conflict, changed by another writer on each of {ATTEMPTS} attempts; "
-                            "nothing written", [key])
+            return await _write_cycle(store, reserved_prefix, key, prefix=False, step=step, backoff=Backoff(0.05, 2.0),
+                                      conflict=lambda: f"{key}: conflict, changed by another writer on each of "
+                                                       f"{ATTEMPTS} attempts; nothing written")
 
     what, revision, seen = run(go())
     shown = safe_text(key)
@@ -320,42 +321,39 @@ def del_cmd(target: str, prefix: bool, force: bool, paths: tuple[str, ...], rese
     desired = _manifests(paths, reserved_prefix)
     limits = Limits()
 
-    async def go() -> tuple[int, int, int, list[str]]:
-        deleted = transactions = revision = 0
-        owned: list[str] = []
-        backoff = Backoff(0.1, 2.0)
-        async with Store(conn) as store:
-            attempt = 0
-            while True:
-                seen = await read(store, reserved_prefix, key, prefix=prefix)
-                if not seen.kvs:
-                    return deleted, transactions, revision, owned
-                if not force:
-                    reason = _refusal(seen.kvs, seen, desired, "delete")
-                    if reason:
-                        if deleted:  # ownership changed between two batches of a --prefix delete
-                            reason = reason.replace("nothing written", f"{deleted} keys already deleted before")
-                        raise OwnershipError(reason, [kv.key for kv in seen.kvs if kv.key in seen.owners or kv.lease])
-                owned.extend(kv.key for kv in seen.kvs if kv.key in seen.owners and kv.key not in owned)
-                try:
-                    for batch in _batches(seen, limits.max_ops):
-                        result = await store.txn(_guards(seen, batch), [Delete(kv.key) for kv in batch])
-                        transactions += 1
-                        if not result.succeeded:
-                            raise _Moved()
-                        deleted += len(batch)
-                        revision = result.revision
-                    return deleted, transactions, revision, owned
-                except RequestTooLargeError:
-                    limits.shrink()
-                except _Moved:
-                    attempt += 1
-                    if attempt >= ATTEMPTS:
-                        raise ConflictError(f"{key}: conflict, changed by another writer on each of {ATTEMPTS} "
-                                            f"attempts; {deleted} keys deleted before that", [key]) from None
-                    await backoff.sleep()
+    deleted = transactions = revision = 0
+    owned: list[str] = []
 
-    deleted, transactions, revision, owned = run(go())
+    async def step(store: Store, seen: Seen) -> None:
+        nonlocal deleted, transactions, revision
+        if not seen.kvs:
+            return
+        if not force:
+            reason = _refusal(seen.kvs, seen, desired, "delete")
+            if reason:
+                if deleted:  # ownership changed between two batches of a --prefix delete
+                    reason = reason.replace("nothing written", f"{deleted} keys already deleted before")
+                raise OwnershipError(reason, [kv.key for kv in seen.kvs if kv.key in seen.owners or kv.lease])
+        owned.extend(kv.key for kv in seen.kvs if kv.key in seen.owners and kv.key not in owned)
+        try:
+            for batch in _batches(seen, limits.max_ops):
+                result = await store.txn(_guards(seen, batch), [Delete(kv.key) for kv in batch])
+                transactions += 1
+                if not result.succeeded:
+                    raise _Moved()
+                deleted += len(batch)
+                revision = result.revision
+        except RequestTooLargeError:
+            limits.shrink()
+            raise _Reread() from None
+
+    async def go() -> None:
+        async with Store(conn) as store:
+            await _write_cycle(store, reserved_prefix, key, prefix=prefix, step=step, backoff=Backoff(0.1, 2.0),
+                               conflict=lambda: f"{key}: conflict, changed by another writer on each of "
+                                                f"{ATTEMPTS} attempts; {deleted} keys deleted before that")
+
+    run(go())
     shown = safe_text(key)
     if not deleted:
         click.echo(f"{shown}: {'no keys under it' if prefix else 'not found'}; nothing deleted")
@@ -372,6 +370,29 @@ def del_cmd(target: str, prefix: bool, force: bool, paths: tuple[str, ...], rese
 
 class _Moved(Exception):
     """A guarded hand write found that something it read has changed."""
+
+
+class _Reread(Exception):
+    """Read again and decide again without counting an attempt (the server refused a batch as too large)."""
+
+
+async def _write_cycle(store: Store, reserved: str, key: str, *, prefix: bool,
+                       step: Callable[[Store, Seen], Awaitable[T]], backoff: Backoff, conflict: Callable[[], str]) -> T:
+    """The read-decide-write cycle of hand writes: read the key(s) with their owners at one revision,
+    let `step` decide and write (raising _Moved when a compare failed), and read again with backoff;
+    ConflictError after ATTEMPTS failed compares."""
+    attempts = 0
+    while True:
+        seen = await read(store, reserved, key, prefix=prefix)
+        try:
+            return await step(store, seen)
+        except _Reread:
+            continue
+        except _Moved:
+            attempts += 1
+            if attempts >= ATTEMPTS:
+                raise ConflictError(conflict(), [key]) from None
+            await backoff.sleep()
 
 
 def _batches(seen: Seen, max_ops: int) -> list[list[KeyValue]]:

@@ -45,6 +45,11 @@ COMMANDS: dict[str, str] = {
     "inventory": "applysets:inventory",
     "applysets": "applysets:applysets",
     "teardown": "applysets:teardown",
+    "history": "history:history_cmd",
+    "explain": "history:explain",
+    "rollback": "history:rollback",
+    "suspend": "history:suspend",
+    "resume": "history:resume",
 }
 
 

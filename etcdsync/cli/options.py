@@ -246,12 +246,18 @@ class PlanFlags:
     allow_empty: bool
     max_deletes: int
     force: bool
+    selector: str | None = None
+    prune: bool = True
 
     def options(self) -> Options:
         from ..settings import Options
 
+        if self.selector is not None:
+            from ..core.selector import parse_selector
+
+            parse_selector(self.selector)   # a bad selector is a usage error before anything is read
         return Options(take_ownership=self.take_ownership, allow_empty=self.allow_empty,
-                       max_deletes=self.max_deletes, force=self.force)
+                       max_deletes=self.max_deletes, force=self.force, selector=self.selector, prune=self.prune)
 
 
 def _plan_flags(help: dict[str, str | None]) -> list[Callable[[F], F]]:
@@ -263,6 +269,9 @@ def _plan_flags(help: dict[str, str | None]) -> list[Callable[[F], F]]:
         click.option("--max-deletes", type=click.IntRange(min=0), default=100, show_default=True,
                      help=help["max-deletes"]),
         click.option("--force", is_flag=True, help=help["force"]),
+        click.option("-l", "--selector", metavar="KEY=VALUE[,...]", default=None, help=help["selector"]),
+        click.option("--prune", type=click.Choice(["true", "false"]), default="true", show_default=True,
+                     callback=lambda _ctx, _param, value: value == "true", help=help["prune"]),
     ]
 
 
@@ -271,6 +280,9 @@ _PLAN_HELP: dict[str, str | None] = {
     "allow-empty": "Allow a plan that leaves the apply set owning nothing.",
     "max-deletes": "Refuse plans deleting more keys.",
     "force": "Allow more deletes than --max-deletes.",
+    "selector": "Only documents whose metadata.labels match (key=value, key!=value; commas: and); "
+                "prunes only keys recorded as theirs.",
+    "prune": "--prune=false: puts only; owned keys no longer declared stay owned, for a later apply to prune.",
 }
 
 plan_options = _grouped("plan", PlanFlags, _plan_flags(_PLAN_HELP))

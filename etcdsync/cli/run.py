@@ -12,6 +12,7 @@ import click
 from ..core.inventory import resolve_applyset
 from ..errors import UsageError
 from ..settings import RESERVED_PREFIX
+from .history import history_limit_option
 from .options import (
     ConnectionFlags,
     ManifestFlags,
@@ -77,11 +78,12 @@ def _read_secret(path: str | None) -> bytes | None:
 @click.option("--webhook-secret-file", metavar="FILE",
               help="With --git and --metrics-addr: serve POST /hooks/git (GitHub/GitLab push webhooks, "
                    "checked with the secret in FILE) to fetch at once.")
+@history_limit_option
 @connection_options
 @output_options
 def run_cmd(manifests: ManifestFlags, plan: PlanFlags, resync: str, debounce: str, metrics_addr: str | None,
             leader_elect: bool, election_ttl: str, log_format: str, flap_threshold: int, flap_window: str,
-            flap_cooldown: str, interval: str, webhook_secret_file: str | None,
+            flap_cooldown: str, interval: str, webhook_secret_file: str | None, history_limit: int,
             etcd: ConnectionFlags, display: OutputFlags) -> None:
     """Keep etcd equal to the manifests: watch files and etcd, repair drift, hold live registrations."""
     from ..daemon.daemon import Daemon
@@ -104,6 +106,7 @@ def run_cmd(manifests: ManifestFlags, plan: PlanFlags, resync: str, debounce: st
         metrics_addr=metrics_addr, leader_elect=leader_elect, election_ttl=parse_duration(election_ttl, "--election-ttl"),
         webhook_secret=_read_secret(webhook_secret_file), flap_threshold=flap_threshold,
         flap_window=parse_duration(flap_window, "--flap-window"), flap_cooldown=parse_duration(flap_cooldown, "--flap-cooldown"),
+        history_limit=history_limit,
     )
     source = _source(manifests, plan.reserved_prefix, debounce=debounce_seconds, interval=interval_seconds)
     daemon = Daemon(conn, settings, source)

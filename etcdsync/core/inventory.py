@@ -2,9 +2,16 @@
 
 Layout (R is the reserved prefix, default `/.etcdsync/`):
 
-    R sets/<applyset>/inventory/<chunk-id>   JSON chunk: {"v":1,"prefixes":{prefix:[relative keys]},
+    R sets/<applyset>/inventory/<chunk-id>   JSON chunk: {"v":2,"prefixes":{prefix:[relative keys]},
+                                             "documents":{document:{prefix:true|[relative keys]}},
                                              "noprune":[keys],"secret":[keys]}
     R ownership                              fence bumped by every transaction that adds ownership
+
+"prefixes" lists every key the chunk owns (what a reader needs to know what is owned); "documents"
+says which document declared them (`true`: every key of the chunk under that prefix, else the
+listed ones). A key under no document has none recorded: written by format 1 (no "documents"),
+which is still read; every chunk written is format 2, and a full apply records the document of every
+key it finds without one (an ownership-record change, like a changed prefix).
 
 An inventory is split into chunks so that 100,000 owned keys stay within etcd's request limits: a
 transaction that creates or adopts keys writes them together with a new chunk listing exactly those
@@ -23,7 +30,8 @@ from ..errors import InventoryError, UsageError
 from .model import DesiredState
 
 APPLYSET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-CHUNK_VERSION = 1
+CHUNK_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 def check_applyset_name(name: str) -> str:
@@ -64,6 +72,7 @@ class Entry:
     prefix: str
     prune: bool = True
     secret: bool = False      # remembered so a key removed from the manifests is still masked
+    document: str = ""        # the document that declared it ("ConfigSet/payments"); "": not recorded
 
 
 @dataclass(slots=True)
@@ -121,16 +130,26 @@ def encode_chunk(entries: Mapping[str, Entry]) -> bytes:
     prefixes: dict[str, list[str]] = {}
     noprune: list[str] = []
     secret: list[str] = []
+    by_doc: dict[str, dict[str, list[str]]] = {}       # prefix -> document -> relative keys
     for key in sorted(entries):
         entry = entries[key]
         if not key.startswith(entry.prefix):
             raise ValueError(f"{key}: not under its recorded prefix {entry.prefix}")
-        prefixes.setdefault(entry.prefix, []).append(key[len(entry.prefix):])
+        rel = key[len(entry.prefix):]
+        prefixes.setdefault(entry.prefix, []).append(rel)
+        by_doc.setdefault(entry.prefix, {}).setdefault(entry.document, []).append(rel)
         if not entry.prune:
             noprune.append(key)
         if entry.secret:
             secret.append(key)
+    documents: dict[str, dict[str, bool | list[str]]] = {}
+    for prefix, docs in by_doc.items():
+        for name, rels in docs.items():
+            if name:  # a whole prefix of one document (the usual case) is `true`, not its keys again
+                documents.setdefault(name, {})[prefix] = True if len(docs) == 1 else rels
     doc: dict[str, object] = {"v": CHUNK_VERSION, "prefixes": prefixes}
+    if documents:
+        doc["documents"] = {name: documents[name] for name in sorted(documents)}
     if noprune:
         doc["noprune"] = noprune
     if secret:
@@ -140,7 +159,9 @@ def encode_chunk(entries: Mapping[str, Entry]) -> bytes:
 
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 _CHUNK_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
-_FIELDS = frozenset({"v", "prefixes", "noprune", "secret"})
+_FIELDS = {1: frozenset({"v", "prefixes", "noprune", "secret"}),
+           2: frozenset({"v", "prefixes", "documents", "noprune", "secret"})}
+_DOCUMENT = re.compile(r"^[A-Za-z]+/[^\x00-\x1f\x7f-\x9f]+$")
 
 
 class _Bad(ValueError):
@@ -196,9 +217,9 @@ def decode_chunk(key: str, value: bytes, *, reserved: str | None = None) -> dict
         if not isinstance(doc, dict):
             raise _Bad("not a JSON object")
         version = doc.get("v")
-        if type(version) is not int or version != CHUNK_VERSION:
+        if type(version) is not int or version not in READABLE_VERSIONS:
             raise _Bad(f"unsupported inventory version {json.dumps(version)}")
-        extra = set(doc) - _FIELDS
+        extra = set(doc) - _FIELDS[version]
         if extra:
             raise _Bad(f"unknown field {min(extra)!r}")
         prefixes = doc.get("prefixes")
@@ -214,8 +235,9 @@ def decode_chunk(key: str, value: bytes, *, reserved: str | None = None) -> dict
                 out[prefix + _check_rel(rel, prefix)] = plain
         noprune = _key_list(doc, "noprune", out)
         secret = _key_list(doc, "secret", out)
-        for full in noprune | secret:
-            out[full] = Entry(out[full].prefix, full not in noprune, full in secret)
+        documents = _documents(doc, prefixes)
+        for full in noprune | secret | documents.keys():
+            out[full] = Entry(out[full].prefix, full not in noprune, full in secret, documents.get(full, ""))
         return out
     except (ValueError, RecursionError) as exc:  # json's errors and _Bad are ValueErrors
         reason = str(exc).replace("\n", " ")
@@ -223,6 +245,37 @@ def decode_chunk(key: str, value: bytes, *, reserved: str | None = None) -> dict
             reason = reason[:197] + "..."
         raise InventoryError(f"{_shown(key)}: inventory chunk is not readable ({_shown(reason)}); "
                              "fix or delete it by hand, etcdsync will not guess what it owns") from None
+
+
+def _documents(doc: dict[str, object], prefixes: dict[str, list[str]]) -> dict[str, str]:
+    """Full key -> its document, from a format-2 "documents" object: every key it names must be
+    listed under that prefix in "prefixes", and no key may have two documents."""
+    value = doc.get("documents", {})
+    if not isinstance(value, dict):
+        raise _Bad("'documents' is not an object")
+    out: dict[str, str] = {}
+    for name, groups in value.items():
+        if not _DOCUMENT.match(name):
+            raise _Bad(f"document {name!r} is not <kind>/<name>")
+        if not isinstance(groups, dict) or not groups:
+            raise _Bad(f"the keys of document {name!r} are not a non-empty object of prefixes")
+        for prefix, rels in groups.items():
+            if prefix not in prefixes:
+                raise _Bad(f"document {name!r} names prefix {prefix!r}, which the chunk does not list")
+            listed = prefixes[prefix]
+            if rels is True:
+                rels = listed
+            elif not isinstance(rels, list) or not rels or not all(isinstance(r, str) for r in rels):
+                raise _Bad(f"the keys of document {name!r} under {prefix!r} are not true or a list of strings")
+            elif not set(rels) <= set(listed):
+                raise _Bad(f"document {name!r} names {min(set(rels) - set(listed))!r} under {prefix!r}, "
+                           "which the chunk does not list")
+            for rel in rels:
+                full = prefix + rel
+                if full in out:
+                    raise _Bad(f"key {full!r} has two documents ({out[full]!r} and {name!r})")
+                out[full] = name
+    return out
 
 
 def _shown(text: str) -> str:

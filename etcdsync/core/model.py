@@ -97,6 +97,17 @@ class ServiceDecl:
 
 
 @dataclass(frozen=True, slots=True)
+class Selection:
+    """What a label selector (`-l`) chose from a tree: only the keys of `documents` are planned, and
+    only owned keys recorded as belonging to one of them may be pruned."""
+
+    selector: str                    # as given, for messages
+    documents: frozenset[str]        # the selected documents ("ConfigSet/payments")
+    declared: frozenset[str]         # every key the whole tree declares: never pruned by this selection
+    total: int = 0                   # documents in the tree (ConfigSet and Service)
+
+
+@dataclass(frozen=True, slots=True)
 class DesiredState:
     """Everything the manifests declare, after overlays, ready for planning."""
 
@@ -109,3 +120,5 @@ class DesiredState:
     sources: tuple[str, ...] = ()                                   # fromFile sources read (resolved paths)
     removed: Mapping[str, Source] = field(default_factory=dict)    # keys an overlay removed (`remove: true`)
     services: tuple[ServiceDecl, ...] = ()                          # Service documents, in load order
+    labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # document -> metadata.labels
+    selection: Selection | None = None                              # set by core.selector.select

@@ -14,6 +14,7 @@ from typing import NamedTuple, Protocol
 from ..settings import Options
 from .inventory import Entry, Inventory
 from .model import DesiredKey, DesiredState, Policy, ServiceInstance, Source
+from .selector import select
 
 
 class Action(StrEnum):
@@ -104,6 +105,7 @@ class Plan:
     owned_before: int = 0
     refused: str | None = None             # the deletion guard's reason, when it refuses
     counts: Mapping[str, int] = field(default_factory=dict)
+    kept: int = 0                          # owned keys not planned (-l: other documents; --prune=false)
 
     def __repr__(self) -> str:  # the default would list every key
         return f"Plan(applyset={self.applyset!r}, changes={len(self.changes)}, counts={dict(self.counts)})"
@@ -142,7 +144,7 @@ class Plan:
 
 
 def retag_note(entry: Entry, d: DesiredKey) -> str:
-    """What changes in a key's ownership record (its prefix, prune or secret flag)."""
+    """What changes in a key's ownership record (its prefix, prune or secret flag, its document)."""
     parts = []
     if entry.prefix != d.prefix:
         parts.append(f"prefix {entry.prefix} -> {d.prefix}")
@@ -150,6 +152,8 @@ def retag_note(entry: Entry, d: DesiredKey) -> str:
         parts.append(f"prune {str(entry.prune).lower()} -> {str(d.prune).lower()}")
     if entry.secret != d.secret:
         parts.append(f"secret {str(entry.secret).lower()} -> {str(d.secret).lower()}")
+    if entry.document != d.document:
+        parts.append(f"document {entry.document or '(not recorded)'} -> {d.document or '(none)'}")
     return "ownership record: " + ", ".join(parts)
 
 
@@ -168,21 +172,28 @@ def plan(
     other_owners: Mapping[str, str],
     options: Options = Options(),
 ) -> Plan:
-    """Compare declared keys with etcd and the inventory; decide one Action per key."""
+    """Compare declared keys with etcd and the inventory; decide one Action per key.
+
+    With a selection (`desired.selection`, see core.selector) only owned keys recorded as belonging
+    to a selected document, and declared by none, may be pruned; with `options.prune` False none is.
+    """
+    if options.selector is not None and desired.selection is None:
+        desired = select(desired, options.selector)   # callers may narrow it first (the daemon does)
     changes: list[Change] = []
     owned = inventory.owned
     for key, d in desired.keys.items():
         obs = observed.get(key)
         entry = owned.get(key)
         if obs is not None and entry is not None and obs.value == d.value and not obs.lease and \
-                entry.prefix == d.prefix and entry.prune == d.prune and entry.secret == d.secret:
+                entry.prefix == d.prefix and entry.prune == d.prune and entry.secret == d.secret and \
+                entry.document == d.document:
             # in sync and owned (the bulk of a large tree): built positionally, it is the hot path
             changes.append(Change(Action.UNCHANGED, key, obs.value, d.value, obs.mod_revision, d.prefix, d.policy,
                                   d.prune, d.secret, False, False, None, "", d.document, d.source))
             continue
         mine = entry is not None
         owner = None if mine else other_owners.get(key)
-        retag = mine and entry != Entry(d.prefix, d.prune, d.secret)
+        retag = mine and entry != Entry(d.prefix, d.prune, d.secret, d.document)
         if owner is not None and not options.take_ownership:
             changes.append(_change(Action.CONFLICT, d, obs, owner=owner,
                                    note=f"owned by apply set {owner!r}"))
@@ -228,12 +239,18 @@ def plan(
             changes.append(_change(Action.UNCHANGED if not own else Action.ADOPT, d, obs, own=own, owner=owner,
                                    retag=retag and not own, note=note))
 
+    selection = desired.selection
+    kept = 0
     for key, entry in owned.items():
         if key in desired.keys:
             continue
+        if not options.prune or (selection is not None and (
+                key in selection.declared or entry.document not in selection.documents)):
+            kept += 1   # --prune=false, or not a key of a selected document: stays owned, untouched
+            continue
         obs = observed.get(key)
         base = dict(key=key, old=obs.value if obs else None, new=None, revision=obs.mod_revision if obs else 0,
-                    prefix=entry.prefix, prune=entry.prune, secret=entry.secret)
+                    prefix=entry.prefix, prune=entry.prune, secret=entry.secret, document=entry.document)
         if obs is None:
             changes.append(Change(Action.RELEASE, note="already absent", **base))  # type: ignore[arg-type]
         elif not entry.prune:
@@ -251,7 +268,7 @@ def plan(
     counts = {a.value: 0 for a in Action}
     for c in changes:
         counts[c.action.value] += 1
-    result = Plan(inventory.applyset, tuple(changes), live, len(owned), None, counts)
+    result = Plan(inventory.applyset, tuple(changes), live, len(owned), None, counts, kept)
     return replace(result, refused=guard(result, options))
 
 

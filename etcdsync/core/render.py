@@ -260,6 +260,18 @@ def render_plan(p: Plan, *, style: Style = _plain, verbose: bool = False, limit:
     return "\n".join(lines)
 
 
+def commit_line(transactions: int, max_ops: int) -> str:
+    """How a plan will be committed: one atomic transaction, or batches a reader can see half applied."""
+    if transactions <= 1:
+        return "commit: 1 transaction (atomic)"
+    return (f"commit: {transactions} transactions of at most {max_ops} operations "
+            "(not atomic: readers can see it half applied)")
+
+
+def commit_json(transactions: int, max_ops: int) -> dict[str, Any]:
+    return {"transactions": transactions, "maxOperations": max_ops, "atomic": transactions <= 1}
+
+
 def result_summary(done: dict[str, Change], unchanged: int) -> str:
     """One line for what an apply committed; `unchanged` counts the keys it did not need to touch."""
     count = count_results(done.values())
@@ -326,16 +338,19 @@ def change_json(c: Change, result: str | None = None, *, removed_by: Source | No
     return out
 
 
-def plan_json(p: Plan, *, applyset_origin: str, removed: Mapping[str, Source] | None = None) -> dict[str, Any]:
-    """``removed``: keys an overlay removed (DesiredState.removed), named in the origin of their delete."""
+def plan_json(p: Plan, *, applyset_origin: str, removed: Mapping[str, Source] | None = None,
+              commit: tuple[int, int] | None = None) -> dict[str, Any]:
+    """``removed``: keys an overlay removed (DesiredState.removed), named in the origin of their delete;
+    ``commit``: (transactions, max operations) of a plan that passed the guards and writes (else null)."""
     removed = removed or {}
     return {
         "applyset": p.applyset,
         "applysetFrom": applyset_origin,
-        "inSync": not p.has_changes,
+        "inSync": not p.has_changes and not p.conflicts,   # a conflict is not "in sync", though nothing is written
         "refused": p.refused,
         "summary": {**dict(p.counts), "adopt": count_results(p.changes)[Result.ADOPTED],
                     "ownership": ownership_only(p.changes)},
+        "commit": commit_json(*commit) if commit is not None else None,
         "changes": [change_json(c, removed_by=removed.get(c.key)) for c in p.changes],
         "live": [_live_json(s) for s in p.live],
     }

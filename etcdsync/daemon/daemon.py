@@ -22,10 +22,13 @@ import sys
 import time
 from typing import Any
 
+from ..core.history import Suspension, decode_suspension, suspend_key
 from ..core.inventory import resolve_applyset
 from ..core.model import DesiredState
+from ..core.selector import select
 from ..errors import ClusterChangedError, EtcdConnectionError, EtcdsyncError, ManifestError, UsageError
-from ..etcd.store import Compare, Store
+from ..etcd.store import Compare, Store, absent
+from ..history import daemon_identity, files_source, git_source
 from ..settings import Connection, DaemonSettings
 from ..sources import Source
 from ..tasks import Backoff, cancel_and_wait
@@ -33,7 +36,7 @@ from .election import Election
 from .flaps import FlapSettings
 from .live import LiveInstances
 from .metrics import Hook, HttpServer, Metrics
-from .reconcile import Reconciler, Status
+from .reconcile import HistoryLog, Reconciler, Status
 from .watches import BACKOFF_MAX, BACKOFF_MIN, Watches
 
 log = logging.getLogger("etcdsync.daemon")
@@ -89,6 +92,10 @@ class Daemon:
         self._stop = asyncio.Event()
         self._loading = asyncio.Lock()
         self.http: HttpServer | None = None
+        self.identity = daemon_identity()
+        self.suspension: Suspension | None = None       # the apply set's suspension record, while it holds
+        self._suspension_known = asyncio.Event()        # read once: nothing is written before
+        self.metrics.suspended.set_function(lambda: 0.0 if self.suspension is None else 1.0)
         self.metrics.ready.set_function(lambda: 1.0 if self.readiness()[0] else 0.0)
         self.metrics.leader.set(0 if settings.leader_elect else 1)
 
@@ -108,8 +115,13 @@ class Daemon:
             detail["flapping"] = sorted(flapping)
         if self.source.revision is not None:
             detail["revision"] = self.source.revision
+        suspended = self.suspension
+        detail["suspended"] = False if suspended is None else {
+            "by": suspended.who, "since": suspended.time, "reason": suspended.reason}
+        if suspended is not None:
+            detail["reconcile"] = "suspended"
         ok = st.manifests_error is None and st.etcd_error is None and st.reconcile_error is None and (
-            st.last_success is not None or (self.settings.leader_elect and not st.leader))
+            st.last_success is not None or suspended is not None or (self.settings.leader_elect and not st.leader))
         return ok, detail
 
     def _hooks(self) -> dict[str, Hook]:
@@ -125,6 +137,21 @@ class Daemon:
         assert self.election is not None, "nothing writes before run() sets up the election"
         return self.election.fences()
 
+    def write_fences(self) -> list[Compare]:
+        """What every config write carries: the election fence, and the apply set not being suspended
+        (a suspension takes effect at once, also for a write already on its way)."""
+        return [*self.fences(), absent(suspend_key(self.settings.reserved, self.applyset))]
+
+    async def provenance(self, desired: DesiredState | None) -> dict[str, str]:
+        """Where the manifests applied came from: the commit, or a digest of the files."""
+        git = getattr(self.source, "git", None)
+        sha = self.source.revision
+        if sha is not None and git is not None:
+            return git_source(sha, git.url, git.ref, git.path)
+        if desired is None:
+            return {}
+        return await asyncio.to_thread(files_source, desired)
+
     def _own_leases(self) -> frozenset[int]:
         leases = self.live.lease_ids()
         if self.election is not None and self.election.leased is not None:
@@ -135,7 +162,7 @@ class Daemon:
 
     async def run(self) -> int:
         await self.source.prepare()                     # a git source fetches its commit
-        self.desired = self.source.load()               # a bad manifest at start-up is exit 2
+        self.desired = self._load()                     # a bad manifest at start-up is exit 2
         gc.freeze()   # the desired state lives long: keep the cyclic collector from rescanning it
         trim_heap()
         self.applyset, origin = resolve_applyset(self.settings.applyset_flag, self.desired)
@@ -157,10 +184,14 @@ class Daemon:
         self.election = Election(self.store, self.settings, self.applyset, status=self.status, metrics=self.metrics)
         self.reconciler = Reconciler(self.store, applyset=self.applyset, reserved=self.settings.reserved,
                                      options=self.settings.options, metrics=self.metrics, status=self.status,
-                                     fences=self.fences, own_leases=self._own_leases,
+                                     fences=self.write_fences, own_leases=self._own_leases,
                                      flaps=FlapSettings(self.settings.flap_threshold, self.settings.flap_window,
                                                         self.settings.flap_cooldown),
-                                     wake=lambda: self.trigger(None))
+                                     wake=lambda: self.trigger(None),
+                                     history=HistoryLog(self.store, reserved=self.settings.reserved,
+                                                        applyset=self.applyset, limit=self.settings.history_limit,
+                                                        who=self.identity, source=self.provenance,
+                                                        fences=self.fences))
         reconciler = self.reconciler
         self.metrics.flapping.set_function(lambda: float(len(reconciler.flaps.flapping(time.monotonic()))))
         self.store.on_cluster_change.append(self._on_cluster_change)
@@ -172,6 +203,8 @@ class Daemon:
         log.info("stopping: revoking leases of live instances; config keys stay")
         self.live.stopping = True
         await cancel_and_wait(follow, main)
+        if reconciler.history is not None:
+            await reconciler.history.close()
         await self.live.stop()
         await self.election.close()
         if self.http is not None:
@@ -204,6 +237,7 @@ class Daemon:
             if leader_elect:
                 await self.election.campaign()
             work = [asyncio.create_task(self._reconcile_loop(), name="reconcile"),
+                    asyncio.create_task(self._follow_suspension(), name="suspension"),
                     asyncio.create_task(watches.run(), name="watch"),
                     asyncio.create_task(self._resync_loop(), name="resync")]
             if leader_elect:
@@ -232,6 +266,46 @@ class Daemon:
         self.reconciler.forget_revisions()
         self.trigger()
 
+    # -- suspension -------------------------------------------------------------------
+
+    async def _follow_suspension(self) -> None:
+        """Read the apply set's suspension record, then watch it; never ends (retries with backoff)."""
+        key = suspend_key(self.settings.reserved, self.applyset)
+        backoff = Backoff(BACKOFF_MIN, BACKOFF_MAX)
+        while True:
+            try:
+                kv = await self.store.get(key)
+                self._suspension_changed(key, kv.value if kv else None)
+                self._suspension_known.set()
+                start = (await self.store.revision()) + 1 if kv is None else kv.mod_revision + 1
+                async for batch in self.store.watch(key, start_revision=start):
+                    for ev in batch.events:
+                        self._suspension_changed(key, ev.kv.value if ev.type == "put" else None)
+                    backoff.reset()
+            except EtcdsyncError as exc:
+                log.debug("suspension watch: %s", exc)
+                await asyncio.sleep(backoff.next())
+
+    def _suspension_changed(self, key: str, value: bytes | None) -> None:
+        assert self.reconciler is not None
+        before = self.suspension
+        if value is None:
+            now = None
+        else:
+            try:
+                now = decode_suspension(key, value, reserved=self.settings.reserved)
+            except EtcdsyncError as exc:      # unreadable, but someone meant to suspend: stay suspended
+                now = Suspension(self.applyset, "?", time.time(), str(exc))
+        self.suspension = now
+        self.reconciler.suspended = now
+        if (before is None) != (now is None):
+            if now is not None:
+                log.warning("suspended by %s%s: no config writes until `etcdsync resume` (live instances stay "
+                            "registered)", now.who, f" ({now.reason})" if now.reason else "")
+            else:
+                log.info("resumed: reconciling now")
+                self.trigger()
+
     # -- triggers -------------------------------------------------------------------
 
     def trigger(self, revision: int | None = None) -> None:
@@ -255,13 +329,18 @@ class Daemon:
             if await self._reload():
                 self.trigger()
 
+    def _load(self) -> DesiredState:
+        """The source's manifests narrowed to the documents -l selects: reconciles, repairs and live
+        instances all keep only those (a selector matching nothing is a ManifestError)."""
+        return select(self.source.load(), self.settings.options.selector)
+
     async def _reload(self, *, quiet: bool = False) -> bool:
         """Load the desired state from the source again; keep the last good state on error.
 
         Returns True when the desired state changed."""
         async with self._loading:
             try:  # off the event loop: a large tree takes a second, and drift repair must not wait
-                desired = await asyncio.to_thread(self.source.load)
+                desired = await asyncio.to_thread(self._load)
             except ManifestError as exc:
                 if self.status.manifests_error != str(exc):
                     self.metrics.errors.labels("manifest").inc()
@@ -290,6 +369,7 @@ class Daemon:
         assert self.reconciler is not None
         backoff = Backoff(BACKOFF_MIN, BACKOFF_MAX)
         self.trigger()
+        await self._suspension_known.wait()
         while True:
             await self._trigger.wait()
             self._trigger.clear()
@@ -301,6 +381,12 @@ class Daemon:
                 continue
             desired = self.desired
             assert desired is not None
+            if self.suspension is not None:     # no config writes; live instances are still kept
+                try:
+                    await self.live.sync(self.reconciler.active or desired)
+                except EtcdsyncError as exc:
+                    log.error("live instances: %s", exc)
+                continue
             try:
                 outcome = await self.reconciler.full(desired, superseded=functools.partial(self._superseded, desired))
                 await self.live.sync(self.reconciler.active or desired)

@@ -35,6 +35,8 @@ class Metrics:
                             registry=r)
         self.manifest_valid = Gauge("etcdsync_manifests_valid", "1 when the last manifest load succeeded.", registry=r)
         self.ready = Gauge("etcdsync_ready", "1 when the daemon is ready.", registry=r)
+        self.suspended = Gauge("etcdsync_suspended", "1 while the apply set is suspended (`etcdsync suspend`): "
+                               "no config writes.", registry=r)
         self.flapping = Gauge("etcdsync_flapping_keys", "Keys another writer keeps changing back after each "
                               "repair, left alone for their cool-down.", registry=r)
 

@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from ..apply import Outcome, apply
+from ..core.history import Suspension, make_entry
 from ..core.model import DesiredState, Policy
 from ..core.plan import Action
 from ..core.render import result_summary
 from ..errors import ConflictError, GuardError, OwnershipError
 from ..etcd.store import Compare, Put, Store, WatchEvent, absent, mod_is
 from ..execute import Limits, Superseded
+from ..history import outcome_entry, record
 from ..settings import Options
 from .flaps import FlapDetector, FlapSettings
 from .metrics import Metrics
@@ -30,6 +33,72 @@ from .metrics import Metrics
 log = logging.getLogger("etcdsync.reconcile")
 
 OWN_REVISIONS_KEPT = 4096
+REPAIR_WINDOW = 1.0     # seconds: drift repairs within one window are recorded as one history entry
+
+
+class HistoryLog:
+    """Records the daemon's writes in the apply set's history (see etcdsync/history.py).
+
+    A full reconcile that wrote records one entry at once. Drift repairs are coalesced: the first
+    repair opens a window of REPAIR_WINDOW seconds, and one entry at its end lists every repair of
+    the window (key and revision, capped) and the keys found flapping in it, so a writer fighting the
+    daemon costs at most one entry per window, never one per repair.
+    """
+
+    def __init__(self, store: Store, *, reserved: str, applyset: str, limit: int, who: str,
+                 source: Callable[[DesiredState | None], Awaitable[dict[str, str]]],
+                 fences: Callable[[], Sequence[Compare]], window: float = REPAIR_WINDOW) -> None:
+        self.store = store
+        self.reserved = reserved
+        self.applyset = applyset
+        self.limit = limit
+        self.who = who
+        self.source = source
+        self.fences = fences
+        self.window = window
+        self.repairs: list[tuple[str, int]] = []
+        self.flapping: set[str] = set()
+        self.desired: DesiredState | None = None
+        self._flush: asyncio.Task[None] | None = None
+
+    async def reconciled(self, outcome: Outcome, desired: DesiredState) -> None:
+        entry = outcome_entry(outcome, applyset=self.applyset, kind="reconcile", who=self.who,
+                              source=await self.source(desired))
+        if entry is not None:
+            await record(self.store, self.reserved, entry, limit=self.limit, fences=self.fences())
+
+    def repaired(self, key: str, revision: int, desired: DesiredState, *, flapping: bool = False) -> None:
+        self.repairs.append((key, revision))
+        self.desired = desired
+        if flapping:
+            self.flapping.add(key)
+        if self._flush is None or self._flush.done():
+            self._flush = asyncio.get_running_loop().create_task(self._flush_later(), name="history")
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(self.window)
+        await self.flush()
+
+    async def flush(self) -> None:
+        repairs, flapping, self.repairs, self.flapping = self.repairs, self.flapping, [], set()
+        if not repairs:
+            return
+        entry = make_entry(applyset=self.applyset, kind="repair", who=self.who, revisions=[r for _, r in repairs],
+                           source=await self.source(self.desired), counts={"repaired": len(repairs)},
+                           keys=[k for k, _ in repairs], repairs=repairs, flapping=flapping)
+        try:
+            await record(self.store, self.reserved, entry, limit=self.limit, fences=self.fences())
+        except Exception as exc:  # noqa: BLE001 - history is never worth stopping the daemon for
+            log.warning("history: repairs not recorded: %s", exc)
+
+    async def close(self) -> None:
+        """Record the open window now (shutdown)."""
+        if self._flush is not None and not self._flush.done():
+            self._flush.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flush
+            with contextlib.suppress(Exception):
+                await self.flush()
 
 
 @dataclass
@@ -65,8 +134,11 @@ class Reconciler:
         own_leases: Callable[[], frozenset[int]] = frozenset,
         flaps: FlapSettings | None = None,
         wake: Callable[[], None] = lambda: None,
+        history: HistoryLog | None = None,
     ) -> None:
         self.store = store
+        self.history = history                       # records what the daemon wrote (None: nothing)
+        self.suspended: Suspension | None = None     # set while `etcdsync suspend` holds: no writes
         self.flaps = FlapDetector(flaps or FlapSettings())
         """Keys another writer fights: left alone for a cool-down (see daemon/flaps.py)."""
         self.wake = wake                             # asks for a full reconcile (when a cool-down ends)
@@ -114,7 +186,12 @@ class Reconciler:
         etcd was away), nothing more of this plan is written and None is returned: the caller plans
         the newer state instead of committing an older manifest."""
         async with self.lock:
-            return await self._full(desired, superseded)
+            if self.suspended is not None:
+                return None
+            outcome = await self._full(desired, lambda: superseded() or self.suspended is not None)
+        if outcome is not None and outcome.done and self.history is not None:
+            await self.history.reconciled(outcome, desired)
+        return outcome
 
     async def _full(self, desired: DesiredState, superseded: Callable[[], bool]) -> Outcome | None:
         start = time.perf_counter()
@@ -131,7 +208,10 @@ class Reconciler:
                                   on_commit=self._committed, on_execute=lambda _plan: self._start_writing(desired),
                                   track_ownership=True, superseded=superseded)
         except Superseded:
-            log.info("reconcile: newer manifests were loaded meanwhile; planning those instead")
+            if self.suspended is not None:
+                log.info("reconcile: stopped writing: the apply set was suspended")
+            else:
+                log.info("reconcile: newer manifests were loaded meanwhile; planning those instead")
             return None
         except GuardError as exc:
             self._failed("refused", f"refused, keeping the last good state: {exc}")
@@ -190,7 +270,7 @@ class Reconciler:
 
     async def _repair(self, event: WatchEvent, received: float) -> bool | None:
         desired = self.active
-        if desired is None or self.accounted(event.kv.mod_revision):
+        if desired is None or self.accounted(event.kv.mod_revision) or self.suspended is not None:
             return None
         d = desired.keys.get(event.kv.key)
         if d is None:
@@ -225,9 +305,12 @@ class Reconciler:
         self.metrics.drift.labels(d.policy.value, "repaired").inc()
         log.info("%s: drift repaired (%s, policy %s) in %.1f ms", d.key,
                  "deleted" if event.type == "delete" else "changed", d.policy.value, elapsed * 1000)
-        if self.flaps.repaired(d.key, time.monotonic()):
+        flapping = self.flaps.repaired(d.key, time.monotonic())
+        if flapping:
             s = self.flaps.settings
             log.warning("%s: flapping: another writer changed it again after %d repairs within %gs; leaving it "
                         "alone for %gs", d.key, s.threshold, s.window, s.cooldown)
             asyncio.get_running_loop().call_later(s.cooldown + 0.05, self.wake)
+        if self.history is not None:
+            self.history.repaired(d.key, result.revision, desired, flapping=flapping)
         return True

@@ -568,6 +568,13 @@ class Store:
         resp = await self._call("get", linearizable=True, fn=lambda: self._kv.get(b"\x00", count_only=True, timeout=self.conn.timeout))
         return int(resp.header.revision)
 
+    async def cluster_id(self) -> str:
+        """etcd's cluster id as 16 hex digits, from the headers of its answers (one request when none
+        was seen yet): what a saved plan records, so that it is applied to the cluster it was made for."""
+        if not self._cluster_id:
+            await self.revision()
+        return f"{self._cluster_id:016x}"
+
     async def latest_mod_revision(self, prefix: str) -> tuple[int, int]:
         """(highest mod_revision of any key under `prefix` or 0, current revision): the watch watchdog's probe."""
         resp = await self._call("range", linearizable=True, fn=lambda: self._kv.get(

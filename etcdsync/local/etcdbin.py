@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import random
 import re
 import shutil
 import signal
@@ -86,18 +87,48 @@ def find_version(version: str, name: str = "etcd") -> str:
     )
 
 
-def free_ports(count: int) -> list[int]:
-    """`count` distinct free TCP ports on 127.0.0.1."""
-    socks = []
+def _local_port_range() -> tuple[int, int]:
     try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
+            low, high = (int(x) for x in fh.read().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free TCP ports on 127.0.0.1, chosen at random below the kernel's ephemeral
+    range: a port the kernel hands out (port 0) can be taken, before the caller binds it, by any
+    outgoing connection or by another process doing the same, while a random port from a range the
+    kernel never assigns is taken only by a rare collision of two such choices."""
+    low, _ = _local_port_range()
+    first = 10000 if low > 12000 else 1024
+    rng = random.SystemRandom()
+    ports: list[int] = []
+    for _ in range(200 * count):
+        if len(ports) == count:
+            break
+        port = rng.randrange(first, low)
+        if port in ports:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+    if len(ports) < count:    # a crowded machine: let the kernel choose
+        socks = []
+        try:
+            for _ in range(count - len(ports)):
+                s = socket.socket()
+                s.bind(("127.0.0.1", 0))
+                socks.append(s)
+            ports += [s.getsockname()[1] for s in socks]
+        finally:
+            for s in socks:
+                s.close()
+    return ports
 
 
 @dataclass

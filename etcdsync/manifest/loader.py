@@ -158,6 +158,7 @@ class _Doc:
 
     service: ServiceDecl | None = None
     name_at: Source | None = None             # a Service's metadata.name (the registry lint points there)
+    labels: dict[str, str] = field(default_factory=dict)                   # metadata.labels (merged)
 
     @property
     def ident(self) -> str:
@@ -490,6 +491,7 @@ def _compile_document(d: Document, reserved: str) -> _Doc:
         raise node_error(f"metadata.name '{_show(name)}' contains a control character", file, name_node)
     _check_display(name, "metadata.name", file, name_node)
     doc = _Doc(kind, name, file, _src(file, root))
+    doc.labels = dict(plain["metadata"].get("labels") or {})
     spec = plain.get("spec") or {}
     doc.mode = spec.get("overlay", "merge")
     if kind == "ConfigSet":
@@ -534,6 +536,7 @@ def _merge(acc: _Doc, over: _Doc) -> _Doc:
     for name in ("prefix", "prefix_at", "policy", "prune", "fmt", "ttl", "check"):
         mine = getattr(over, name)
         setattr(out, name, mine if mine is not None or replace else getattr(acc, name))
+    out.labels = dict(over.labels) if replace else {**acc.labels, **over.labels}  # label by label
     if over.kind == "ConfigSet":
         _require_prefix(acc)
         if replace:
@@ -814,4 +817,5 @@ def _load(paths: Sequence[str | os.PathLike[str]], environ: Mapping[str, str], r
         sources=tuple(sorted({path for p in sources.by_root.values() for path in p.read})),
         removed=dict(sorted(removed.items())),
         services=tuple(d.service for d in docs if d.service is not None),
+        labels={d.ident: d.labels for d in docs if d.kind != "ApplySet"},
     )

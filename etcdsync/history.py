@@ -1,0 +1,247 @@
+"""Apply history in etcd (the I/O half of `core.history`): record an entry with bounded retention,
+list entries, read a key's past (etcd's MVCC history) and an apply set's state at a past revision,
+and the suspension record.
+
+Recording is a small transaction of its own, after the writes it records committed: a crash between
+the two loses that one entry, never a write. The entry is put only if its key is absent, and the
+oldest entries beyond the limit are deleted in the same transaction, each compared on its revision.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import logging
+import os
+import socket
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from .apply import Outcome
+from .core.history import (
+    HistoryEntry,
+    Suspension,
+    decode_entry,
+    decode_suspension,
+    dropped,
+    encode_entry,
+    encode_suspension,
+    entry_key,
+    history_prefix,
+    make_entry,
+    suspend_key,
+)
+from .core.inventory import parse_ownership
+from .core.model import DesiredKey, DesiredState, Policy
+from .errors import CompactedError, EtcdsyncError, UsageError
+from .etcd.store import Compare, Delete, KeyValue, Op, Put, Store, absent, mod_is
+
+log = logging.getLogger(__name__)
+
+
+def cli_identity() -> str:
+    """Who runs a command: user@host."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+def daemon_identity() -> str:
+    return f"etcdsync-run@{socket.gethostname()}/{os.getpid()}"
+
+
+def files_digest(files: Iterable[str]) -> str:
+    """sha256 over the files' names and bytes, in name order (the provenance of a non-git apply)."""
+    h = hashlib.sha256()
+    for path in sorted(set(files)):
+        h.update(os.path.basename(path).encode("utf-8", "surrogateescape") + b"\0")
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except OSError:
+            data = b"<unreadable>"
+        h.update(len(data).to_bytes(8, "big") + data)
+    return "sha256:" + h.hexdigest()
+
+
+def files_source(desired: DesiredState) -> dict[str, str]:
+    files = sorted(set(desired.files) | set(desired.sources))
+    shown = ", ".join(files[:3]) + (f" (+{len(files) - 3} more)" if len(files) > 3 else "")
+    return {"digest": files_digest(files), "files": shown}
+
+
+def git_source(commit: str, repository: str, ref: str | None, path: str | None) -> dict[str, str]:
+    out = {"commit": commit, "repository": repository}
+    if ref:
+        out["ref"] = ref
+    if path:
+        out["path"] = path
+    return out
+
+
+async def record(store: Store, reserved: str, entry: HistoryEntry, *, limit: int,
+                 fences: Sequence[Compare] = ()) -> int | None:
+    """Put `entry` and drop the oldest beyond `limit`, in one transaction; returns its revision, or
+    None when it could not be written (logged: history is never worth failing an apply for)."""
+    prefix = history_prefix(reserved, entry.applyset)
+    key = entry_key(reserved, entry.applyset, entry.id)
+    for _ in range(3):
+        try:
+            kvs, _ = await store.get_prefix(prefix)
+            ids = {}
+            for kv in kvs:
+                rest = kv.key[len(prefix):]
+                if rest.isdigit():
+                    ids[int(rest)] = kv
+            ids.pop(entry.id, None)
+            gone = [ids[i] for i in dropped(ids, limit)]
+            compares: list[Compare] = [absent(key), *(mod_is(kv.key, kv.mod_revision) for kv in gone), *fences]
+            ops: list[Op] = [Put(key, encode_entry(entry)), *(Delete(kv.key) for kv in gone)]
+            result = await store.txn(compares, ops)
+        except EtcdsyncError as exc:
+            log.warning("history: entry %d not recorded: %s", entry.id, exc)
+            return None
+        if result.succeeded:
+            return result.revision
+    log.warning("history: entry %d not recorded (its key exists, or the history changed meanwhile)", entry.id)
+    return None
+
+
+async def list_entries(store: Store, reserved: str, applyset: str | None = None) -> list[HistoryEntry]:
+    kvs, _ = await store.get_prefix(history_prefix(reserved, applyset))
+    return sorted((decode_entry(kv.key, kv.value, reserved=reserved) for kv in kvs), key=lambda e: (e.id, e.applyset))
+
+
+async def find_entry(store: Store, reserved: str, entry_id: int, applyset: str | None) -> HistoryEntry:
+    found = [e for e in await list_entries(store, reserved, applyset) if e.id == entry_id]
+    if not found:
+        where = f" of apply set {applyset!r}" if applyset else ""
+        raise UsageError(f"history entry {entry_id}{where}: not found (see `etcdsync history`)")
+    if len(found) > 1:
+        raise UsageError(f"history entry {entry_id}: several apply sets have it "
+                         f"({', '.join(e.applyset for e in found)}); pass --applyset")
+    return found[0]
+
+
+# -- a key's past -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class KeyEvent:
+    revision: int
+    type: str            # put | delete
+    value: bytes
+    lease: int
+
+
+async def key_events(store: Store, key: str, *, since: int = 1) -> tuple[list[KeyEvent], int, int]:
+    """Every event of `key` etcd still has (MVCC, up to its compaction), oldest first, from `since`:
+    (events, the first revision covered, the revision read up to)."""
+    now = await store.revision()
+    current = await store.get(key)
+    start = max(1, since)
+    while True:
+        events: list[KeyEvent] = []
+        try:
+            async for batch in store.watch(key, start_revision=start):
+                for ev in batch.events:
+                    events.append(KeyEvent(ev.kv.mod_revision, ev.type, ev.kv.value, ev.kv.lease))
+                last = events[-1].revision if events else 0
+                if (current is not None and last >= current.mod_revision) or (batch.progress and batch.revision >= now):
+                    return [e for e in events if e.revision <= now], start, now
+                if current is None and last >= now:
+                    return events, start, now
+        except CompactedError as exc:
+            if exc.compact_revision <= start:
+                raise
+            start = exc.compact_revision
+            continue
+        return events, start, now
+
+
+# -- an apply set at a past revision ---------------------------------------------------------------
+
+async def state_at(store: Store, reserved: str, applyset: str, revision: int) -> tuple[DesiredState, int]:
+    """What `applyset` owned at `revision`, with the values its keys held then, as a desired state
+    (policy enforce; keys absent then, or held under a lease, are not declared, so they are pruned).
+    Returns it and how many owned keys it has. A compacted revision is a UsageError."""
+    try:
+        kvs, _ = await store.get_prefix(reserved, revision=revision)
+        ownership = parse_ownership(((kv.key, kv.value, kv.mod_revision) for kv in kvs), reserved)
+        inv = ownership.inventory(applyset)
+        by_prefix: dict[str, list[str]] = {}
+        for key, entry in inv.owned.items():
+            by_prefix.setdefault(entry.prefix, []).append(key)
+        values: dict[str, KeyValue] = {}
+        for prefix in sorted(by_prefix):
+            got, _ = await store.get_prefix(prefix, revision=revision)
+            values.update((kv.key, kv) for kv in got)
+    except CompactedError:
+        oldest = await _oldest_revision(store)
+        raise UsageError(f"revision {revision} was compacted (etcd keeps revisions from {oldest} on): its values "
+                         "are gone, nothing can be rolled back to it") from None
+    keys: dict[str, DesiredKey] = {}
+    for key, entry in inv.owned.items():
+        kv = values.get(key)
+        if kv is None or kv.lease:
+            continue
+        # the document the inventory recorded then (a DesiredKey's document must name a kind/name)
+        keys[key] = DesiredKey(key, kv.value, entry.prefix, Policy.ENFORCE, entry.prune, entry.secret,
+                               entry.document)
+    prefixes = tuple(sorted(by_prefix))
+    return DesiredState(keys=keys, prefixes=prefixes, applyset=None), len(inv.owned)
+
+
+async def _oldest_revision(store: Store) -> str:
+    """The compaction floor, as far as a watch from revision 1 tells it ('?' when it cannot)."""
+    try:
+        async for _ in store.watch("\x00", start_revision=1):
+            break
+    except CompactedError as exc:
+        return str(exc.compact_revision)
+    except EtcdsyncError:
+        pass
+    return "?"
+
+
+# -- suspension --------------------------------------------------------------------------------------
+
+async def get_suspension(store: Store, reserved: str, applyset: str) -> tuple[Suspension | None, int]:
+    """The apply set's suspension record (None when not suspended) and its mod_revision."""
+    kv = await store.get(suspend_key(reserved, applyset))
+    if kv is None:
+        return None, 0
+    return decode_suspension(kv.key, kv.value, reserved=reserved), kv.mod_revision
+
+
+async def suspend(store: Store, reserved: str, s: Suspension) -> bool:
+    """Record the suspension; False when the apply set was suspended already (left as it is)."""
+    result = await store.txn([absent(suspend_key(reserved, s.applyset))], [Put(suspend_key(reserved, s.applyset),
+                                                                                encode_suspension(s))])
+    return result.succeeded
+
+
+async def resume(store: Store, reserved: str, applyset: str) -> Suspension | None:
+    """Delete the suspension record (compared on the revision read); the record deleted, or None."""
+    current, rev = await get_suspension(store, reserved, applyset)
+    if current is None:
+        return None
+    result = await store.txn([mod_is(suspend_key(reserved, applyset), rev)], [Delete(suspend_key(reserved, applyset))])
+    if not result.succeeded:
+        raise UsageError(f"apply set {applyset!r}: the suspension changed while resuming; try again")
+    return current
+
+
+def counts_of(results: Mapping[str, int]) -> dict[str, int]:
+    return {k: v for k, v in results.items() if v}
+
+
+def outcome_entry(outcome: Outcome, *, applyset: str, kind: str, who: str,
+                  source: Mapping[str, str]) -> HistoryEntry | None:
+    """The entry for an apply's outcome, or None when it committed nothing."""
+    if not outcome.revisions or not outcome.done:
+        return None
+    return make_entry(applyset=applyset, kind=kind, who=who, revisions=outcome.revisions,
+                      read=outcome.read_revision, source=source,
+                      counts={r.value: n for r, n in outcome.results().items()}, keys=outcome.done)
