@@ -164,7 +164,7 @@ def _plan_command(manifests: ManifestFlags, flags: PlanFlags, etcd: ConnectionFl
     async def go() -> Outcome:
         async with Store(conn) as store:
             if saved is not None:
-                return await apply_saved(store, saved, desired, atomic=files.atomic, on_plan=shown.on_plan,
+                return await apply_saved(store, saved, desired, options=options, atomic=files.atomic, on_plan=shown.on_plan,
                                          on_layout=shown.on_layout, progress=shown.progress)
             if not execute:
                 p, snap = await plan_only(store, desired, applyset=applyset, reserved=reserved, options=options)
@@ -228,9 +228,6 @@ def _read_plan(path: str, flags: PlanFlags) -> SavedPlan:
     from ..core import planfile
     from ..manifest.yamlnodes import shown
 
-    if flags.take_ownership or flags.allow_empty or flags.force or flags.max_deletes != 100:
-        raise UsageError("--plan: --take-ownership, --allow-empty, --force and --max-deletes were decided when "
-                         "the plan was made (pass them to `etcdsync diff --out`)")
     try:
         with open(path, encoding="utf-8") as fh:
             text = fh.read()

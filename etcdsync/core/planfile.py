@@ -23,13 +23,14 @@ import binascii
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import UsageError
+from ..settings import Options
 from .inventory import Entry, check_applyset_name
 from .model import DesiredState, Policy
-from .plan import Action, Change, ObservedLike, Plan
+from .plan import Action, Change, ObservedLike, Plan, guard
 
 FORMAT = "etcdsync-plan"
 VERSION = 1
@@ -339,17 +340,70 @@ def secret_mismatches(saved: SavedPlan, desired: DesiredState) -> list[str]:
     return out
 
 
-def plan_to_apply(saved: SavedPlan, desired: DesiredState, observed: Mapping[str, ObservedLike],
-                  keys: set[str] | None = None) -> Plan:
-    """The saved changes as a Plan the executor runs: current values as `old` (the revisions were
-    checked to be the planned ones), secret values from the manifests (checked against their hash).
-    `keys`: only these (the changes not yet committed)."""
-    changes = []
+def unknown(saved: SavedPlan, fresh: Plan, keys: set[str] | None = None) -> list[str]:
+    """Planned keys for which `fresh` (the plan of the manifests against etcd now) has no change at
+    all: neither declared by the manifests nor owned by the plan's apply set. A plan made by `diff`
+    never lists one; a forged or hand-edited file may (a key outside the declared prefixes, under the
+    reserved prefix, someone else's). One line each."""
+    known = {c.key for c in fresh.changes}
+    return [f"{sc.change.key}: not declared by the manifests nor owned by apply set {saved.applyset!r}"
+            for sc in saved.changes
+            if (keys is None or sc.change.key in keys) and sc.change.key not in known]
+
+
+# the fields of a change that decide what is written (the rest: notes, the document's name, are display)
+_DECIDING = ("action", "revision", "prefix", "policy", "prune", "secret", "own", "retag", "owner", "lease")
+
+
+def mismatches(saved: SavedPlan, fresh: Plan, keys: set[str] | None = None) -> tuple[list[str], list[Change]]:
+    """Check every saved change against `fresh`, the plan the manifests and etcd call for now (made
+    with apply's own options): a saved change is applied only when it is exactly the fresh plan's
+    change for that key (same action, revision, ownership record, lease, and value: for a secret,
+    its hash). Returns the problems (one line each, naming the key, never a value) and, when there
+    are none, the fresh changes to execute (values, notes and documents from the manifests, never
+    from the file). A key the fresh plan does not know at all is `unknown`'s to report."""
+    by_key = {c.key: c for c in fresh.changes}
+    problems: list[str] = []
+    out: list[Change] = []
     for sc in saved.changes:
         c = sc.change
         if keys is not None and c.key not in keys:
             continue
-        obs = observed.get(c.key)
-        new = desired.keys[c.key].value if sc.value_hash is not None else c.new
-        changes.append(c._replace(old=obs.value if obs is not None else None, new=new))
-    return Plan(saved.applyset, tuple(changes), (), saved.owned_before, None, dict(saved.counts))
+        f = by_key.get(c.key)
+        if f is None:
+            continue
+        if f.action is Action.CONFLICT:
+            problems.append(f"{c.key}: {f.note}; pass --take-ownership to `apply --plan` to take it")
+            continue
+        if not f.writes:
+            problems.append(f"{c.key}: the plan says {c.action.value}, the manifests call for no write to it now "
+                            f"({f.action.value}{': ' + f.note if f.note else ''})")
+            continue
+        if c.action is not f.action:
+            problems.append(f"{c.key}: the plan says {c.action.value}, the manifests and etcd call for "
+                            f"{f.action.value} now")
+            continue
+        differ = [name for name in _DECIDING if getattr(c, name) != getattr(f, name)]
+        if differ:
+            problems.append(f"{c.key}: the plan's {', '.join(differ)} differ from what the manifests and etcd "
+                            "call for now")
+            continue
+        if c.action in _PUTS:
+            same = (sc.value_hash is not None and f.new is not None
+                    and secret_digest(saved.salt, c.key, f.new) == sc.value_hash) \
+                if c.secret else (sc.value_hash is None and c.new == f.new)
+            if not same:
+                problems.append(f"{c.key}: the plan's value is not the value the manifests declare")
+                continue
+        out.append(f)
+    return problems, out
+
+
+def to_apply(applyset: str, changes: list[Change], owned_before: int, options: Options) -> Plan:
+    """The checked changes as the Plan the executor runs, counted from the changes themselves (never
+    from the file's counts) and judged again by the deletion guard with apply's own options."""
+    counts = {a.value: 0 for a in Action}
+    for c in changes:
+        counts[c.action.value] += 1
+    p = Plan(applyset, tuple(sorted(changes, key=lambda c: c.key)), (), owned_before, None, counts)
+    return replace(p, refused=guard(p, options))
