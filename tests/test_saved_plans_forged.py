@@ -8,6 +8,8 @@ calls for is refused (exit 3, one line naming the key, nothing written)."""
 from __future__ import annotations
 
 import json
+import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -233,3 +235,70 @@ def test_forged_counts_and_notes_are_not_what_is_shown(env: Env, history: Record
     assert r.code == 0, r.err
     assert "\x1b" not in r.out + r.err
     assert "1 to update" in r.out, r.out
+
+
+# -- malformed plan files: one line, exit 2, nothing written, bounded in time ----------------------------
+
+def _doc(env: Env) -> dict[str, Any]:
+    return {"format": "etcdsync-plan", "version": 1, "applyset": "s", "reservedPrefix": env.reserved,
+            "clusterId": "cdf818194e3a8c32", "revision": 7, "manifestDigest": "sha256:00", "salt": "0" * 32,
+            "ownedBefore": 0, "counts": {"create": 1},
+            "commit": {"transactions": 1, "maxOperations": 128, "atomic": True},
+            "changes": [change(f"{env.ns}app/a", "create", value="1")]}
+
+
+MALFORMED: dict[str, Callable[[Env, Path], str]] = {
+    # name -> write the file at the path given (or return another path), returning a word the error must hold
+    "huge (sparse 4 GiB)": lambda env, p: (open(p, "wb").truncate(4 << 30), "too large")[1],
+    "deeply nested": lambda env, p: (p.write_text("[" * 200_000 + "]" * 200_000), "nested too deeply")[1],
+    "not UTF-8": lambda env, p: (p.write_bytes(b'{"format": "etcdsync-plan\xff"}'), "not UTF-8")[1],
+    "NaN": lambda env, p: (p.write_text(json.dumps({**_doc(env), "revision": float("nan")})), "NaN is not")[1],
+    "Infinity": lambda env, p: (p.write_text(json.dumps(_doc(env)).replace('"revision": 7', '"revision": Infinity')),
+                                "Infinity is not")[1],
+    "duplicate field": lambda env, p: (p.write_text(json.dumps(_doc(env))[:-1] + ', "applyset": "other"}'),
+                                       "field 'applyset' given twice")[1],
+    "a 5000-digit number": lambda env, p: (p.write_text(json.dumps(_doc(env)).replace('"revision": 7',
+                                                                                      '"revision": ' + "9" * 5000)),
+                                           "number too large")[1],
+    "revision over int64": lambda env, p: (p.write_text(json.dumps({**_doc(env), "revision": 1 << 70})),
+                                           "'revision' is out of range")[1],
+    "lease over int64": lambda env, p: (p.write_text(json.dumps(_doc(env)).replace('"lease": 0', f'"lease": {1 << 64}')),
+                                        "'lease' is out of range")[1],
+    "a directory": lambda env, p: (p.mkdir(), "is a directory")[1],   # click's check, one line too
+    "/dev/zero": lambda env, p: (p.symlink_to("/dev/zero"), "not a regular file")[1],
+    "a FIFO": lambda env, p: (os.mkfifo(p), "not a regular file")[1],
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_a_malformed_plan_file_is_one_line_exit_2_nothing_written(env: Env, case: str) -> None:
+    m = write_manifest(env, {"a": "1"})
+    path = env.tmp / "plan.json"
+    needle = MALFORMED[case](env, path)
+    rev = env.revision()
+    started = time.monotonic()
+    r = env.run("apply", "-f", str(m), "--plan", str(path), timeout=30)   # a subprocess: a hang is a failure
+    assert time.monotonic() - started < 20
+    assert r.code == 2, (r.code, r.err)
+    assert r.err.count("\n") == 1 and r.err.startswith("error: ") and "Traceback" not in r.err, r.err
+    assert needle in r.err, r.err
+    assert "internal error" not in r.err
+    assert env.revision() == rev
+
+
+@pytest.mark.parametrize("key", ["\x1b[2J\x1b]0;pwned\x07", "\u202eevil", "\ud800lone"])
+def test_a_plan_files_keys_never_reach_the_terminal_raw(env: Env, history: Recorder, key: str) -> None:
+    """A key with control, bidi characters or a lone surrogate, from the file: escaped in every line,
+    refused (it is declared by no manifest), nothing written."""
+    history.declare(keys(env, {"a": "1"}))
+    m, plan = make_plan(env)
+    bad = f"{env.ns}app/{key}"
+    forge(plan, lambda d: d["changes"].append(change(bad, "create", value="x")))
+    for output in ("text", "json"):
+        rev = env.revision()
+        r = env.run("apply", "-f", str(m), "--plan", str(plan), "-o", output)
+        assert r.code in (2, 3), (r.code, r.err)
+        assert not any(ch in r.out + r.err for ch in "\x1b\x07\u202e"), r.err
+        assert "\\ud800" in r.err + r.out or "\ud800" not in key
+        assert r.err.count("\n") == 1 and "Traceback" not in r.err, r.err
+        assert env.revision() == rev

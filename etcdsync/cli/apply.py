@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import secrets
+import stat
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -229,10 +230,23 @@ def _read_plan(path: str, flags: PlanFlags) -> SavedPlan:
     from ..manifest.yamlnodes import shown
 
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; only a regular file is read, at most
+        # MAX_BYTES of it (a device such as /dev/zero never ends)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as fh:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise UsageError(f"--plan {shown(path)}: not a regular file")
+            if st.st_size > planfile.MAX_BYTES:
+                raise UsageError(f"--plan {shown(path)}: too large ({st.st_size} bytes; a plan file is at most "
+                                 f"{planfile.MAX_BYTES >> 20} MiB)")
+            data = fh.read(planfile.MAX_BYTES + 1)
     except OSError as exc:
         raise UsageError(f"--plan {shown(path)}: {exc.strerror}") from None
+    if len(data) > planfile.MAX_BYTES:   # it grew while being read
+        raise UsageError(f"--plan {shown(path)}: too large (a plan file is at most {planfile.MAX_BYTES >> 20} MiB)")
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise UsageError(f"{shown(path)}: not a plan file: not UTF-8 text") from None
     saved = planfile.decode(text, shown(path))

@@ -165,11 +165,31 @@ def _get(doc: Mapping[str, Any], name: str, kind: type | tuple[type, ...], where
     return value
 
 
+INT64_MAX = (1 << 63) - 1      # etcd's revisions, leases and counts are int64
+MAX_BYTES = 256 << 20          # a plan file larger than this is refused unread (100,000 keys: ~45 MB)
+
+
 def _nonneg(doc: Mapping[str, Any], name: str, where: str = "") -> int:
     value: int = _get(doc, name, int, where)
     if value < 0:
         raise _Bad(f"{where}{name!r} must not be negative")
+    if value > INT64_MAX:
+        raise _Bad(f"{where}{name!r} is out of range")
     return value
+
+
+def _no_constant(name: str) -> Any:
+    raise _Bad(f"not a plan file: {name} is not a JSON number")
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refusing a field given twice (json.loads would silently keep the last)."""
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _Bad(f"not a plan file: field {k!r} given twice")
+        out[k] = v
+    return out
 
 
 def _unknown(doc: Mapping[str, Any], allowed: set[str], where: str = "") -> None:
@@ -244,11 +264,15 @@ def decode(text: str, name: str) -> SavedPlan:
     """Parse and check a plan file's text; any problem is a UsageError naming `name` (and the line,
     for a JSON syntax error)."""
     try:
-        doc = json.loads(text)
+        doc = json.loads(text, parse_constant=_no_constant, object_pairs_hook=_object)
     except json.JSONDecodeError as exc:
         raise UsageError(f"{name}:{exc.lineno}: not a plan file: invalid JSON ({exc.msg})") from None
+    except _Bad as exc:
+        raise UsageError(f"{name}: {exc}") from None
     except RecursionError:
         raise UsageError(f"{name}: not a plan file: nested too deeply") from None
+    except ValueError:   # an integer of more than 4,300 digits (Python's limit on int parsing)
+        raise UsageError(f"{name}: not a plan file: a number too large") from None
     try:
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise _Bad(f"not a plan file (no \"format\": \"{FORMAT}\"; write one with `etcdsync diff --out`)")
@@ -273,7 +297,7 @@ def decode(text: str, name: str) -> SavedPlan:
         counts_raw: dict[str, Any] = _get(doc, "counts", dict)
         counts = {a.value: 0 for a in Action}
         for k, v in counts_raw.items():
-            if k not in counts or not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            if k not in counts or not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= INT64_MAX:
                 raise _Bad(f"counts: {k!r} is not an action with a count")
             counts[k] = v
         commit: dict[str, Any] = _get(doc, "commit", dict)
