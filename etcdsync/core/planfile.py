@@ -4,8 +4,11 @@ A saved plan is the list of writes a diff decided, each with the revision it was
 plus what binds it to one place: the apply set, the reserved prefix, etcd's cluster id and a digest
 of the declared state. It never holds a secret value: a secret to write is recorded as a salted
 hash, and the value is read again from the manifests when the plan is applied (a different value is
-refused). Encoding, decoding with strict validation, and the checks made before applying live here;
-reading etcd and writing are the caller's (`etcdsync.apply.apply_saved`).
+refused). The file is untrusted input: at apply time each of its changes must be exactly the change a
+fresh plan of the manifests against etcd makes (`unknown`, `stale`, `mismatches`), and the fresh
+change is what is executed (`to_apply`, with the deletion guard run again). Encoding, decoding with
+strict validation, and those checks live here; reading etcd and writing are the caller's
+(`etcdsync.apply.apply_saved`).
 
 Format (JSON, one object; see the README's CLI reference):
 
