@@ -116,7 +116,7 @@ def test_a_forged_plan_cannot_delete_a_declared_key(env: Env, history: Recorder)
     m, plan = make_plan(env, base={"a": "1", "b": "1"}, to={"a": "2", "b": "1"})
     b = f"{env.ns}app/b"
     rev = env.kv(b).mod_revision
-    owned = {"prefix": f"{env.ns}app/", "prune": True, "secret": False}
+    owned = {"prefix": f"{env.ns}app/", "prune": True, "secret": False, "document": "ConfigSet/app"}
     forge(plan, lambda d: d["changes"].append(change(b, "delete", revision=rev, own=False, owned=owned)))
     refused(env, m, plan, b, "the manifests call for no write")
     assert env.get(b) == b"1"
