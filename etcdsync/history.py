@@ -33,7 +33,7 @@ from .core.history import (
 )
 from .core.inventory import parse_ownership
 from .core.model import DesiredKey, DesiredState, Policy
-from .errors import CompactedError, EtcdsyncError, UsageError
+from .errors import CompactedError, EtcdsyncError, InventoryError, UsageError
 from .etcd.store import Compare, Delete, KeyValue, Op, Put, Store, absent, mod_is
 
 log = logging.getLogger(__name__)
@@ -109,9 +109,21 @@ async def record(store: Store, reserved: str, entry: HistoryEntry, *, limit: int
     return None
 
 
-async def list_entries(store: Store, reserved: str, applyset: str | None = None) -> list[HistoryEntry]:
+async def list_entries(store: Store, reserved: str, applyset: str | None = None, *,
+                       unreadable: list[str] | None = None) -> list[HistoryEntry]:
+    """The entries (of one apply set, or of all), oldest first. An entry that does not fit the one shape
+    (written by another client) is an InventoryError naming it, or, given `unreadable`, skipped and its
+    error appended there."""
     kvs, _ = await store.get_prefix(history_prefix(reserved, applyset))
-    return sorted((decode_entry(kv.key, kv.value, reserved=reserved) for kv in kvs), key=lambda e: (e.id, e.applyset))
+    out: list[HistoryEntry] = []
+    for kv in kvs:
+        try:
+            out.append(decode_entry(kv.key, kv.value, reserved=reserved))
+        except InventoryError as exc:
+            if unreadable is None:
+                raise
+            unreadable.append(str(exc))
+    return sorted(out, key=lambda e: (e.id, e.applyset))
 
 
 async def find_entry(store: Store, reserved: str, entry_id: int, applyset: str | None) -> HistoryEntry:

@@ -31,6 +31,7 @@ SOURCE_FIELDS = frozenset({"commit", "repository", "ref", "path", "digest", "fil
 _APPLYSET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _ID = re.compile(rf"^[0-9]{{{ID_DIGITS}}}$")
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 
 def history_prefix(reserved: str, applyset: str | None = None) -> str:
@@ -228,6 +229,17 @@ def decode_entry(key: str, value: bytes, *, reserved: str) -> HistoryEntry:
         reason = str(exc).replace("\n", " ")[:200]
         raise InventoryError(f"{_shown(key)}: history entry is not readable ({_shown(reason)}); "
                              "fix or delete it by hand") from None
+
+
+def last_commit(entries: Iterable[HistoryEntry], *, repository: str, path: str) -> HistoryEntry | None:
+    """The newest entry whose source is a commit of `repository` with the manifests at `path` ('' = the
+    repository's root): the commit a daemon runs at start-up when the head of its ref does not load."""
+    for e in sorted(entries, key=lambda e: (e.id, e.applyset), reverse=True):
+        src = e.source
+        if (src.get("repository") == repository and src.get("path", "") == path
+                and _COMMIT.fullmatch(src.get("commit", ""))):
+            return e
+    return None
 
 
 def dropped(ids: Iterable[int], limit: int) -> list[int]:
