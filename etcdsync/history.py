@@ -244,6 +244,35 @@ async def resume(store: Store, reserved: str, applyset: str) -> Suspension | Non
     return current
 
 
+# -- an apply set's own records (teardown) ------------------------------------------------------------
+
+RECORDS_PER_TXN = 60     # deletes and as many compares: well within etcd's 128 operations per transaction
+
+
+async def records_of(store: Store, reserved: str, applyset: str) -> list[KeyValue]:
+    """etcdsync's records of `applyset` besides its inventory: every key under its history prefix, and
+    its suspension record."""
+    kvs, _ = await store.get_prefix(history_prefix(reserved, applyset))
+    susp = await store.get(suspend_key(reserved, applyset))
+    return [*kvs, *([susp] if susp is not None else [])]
+
+
+async def delete_records(store: Store, records: Sequence[KeyValue]) -> int:
+    """Delete the records read by `records_of`, each compared on the revision read (a record changed
+    or added since is left); returns how many were deleted."""
+    done = 0
+    for i in range(0, len(records), RECORDS_PER_TXN):
+        batch = records[i:i + RECORDS_PER_TXN]
+        result = await store.txn([mod_is(kv.key, kv.mod_revision) for kv in batch], [Delete(kv.key) for kv in batch])
+        if result.succeeded:
+            done += len(batch)
+            continue
+        for kv in batch:     # one changed meanwhile: the others one by one
+            one = await store.txn([mod_is(kv.key, kv.mod_revision)], [Delete(kv.key)])
+            done += one.succeeded
+    return done
+
+
 def counts_of(results: Mapping[str, int]) -> dict[str, int]:
     return {k: v for k, v in results.items() if v}
 
