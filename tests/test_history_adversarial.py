@@ -11,7 +11,7 @@ from pathlib import Path
 from conftest import Env
 from history import Recorder
 
-from etcdsync.core.history import encode_entry, entry_key, make_entry
+from etcdsync.core.history import entry_key, make_entry
 
 CONFIG = """\
 apiVersion: etcdsync/v1

@@ -154,6 +154,14 @@ def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
     return out
 
 
+MAX_TIME = 1e11      # seconds since the epoch (year 5138): beyond, or NaN/Infinity, no clock wrote it
+
+
+def _seconds(value: object) -> bool:
+    """A time as entries hold it: a finite number of seconds that time.gmtime can show."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= MAX_TIME
+
+
 def _int(value: object, what: str, *, low: int = 0) -> int:
     if type(value) is not int or value < low:
         raise _Bad(f"{what!r} is not an integer >= {low}")
@@ -190,7 +198,7 @@ def decode_entry(key: str, value: bytes, *, reserved: str) -> HistoryEntry:
             raise _Bad("its id or apply set differs from its key")
         if doc["kind"] not in KINDS:
             raise _Bad(f"unknown kind {doc['kind']!r}")
-        if not isinstance(doc["time"], (int, float)) or isinstance(doc["time"], bool) or doc["time"] < 0:
+        if not _seconds(doc["time"]):
             raise _Bad("'time' is not a number of seconds")
         if not isinstance(doc["who"], str) or len(doc["who"]) > 256:
             raise _Bad("'who' is not a string")
@@ -282,8 +290,8 @@ def decode_suspension(key: str, value: bytes, *, reserved: str) -> Suspension:
             raise _Bad("wrong version or apply set")
         if not isinstance(doc["who"], str) or not isinstance(doc["reason"], str):
             raise _Bad("'who' and 'reason' must be strings")
-        if not isinstance(doc["time"], (int, float)) or isinstance(doc["time"], bool):
-            raise _Bad("'time' is not a number")
+        if not _seconds(doc["time"]):
+            raise _Bad("'time' is not a number of seconds")
         return Suspension(applyset, doc["who"], float(doc["time"]), doc["reason"])
     except (ValueError, RecursionError) as exc:
         raise InventoryError(f"{_shown(key)}: suspension record is not readable ({_shown(str(exc)[:200])}); "
