@@ -13,7 +13,7 @@ from .applymark import marked
 from .core import planfile
 from .core.inventory import Entry, inventory_prefix
 from .core.model import DesiredState
-from .core.plan import Change, Plan
+from .core.plan import Change, Plan, plan
 from .core.render import Result, count_results
 from .diff import diff, observe, refuse
 from .errors import ConflictError, GuardError, RequestTooLargeError
@@ -184,6 +184,7 @@ async def apply_saved(
     saved: planfile.SavedPlan,
     desired: DesiredState,
     *,
+    options: Options | None = None,
     limits: Limits | None = None,
     atomic: bool = False,
     on_plan: Callable[[Plan, int], None] | None = None,
@@ -192,37 +193,54 @@ async def apply_saved(
 ) -> Outcome:
     """Apply exactly the changes of a saved plan (`etcdsync apply --plan`), never a new plan.
 
-    Refused (GuardError) when etcd is another cluster than the plan's, or with `atomic` when it
-    needs more than one transaction; refused (ConflictError, naming every key) when a secret's value
-    in `desired` is not the one planned, or when any planned key moved since the plan was made (its
-    revision or its ownership record), all before anything is written. A compare that fails while
+    The plan file is untrusted input: each of its changes must be exactly the change a fresh plan of
+    `desired` against etcd now (with apply's own `options`) makes for that key, and the deletion
+    guard runs again on them with those options; what is executed are the fresh changes (values
+    from the manifests, never from the file). So a saved plan can only do a subset of what `apply`
+    with the same manifests and flags would do.
+
+    Refused (GuardError) when etcd is another cluster than the plan's, when the deletion guard
+    refuses, or with `atomic` when it needs more than one transaction; refused (ConflictError,
+    naming every key) when a secret's value in `desired` is not the one planned, when a planned key
+    is neither declared nor owned, when any planned key moved since the plan was made (its revision
+    or its ownership record), or when a change is not the one the fresh plan calls for (another
+    value, action, owner or lease; a key of another apply set or under another client's lease
+    without --take-ownership), all before anything is written. A compare that fails while
     committing (a writer raced the check) is a ConflictError too: a saved plan is never re-planned.
     """
+    options = options or Options()
     cluster = await store.cluster_id()
     if cluster != saved.cluster_id:
         raise GuardError(f"the plan was made for etcd cluster {saved.cluster_id}, these endpoints are cluster "
                          f"{cluster}; refusing (nothing written)")
     bad = planfile.secret_mismatches(saved, desired)
     if bad:
-        raise ConflictError(f"the saved plan does not match the manifests: {'; '.join(bad)}; refusing "
-                            "(nothing written; make the plan again with `etcdsync diff --out`)",
-                            [line.split(": ", 1)[0] for line in bad])
+        raise PlanMismatchError(bad)
     limits = limits or Limits()
-    prefixes = tuple(sorted({sc.change.prefix for sc in saved.changes if sc.change.prefix}))
     pending = {sc.change.key for sc in saved.changes}
     outcome: Outcome | None = None
     attempt = 0
     while True:
-        snap = await observe(store, DesiredState(prefixes=prefixes), applyset=saved.applyset, reserved=saved.reserved)
-        moved = planfile.stale(saved, snap.observed, snap.ownership.inventory(saved.applyset).owned,
-                               snap.ownership.owners_except(saved.applyset), pending)
+        committed = len(outcome.done) if outcome else 0
+        snap = await observe(store, desired, applyset=saved.applyset, reserved=saved.reserved)
+        inv = snap.ownership.inventory(saved.applyset)
+        others = snap.ownership.owners_except(saved.applyset)
+        fresh = plan(desired, snap.observed, inv, others, options)
+        bad = planfile.unknown(saved, fresh, pending)
+        if bad:
+            raise PlanMismatchError(bad, committed=committed)
+        moved = planfile.stale(saved, snap.observed, inv.owned, others, pending)
         if moved:
-            raise StalePlanError(moved, committed=len(outcome.done) if outcome else 0)
-        p = planfile.plan_to_apply(saved, desired, snap.observed, pending)
+            raise StalePlanError(moved, committed=committed)
+        bad, changes = planfile.mismatches(saved, fresh, pending)
+        if bad:
+            raise PlanMismatchError(bad, committed=committed)
+        p = planfile.to_apply(saved.applyset, changes, len(inv.owned), options)
         if outcome is None:
             outcome = Outcome(p, revision=snap.revision)
             if on_plan is not None:
                 on_plan(p, 0)
+        refuse(p, saved.applyset)
         outcome.read_revision = snap.revision
         outcome.limits = limits
         if not p.has_changes:
@@ -259,6 +277,17 @@ def _account(outcome: Outcome, ex: Executor) -> None:
     outcome.done.update(ex.done)
     outcome.transactions += ex.transactions
     outcome.revisions.extend(ex.revisions)
+
+
+class PlanMismatchError(ConflictError):
+    """A saved plan's changes are not what the manifests and etcd call for now (forged, hand-edited,
+    or the manifests changed those keys since): every key is named, never a value."""
+
+    def __init__(self, problems: list[str], *, committed: int = 0) -> None:
+        done = "nothing written" if not committed else f"{committed} changes were committed before"
+        super().__init__(
+            f"the saved plan does not match the manifests and etcd: {'; '.join(problems)}; refusing ({done}; "
+            "make the plan again with `etcdsync diff --out`)", [line.split(": ", 1)[0] for line in problems])
 
 
 class StalePlanError(ConflictError):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from .apply import Outcome
 from .core.history import (
+    ID_DIGITS,
     HistoryEntry,
     Suspension,
     decode_entry,
@@ -33,7 +34,7 @@ from .core.history import (
 )
 from .core.inventory import parse_ownership
 from .core.model import DesiredKey, DesiredState, Policy
-from .errors import CompactedError, EtcdsyncError, UsageError
+from .errors import CompactedError, EtcdsyncError, InventoryError, OwnershipError, UsageError
 from .etcd.store import Compare, Delete, KeyValue, Op, Put, Store, absent, mod_is
 
 log = logging.getLogger(__name__)
@@ -109,14 +110,37 @@ async def record(store: Store, reserved: str, entry: HistoryEntry, *, limit: int
     return None
 
 
-async def list_entries(store: Store, reserved: str, applyset: str | None = None) -> list[HistoryEntry]:
+async def list_entries(store: Store, reserved: str, applyset: str | None = None, *,
+                       unreadable: list[tuple[str, str]] | None = None) -> list[HistoryEntry]:
+    """The entries (of one apply set, or of all), oldest first. An entry that does not fit the one shape
+    (written by another client) is an InventoryError naming it, or, given `unreadable`, skipped and
+    (its key, the error) appended there."""
     kvs, _ = await store.get_prefix(history_prefix(reserved, applyset))
-    return sorted((decode_entry(kv.key, kv.value, reserved=reserved) for kv in kvs), key=lambda e: (e.id, e.applyset))
+    out: list[HistoryEntry] = []
+    for kv in kvs:
+        try:
+            out.append(decode_entry(kv.key, kv.value, reserved=reserved))
+        except InventoryError as exc:
+            if unreadable is None:
+                raise
+            unreadable.append((kv.key, str(exc)))
+    return sorted(out, key=lambda e: (e.id, e.applyset))
 
 
 async def find_entry(store: Store, reserved: str, entry_id: int, applyset: str | None) -> HistoryEntry:
-    found = [e for e in await list_entries(store, reserved, applyset) if e.id == entry_id]
+    """Entry `entry_id` (of `applyset`); another set's entry of that id is refused (exit 3), an
+    unreadable one is an error naming it, other unreadable entries do not matter."""
+    bad: list[tuple[str, str]] = []
+    entries = await list_entries(store, reserved, None, unreadable=bad)
+    found = [e for e in entries if e.id == entry_id and applyset in (None, e.applyset)]
     if not found:
+        for key, error in bad:
+            if key.endswith(f"/{entry_id:0{ID_DIGITS}d}") and (applyset is None or key == entry_key(reserved, applyset, entry_id)):
+                raise InventoryError(error)
+        others = sorted({e.applyset for e in entries if e.id == entry_id})
+        if others:
+            raise OwnershipError(f"history entry {entry_id} is apply set {others[0]!r}'s, not {applyset!r}'s: "
+                                 "a rollback only restores its own set's entries", [])
         where = f" of apply set {applyset!r}" if applyset else ""
         raise UsageError(f"history entry {entry_id}{where}: not found (see `etcdsync history`)")
     if len(found) > 1:
@@ -223,14 +247,50 @@ async def suspend(store: Store, reserved: str, s: Suspension) -> bool:
 
 
 async def resume(store: Store, reserved: str, applyset: str) -> Suspension | None:
-    """Delete the suspension record (compared on the revision read); the record deleted, or None."""
-    current, rev = await get_suspension(store, reserved, applyset)
-    if current is None:
+    """Delete the suspension record (compared on the revision read); the record deleted, or None. A
+    record that does not read (hand-written) is deleted too: a daemon takes it as a suspension, and
+    resume is the way out of one (returned with who '?' and the error as its reason)."""
+    kv = await store.get(suspend_key(reserved, applyset))
+    if kv is None:
         return None
+    rev = kv.mod_revision
+    try:
+        current = decode_suspension(kv.key, kv.value, reserved=reserved)
+    except InventoryError as exc:
+        current = Suspension(applyset, "?", 0.0, str(exc))
     result = await store.txn([mod_is(suspend_key(reserved, applyset), rev)], [Delete(suspend_key(reserved, applyset))])
     if not result.succeeded:
         raise UsageError(f"apply set {applyset!r}: the suspension changed while resuming; try again")
     return current
+
+
+# -- an apply set's own records (teardown) ------------------------------------------------------------
+
+RECORDS_PER_TXN = 60     # deletes and as many compares: well within etcd's 128 operations per transaction
+
+
+async def records_of(store: Store, reserved: str, applyset: str) -> list[KeyValue]:
+    """etcdsync's records of `applyset` besides its inventory: every key under its history prefix, and
+    its suspension record."""
+    kvs, _ = await store.get_prefix(history_prefix(reserved, applyset))
+    susp = await store.get(suspend_key(reserved, applyset))
+    return [*kvs, *([susp] if susp is not None else [])]
+
+
+async def delete_records(store: Store, records: Sequence[KeyValue]) -> int:
+    """Delete the records read by `records_of`, each compared on the revision read (a record changed
+    or added since is left); returns how many were deleted."""
+    done = 0
+    for i in range(0, len(records), RECORDS_PER_TXN):
+        batch = records[i:i + RECORDS_PER_TXN]
+        result = await store.txn([mod_is(kv.key, kv.mod_revision) for kv in batch], [Delete(kv.key) for kv in batch])
+        if result.succeeded:
+            done += len(batch)
+            continue
+        for kv in batch:     # one changed meanwhile: the others one by one
+            one = await store.txn([mod_is(kv.key, kv.mod_revision)], [Delete(kv.key)])
+            done += one.succeeded
+    return done
 
 
 def counts_of(results: Mapping[str, int]) -> dict[str, int]:

@@ -15,6 +15,7 @@ import io
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import textwrap
@@ -29,6 +30,12 @@ import pytest
 from etcdsync.local.etcdbin import EtcdCluster, binary_version, find_binary, find_version
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# A shell starts background jobs with SIGINT ignored, and an ignored signal stays ignored across exec:
+# the CLI and daemon subprocesses that tests stop with SIGINT (Ctrl-C) would never see it. Handled
+# here, SIGINT is reset to its default in every child.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 _WANTED = os.environ.get("ETCDSYNC_TEST_ETCD", "").strip()
 if _WANTED:

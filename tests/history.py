@@ -22,7 +22,8 @@ verifies:
 - history entries (`<reserved>history/<applyset>/<id>`) and suspension records
   (`<reserved>suspend/<applyset>`): each put has the one strict shape etcdsync reads back, carries no
   lease, and an entry lists only revisions before its own that hold etcdsync's writes (never another
-  client's: `explain` tells writers apart by them); entries are deleted only by retention;
+  client's: `explain` tells writers apart by them); entries are deleted only by retention, or by a
+  teardown once their apply set has no inventory left;
 - quiescence (`assert_quiet`): nothing at all is written over a quiet period, except a history entry
   that records writes made before the period began (a late record, never a new write);
 - convergence (`unconverged`): etcd holds what the last declared version says, and the inventory
@@ -356,17 +357,24 @@ class Recorder:
 
         out: list[str] = []
         hist, susp = self.reserved + "history/", self.reserved + "suspend/"
+        sets = self.reserved + "sets/"
         ours_at: set[int] = {e.revision for e in events if self.ours(e) and not bookkeeping(e.key)}
+        chunks = {k for k in self.initial if k.startswith(sets) and "/inventory/" in k}   # inventory chunks now
         for ev in events:
+            if ev.key.startswith(sets) and "/inventory/" in ev.key:
+                (chunks.add if ev.type == "put" else chunks.discard)(ev.key)
             if not self.ours(ev) or not ev.key.startswith((hist, susp)):
                 continue
             if ev.type == "delete":
                 beside = [e for e in events if e.revision == ev.revision]
                 cleanup = any(not e.key.startswith(hist) for e in beside)   # the reserved prefix wiped whole
-                if ev.key.startswith(hist) and not cleanup and not any(e.type == "put" and e.key.startswith(hist)
-                                                                       for e in beside):
+                name = ev.key[len(hist):].partition("/")[0] if ev.key.startswith(hist) else ""
+                torn = not any(c.startswith(f"{sets}{name}/") for c in chunks)   # teardown: the set owns nothing
+                if ev.key.startswith(hist) and not cleanup and not torn and not any(
+                        e.type == "put" and e.key.startswith(hist) for e in beside):
                     out.append(f"{ev.key}: history entry deleted at revision {ev.revision} without an entry "
-                               "recorded beside it (only retention deletes entries)")
+                               "recorded beside it, while its apply set still owns keys (only retention and "
+                               "teardown delete entries)")
                 continue
             if ev.lease:
                 out.append(f"{ev.key}: put at revision {ev.revision} under a lease")

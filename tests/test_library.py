@@ -343,7 +343,13 @@ def test_services_ls_and_watch_cli(env: Env) -> None:
         assert [i["id"] for i in json.loads(proc.stdout.readline())["instances"]] == ["w2"]
     finally:
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(10) == 0
+        try:
+            code = proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+            raise
+    assert code == 0
 
 
 def test_examples_run(env: Env) -> None:

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import secrets
+import stat
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -167,8 +168,8 @@ def _plan_command(manifests: ManifestFlags, flags: PlanFlags, etcd: ConnectionFl
     async def go() -> Outcome:
         async with Store(conn) as store:
             if saved is not None:
-                outcome = await apply_saved(store, saved, desired, atomic=files.atomic, on_plan=shown.on_plan,
-                                            on_layout=shown.on_layout, progress=shown.progress)
+                outcome = await apply_saved(store, saved, desired, options=options, atomic=files.atomic,
+                                            on_plan=shown.on_plan, on_layout=shown.on_layout, progress=shown.progress)
                 await record_apply(store, reserved, outcome, applyset=applyset, source=provenance,
                                    limit=history_limit)
                 return outcome
@@ -237,15 +238,24 @@ def _read_plan(path: str, flags: PlanFlags) -> SavedPlan:
     from ..core import planfile
     from ..manifest.yamlnodes import shown
 
-    if (flags.take_ownership or flags.allow_empty or flags.force or flags.max_deletes != 100
-            or flags.selector is not None or not flags.prune):
-        raise UsageError("--plan: --take-ownership, --allow-empty, --force, --max-deletes, -l/--selector and --prune "
-                         "were decided when the plan was made (pass them to `etcdsync diff --out`)")
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; only a regular file is read, at most
+        # MAX_BYTES of it (a device such as /dev/zero never ends)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as fh:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise UsageError(f"--plan {shown(path)}: not a regular file")
+            if st.st_size > planfile.MAX_BYTES:
+                raise UsageError(f"--plan {shown(path)}: too large ({st.st_size} bytes; a plan file is at most "
+                                 f"{planfile.MAX_BYTES >> 20} MiB)")
+            data = fh.read(planfile.MAX_BYTES + 1)
     except OSError as exc:
         raise UsageError(f"--plan {shown(path)}: {exc.strerror}") from None
+    if len(data) > planfile.MAX_BYTES:   # it grew while being read
+        raise UsageError(f"--plan {shown(path)}: too large (a plan file is at most {planfile.MAX_BYTES >> 20} MiB)")
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise UsageError(f"{shown(path)}: not a plan file: not UTF-8 text") from None
     saved = planfile.decode(text, shown(path))

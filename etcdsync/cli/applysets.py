@@ -132,13 +132,15 @@ def teardown(applyset: str, reserved_prefix: str, max_deletes: int, force: bool,
              output: str, display: OutputFlags, etcd: ConnectionFlags) -> None:
     """Delete every key an apply set owns, then its inventory: apply with nothing declared, through the
     same guarded transactions and deletion guard as `apply`. Keys marked prune: false, or now held by
-    a lease, are released (left in etcd), not deleted. Shows the diff, then asks (or --yes)."""
+    a lease, are released (left in etcd), not deleted. Then etcdsync's own records of the set: its
+    history entries and its suspension. Shows the diff, then asks (or --yes)."""
     from ..apply import apply as do_apply
     from ..core import render
     from ..core.inventory import check_applyset_name
     from ..core.model import DesiredState
     from ..core.plan import Action, Plan
     from ..etcd.store import Store
+    from ..history import delete_records, records_of
     from ..settings import Options
 
     check_applyset_name(applyset)
@@ -149,10 +151,23 @@ def teardown(applyset: str, reserved_prefix: str, max_deletes: int, force: bool,
     asked: list[bool] = []
     shown: dict[str, Plan] = {}
 
+    records: list[KeyValue] = []
+
+    def what(keys: int) -> str:
+        extra = f" (and its {len(records)} history and suspension records)" if records else ""
+        return f"Delete {keys} keys and the inventory of apply set {applyset!r}?{extra}"
+
+    def confirm(keys: int) -> None:
+        if not yes:
+            if not (sys.stdin.isatty() and sys.stdout.isatty()):
+                raise UsageError(f"teardown of apply set {applyset!r}: not confirmed; pass --yes "
+                                 "(stdin is not a terminal); nothing deleted")
+            if not click.confirm(what(keys), default=False):
+                raise _Declined()
+
     def on_plan(p: Plan, attempt: int) -> None:
         if p.owned_before == 0:
-            raise UsageError(f"apply set {applyset!r}: owns nothing (no inventory under {reserved_prefix}); "
-                             "nothing to tear down")
+            raise _NothingOwned()
         if attempt == 0:
             shown["plan"] = p
             if output == "text":
@@ -166,23 +181,27 @@ def teardown(applyset: str, reserved_prefix: str, max_deletes: int, force: bool,
                                     "(it changed meanwhile); nothing more deleted, run teardown again",
                                     sorted(keys - confirmed))
             return
-        if not yes:
-            if not (sys.stdin.isatty() and sys.stdout.isatty()):
-                raise UsageError(f"teardown of apply set {applyset!r}: not confirmed; pass --yes "
-                                 "(stdin is not a terminal); nothing deleted")
-            if not click.confirm(f"Delete {len(keys)} keys and the inventory of apply set {applyset!r}?",
-                                 default=False):
-                raise _Declined()
+        confirm(len(keys))
         asked.append(True)
         confirmed.update(keys)
 
-    async def go() -> Any:
+    async def go() -> tuple[Any, int]:
         async with Store(conn) as store:
-            return await do_apply(store, DesiredState(), applyset=applyset, reserved=reserved_prefix,
-                                  options=options, on_plan=on_plan, on_execute=on_execute)
+            records[:] = await records_of(store, reserved_prefix, applyset)
+            try:
+                outcome = await do_apply(store, DesiredState(), applyset=applyset, reserved=reserved_prefix,
+                                         options=options, on_plan=on_plan, on_execute=on_execute)
+            except _NothingOwned:
+                if not records:
+                    raise UsageError(f"apply set {applyset!r}: owns nothing (no inventory under {reserved_prefix}); "
+                                     "nothing to tear down") from None
+                outcome = None          # torn down before: only its records are left
+                confirm(0)
+            # the records go last, once the set owns nothing: each compared on the revision read
+            return outcome, await delete_records(store, records)
 
     try:
-        outcome = run(go())
+        outcome, removed = run(go())
     except _Declined:
         ctx.note("teardown: not confirmed; nothing deleted")
         sys.exit(EXIT_REFUSED)
@@ -192,17 +211,30 @@ def teardown(applyset: str, reserved_prefix: str, max_deletes: int, force: bool,
             doc["error"] = str(exc)
             ctx.out(json.dumps(doc, indent=2))
         raise
+    left = len(records) - removed
+    note = f"{removed} history and suspension records deleted" + (f" ({left} changed meanwhile, left)" if left else "")
+    if outcome is None:
+        if output == "json":
+            ctx.out(json.dumps({"applyset": applyset, "recordsDeleted": removed, "recordsLeft": left}, indent=2))
+            return
+        ctx.out(f"teardown of apply set {applyset!r}: it owned nothing; {note}")
+        return
     results = outcome.results()
     deleted, released = results[render.Result.DELETED], results[render.Result.RELEASED]
     if output == "json":
         doc = render.plan_json(outcome.plan, applyset_origin="flag")
         doc["applied"] = {"revision": outcome.revision, "transactions": outcome.transactions,
-                          "results": [render.change_json(c, result=c.action.value) for c in outcome.done.values()]}
+                          "results": [render.change_json(c, result=c.action.value) for c in outcome.done.values()],
+                          "recordsDeleted": removed, "recordsLeft": left}
         ctx.out(json.dumps(doc, indent=2))
         return
     ctx.out(f"teardown of apply set {applyset!r}: {deleted} deleted, {released} released (left in etcd), inventory "
-            f"removed, in {outcome.transactions} transactions (revision {outcome.revision})")
+            f"removed, in {outcome.transactions} transactions (revision {outcome.revision}); {note}")
 
 
 class _Declined(Exception):
     """The operator answered no."""
+
+
+class _NothingOwned(Exception):
+    """The apply set has no inventory."""

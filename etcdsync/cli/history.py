@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..core.history import DEFAULT_LIMIT
-from ..errors import UsageError
+from ..errors import InventoryError, UsageError
 from .options import (
     DEFAULT_MANIFESTS,
     ConnectionFlags,
@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from ..core.history import HistoryEntry
     from ..core.model import DesiredState
     from ..etcd.store import Store
+
+SECRET_READS = 64       # explain: past inventories read to tell secret values apart (older puts: hidden)
 
 history_limit_option = click.option(
     "--history-limit", type=click.IntRange(min=1), default=DEFAULT_LIMIT, show_default=True,
@@ -67,6 +69,17 @@ async def record_apply(store: Store, reserved: str, outcome: Outcome, *, applyse
     return entry
 
 
+def _warn_unreadable(bad: list[tuple[str, str]]) -> None:
+    """One line on stderr per history entry another client wrote in a shape etcdsync does not read
+    (skipped, never guessed at), at most 20 and a count."""
+    from ..core.render import escape
+
+    for _, error in bad[:20]:
+        click.echo(f"warning: {escape(error[:300])} (skipped)", err=True)
+    if len(bad) > 20:
+        click.echo(f"warning: {len(bad) - 20} more unreadable history entries skipped", err=True)
+
+
 def _applyset_name(name: str | None) -> str | None:
     from ..core.inventory import check_applyset_name
 
@@ -91,11 +104,14 @@ def history_cmd(applyset: str | None, reserved_prefix: str, output: str, etcd: C
     name = _applyset_name(applyset)
     conn = etcd.connection()
 
+    bad: list[tuple[str, str]] = []
+
     async def go() -> list[HistoryEntry]:
         async with Store(conn) as store:
-            return await list_entries(store, reserved_prefix, name)
+            return await list_entries(store, reserved_prefix, name, unreadable=bad)
 
     entries = run(go())
+    _warn_unreadable(bad)
     if output == "json":
         click.echo(json.dumps({"entries": [e.as_json() for e in sorted(entries, key=lambda e: -e.id)]}, indent=2))
         return
@@ -139,19 +155,30 @@ def explain(etcd_key: str, manifests: ManifestFlags, reserved_prefix: str, apply
             ownership = parse_ownership(((kv.key, kv.value, kv.mod_revision) for kv in kvs), reserved_prefix)
             current = await store.get(key)
             events, first, upto = await key_events(store, key)
-            entries = await list_entries(store, reserved_prefix)
+            entries = await list_entries(store, reserved_prefix, unreadable=bad)
+            # a value put while some apply set owned the key as a secret stays hidden, also after the
+            # key stopped being secret, owned or declared: read the inventory at each put's revision
+            for rev in sorted({ev.revision for ev in events if ev.type == "put"}, reverse=True)[:SECRET_READS]:
+                kvs, _ = await store.get_prefix(reserved_prefix, revision=rev)
+                then = parse_ownership(((kv.key, kv.value, kv.mod_revision) for kv in kvs), reserved_prefix)
+                if not any(key in inv.owned and inv.owned[key].secret for inv in then.sets.values()):
+                    clear_at.add(rev)
             return ownership, current, events, first, upto, entries
 
+    bad: list[tuple[str, str]] = []
+    clear_at: set[int] = set()          # revisions at which no apply set held the key as a secret
     ownership, current, events, first, upto, entries = run(go())
+    _warn_unreadable(bad)
     owners = [name for name, inv in sorted(ownership.sets.items()) if key in inv.owned]
     owned = ownership.sets[owners[0]].owned[key] if owners else None
     d = desired.keys.get(key) if desired is not None else None
     secret = bool((d and d.secret) or (owned and owned.secret))
 
-    def shown(value: bytes | None) -> str | None:
+    def shown(value: bytes | None, revision: int | None = None) -> str | None:
         if value is None:
             return None
-        return secret_hash(value) if secret else value.decode("utf-8", "replace")
+        hidden = secret or (revision is not None and revision not in clear_at)
+        return secret_hash(value) if hidden else value.decode("utf-8", "replace")
 
     mine = [e for e in entries if not owners or e.applyset in owners]
     rows: list[dict[str, Any]] = []
@@ -159,7 +186,7 @@ def explain(etcd_key: str, manifests: ManifestFlags, reserved_prefix: str, apply
         who, entry = classify(ev.revision, mine, key)
         if ev.lease and who == "other":
             who = "lease"      # a live registration's put, or another client's leased key
-        rows.append({"revision": ev.revision, "type": ev.type, "value": shown(ev.value) if ev.type == "put" else None,
+        rows.append({"revision": ev.revision, "type": ev.type, "value": shown(ev.value, ev.revision) if ev.type == "put" else None,
                      "writer": "etcdsync" if entry is not None else "other",
                      "how": who if entry is not None else ("drift (another writer)" if owners else "another writer"),
                      "entry": entry.id if entry else None, "who": entry.who if entry else None,
@@ -174,7 +201,8 @@ def explain(etcd_key: str, manifests: ManifestFlags, reserved_prefix: str, apply
         "owner": owners[0] if owners else None,
         "alsoOwnedBy": owners[1:],
         "inventory": {"prefix": owned.prefix, "prune": owned.prune, "secret": owned.secret} if owned else None,
-        "current": None if current is None else {"value": shown(current.value), "modRevision": current.mod_revision,
+        "current": None if current is None else {"value": shown(current.value, current.mod_revision),
+                                                  "modRevision": current.mod_revision,
                                                   "createRevision": current.create_revision,
                                                   "version": current.version, "lease": current.lease},
         "history": {"from": first, "to": upto, "compactedBefore": first if first > 1 else None, "events": rows},
@@ -204,7 +232,8 @@ def explain(etcd_key: str, manifests: ManifestFlags, reserved_prefix: str, apply
     if current is None:
         out.append("value:     absent")
     else:
-        out.append(f"value:     {safe_text(shown(current.value) or '')} (mod revision {current.mod_revision}, "
+        out.append(f"value:     {safe_text(shown(current.value, current.mod_revision) or '')} "
+                   f"(mod revision {current.mod_revision}, "
                    f"version {current.version}" + (f", lease {current.lease:016x}" if current.lease else "") + ")")
     out.append(f"history:   revisions {first}..{upto}" + (f" (etcd compacted everything before {first})" if first > 1 else ""))
     for r in rows:
@@ -257,12 +286,15 @@ def rollback(entry_id: str, applyset: str | None, do_apply: bool, reserved_prefi
             p, _ = await diff(store, desired, applyset=entry.applyset, reserved=reserved_prefix, options=options)
             if ctx.output == "text":
                 ctx.out(f"rollback of apply set {entry.applyset!r} to entry {entry.id} "
-                        f"({time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(entry.time))}, {entry.kind} by {entry.who})")
+                        f"({time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(entry.time))}, {entry.kind} by "
+                        f"{safe_text(entry.who)})")
                 ctx.out(render.render_plan(p, style=ctx.style))
             refuse(p, entry.applyset)
+            not_owned(p, entry)
             if not do_apply or not p.has_changes:
                 return p, None, None, entry
-            outcome = await apply(store, desired, applyset=entry.applyset, reserved=reserved_prefix, options=options)
+            outcome = await apply(store, desired, applyset=entry.applyset, reserved=reserved_prefix, options=options,
+                                  on_plan=lambda again, _: not_owned(again, entry))
             recorded = await record_apply(store, reserved_prefix, outcome, applyset=entry.applyset,
                                           source={"rollbackOf": str(entry.id)}, limit=history_limit, kind="rollback")
             return p, outcome, recorded, entry
@@ -286,6 +318,20 @@ def rollback(entry_id: str, applyset: str | None, do_apply: bool, reserved_prefi
     else:
         ctx.out("(not applied: pass --apply; suspend the daemon first, or it puts the manifests back)")
     sys.exit(EXIT_OK if outcome is not None or not p.has_changes else EXIT_DIFF)
+
+
+def not_owned(p: Any, entry: HistoryEntry) -> None:
+    """A rollback writes only keys its apply set owns now, or that are absent (it re-creates what was
+    pruned since): a key that exists and that nobody owns now (re-created by another client) is
+    refused, exit 3, as an apply would adopt it. Checked on every plan, also the apply's re-plans."""
+    from ..errors import OwnershipError
+
+    taken = sorted(c.key for c in p.changes if c.adopts_unowned)
+    if taken:
+        shown = ", ".join(safe_text(k) for k in taken[:10]) + (f" (+{len(taken) - 10} more)" if len(taken) > 10 else "")
+        raise OwnershipError(f"rollback of apply set {entry.applyset!r} to entry {entry.id}: it does not own {shown} "
+                             "now (another client re-created it since); nothing written. Delete it, or adopt it "
+                             "with apply, first", taken)
 
 
 # -- suspend / resume ------------------------------------------------------------------------------
@@ -317,7 +363,10 @@ def suspend(applyset: str, reserved_prefix: str, reason: str, etcd: ConnectionFl
             s = Suspension(name, cli_identity(), time.time(), reason)
             if await put_suspension(store, reserved_prefix, s):
                 return True, s
-            return False, (await get_suspension(store, reserved_prefix, name))[0]
+            try:
+                return False, (await get_suspension(store, reserved_prefix, name))[0]
+            except InventoryError:      # a record another client wrote: suspended all the same
+                return False, None
 
     done, s = run(go())
     if done:

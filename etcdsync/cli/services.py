@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import sys
@@ -138,13 +139,20 @@ def services_watch(name: str, prefix: str | None, fmt: str, output: str, display
         try:
             await asyncio.Event().wait()
         finally:
+            # Ctrl-C: stop the watch, then close the connection, bounded (the command is ending anyway)
             w.cancel()
-            await reg.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(_closed(w, reg), 5)
 
     try:
         run(go())
     except KeyboardInterrupt:
         pass
+
+
+async def _closed(w: Any, reg: Any) -> None:
+    await w.wait_closed()
+    await reg.close()
 
 
 @services.command(name="register")

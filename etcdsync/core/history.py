@@ -31,6 +31,7 @@ SOURCE_FIELDS = frozenset({"commit", "repository", "ref", "path", "digest", "fil
 _APPLYSET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _ID = re.compile(rf"^[0-9]{{{ID_DIGITS}}}$")
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 
 def history_prefix(reserved: str, applyset: str | None = None) -> str:
@@ -153,6 +154,14 @@ def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
     return out
 
 
+MAX_TIME = 1e11      # seconds since the epoch (year 5138): beyond, or NaN/Infinity, no clock wrote it
+
+
+def _seconds(value: object) -> bool:
+    """A time as entries hold it: a finite number of seconds that time.gmtime can show."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= MAX_TIME
+
+
 def _int(value: object, what: str, *, low: int = 0) -> int:
     if type(value) is not int or value < low:
         raise _Bad(f"{what!r} is not an integer >= {low}")
@@ -189,7 +198,7 @@ def decode_entry(key: str, value: bytes, *, reserved: str) -> HistoryEntry:
             raise _Bad("its id or apply set differs from its key")
         if doc["kind"] not in KINDS:
             raise _Bad(f"unknown kind {doc['kind']!r}")
-        if not isinstance(doc["time"], (int, float)) or isinstance(doc["time"], bool) or doc["time"] < 0:
+        if not _seconds(doc["time"]):
             raise _Bad("'time' is not a number of seconds")
         if not isinstance(doc["who"], str) or len(doc["who"]) > 256:
             raise _Bad("'who' is not a string")
@@ -228,6 +237,17 @@ def decode_entry(key: str, value: bytes, *, reserved: str) -> HistoryEntry:
         reason = str(exc).replace("\n", " ")[:200]
         raise InventoryError(f"{_shown(key)}: history entry is not readable ({_shown(reason)}); "
                              "fix or delete it by hand") from None
+
+
+def last_commit(entries: Iterable[HistoryEntry], *, repository: str, path: str) -> HistoryEntry | None:
+    """The newest entry whose source is a commit of `repository` with the manifests at `path` ('' = the
+    repository's root): the commit a daemon runs at start-up when the head of its ref does not load."""
+    for e in sorted(entries, key=lambda e: (e.id, e.applyset), reverse=True):
+        src = e.source
+        if (src.get("repository") == repository and src.get("path", "") == path
+                and _COMMIT.fullmatch(src.get("commit", ""))):
+            return e
+    return None
 
 
 def dropped(ids: Iterable[int], limit: int) -> list[int]:
@@ -270,8 +290,8 @@ def decode_suspension(key: str, value: bytes, *, reserved: str) -> Suspension:
             raise _Bad("wrong version or apply set")
         if not isinstance(doc["who"], str) or not isinstance(doc["reason"], str):
             raise _Bad("'who' and 'reason' must be strings")
-        if not isinstance(doc["time"], (int, float)) or isinstance(doc["time"], bool):
-            raise _Bad("'time' is not a number")
+        if not _seconds(doc["time"]):
+            raise _Bad("'time' is not a number of seconds")
         return Suspension(applyset, doc["who"], float(doc["time"]), doc["reason"])
     except (ValueError, RecursionError) as exc:
         raise InventoryError(f"{_shown(key)}: suspension record is not readable ({_shown(str(exc)[:200])}); "

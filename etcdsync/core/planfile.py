@@ -4,8 +4,11 @@ A saved plan is the list of writes a diff decided, each with the revision it was
 plus what binds it to one place: the apply set, the reserved prefix, etcd's cluster id and a digest
 of the declared state. It never holds a secret value: a secret to write is recorded as a salted
 hash, and the value is read again from the manifests when the plan is applied (a different value is
-refused). Encoding, decoding with strict validation, and the checks made before applying live here;
-reading etcd and writing are the caller's (`etcdsync.apply.apply_saved`).
+refused). The file is untrusted input: at apply time each of its changes must be exactly the change a
+fresh plan of the manifests against etcd makes (`unknown`, `stale`, `mismatches`), and the fresh
+change is what is executed (`to_apply`, with the deletion guard run again). Encoding, decoding with
+strict validation, and those checks live here; reading etcd and writing are the caller's
+(`etcdsync.apply.apply_saved`).
 
 Format (JSON, one object; see the README's CLI reference):
 
@@ -23,13 +26,14 @@ import binascii
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import UsageError
+from ..settings import Options
 from .inventory import Entry, check_applyset_name
 from .model import DesiredState, Policy
-from .plan import Action, Change, ObservedLike, Plan
+from .plan import Action, Change, ObservedLike, Plan, guard
 
 FORMAT = "etcdsync-plan"
 VERSION = 1
@@ -164,11 +168,31 @@ def _get(doc: Mapping[str, Any], name: str, kind: type | tuple[type, ...], where
     return value
 
 
+INT64_MAX = (1 << 63) - 1      # etcd's revisions, leases and counts are int64
+MAX_BYTES = 256 << 20          # a plan file larger than this is refused unread (100,000 keys: ~45 MB)
+
+
 def _nonneg(doc: Mapping[str, Any], name: str, where: str = "") -> int:
     value: int = _get(doc, name, int, where)
     if value < 0:
         raise _Bad(f"{where}{name!r} must not be negative")
+    if value > INT64_MAX:
+        raise _Bad(f"{where}{name!r} is out of range")
     return value
+
+
+def _no_constant(name: str) -> Any:
+    raise _Bad(f"not a plan file: {name} is not a JSON number")
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refusing a field given twice (json.loads would silently keep the last)."""
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _Bad(f"not a plan file: field {k!r} given twice")
+        out[k] = v
+    return out
 
 
 def _unknown(doc: Mapping[str, Any], allowed: set[str], where: str = "") -> None:
@@ -244,11 +268,15 @@ def decode(text: str, name: str) -> SavedPlan:
     """Parse and check a plan file's text; any problem is a UsageError naming `name` (and the line,
     for a JSON syntax error)."""
     try:
-        doc = json.loads(text)
+        doc = json.loads(text, parse_constant=_no_constant, object_pairs_hook=_object)
     except json.JSONDecodeError as exc:
         raise UsageError(f"{name}:{exc.lineno}: not a plan file: invalid JSON ({exc.msg})") from None
+    except _Bad as exc:
+        raise UsageError(f"{name}: {exc}") from None
     except RecursionError:
         raise UsageError(f"{name}: not a plan file: nested too deeply") from None
+    except ValueError:   # an integer of more than 4,300 digits (Python's limit on int parsing)
+        raise UsageError(f"{name}: not a plan file: a number too large") from None
     try:
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise _Bad(f"not a plan file (no \"format\": \"{FORMAT}\"; write one with `etcdsync diff --out`)")
@@ -273,7 +301,7 @@ def decode(text: str, name: str) -> SavedPlan:
         counts_raw: dict[str, Any] = _get(doc, "counts", dict)
         counts = {a.value: 0 for a in Action}
         for k, v in counts_raw.items():
-            if k not in counts or not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            if k not in counts or not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= INT64_MAX:
                 raise _Bad(f"counts: {k!r} is not an action with a count")
             counts[k] = v
         commit: dict[str, Any] = _get(doc, "commit", dict)
@@ -340,17 +368,70 @@ def secret_mismatches(saved: SavedPlan, desired: DesiredState) -> list[str]:
     return out
 
 
-def plan_to_apply(saved: SavedPlan, desired: DesiredState, observed: Mapping[str, ObservedLike],
-                  keys: set[str] | None = None) -> Plan:
-    """The saved changes as a Plan the executor runs: current values as `old` (the revisions were
-    checked to be the planned ones), secret values from the manifests (checked against their hash).
-    `keys`: only these (the changes not yet committed)."""
-    changes = []
+def unknown(saved: SavedPlan, fresh: Plan, keys: set[str] | None = None) -> list[str]:
+    """Planned keys for which `fresh` (the plan of the manifests against etcd now) has no change at
+    all: neither declared by the manifests nor owned by the plan's apply set. A plan made by `diff`
+    never lists one; a forged or hand-edited file may (a key outside the declared prefixes, under the
+    reserved prefix, someone else's). One line each."""
+    known = {c.key for c in fresh.changes}
+    return [f"{sc.change.key}: not declared by the manifests nor owned by apply set {saved.applyset!r}"
+            for sc in saved.changes
+            if (keys is None or sc.change.key in keys) and sc.change.key not in known]
+
+
+# the fields of a change that decide what is written (the rest: notes, the document's name, are display)
+_DECIDING = ("action", "revision", "prefix", "policy", "prune", "secret", "own", "retag", "owner", "lease")
+
+
+def mismatches(saved: SavedPlan, fresh: Plan, keys: set[str] | None = None) -> tuple[list[str], list[Change]]:
+    """Check every saved change against `fresh`, the plan the manifests and etcd call for now (made
+    with apply's own options): a saved change is applied only when it is exactly the fresh plan's
+    change for that key (same action, revision, ownership record, lease, and value: for a secret,
+    its hash). Returns the problems (one line each, naming the key, never a value) and, when there
+    are none, the fresh changes to execute (values, notes and documents from the manifests, never
+    from the file). A key the fresh plan does not know at all is `unknown`'s to report."""
+    by_key = {c.key: c for c in fresh.changes}
+    problems: list[str] = []
+    out: list[Change] = []
     for sc in saved.changes:
         c = sc.change
         if keys is not None and c.key not in keys:
             continue
-        obs = observed.get(c.key)
-        new = desired.keys[c.key].value if sc.value_hash is not None else c.new
-        changes.append(c._replace(old=obs.value if obs is not None else None, new=new))
-    return Plan(saved.applyset, tuple(changes), (), saved.owned_before, None, dict(saved.counts))
+        f = by_key.get(c.key)
+        if f is None:
+            continue
+        if f.action is Action.CONFLICT:
+            problems.append(f"{c.key}: {f.note}; pass --take-ownership to `apply --plan` to take it")
+            continue
+        if not f.writes:
+            problems.append(f"{c.key}: the plan says {c.action.value}, the manifests call for no write to it now "
+                            f"({f.action.value}{': ' + f.note if f.note else ''})")
+            continue
+        if c.action is not f.action:
+            problems.append(f"{c.key}: the plan says {c.action.value}, the manifests and etcd call for "
+                            f"{f.action.value} now")
+            continue
+        differ = [name for name in _DECIDING if getattr(c, name) != getattr(f, name)]
+        if differ:
+            problems.append(f"{c.key}: the plan's {', '.join(differ)} differ from what the manifests and etcd "
+                            "call for now")
+            continue
+        if c.action in _PUTS:
+            same = (sc.value_hash is not None and f.new is not None
+                    and secret_digest(saved.salt, c.key, f.new) == sc.value_hash) \
+                if c.secret else (sc.value_hash is None and c.new == f.new)
+            if not same:
+                problems.append(f"{c.key}: the plan's value is not the value the manifests declare")
+                continue
+        out.append(f)
+    return problems, out
+
+
+def to_apply(applyset: str, changes: list[Change], owned_before: int, options: Options) -> Plan:
+    """The checked changes as the Plan the executor runs, counted from the changes themselves (never
+    from the file's counts) and judged again by the deletion guard with apply's own options."""
+    counts = {a.value: 0 for a in Action}
+    for c in changes:
+        counts[c.action.value] += 1
+    p = Plan(applyset, tuple(sorted(changes, key=lambda c: c.key)), (), owned_before, None, counts)
+    return replace(p, refused=guard(p, options))

@@ -22,13 +22,13 @@ import sys
 import time
 from typing import Any
 
-from ..core.history import Suspension, decode_suspension, suspend_key
+from ..core.history import Suspension, decode_suspension, last_commit, suspend_key
 from ..core.inventory import resolve_applyset
 from ..core.model import DesiredState
 from ..core.selector import select
 from ..errors import ClusterChangedError, EtcdConnectionError, EtcdsyncError, ManifestError, UsageError
 from ..etcd.store import Compare, Store, absent
-from ..history import daemon_identity, files_source, git_source
+from ..history import daemon_identity, files_source, git_source, list_entries
 from ..settings import Connection, DaemonSettings
 from ..sources import Source
 from ..tasks import Backoff, cancel_and_wait
@@ -115,6 +115,8 @@ class Daemon:
             detail["flapping"] = sorted(flapping)
         if self.source.revision is not None:
             detail["revision"] = self.source.revision
+        if (head := getattr(self.source, "head", None)) is not None and head != self.source.revision:
+            detail["head"] = head                       # the ref's head: fetched, not loaded
         suspended = self.suspension
         detail["suspended"] = False if suspended is None else {
             "by": suspended.who, "since": suspended.time, "reason": suspended.reason}
@@ -162,11 +164,14 @@ class Daemon:
 
     async def run(self) -> int:
         await self.source.prepare()                     # a git source fetches its commit
-        self.desired = self._load()                     # a bad manifest at start-up is exit 2
+        try:
+            self.desired = self._load()                 # a bad manifest at start-up is exit 2 ...
+        except ManifestError as exc:                    # ... unless the history names a commit to run
+            self.desired = await self._start_from_history(exc)
         gc.freeze()   # the desired state lives long: keep the cyclic collector from rescanning it
         trim_heap()
         self.applyset, origin = resolve_applyset(self.settings.applyset_flag, self.desired)
-        self.metrics.manifest_valid.set(1)
+        self.metrics.manifest_valid.set(0 if self.status.manifests_error else 1)
         if origin == "default":
             log.warning("applyset: 'default' (no --applyset and no ApplySet document)")
         loop = asyncio.get_running_loop()
@@ -212,6 +217,36 @@ class Daemon:
         await self.store.close()
         log.info("stopped")
         return 0
+
+    async def _start_from_history(self, broken: ManifestError) -> DesiredState:
+        """The ref's head does not load at start-up: run the newest commit of the same repository (and
+        path) the apply set's history records, reported as such, until a commit that loads arrives.
+        Without one (first start, unreadable history, that commit unfetchable or broken too): the
+        manifest error, exit 2, naming why there was nothing to fall back on."""
+        git, head, fall_back = (getattr(self.source, a, None) for a in ("git", "head", "fall_back"))
+        if git is None or head is None or fall_back is None:
+            raise broken
+        flag = self.settings.applyset_flag
+        which = f"apply set {flag!r}" if flag else "any apply set"
+        try:
+            async with Store(self.conn) as store:
+                entry = last_commit(await list_entries(store, self.settings.reserved, flag, unreadable=[]),
+                                    repository=git.url, path=git.path)
+            if entry is None:
+                raise UsageError(f"the history of {which} records no commit of {git.url}")
+            sha = entry.source["commit"]
+            desired: DesiredState = select(await fall_back(sha, f"from history entry {entry.id}"),
+                                           self.settings.options.selector)
+            if resolve_applyset(flag, desired)[0] != entry.applyset:
+                raise UsageError(f"commit {sha[:12]} of history entry {entry.id} declares another apply set")
+        except EtcdsyncError as exc:
+            raise ManifestError(f"{broken.message}; no earlier commit to run instead ({exc})", broken.file,
+                                broken.line, broken.column) from None
+        self.status.manifests_error = str(broken)      # as a broken commit that arrives later is reported
+        self.metrics.errors.labels("manifest").inc()
+        log.error("git: the ref's head %s does not load: %s; running commit %s of history entry %d (%s) until a "
+                  "commit that loads arrives", head[:12], broken, sha[:12], entry.id, entry.kind)
+        return desired
 
     async def _connect(self) -> None:
         backoff = Backoff(BACKOFF_MIN, BACKOFF_MAX)

@@ -271,6 +271,18 @@ class GitSource:
                 await self._git("update-ref", _LOCAL_REF, sha)
             return sha
 
+    async def fetch_commit(self, sha: str) -> str:
+        """Bring commit `sha` of this repository into the cache by its SHA (as for a SHA ref), whatever
+        ref is followed; returns it lower-cased. `sha` may come from elsewhere (a history entry): it must
+        be a full SHA, or nothing runs."""
+        sha = sha.lower()
+        if not _SHA.fullmatch(sha):
+            raise _git_error(f"{self.remote.shown}: '{_CONTROL.sub('?', sha)[:80]}' is not a full commit SHA")
+        async with self._locked():
+            await self._init_repo()
+            await self._fetch_sha(sha)
+        return sha
+
     async def checkout(self, sha: str) -> Snapshot:
         """A Snapshot of commit `sha` (fetched before): its whole tree in a directory of its own, published
         by one rename; `current` then points at it and all but the newest `keep` checkouts are removed.
