@@ -237,6 +237,43 @@ def test_diff_and_apply_of_changes(env: Env, history: Any, t: Transcript, golden
     golden("cli/apply.txt", t.text())
 
 
+ADOPT = """\
+apiVersion: etcdsync/v1
+kind: ConfigSet
+metadata: {name: adopt-{side}}
+spec:
+  prefix: {ns}{side}/
+  data:
+    same: one
+    differs: two
+    held: {value: three, policy: warn}
+    seeded: {value: four, policy: create-only}
+    fresh: five
+"""
+
+
+def test_apply_adopting_unowned_keys_says_the_same_in_text_and_json(env: Env, history: Any, t: Transcript,
+                                                                     golden: Any) -> None:
+    """Keys that exist unowned: one with the declared value (adopted), one with another value (updated,
+    and so owned), one held by policy warn and one by create-only (adopted, value kept). The text
+    summaries and the JSON `summary`, `applied.summary` and `applied.results` must count them alike."""
+    ns = env.ns
+    declared: dict[str, Any] = {}
+    for side in ("text", "json"):
+        for rel, value in (("same", "one"), ("differs", "2"), ("held", "3"), ("seeded", "4")):
+            env.put(f"{ns}{side}/{rel}", value)
+        declared.update({f"{ns}{side}/same": "one", f"{ns}{side}/differs": "two",
+                         f"{ns}{side}/held": Declared(b"three", "warn"),
+                         f"{ns}{side}/seeded": Declared(b"four", "create-only"), f"{ns}{side}/fresh": "five"})
+    history.declare(declared)
+    text = str(env.write("text/app.yaml", ADOPT.replace("{side}", "text")))
+    js = str(env.write("json/app.yaml", ADOPT.replace("{side}", "json")))
+    t.run("diff", "-f", text, "--applyset", "text", code=1)
+    t.run("apply", "-f", text, "--applyset", "text", code=0)
+    t.run("apply", "-f", js, "--applyset", "json", "-o", "json", code=0)
+    golden("cli/apply-adopts.txt", t.text())
+
+
 # -- refusals: ownership, leases, the deletion guard --------------------------------------------------
 
 APP = """\
