@@ -308,7 +308,7 @@ def _report_apply(ctx: Ctx, outcome: Outcome, origin: str, removed: Mapping[str,
     from ..core import render
 
     p = outcome.plan
-    unchanged = sum(1 for c in p.changes if c.key not in outcome.done and not c.writes)
+    unchanged = render.unchanged_keys(p, outcome.done)
     limits = outcome.limits
     if ctx.output == "json":
         doc = render.plan_json(p, applyset_origin=origin, removed=removed, commit=commit)
@@ -318,8 +318,7 @@ def _report_apply(ctx: Ctx, outcome: Outcome, origin: str, removed: Mapping[str,
             "revision": outcome.revision,
             "transactions": outcome.transactions,
             "retriedKeys": outcome.retried,
-            "results": [render.change_json(c, result=c.action.value, removed_by=removed.get(c.key))
-                        for c in outcome.done.values()],
+            **render.results_json(outcome.done, unchanged, removed=removed),
         }
         if limits is not None:
             doc["applied"]["limits"] = {"maxOperations": limits.max_ops, "maxBytes": limits.max_bytes,

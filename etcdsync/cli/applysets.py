@@ -224,7 +224,7 @@ def teardown(applyset: str, reserved_prefix: str, max_deletes: int, force: bool,
     if output == "json":
         doc = render.plan_json(outcome.plan, applyset_origin="flag")
         doc["applied"] = {"revision": outcome.revision, "transactions": outcome.transactions,
-                          "results": [render.change_json(c, result=c.action.value) for c in outcome.done.values()],
+                          **render.results_json(outcome.done, render.unchanged_keys(outcome.plan, outcome.done)),
                           "recordsDeleted": removed, "recordsLeft": left}
         ctx.out(json.dumps(doc, indent=2))
         return

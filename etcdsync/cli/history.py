@@ -305,11 +305,11 @@ def rollback(entry_id: str, applyset: str | None, do_apply: bool, reserved_prefi
         doc["rollbackOf"] = entry.id
         if outcome is not None:
             doc["applied"] = {"revision": outcome.revision, "transactions": outcome.transactions,
-                              "results": [render.change_json(c, result=c.action.value) for c in outcome.done.values()],
+                              **render.results_json(outcome.done, render.unchanged_keys(outcome.plan, outcome.done)),
                               "entry": recorded.id if recorded else None}
         ctx.out(json.dumps(doc, indent=2))
     elif outcome is not None:
-        unchanged = sum(1 for c in outcome.plan.changes if c.key not in outcome.done and not c.writes)
+        unchanged = render.unchanged_keys(outcome.plan, outcome.done)
         ctx.out(f"rolled back: {render.result_summary(outcome.done, unchanged)} in "
                 f"{plural(outcome.transactions, 'transaction')} (revision {outcome.revision})"
                 + (f"; history entry {recorded.id}" if recorded else ""))
