@@ -390,6 +390,14 @@ def test_usage_and_connection_errors(env: Env, t: Transcript, golden: Any) -> No
     t.closed = f"127.0.0.1:{port}"
     t.run("diff", "-f", f, "--endpoints", f"http://127.0.0.1:{port}", "--timeout", "1", code=2, subprocess=True)
     t.run("ls", "/", "--endpoints", f"http://127.0.0.1:{port}", "--timeout", "1", code=2, subprocess=True)
+    # -o json: stdout is a JSON document also on an error (stderr keeps its one line); a command line
+    # that does not parse has no output format yet: stderr only
+    t.run("diff", "-f", f, "-o", "json", "--endpoints", f"http://127.0.0.1:{port}", "--timeout", "1", code=2,
+          subprocess=True)
+    t.run("ls", "/", "-o", "json", "--endpoints", f"http://127.0.0.1:{port}", "--timeout", "1", code=2,
+          subprocess=True)
+    t.run("inventory", "--applyset", "Bad Name", "-o", "json", code=2, subprocess=True)
+    t.run("diff", "-f", f, "-o", "json", "--frobnicate", code=2, subprocess=True)
     golden("cli/usage-and-connection-errors.txt", t.text())
 
 
@@ -410,6 +418,7 @@ def test_operator_commands(env: Env, history: Any, t: Transcript, golden: Any) -
     t.run("get", f"{p}tls/cert", code=0)                        # a single value keeps its newlines
     t.run("get", f"{p}api/token", code=0)                       # secret: a hash, never the value
     t.run("get", f"{p}nope", code=2)
+    t.run("get", f"{p}nope", "-o", "json", code=2)
     t.run("get", p, "--prefix", code=0)
     t.run("get", f"{p}api/token", "-o", "json", code=0)
     t.run("get", p, "--prefix", "-o", "json", code=0)
