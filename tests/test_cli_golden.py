@@ -398,6 +398,7 @@ def test_usage_and_connection_errors(env: Env, t: Transcript, golden: Any) -> No
           subprocess=True)
     t.run("inventory", "--applyset", "Bad Name", "-o", "json", code=2, subprocess=True)
     t.run("diff", "-f", f, "-o", "json", "--frobnicate", code=2, subprocess=True)
+    t.run("services", "watch", "payments", "-o", "json", "--endpoints", "ftp://x", code=2, subprocess=True)  # a stream
     golden("cli/usage-and-connection-errors.txt", t.text())
 
 

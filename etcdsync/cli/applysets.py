@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..errors import ConflictError, EtcdsyncError, UsageError
+from ..errors import ConflictError, EtcdsyncError, GuardError, UsageError
 from .options import ConnectionFlags, OutputFlags, connection_options, format_option, output_options, reserved_option
-from .output import DIFF_LIMIT, EXIT_REFUSED, Ctx, run, safe_text, table
+from .output import DIFF_LIMIT, Ctx, emit_json, run, safe_text, table
 
 if TYPE_CHECKING:
     from ..core.inventory import Ownership
@@ -59,9 +58,9 @@ def inventory(applyset: str | None, reserved_prefix: str, output: str, display: 
         return "absent" if kv is None else f"lease {kv.lease:016x}" if kv.lease else "present"
 
     if output == "json":
-        click.echo(json.dumps({"revision": rev, "applysets": [
+        emit_json({"revision": rev, "applysets": [
             {"name": n, "keys": [{"key": k, "prefix": e.prefix, "prune": e.prune, "secret": e.secret, "state": state(k)}
-                                 for k, e in sorted(own.inventory(n).owned.items())]} for n in names]}, indent=2))
+                                 for k, e in sorted(own.inventory(n).owned.items())]} for n in names]})
         return
     if applyset and applyset not in own.sets:
         click.echo(f"apply set {applyset!r} owns nothing (no inventory under {reserved_prefix})", err=True)
@@ -105,7 +104,7 @@ def applysets(reserved_prefix: str, output: str, display: OutputFlags, etcd: Con
                      "secret": sum(1 for e in inv.owned.values() if e.secret), "prefixes": sorted(inv.prefixes),
                      "inventoryRevision": max(c.mod_revision for c in inv.chunks.values())})
     if output == "json":
-        click.echo(json.dumps({"revision": rev, "applysets": sets}, indent=2))
+        emit_json({"revision": rev, "applysets": sets})
         return
     if not sets:
         click.echo(f"no apply sets (no inventory under {reserved_prefix})", err=True)
@@ -203,19 +202,16 @@ def teardown(applyset: str, reserved_prefix: str, max_deletes: int, force: bool,
     try:
         outcome, removed = run(go())
     except _Declined:
-        ctx.note("teardown: not confirmed; nothing deleted")
-        sys.exit(EXIT_REFUSED)
-    except EtcdsyncError as exc:
+        raise GuardError(f"teardown of apply set {applyset!r}: not confirmed; nothing deleted") from None
+    except EtcdsyncError:
         if output == "json" and "plan" in shown:
-            doc = render.plan_json(shown["plan"], applyset_origin="flag")
-            doc["error"] = str(exc)
-            ctx.out(json.dumps(doc, indent=2))
+            emit_json(render.plan_json(shown["plan"], applyset_origin="flag"))   # printed with the error
         raise
     left = len(records) - removed
     note = f"{removed} history and suspension records deleted" + (f" ({left} changed meanwhile, left)" if left else "")
     if outcome is None:
         if output == "json":
-            ctx.out(json.dumps({"applyset": applyset, "recordsDeleted": removed, "recordsLeft": left}, indent=2))
+            emit_json({"applyset": applyset, "recordsDeleted": removed, "recordsLeft": left})
             return
         ctx.out(f"teardown of apply set {applyset!r}: it owned nothing; {note}")
         return
@@ -226,7 +222,7 @@ def teardown(applyset: str, reserved_prefix: str, max_deletes: int, force: bool,
         doc["applied"] = {"revision": outcome.revision, "transactions": outcome.transactions,
                           **render.results_json(outcome.done, render.unchanged_keys(outcome.plan, outcome.done)),
                           "recordsDeleted": removed, "recordsLeft": left}
-        ctx.out(json.dumps(doc, indent=2))
+        emit_json(doc)
         return
     ctx.out(f"teardown of apply set {applyset!r}: {deleted} deleted, {released} released (left in etcd), inventory "
             f"removed, in {outcome.transactions} transactions (revision {outcome.revision}); {note}")
