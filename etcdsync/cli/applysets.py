@@ -31,7 +31,8 @@ async def _ownership(store: Store, reserved: str) -> tuple[Ownership, int]:
 @connection_options
 @output_options
 def inventory(applyset: str | None, reserved_prefix: str, output: str, display: OutputFlags, etcd: ConnectionFlags) -> None:
-    """What apply sets own: each key with its prefix, prune and secret flags, and whether it is in etcd."""
+    """What apply sets own: each key with its prefix, the document that declared it, its prune and
+    secret flags, and whether it is in etcd."""
     from ..core.inventory import check_applyset_name
     from ..diff import minimal_prefixes
     from ..etcd.store import Store
@@ -59,7 +60,8 @@ def inventory(applyset: str | None, reserved_prefix: str, output: str, display: 
 
     if output == "json":
         emit_json({"revision": rev, "applysets": [
-            {"name": n, "keys": [{"key": k, "prefix": e.prefix, "prune": e.prune, "secret": e.secret, "state": state(k)}
+            {"name": n, "keys": [{"key": k, "prefix": e.prefix, "document": e.document or None, "prune": e.prune,
+                                  "secret": e.secret, "state": state(k)}
                                  for k, e in sorted(own.inventory(n).owned.items())]} for n in names]})
         return
     if applyset and applyset not in own.sets:
@@ -73,8 +75,8 @@ def inventory(applyset: str | None, reserved_prefix: str, output: str, display: 
         if i:
             click.echo("")
         click.echo(f"apply set {n}: {len(inv.owned)} keys")
-        rows = [("KEY", "PREFIX", "IN ETCD", "FLAGS")] + [
-            (safe_text(k), safe_text(e.prefix), state(k),
+        rows = [("KEY", "PREFIX", "DOCUMENT", "IN ETCD", "FLAGS")] + [
+            (safe_text(k), safe_text(e.prefix), safe_text(e.document) or "-", state(k),
              ",".join(f for f, on in (("prune", e.prune), ("noprune", not e.prune), ("secret", e.secret)) if on))
             for k, e in sorted(inv.owned.items())]
         click.echo(table(rows))
