@@ -384,6 +384,8 @@ def test_usage_and_connection_errors(env: Env, t: Transcript, golden: Any) -> No
     t.run("apply", "-f", f, "--applyset", "Bad Name", code=2, subprocess=True)
     t.run("diff", "-f", f, "--reserved-prefix", "etcdsync", code=2, subprocess=True)
     t.run("nosuchcommand", code=2, subprocess=True)
+    t.run("services", code=2, subprocess=True)                 # a group without its command: one line too
+    t.run("history", "--applyset", code=2, subprocess=True)    # an option without its value: the command's --help
     t.run("diff", code=2, subprocess=True)                     # no -f, and no ./manifests in the cwd
     t.run("diff", "-f", str(env.tmp / "nowhere"), code=2, subprocess=True)
     port = closed_port()

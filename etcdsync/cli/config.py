@@ -34,7 +34,7 @@ def _plain(ctx: Context) -> dict[str, Any]:
     return out
 
 
-@click.group()
+@click.group(no_args_is_help=False)   # no command: a one-line usage error, not the help as one
 def config() -> None:
     """The config file of named contexts (ETCDSYNC_CONFIG, else ~/.config/etcdsync/config.yaml)."""
 

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from ..etcd.store import KeyValue
 
 
-@click.group()
+@click.group(no_args_is_help=False)   # no command: a one-line usage error, not the help as one
 def services() -> None:
     """Discovery from the shell: list or watch a service's instances."""
 
