@@ -119,7 +119,8 @@ def _debug_requested(argv: list[str]) -> bool:
 def _command_path(args: list[str]) -> str:
     """`etcdsync` and the (sub)command words that lead `args`: for a usage error click raised without
     a context (an option missing its value), so that it points to the command's own --help."""
-    words, command = ["etcdsync"], cli
+    words = ["etcdsync"]
+    command: click.Command = cli
     for arg in args:
         sub = command.get_command(click.Context(command), arg) if isinstance(command, click.Group) else None
         if sub is None:
