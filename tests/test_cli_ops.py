@@ -295,9 +295,9 @@ def test_inventory_and_applysets(env: Env, history: Any, token: None) -> None:
     r = _ops(env, "inventory", "--applyset", "app")
     assert r.code == 0, r
     lines = {line.split()[0]: line.split()[1:] for line in r.out.splitlines()[2:]}
-    assert lines[f"{env.ns}config/app/token"] == [f"{env.ns}config/app/", "present", "prune,secret"]
-    assert lines[f"{env.ns}config/app/keep"] == [f"{env.ns}config/app/", "present", "noprune"]
-    assert lines[f"{env.ns}config/app/retry"] == [f"{env.ns}config/app/", "absent", "prune"]
+    assert lines[f"{env.ns}config/app/token"] == [f"{env.ns}config/app/", "ConfigSet/app", "present", "prune,secret"]
+    assert lines[f"{env.ns}config/app/keep"] == [f"{env.ns}config/app/", "ConfigSet/app", "present", "noprune"]
+    assert lines[f"{env.ns}config/app/retry"] == [f"{env.ns}config/app/", "ConfigSet/app", "absent", "prune"]
     assert "other/a" not in r.out
     doc = json.loads(_ops(env, "inventory", "-o", "json").out)
     assert [s["name"] for s in doc["applysets"]] == ["app", "other"]
