@@ -298,7 +298,7 @@ def test_apply_refuses_a_key_of_another_apply_set(env: Env, history: Any, t: Tra
     t.run("diff", "-f", str(two), "--applyset", "two", code=3)
     t.run("apply", "-f", str(two), "--applyset", "two", code=3)
     t.run("apply", "-f", str(two), "--applyset", "two", "-o", "json", code=3)
-    assert env.revision() == rev, "a refused apply writes nothing"
+    assert env.untouched_since(rev), "a refused apply writes nothing"
     golden("cli/apply-owned-by-another-set.txt", t.text())
 
 
@@ -313,7 +313,7 @@ def test_apply_refuses_a_key_held_by_another_clients_lease(env: Env, history: An
     t.run("diff", "-f", str(f), "--applyset", "app", code=3)
     t.run("apply", "-f", str(f), "--applyset", "app", code=3)
     t.run("apply", "-f", str(f), "--applyset", "app", "-o", "json", code=3)
-    assert env.revision() == rev, "a refused apply writes nothing"
+    assert env.untouched_since(rev), "a refused apply writes nothing"
     golden("cli/apply-leased-key.txt", t.text())
 
 
@@ -332,7 +332,7 @@ def test_deletion_guard_refusals(env: Env, history: Any, t: Transcript, golden: 
     t.run("diff", "-f", str(f), code=3)
     t.run("apply", "-f", str(f), code=3)
     t.run("apply", "-f", str(f), "-o", "json", code=3)
-    assert env.revision() == rev, "a refused apply writes nothing"
+    assert env.untouched_since(rev), "a refused apply writes nothing"
     golden("cli/apply-deletion-guard.txt", t.text())
 
 
@@ -365,7 +365,7 @@ def test_bad_manifests_are_exit_2_for_every_command(env: Env, history: Any, t: T
     t.run("diff", "-f", str(f), "--applyset", "app", code=2)
     t.run("apply", "-f", str(f), "--applyset", "app", code=2)
     t.run("apply", "-f", str(f), "--applyset", "app", "-o", "json", code=2)
-    assert env.revision() == rev
+    assert env.untouched_since(rev)
     golden(f"cli/bad-manifest-{case}.txt", t.text())
 
 

@@ -103,4 +103,4 @@ def test_a_format_2_inventory_refuses_a_key_with_two_documents_and_writes_nothin
     assert r.code == 2, r
     assert r.err.strip().endswith("has two documents ('ConfigSet/a' and 'ConfigSet/b')); fix or delete it by hand, "
                                   "etcdsync will not guess what it owns"), r.err
-    assert env.revision() == rev
+    assert env.untouched_since(rev)
