@@ -243,6 +243,15 @@ class Env:
     def revision(self) -> int:
         return int(self.gw.revision())
 
+    def untouched_since(self, revision: int) -> bool:
+        """Nothing under this test's prefix (its keys and its reserved prefix) was written or deleted
+        after `revision`. The server's revision itself is shared: a lease an earlier test's process left
+        behind may expire meanwhile and delete its key, which is no write of this test."""
+        then, _ = self.gw.range(self.ns, prefix=True, revision=revision)
+        now, _ = self.gw.range(self.ns, prefix=True)
+        return ({kv.key: kv.mod_revision for kv in then} == {kv.key: kv.mod_revision for kv in now}
+                and all(kv.mod_revision <= revision for kv in now))
+
 
 @pytest.fixture
 def env(etcd: EtcdCluster, tmp_path: Path) -> Env:

@@ -51,7 +51,7 @@ def test_diff_apply_diff_and_second_apply_writes_nothing(env: Env, history: Reco
     rev = env.revision()
     r = env.cli("apply", "-f", str(f), "--applyset", "t")
     assert r.code == 0 and "in sync" in r.out
-    assert env.revision() == rev, "a second apply must not write anything"
+    assert env.untouched_since(rev), "a second apply must not write anything"
 
 
 def test_drift_is_repaired_and_unowned_keys_survive(env: Env, history: Recorder) -> None:
@@ -119,7 +119,7 @@ def test_a_file_emptied_in_a_tree_is_exit_2_and_prunes_nothing(env: Env, history
         r = env.cli(cmd, "-f", m, *(("--applyset", "t") if cmd != "validate" else ()))
         assert r.code == 2, (cmd, r)
         assert r.err.strip() == f"error: {pay}: holds no documents; delete the file to prune its keys", r.err
-    assert env.revision() == rev, "nothing written or deleted"
+    assert env.untouched_since(rev), "nothing written or deleted"
     assert env.dump() == before
     assert before[f"{env.ns}config/payments/token"] == b"s3cr3t"
     assert before[f"{env.ns}config/payments/seed"] == b"runtime"
@@ -185,7 +185,7 @@ def test_key_owned_by_another_set_is_refused_unless_take_ownership(env: Env, his
     r = env.cli("apply", "-f", str(g), "--applyset", "two")
     assert r.code == 3, r
     assert "'one'" in r.err and "'two'" in r.err
-    assert env.revision() == rev
+    assert env.untouched_since(rev)
     r = env.cli("apply", "-f", str(g), "--applyset", "two", "--take-ownership")
     assert r.code == 0, r
     assert env.get(f"{env.ns}config/app/retry") == b"6"
@@ -203,12 +203,12 @@ def test_deletion_guard(env: Env, history: Recorder) -> None:
     rev = env.revision()
     r = env.cli("apply", "-f", str(empty), "--applyset", "t")
     assert r.code == 3 and "--allow-empty" in r.err, r
-    assert env.revision() == rev
+    assert env.untouched_since(rev)
     env.write("m/app.yaml", BASE.replace("  data:\n", "  data:\n    keep: 1\n").replace("    db/url: postgres://db:5432/app\n", "")
               .replace("    retry: 5\n", "").replace("    region: no\n", ""))
     r = env.cli("apply", "-f", str(f), "--applyset", "t", "--max-deletes", "2")
     assert r.code == 3 and "--max-deletes 2" in r.err, r
-    assert env.revision() == rev
+    assert env.untouched_since(rev)
     r = env.cli("diff", "-f", str(f), "--applyset", "t", "--max-deletes", "2")
     assert r.code == 3 and "--max-deletes 2; refusing" in r.err and "refus" not in r.out, r   # said once, on stderr
     r = env.cli("apply", "-f", str(f), "--applyset", "t", "--max-deletes", "2", "--force")
@@ -266,7 +266,7 @@ def test_bad_manifest_exits_2_with_one_line_and_writes_nothing(env: Env, history
     assert len(lines) == 1, r.err
     assert "app.yaml:" in lines[0] and "duplicate" in lines[0].lower()
     assert "Traceback" not in r.err
-    assert env.revision() == rev
+    assert env.untouched_since(rev)
 
 
 def test_unreachable_etcd_is_exit_2_within_timeout(env: Env, history: Recorder) -> None:
@@ -403,7 +403,7 @@ spec:
     assert len(env.dump(f"{env.ns}big/")) == n
     rev = env.revision()
     assert env.cli("apply", "-f", str(f), "--applyset", "t").code == 0
-    assert env.revision() == rev
+    assert env.untouched_since(rev)
     # remove everything but one: deletes are batched too, inventory shrinks with them
     f.write_text(f.read_text().split("    k0001")[0])
     r = env.cli("apply", "-f", str(f), "--applyset", "t", "--force")
@@ -443,4 +443,4 @@ def test_bad_reserved_prefix_is_a_one_line_usage_error(env: Env, history: Record
     lines = r.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: --reserved-prefix"), r.err
     assert "\x1b" not in r.err
-    assert env.revision() == rev
+    assert env.untouched_since(rev)

@@ -237,6 +237,43 @@ def test_diff_and_apply_of_changes(env: Env, history: Any, t: Transcript, golden
     golden("cli/apply.txt", t.text())
 
 
+ADOPT = """\
+apiVersion: etcdsync/v1
+kind: ConfigSet
+metadata: {name: adopt-{side}}
+spec:
+  prefix: {ns}{side}/
+  data:
+    same: one
+    differs: two
+    held: {value: three, policy: warn}
+    seeded: {value: four, policy: create-only}
+    fresh: five
+"""
+
+
+def test_apply_adopting_unowned_keys_says_the_same_in_text_and_json(env: Env, history: Any, t: Transcript,
+                                                                     golden: Any) -> None:
+    """Keys that exist unowned: one with the declared value (adopted), one with another value (updated,
+    and so owned), one held by policy warn and one by create-only (adopted, value kept). The text
+    summaries and the JSON `summary`, `applied.summary` and `applied.results` must count them alike."""
+    ns = env.ns
+    declared: dict[str, Any] = {}
+    for side in ("text", "json"):
+        for rel, value in (("same", "one"), ("differs", "2"), ("held", "3"), ("seeded", "4")):
+            env.put(f"{ns}{side}/{rel}", value)
+        declared.update({f"{ns}{side}/same": "one", f"{ns}{side}/differs": "two",
+                         f"{ns}{side}/held": Declared(b"three", "warn"),
+                         f"{ns}{side}/seeded": Declared(b"four", "create-only"), f"{ns}{side}/fresh": "five"})
+    history.declare(declared)
+    text = str(env.write("text/app.yaml", ADOPT.replace("{side}", "text")))
+    js = str(env.write("json/app.yaml", ADOPT.replace("{side}", "json")))
+    t.run("diff", "-f", text, "--applyset", "text", code=1)
+    t.run("apply", "-f", text, "--applyset", "text", code=0)
+    t.run("apply", "-f", js, "--applyset", "json", "-o", "json", code=0)
+    golden("cli/apply-adopts.txt", t.text())
+
+
 # -- refusals: ownership, leases, the deletion guard --------------------------------------------------
 
 APP = """\
@@ -261,7 +298,7 @@ def test_apply_refuses_a_key_of_another_apply_set(env: Env, history: Any, t: Tra
     t.run("diff", "-f", str(two), "--applyset", "two", code=3)
     t.run("apply", "-f", str(two), "--applyset", "two", code=3)
     t.run("apply", "-f", str(two), "--applyset", "two", "-o", "json", code=3)
-    assert env.revision() == rev, "a refused apply writes nothing"
+    assert env.untouched_since(rev), "a refused apply writes nothing"
     golden("cli/apply-owned-by-another-set.txt", t.text())
 
 
@@ -276,7 +313,7 @@ def test_apply_refuses_a_key_held_by_another_clients_lease(env: Env, history: An
     t.run("diff", "-f", str(f), "--applyset", "app", code=3)
     t.run("apply", "-f", str(f), "--applyset", "app", code=3)
     t.run("apply", "-f", str(f), "--applyset", "app", "-o", "json", code=3)
-    assert env.revision() == rev, "a refused apply writes nothing"
+    assert env.untouched_since(rev), "a refused apply writes nothing"
     golden("cli/apply-leased-key.txt", t.text())
 
 
@@ -295,7 +332,7 @@ def test_deletion_guard_refusals(env: Env, history: Any, t: Transcript, golden: 
     t.run("diff", "-f", str(f), code=3)
     t.run("apply", "-f", str(f), code=3)
     t.run("apply", "-f", str(f), "-o", "json", code=3)
-    assert env.revision() == rev, "a refused apply writes nothing"
+    assert env.untouched_since(rev), "a refused apply writes nothing"
     golden("cli/apply-deletion-guard.txt", t.text())
 
 
@@ -328,7 +365,7 @@ def test_bad_manifests_are_exit_2_for_every_command(env: Env, history: Any, t: T
     t.run("diff", "-f", str(f), "--applyset", "app", code=2)
     t.run("apply", "-f", str(f), "--applyset", "app", code=2)
     t.run("apply", "-f", str(f), "--applyset", "app", "-o", "json", code=2)
-    assert env.revision() == rev
+    assert env.untouched_since(rev)
     golden(f"cli/bad-manifest-{case}.txt", t.text())
 
 
@@ -347,12 +384,23 @@ def test_usage_and_connection_errors(env: Env, t: Transcript, golden: Any) -> No
     t.run("apply", "-f", f, "--applyset", "Bad Name", code=2, subprocess=True)
     t.run("diff", "-f", f, "--reserved-prefix", "etcdsync", code=2, subprocess=True)
     t.run("nosuchcommand", code=2, subprocess=True)
+    t.run("services", code=2, subprocess=True)                 # a group without its command: one line too
+    t.run("history", "--applyset", code=2, subprocess=True)    # an option without its value: the command's --help
     t.run("diff", code=2, subprocess=True)                     # no -f, and no ./manifests in the cwd
     t.run("diff", "-f", str(env.tmp / "nowhere"), code=2, subprocess=True)
     port = closed_port()
     t.closed = f"127.0.0.1:{port}"
     t.run("diff", "-f", f, "--endpoints", f"http://127.0.0.1:{port}", "--timeout", "1", code=2, subprocess=True)
     t.run("ls", "/", "--endpoints", f"http://127.0.0.1:{port}", "--timeout", "1", code=2, subprocess=True)
+    # -o json: stdout is a JSON document also on an error (stderr keeps its one line); a command line
+    # that does not parse has no output format yet: stderr only
+    t.run("diff", "-f", f, "-o", "json", "--endpoints", f"http://127.0.0.1:{port}", "--timeout", "1", code=2,
+          subprocess=True)
+    t.run("ls", "/", "-o", "json", "--endpoints", f"http://127.0.0.1:{port}", "--timeout", "1", code=2,
+          subprocess=True)
+    t.run("inventory", "--applyset", "Bad Name", "-o", "json", code=2, subprocess=True)
+    t.run("diff", "-f", f, "-o", "json", "--frobnicate", code=2, subprocess=True)
+    t.run("services", "watch", "payments", "-o", "json", "--endpoints", "ftp://x", code=2, subprocess=True)  # a stream
     golden("cli/usage-and-connection-errors.txt", t.text())
 
 
@@ -373,6 +421,7 @@ def test_operator_commands(env: Env, history: Any, t: Transcript, golden: Any) -
     t.run("get", f"{p}tls/cert", code=0)                        # a single value keeps its newlines
     t.run("get", f"{p}api/token", code=0)                       # secret: a hash, never the value
     t.run("get", f"{p}nope", code=2)
+    t.run("get", f"{p}nope", "-o", "json", code=2)
     t.run("get", p, "--prefix", code=0)
     t.run("get", f"{p}api/token", "-o", "json", code=0)
     t.run("get", p, "--prefix", "-o", "json", code=0)

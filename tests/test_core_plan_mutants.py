@@ -186,7 +186,7 @@ def test_same_value_of_another_set_is_taken_over_as_adoption() -> None:
 def test_enforce_updates_an_unowned_key_and_adopts_it() -> None:
     d = dk("a", "1")
     p = plan(state(d), {d.key: Observed(b"0", 12)}, inventory({}), {})
-    assert only(p) == expect(Action.UPDATE, d, "0", 12, own=True, note="adopted: existed, not owned by any apply set")
+    assert only(p) == expect(Action.UPDATE, d, "0", 12, own=True, note="existed with another value, not owned by any apply set")
 
 
 def test_enforce_takes_over_and_updates() -> None:

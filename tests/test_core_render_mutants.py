@@ -17,6 +17,7 @@ from etcdsync.core.render import (
     render_live,
     render_plan,
     result_summary,
+    results_json,
     secret_hash,
     show_value,
     summary,
@@ -222,9 +223,15 @@ def test_render_live() -> None:
 ])
 def test_summary_extras(changes: tuple[Change, ...], tail: str) -> None:
     n = counts(changes)
-    head = (f"{n['create']} to create, {n['update']} to update, {n['delete']} to delete, "
-            f"{n['unchanged'] + n['drift']} unchanged")
-    assert summary(Plan("me", changes, counts=n)) == head + tail
+    # a drifted key that the apply adopts is counted as adopted, not also as unchanged
+    unchanged = n["unchanged"] + sum(1 for c in changes if c.action is Action.DRIFT and not c.own)
+    head = f"{n['create']} to create, {n['update']} to update, {n['delete']} to delete, {unchanged} unchanged"
+    p = Plan("me", changes, counts=n)
+    assert summary(p) == head + tail
+    # the JSON summary has the text's numbers, and its partition counts every key once
+    js = plan_json(p, applyset_origin="flag")["summary"]
+    assert (js["create"], js["update"], js["delete"], js["unchanged"]) == (n["create"], n["update"], n["delete"], unchanged)
+    assert sum(js[k] for k in ("create", "update", "delete", "unchanged", "adopt", "release", "conflict")) == len(changes)
 
 
 def test_summary_one_live_instance() -> None:
@@ -250,6 +257,12 @@ def test_result_summary() -> None:
     assert result_summary(done, 7) == ("2 created, 3 updated, 1 deleted, 7 unchanged "
                                        "(1 ownership record updated, 2 adopted, 2 released)")
     assert result_summary({}, 0) == "0 created, 0 updated, 0 deleted, 0 unchanged"
+    # -o json: the same numbers, and each key's result in the words the text counts it under
+    js = results_json(done, 7)
+    assert js["summary"] == {"created": 2, "updated": 3, "deleted": 1, "unchanged": 7, "adopted": 2, "released": 2,
+                             "ownership": 1}
+    assert [r["result"] for r in js["results"]] == ["created", "created", "updated", "updated", "updated", "adopted",
+                                                    "adopted", "deleted", "released", "released", "unchanged"]
     two = {"/a": Change(Action.UNCHANGED, "/a", b"1", b"1", 1, retag=True),
            "/b": Change(Action.DRIFT, "/b", b"1", b"2", 1, retag=True)}
     assert result_summary(two, 0) == "0 created, 0 updated, 0 deleted, 0 unchanged (2 ownership records updated)"
@@ -260,7 +273,7 @@ def test_plan_json_whole() -> None:
     base = {"policy": "enforce", "secret": False, "adopt": False}
     assert plan_json(rich_plan(), applyset_origin="flag") == {
         "applyset": "me", "applysetFrom": "flag", "inSync": False, "refused": "refused x",
-        "summary": {"create": 1, "update": 2, "adopt": 1, "delete": 1, "release": 1, "unchanged": 2, "drift": 1,
+        "summary": {"create": 1, "update": 2, "adopt": 1, "delete": 1, "release": 1, "unchanged": 3, "drift": 1,
                     "conflict": 2, "ownership": 1},
         "commit": None,
         "changes": [

@@ -95,7 +95,7 @@ def test_rollback_shows_the_diff_then_applies_it_with_compares_and_records_it(en
     r = env.cli("rollback", str(first), "--reserved-prefix", env.reserved)
     assert r.code == 1, r
     assert f"~ {env.ns}app/a" in r.out and f"- {env.ns}app/c" in r.out and "1 to update, 1 to delete" in r.out, r.out
-    assert env.revision() == rev
+    assert env.untouched_since(rev)
     # --apply: back to entry `first`, recorded as a rollback
     history.declare({f"{env.ns}app/a": "one", f"{env.ns}app/b": "two"})
     r = env.cli("rollback", str(first), "--apply", "--reserved-prefix", env.reserved)
@@ -145,4 +145,4 @@ def test_rollback_to_a_compacted_revision_is_refused_clearly(env: Env, history: 
     assert r.code == 2, r
     assert f"revision {first} was compacted" in r.err and "nothing can be rolled back" in r.err, r.err
     assert len(r.err.strip().splitlines()) == 1 and "Traceback" not in r.err
-    assert env.revision() == rev and env.get(f"{env.ns}app/a") == b"two"
+    assert env.untouched_since(rev) and env.get(f"{env.ns}app/a") == b"two"

@@ -66,6 +66,14 @@ def test_a_format_1_inventory_is_read_used_and_upgraded(env: Env, history: Recor
     assert owned == {f"{ns}a/x": Entry(f"{ns}a/", document="ConfigSet/a"),
                      f"{ns}a/y": Entry(f"{ns}a/", document="ConfigSet/a"),
                      f"{ns}a/old": Entry(f"{ns}a/"), f"{ns}b/x": Entry(f"{ns}b/")}
+    # `inventory` shows each key's recorded document: '-' (null in JSON) where none is recorded yet
+    r = env.cli("inventory", "--applyset", "t", "--reserved-prefix", env.reserved)
+    assert r.code == 0, r
+    rows = {line.split()[0]: line.split()[2] for line in r.out.splitlines()[2:]}
+    assert rows == {f"{ns}a/old": "-", f"{ns}a/x": "ConfigSet/a", f"{ns}a/y": "ConfigSet/a", f"{ns}b/x": "-"}, r.out
+    r = env.cli("inventory", "--applyset", "t", "--reserved-prefix", env.reserved, "-o", "json")
+    docs = {k["key"]: k["document"] for k in json.loads(r.out)["applysets"][0]["keys"]}
+    assert docs == {f"{ns}a/old": None, f"{ns}a/x": "ConfigSet/a", f"{ns}a/y": "ConfigSet/a", f"{ns}b/x": None}, r.out
 
     # the next full apply prunes "old" and records b's document: every chunk is format 2, every key
     # has its document
@@ -95,4 +103,4 @@ def test_a_format_2_inventory_refuses_a_key_with_two_documents_and_writes_nothin
     assert r.code == 2, r
     assert r.err.strip().endswith("has two documents ('ConfigSet/a' and 'ConfigSet/b')); fix or delete it by hand, "
                                   "etcdsync will not guess what it owns"), r.err
-    assert env.revision() == rev
+    assert env.untouched_since(rev)

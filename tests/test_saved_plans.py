@@ -91,14 +91,14 @@ def test_a_stale_plan_is_refused_naming_every_stale_key_and_writes_nothing(env: 
     assert f"{env.ns}app/d: planned at revision {planned[f'{env.ns}app/d']}, now absent" in r.err
     assert f"{env.ns}app/new: absent when planned, now at revision {rn}" in r.err
     assert f"{env.ns}app/b" not in r.err and f"{env.ns}app/c" not in r.err
-    assert env.revision() == rev, "a stale plan wrote something"
+    assert env.untouched_since(rev), "a stale plan wrote something"
     r = env.cli("apply", "-f", str(m), "--plan", str(plan), "-o", "json")
     assert r.code == 3
     doc = json.loads(r.out)
     assert {s["key"]: (s["plannedRevision"], s["currentRevision"]) for s in doc["stale"]} == {
         f"{env.ns}app/a": (planned[f"{env.ns}app/a"], ra), f"{env.ns}app/d": (planned[f"{env.ns}app/d"], 0),
         f"{env.ns}app/new": (0, rn)}
-    assert env.revision() == rev
+    assert env.untouched_since(rev)
     env.delete(f"{env.ns}app/new")                       # let the history's convergence hold
     assert env.cli("apply", "-f", str(m), "--max-deletes", "5").code == 0
 
@@ -117,7 +117,7 @@ def test_a_secret_is_saved_as_a_hash_and_a_changed_secret_is_refused(env: Env, h
     assert r.code == 3, r.err
     assert f"{env.ns}app/token: the secret's value in the manifests is not the one planned" in r.err
     assert SECRET not in r.err + r.out
-    assert env.revision() == rev
+    assert env.untouched_since(rev)
     history.declare({**keys(env, {"a": "1"}), f"{env.ns}app/token": SECRET})
     r = env.cli("apply", "-f", str(m), "--plan", str(plan), env={"APP_TOKEN": SECRET})
     assert r.code == 0, r.err
@@ -141,7 +141,7 @@ def test_a_plan_is_refused_on_another_cluster_apply_set_or_reserved_prefix(env: 
         r = env.cli("apply", "-f", str(m), "--plan", str(plan), env={"ETCDSYNC_ENDPOINTS": other.endpoints[0]})
         assert r.code == 3, r.err
         assert "the plan was made for etcd cluster" in r.err and r.err.count("\n") == 1
-        assert env.revision() == rev
+        assert env.untouched_since(rev)
 
         async def count() -> int:
             from etcdsync.etcd.store import Store
@@ -152,7 +152,7 @@ def test_a_plan_is_refused_on_another_cluster_apply_set_or_reserved_prefix(env: 
                 return len(kvs)
 
         assert asyncio.run(count()) == 0, "a plan for another cluster wrote to this one"
-    assert env.revision() == rev
+    assert env.untouched_since(rev)
     history.declare(keys(env, {"a": "1"}))
     r = env.cli("apply", "-f", str(m), "--plan", str(plan), "-o", "json")
     assert r.code == 0, r.err
@@ -173,7 +173,7 @@ def test_a_plan_without_changes_applies_nothing(env: Env, history: Recorder) -> 
     rev = env.revision()
     r = env.cli("apply", "-f", str(m), "--plan", str(plan))
     assert r.code == 0 and "in sync: nothing to apply" in r.out, r.out + r.err
-    assert env.revision() == rev
+    assert env.untouched_since(rev)
 
 
 def test_a_refused_diff_writes_no_plan_file(env: Env, history: Recorder) -> None:
@@ -282,4 +282,4 @@ def test_bad_plan_files_through_the_cli_exit_2_with_one_line(env: Env) -> None:
         r = env.cli("apply", "-f", str(m), "--plan", str(path))
         assert r.code == 2, r.err
         assert r.err.count("\n") == 1 and expect in r.err and "Traceback" not in r.err
-    assert env.revision() == rev
+    assert env.untouched_since(rev)

@@ -484,7 +484,7 @@ def test_a_bad_ownership_record_is_exit_2_and_deletes_nothing(env: Env, key: str
         lines = r.err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"error: {env.reserved}{key}: "), r.err
         assert "\x1b" not in r.err and "\x07" not in r.err
-    assert env.revision() == rev and env.dump() == before, "nothing written or deleted"
+    assert env.untouched_since(rev) and env.dump() == before, "nothing written or deleted"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -509,7 +509,7 @@ def test_from_file_outside_the_tree_is_exit_2_and_prints_nothing_of_it(env: Env,
         assert len(lines) == 1 and lines[0].startswith(f"error: {f}:8:"), r.err
         for leak in ("pw-canary", "root:", "outside-canary"):
             assert leak not in r.out + r.err, (cmd, leak)
-    assert env.revision() == rev
+    assert env.untouched_since(rev)
 
 
 def test_file_root_flag_and_env_allow_a_directory_outside_the_tree(env: Env) -> None:
@@ -541,7 +541,7 @@ def test_from_env_never_reads_credentials_and_env_allow_restricts(env: Env) -> N
     assert r.code == 2 and "HOME is not allowed by --env-allow (APP_*)" in r.err, r
     r = env.cli("apply", "-f", str(f), "--applyset", "t", env={**extra, "ETCDSYNC_ENV_ALLOW": "APP_* DB_*"})
     assert r.code == 2 and "HOME is not allowed by --env-allow (APP_* DB_*)" in r.err, r
-    assert env.revision() == rev
+    assert env.untouched_since(rev)
     r = env.cli("apply", "-f", str(f), "--applyset", "t", "--env-allow", "APP_*", "--env-allow", "HOME", env=extra)
     assert r.code == 0, r
 
@@ -587,12 +587,12 @@ def test_leased_key_of_another_client_is_a_conflict_unless_take_ownership(env: E
     assert r.code == 3, r
     assert r.err.strip().splitlines()[-1] == (f"error: {env.ns}lz/leader: held by lease {shown} of another client; "
                                               "pass --take-ownership to take it (it is then written without the lease)")
-    assert env.revision() == rev
+    assert env.untouched_since(rev)
     # same value: still a conflict (adopting would leave it to expire under the other client's lease)
     env.etcdctl("put", f"{env.ns}lz/leader", "node-a", f"--lease={lease}")
     rev = env.revision()
     assert env.cli("apply", "-f", str(f), "--applyset", "t").code == 3
-    assert env.revision() == rev
+    assert env.untouched_since(rev)
     r = env.cli("apply", "-f", str(f), "--applyset", "t", "--take-ownership")
     assert r.code == 0, r
     kv = json.loads(env.etcdctl("get", f"{env.ns}lz/leader", "-w", "json"))["kvs"][0]

@@ -314,7 +314,7 @@ def test_a_selector_that_selects_nothing_is_exit_2_and_writes_nothing(env: Env, 
         assert r.err.strip() == ("error: -l/--selector 'team=c' selects none of the 2 ConfigSet and Service documents "
                                  "(labels in the manifests: team=a, team=b)"), r.err
         assert r.out == ""
-    assert env.revision() == rev
+    assert env.untouched_since(rev)
 
 
 @pytest.mark.parametrize("flags, line", [
@@ -330,7 +330,7 @@ def test_bad_partial_apply_flags_are_one_line_exit_2_from_the_real_cli(env: Env,
     r = env.run("apply", "-f", str(m), "--applyset", "t", *flags)
     assert r.code == 2, r
     assert line in r.err and "Traceback" not in r.err, r.err
-    assert env.revision() == rev
+    assert env.untouched_since(rev)
 
 
 def test_prune_false_writes_puts_only_and_keeps_the_removed_keys_owned(env: Env, history: Recorder) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import secrets
 import stat
@@ -36,7 +35,7 @@ from .options import (
     plan_options,
     reserved_option,
 )
-from .output import DIFF_LIMIT, EXIT_DIFF, EXIT_OK, Ctx, plural, run
+from .output import DIFF_LIMIT, EXIT_DIFF, EXIT_OK, Ctx, emit_json, plural, run
 
 if TYPE_CHECKING:
     from ..apply import Outcome
@@ -69,10 +68,10 @@ def validate(manifests: ManifestFlags, reserved_prefix: str, output: str, strict
 
         origins = {k: origin_json(d.source) for k, d in desired.keys.items() if d.source}
         origins.update((i.key, origin_json(i.source)) for i in desired.live if i.source)
-        ctx.out(json.dumps({"valid": True, "files": list(desired.files), "keys": len(desired.keys),
-                            "liveInstances": len(desired.live), "applyset": desired.applyset,
-                            "origins": origins, "removed": {k: str(s) for k, s in desired.removed.items()},
-                            "warnings": [w.as_json() for w in warnings]}))
+        emit_json({"valid": True, "files": list(desired.files), "keys": len(desired.keys),
+                   "liveInstances": len(desired.live), "applyset": desired.applyset,
+                   "origins": origins, "removed": {k: str(s) for k, s in desired.removed.items()},
+                   "warnings": [w.as_json() for w in warnings]})
     else:
         for w in warnings:
             click.echo(f"warning: {escape(str(w))}", err=True)
@@ -204,22 +203,19 @@ def _plan_command(manifests: ManifestFlags, flags: PlanFlags, etcd: ConnectionFl
     except EtcdsyncError as exc:
         if ctx.output == "json" and shown.plan is not None:
             doc = render.plan_json(shown.plan, applyset_origin=origin, removed=desired.removed, commit=shown.commit)
-            doc["error"] = str(exc)
-            stale = getattr(exc, "stale", None)
-            if stale is not None:
-                doc["stale"] = [s.as_json() for s in stale]
-            ctx.out(json.dumps(doc, indent=2))
         elif ctx.output == "json" and saved is not None:
-            doc = {"applyset": saved.applyset, "error": str(exc)}
-            stale = getattr(exc, "stale", None)
-            if stale is not None:
-                doc["stale"] = [s.as_json() for s in stale]
-            ctx.out(json.dumps(doc, indent=2))
+            doc = {"applyset": saved.applyset}
+        else:
+            raise
+        stale = getattr(exc, "stale", None)
+        if stale is not None:
+            doc["stale"] = [s.as_json() for s in stale]
+        emit_json(doc)          # printed with the error and its exit code
         raise
     if not execute:
         if ctx.output == "json":
-            ctx.out(json.dumps(render.plan_json(outcome.plan, applyset_origin=origin, removed=desired.removed,
-                                                commit=shown.commit), indent=2))
+            emit_json(render.plan_json(outcome.plan, applyset_origin=origin, removed=desired.removed,
+                                       commit=shown.commit))
         elif files.out:
             ctx.note(f"plan saved to {render.escape(files.out)}: apply it with `etcdsync apply --plan {render.escape(files.out)}`")
         return EXIT_DIFF if outcome.plan.has_changes else EXIT_OK
@@ -308,7 +304,7 @@ def _report_apply(ctx: Ctx, outcome: Outcome, origin: str, removed: Mapping[str,
     from ..core import render
 
     p = outcome.plan
-    unchanged = sum(1 for c in p.changes if c.key not in outcome.done and not c.writes)
+    unchanged = render.unchanged_keys(p, outcome.done)
     limits = outcome.limits
     if ctx.output == "json":
         doc = render.plan_json(p, applyset_origin=origin, removed=removed, commit=commit)
@@ -318,13 +314,12 @@ def _report_apply(ctx: Ctx, outcome: Outcome, origin: str, removed: Mapping[str,
             "revision": outcome.revision,
             "transactions": outcome.transactions,
             "retriedKeys": outcome.retried,
-            "results": [render.change_json(c, result=c.action.value, removed_by=removed.get(c.key))
-                        for c in outcome.done.values()],
+            **render.results_json(outcome.done, unchanged, removed=removed),
         }
         if limits is not None:
             doc["applied"]["limits"] = {"maxOperations": limits.max_ops, "maxBytes": limits.max_bytes,
                                         "lowered": outcome.shrunk}
-        ctx.out(json.dumps(doc, indent=2))
+        emit_json(doc)
         return
     if outcome.retried:
         ctx.note(f"note: {plural(len(outcome.retried), 'key')} changed during apply (another writer): "

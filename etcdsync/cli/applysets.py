@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..errors import ConflictError, EtcdsyncError, UsageError
+from ..errors import ConflictError, EtcdsyncError, GuardError, UsageError
 from .options import ConnectionFlags, OutputFlags, connection_options, format_option, output_options, reserved_option
-from .output import DIFF_LIMIT, EXIT_REFUSED, Ctx, run, safe_text, table
+from .output import DIFF_LIMIT, Ctx, emit_json, run, safe_text, table
 
 if TYPE_CHECKING:
     from ..core.inventory import Ownership
@@ -32,7 +31,8 @@ async def _ownership(store: Store, reserved: str) -> tuple[Ownership, int]:
 @connection_options
 @output_options
 def inventory(applyset: str | None, reserved_prefix: str, output: str, display: OutputFlags, etcd: ConnectionFlags) -> None:
-    """What apply sets own: each key with its prefix, prune and secret flags, and whether it is in etcd."""
+    """What apply sets own: each key with its prefix, the document that declared it, its prune and
+    secret flags, and whether it is in etcd."""
     from ..core.inventory import check_applyset_name
     from ..diff import minimal_prefixes
     from ..etcd.store import Store
@@ -59,9 +59,10 @@ def inventory(applyset: str | None, reserved_prefix: str, output: str, display: 
         return "absent" if kv is None else f"lease {kv.lease:016x}" if kv.lease else "present"
 
     if output == "json":
-        click.echo(json.dumps({"revision": rev, "applysets": [
-            {"name": n, "keys": [{"key": k, "prefix": e.prefix, "prune": e.prune, "secret": e.secret, "state": state(k)}
-                                 for k, e in sorted(own.inventory(n).owned.items())]} for n in names]}, indent=2))
+        emit_json({"revision": rev, "applysets": [
+            {"name": n, "keys": [{"key": k, "prefix": e.prefix, "document": e.document or None, "prune": e.prune,
+                                  "secret": e.secret, "state": state(k)}
+                                 for k, e in sorted(own.inventory(n).owned.items())]} for n in names]})
         return
     if applyset and applyset not in own.sets:
         click.echo(f"apply set {applyset!r} owns nothing (no inventory under {reserved_prefix})", err=True)
@@ -74,8 +75,8 @@ def inventory(applyset: str | None, reserved_prefix: str, output: str, display: 
         if i:
             click.echo("")
         click.echo(f"apply set {n}: {len(inv.owned)} keys")
-        rows = [("KEY", "PREFIX", "IN ETCD", "FLAGS")] + [
-            (safe_text(k), safe_text(e.prefix), state(k),
+        rows = [("KEY", "PREFIX", "DOCUMENT", "IN ETCD", "FLAGS")] + [
+            (safe_text(k), safe_text(e.prefix), safe_text(e.document) or "-", state(k),
              ",".join(f for f, on in (("prune", e.prune), ("noprune", not e.prune), ("secret", e.secret)) if on))
             for k, e in sorted(inv.owned.items())]
         click.echo(table(rows))
@@ -105,7 +106,7 @@ def applysets(reserved_prefix: str, output: str, display: OutputFlags, etcd: Con
                      "secret": sum(1 for e in inv.owned.values() if e.secret), "prefixes": sorted(inv.prefixes),
                      "inventoryRevision": max(c.mod_revision for c in inv.chunks.values())})
     if output == "json":
-        click.echo(json.dumps({"revision": rev, "applysets": sets}, indent=2))
+        emit_json({"revision": rev, "applysets": sets})
         return
     if not sets:
         click.echo(f"no apply sets (no inventory under {reserved_prefix})", err=True)
@@ -203,19 +204,16 @@ def teardown(applyset: str, reserved_prefix: str, max_deletes: int, force: bool,
     try:
         outcome, removed = run(go())
     except _Declined:
-        ctx.note("teardown: not confirmed; nothing deleted")
-        sys.exit(EXIT_REFUSED)
-    except EtcdsyncError as exc:
+        raise GuardError(f"teardown of apply set {applyset!r}: not confirmed; nothing deleted") from None
+    except EtcdsyncError:
         if output == "json" and "plan" in shown:
-            doc = render.plan_json(shown["plan"], applyset_origin="flag")
-            doc["error"] = str(exc)
-            ctx.out(json.dumps(doc, indent=2))
+            emit_json(render.plan_json(shown["plan"], applyset_origin="flag"))   # printed with the error
         raise
     left = len(records) - removed
     note = f"{removed} history and suspension records deleted" + (f" ({left} changed meanwhile, left)" if left else "")
     if outcome is None:
         if output == "json":
-            ctx.out(json.dumps({"applyset": applyset, "recordsDeleted": removed, "recordsLeft": left}, indent=2))
+            emit_json({"applyset": applyset, "recordsDeleted": removed, "recordsLeft": left})
             return
         ctx.out(f"teardown of apply set {applyset!r}: it owned nothing; {note}")
         return
@@ -224,9 +222,9 @@ def teardown(applyset: str, reserved_prefix: str, max_deletes: int, force: bool,
     if output == "json":
         doc = render.plan_json(outcome.plan, applyset_origin="flag")
         doc["applied"] = {"revision": outcome.revision, "transactions": outcome.transactions,
-                          "results": [render.change_json(c, result=c.action.value) for c in outcome.done.values()],
+                          **render.results_json(outcome.done, render.unchanged_keys(outcome.plan, outcome.done)),
                           "recordsDeleted": removed, "recordsLeft": left}
-        ctx.out(json.dumps(doc, indent=2))
+        emit_json(doc)
         return
     ctx.out(f"teardown of apply set {applyset!r}: {deleted} deleted, {released} released (left in etcd), inventory "
             f"removed, in {outcome.transactions} transactions (revision {outcome.revision}); {note}")

@@ -4,7 +4,6 @@ names a password file; `view` shows the path, never the content)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import click
@@ -12,6 +11,7 @@ import click
 from ..errors import UsageError
 from ..settings import Context
 from .options import format_option
+from .output import emit_json
 
 
 def _config(environ: Any = None) -> Any:
@@ -34,7 +34,7 @@ def _plain(ctx: Context) -> dict[str, Any]:
     return out
 
 
-@click.group()
+@click.group(no_args_is_help=False)   # no command: a one-line usage error, not the help as one
 def config() -> None:
     """The config file of named contexts (ETCDSYNC_CONFIG, else ~/.config/etcdsync/config.yaml)."""
 
@@ -47,8 +47,8 @@ def view(output: str) -> None:
 
     cfg = _config()
     if output == "json":
-        click.echo(json.dumps({"file": cfg.path, "current-context": cfg.current,
-                               "contexts": {name: _plain(c) for name, c in cfg.contexts.items()}}, indent=2))
+        emit_json({"file": cfg.path, "current-context": cfg.current,
+                   "contexts": {name: _plain(c) for name, c in cfg.contexts.items()}})
         return
     lines = [f"# {escape(cfg.path)}", f"current-context: {escape(cfg.current or '(none)')}", "contexts:"]
     for name, ctx in cfg.contexts.items():
@@ -69,8 +69,8 @@ def get_contexts(output: str) -> None:
 
     cfg = _config()
     if output == "json":
-        click.echo(json.dumps([{"name": n, "current": n == cfg.current, "endpoints": list(c.endpoints),
-                                "user": c.user} for n, c in cfg.contexts.items()], indent=2))
+        emit_json([{"name": n, "current": n == cfg.current, "endpoints": list(c.endpoints), "user": c.user}
+                   for n, c in cfg.contexts.items()])
         return
     rows = [("CURRENT", "NAME", "ENDPOINTS", "USER")]
     rows += [("*" if n == cfg.current else "", escape(n), escape(",".join(c.endpoints) or "-"), escape(c.user or "-"))

@@ -4,7 +4,6 @@ to record its history entry (where the manifests came from, who applied them).""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sys
 import time
@@ -25,7 +24,7 @@ from .options import (
     output_options,
     reserved_option,
 )
-from .output import EXIT_DIFF, EXIT_OK, EXIT_REFUSED, Ctx, plural, run, safe_text, table
+from .output import EXIT_DIFF, EXIT_OK, EXIT_REFUSED, Ctx, emit_json, plural, run, safe_text, table
 
 if TYPE_CHECKING:
     from ..apply import Outcome
@@ -113,7 +112,7 @@ def history_cmd(applyset: str | None, reserved_prefix: str, output: str, etcd: C
     entries = run(go())
     _warn_unreadable(bad)
     if output == "json":
-        click.echo(json.dumps({"entries": [e.as_json() for e in sorted(entries, key=lambda e: -e.id)]}, indent=2))
+        emit_json({"entries": [e.as_json() for e in sorted(entries, key=lambda e: -e.id)]})
         return
     if not entries:
         click.echo("no history" + (f" for apply set {name!r}" if name else "") + f" under {reserved_prefix}", err=True)
@@ -208,7 +207,7 @@ def explain(etcd_key: str, manifests: ManifestFlags, reserved_prefix: str, apply
         "history": {"from": first, "to": upto, "compactedBefore": first if first > 1 else None, "events": rows},
     }
     if output == "json":
-        click.echo(json.dumps(doc, indent=2, ensure_ascii=False))
+        emit_json(doc)
         return
     out = [f"key:       {safe_text(key)}"]
     if declared is not None and d is not None:
@@ -305,11 +304,11 @@ def rollback(entry_id: str, applyset: str | None, do_apply: bool, reserved_prefi
         doc["rollbackOf"] = entry.id
         if outcome is not None:
             doc["applied"] = {"revision": outcome.revision, "transactions": outcome.transactions,
-                              "results": [render.change_json(c, result=c.action.value) for c in outcome.done.values()],
+                              **render.results_json(outcome.done, render.unchanged_keys(outcome.plan, outcome.done)),
                               "entry": recorded.id if recorded else None}
-        ctx.out(json.dumps(doc, indent=2))
+        emit_json(doc)
     elif outcome is not None:
-        unchanged = sum(1 for c in outcome.plan.changes if c.key not in outcome.done and not c.writes)
+        unchanged = render.unchanged_keys(outcome.plan, outcome.done)
         ctx.out(f"rolled back: {render.result_summary(outcome.done, unchanged)} in "
                 f"{plural(outcome.transactions, 'transaction')} (revision {outcome.revision})"
                 + (f"; history entry {recorded.id}" if recorded else ""))

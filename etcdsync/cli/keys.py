@@ -11,7 +11,6 @@ an apply that creates, adopts, takes over or releases the key in between makes t
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -30,7 +29,7 @@ from .options import (
     output_options,
     reserved_option,
 )
-from .output import json_value, run, safe_text, table
+from .output import emit_json, json_value, run, safe_text, table
 
 if TYPE_CHECKING:
     from ..core.inventory import Ownership
@@ -134,10 +133,9 @@ def get(target: str, prefix: bool, reserved_prefix: str, output: str, display: O
         raise UsageError(f"{safe_text(key)}: not found")
     if output == "json":
         if prefix:
-            click.echo(json.dumps({"prefix": key, "revision": seen.revision,
-                                   "keys": [_kv_json(kv, seen) for kv in seen.kvs]}, indent=2))
+            emit_json({"prefix": key, "revision": seen.revision, "keys": [_kv_json(kv, seen) for kv in seen.kvs]})
         else:
-            click.echo(json.dumps(_kv_json(seen.kvs[0], seen), indent=2))
+            emit_json(_kv_json(seen.kvs[0], seen))
         return
     if not prefix:
         click.echo(_shown(seen.kvs[0], seen, newlines=True))
@@ -174,10 +172,10 @@ def ls_cmd(prefix: str, reserved_prefix: str, output: str, display: OutputFlags,
 
     seen: Seen = run(go())
     if output == "json":
-        click.echo(json.dumps({"prefix": prefix, "revision": seen.revision, "keys": [
+        emit_json({"prefix": prefix, "revision": seen.revision, "keys": [
             {"key": kv.key, "owners": seen.owners.get(kv.key, []), "lease": f"{kv.lease:016x}" if kv.lease else None,
              "reserved": any(kv.key.startswith(r) for r in _reserved_prefixes(reserved_prefix)),
-             "modRevision": kv.mod_revision} for kv in seen.kvs]}, indent=2))
+             "modRevision": kv.mod_revision} for kv in seen.kvs]})
         return
     if not seen.kvs:
         click.echo(f"no keys under {safe_text(prefix)}", err=True)

@@ -86,7 +86,7 @@ def _show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> N
         ctx.exit()
 
 
-@click.group(cls=LazyGroup, lazy=COMMANDS,
+@click.group(cls=LazyGroup, lazy=COMMANDS, no_args_is_help=False,
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_show_version,
               help="Show etcdsync's version and commit, and the etcd client library's, and exit.")
@@ -155,6 +155,20 @@ def _debug_requested(argv: list[str]) -> bool:
     return "--debug" in argv or os.environ.get("ETCDSYNC_DEBUG", "") not in ("", "0", "false")
 
 
+def _command_path(args: list[str]) -> str:
+    """`etcdsync` and the (sub)command words that lead `args`: for a usage error click raised without
+    a context (an option missing its value), so that it points to the command's own --help."""
+    words = ["etcdsync"]
+    command: click.Command = cli
+    for arg in args:
+        sub = command.get_command(click.Context(command), arg) if isinstance(command, click.Group) else None
+        if sub is None:
+            break
+        words.append(arg)
+        command = sub
+    return " ".join(words)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one clear line on stderr per error, exit codes as documented."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -175,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.UsageError as exc:   # one line like every other error, not click's usage block
         from ..core.render import escape
 
-        command = exc.ctx.command_path if exc.ctx is not None else "etcdsync"
+        command = exc.ctx.command_path if exc.ctx is not None else _command_path(args)
         click.echo(f"error: {escape(exc.format_message())} (see '{command} --help')", err=True)
         code = EXIT_ERROR
     except click.ClickException as exc:

@@ -63,8 +63,33 @@ output_options = _grouped("display", OutputFlags, [
 ])
 
 
-def format_option(f: F) -> F:
-    return click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)(f)
+def format_option(f: F | None = None, *, stream: bool = False) -> Any:
+    """-o text|json. With json, the command's document (`output.emit_json`) is printed when it ends,
+    and an error is reported on stdout too, as JSON (see output.py); `stream`: a command that prints
+    one JSON line per event, whose error is then one last line."""
+    def decorate(command: F) -> F:
+        from .output import print_json_outcome
+
+        @functools.wraps(command)
+        def with_format(*args: Any, **values: Any) -> Any:
+            if values.get("output") != "json":
+                return command(*args, **values)
+            try:
+                result = command(*args, **values)
+            except SystemExit:        # a command's own exit code (diff: 1) is not an error
+                print_json_outcome(stream)
+                raise
+            except BaseException as exc:
+                print_json_outcome(stream, exc)
+                raise
+            print_json_outcome(stream)
+            return result
+
+        return click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text",
+                            show_default=True, help="Output format (json: see the README's Output section).")(
+            with_format)  # type: ignore[return-value]
+
+    return decorate if f is None else decorate(f)
 
 
 # -- connection ----------------------------------------------------------------------------------------

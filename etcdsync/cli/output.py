@@ -4,6 +4,7 @@ tables, and the asyncio runner."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import unicodedata
@@ -39,6 +40,58 @@ class Ctx:
 
     def note(self, text: str) -> None:
         click.echo(text, err=True)
+
+
+# -- -o json ----------------------------------------------------------------------------------------------
+#
+# One rule for every command with `-o json`: stdout carries JSON only. A command that answers once
+# prints one document, indented by two spaces, when it ends; a stream (`services watch`) prints one
+# compact line per event. On an error, after the command line was parsed, the document (or the
+# stream's last line) carries "error" (the message of stderr's one line) and "exitCode"; a document
+# the command had built by then (a refused plan) keeps its fields. Non-ASCII characters are \u
+# escapes, so no JSON output can drive a terminal. Stderr keeps its one `error:` line.
+
+_DOC = "etcdsync.json-document"
+
+
+def json_document(doc: Any) -> str:
+    return json.dumps(doc, indent=2)
+
+
+def json_line(doc: Any) -> str:
+    return json.dumps(doc, separators=(",", ":"))
+
+
+def emit_json(doc: Any) -> None:
+    """Hand over the command's one JSON document: printed when the command ends, with "error" and
+    "exitCode" added when it ends in an error."""
+    click.get_current_context().meta[_DOC] = doc
+
+
+def error_of(exc: BaseException) -> tuple[str, int]:
+    """The message and exit code an exception ends a command with (as the entry point reports it)."""
+    from ..errors import EtcdsyncError
+
+    if isinstance(exc, EtcdsyncError):
+        return str(exc), exc.exit_code
+    if isinstance(exc, click.ClickException):
+        return exc.format_message(), EXIT_ERROR
+    if isinstance(exc, (KeyboardInterrupt, click.Abort)):
+        return "interrupted", 130
+    return f"internal error: {type(exc).__name__}: {exc}", EXIT_ERROR
+
+
+def print_json_outcome(stream: bool, exc: BaseException | None = None) -> None:
+    """Print the document handed over (if any); on an error, with "error" and "exitCode" (a document
+    of its own when none was handed over)."""
+    ctx = click.get_current_context()
+    doc = ctx.meta.pop(_DOC, None)
+    if exc is not None:
+        message, code = error_of(exc)
+        doc = {**doc, "error": message, "exitCode": code} if isinstance(doc, dict) else \
+            {"error": message, "exitCode": code}
+    if doc is not None:
+        click.echo(json_line(doc) if stream else json_document(doc))
 
 
 def plural(n: int, word: str) -> str:

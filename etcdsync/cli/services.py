@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import signal
 import sys
@@ -13,14 +14,14 @@ import click
 
 from ..errors import UsageError
 from ..settings import services_prefix
-from .options import ConnectionFlags, OutputFlags, connection_options, output_options, parse_duration
-from .output import run, safe_text, table
+from .options import ConnectionFlags, OutputFlags, connection_options, format_option, output_options, parse_duration
+from .output import emit_json, json_line, run, safe_text, table
 
 if TYPE_CHECKING:
     from ..etcd.store import KeyValue
 
 
-@click.group()
+@click.group(no_args_is_help=False)   # no command: a one-line usage error, not the help as one
 def services() -> None:
     """Discovery from the shell: list or watch a service's instances."""
 
@@ -39,16 +40,15 @@ def _instances_text(name: str, items: list[Any]) -> str:
     return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}".rstrip() for r in rows)
 
 
-def _instances_json(name: str, items: list[Any]) -> str:
-    return json.dumps({"service": name, "instances": [
-        {"id": i.id, "host": i.host, "port": i.port, "metadata": i.metadata} for i in items]})
+def _instances_json(name: str, items: list[Any]) -> dict[str, Any]:
+    return {"service": name, "instances": [
+        {"id": i.id, "host": i.host, "port": i.port, "metadata": i.metadata} for i in items]}
 
 
-def service_options(f: Any) -> Any:
+def service_options(f: Any, stream: bool = False) -> Any:
     f = click.option("--prefix", default=None, help="Registry prefix (default /services/, or services/ for grpc).")(f)
     f = click.option("--format", "fmt", type=click.Choice(["json", "grpc"]), default="json", show_default=True)(f)
-    f = click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)(f)
-    return f
+    return format_option(stream=stream)(f)
 
 
 @services.command(name="ls")
@@ -85,8 +85,8 @@ def services_ls(name: str | None, prefix: str | None, fmt: str, output: str, dis
         except ValueError:
             row[1] += 1
     if output == "json":
-        click.echo(json.dumps({"prefix": base, "format": fmt, "services": [
-            {"name": s, "instances": n, "unparsable": bad} for s, (n, bad) in sorted(counts.items())]}))
+        emit_json({"prefix": base, "format": fmt, "services": [
+            {"name": s, "instances": n, "unparsable": bad} for s, (n, bad) in sorted(counts.items())]})
         return
     if not counts:
         click.echo(f"no services under {safe_text(base)}")
@@ -109,12 +109,15 @@ def _list_instances(name: str, prefix: str | None, fmt: str, output: str, etcd: 
             await reg.close()
 
     items = run(go())
-    click.echo(_instances_json(name, items) if output == "json" else _instances_text(name, items))
+    if output == "json":
+        emit_json(_instances_json(name, items))
+    else:
+        click.echo(_instances_text(name, items))
 
 
 @services.command(name="watch")
 @click.argument("name")
-@service_options
+@functools.partial(service_options, stream=True)
 @connection_options
 @output_options
 def services_watch(name: str, prefix: str | None, fmt: str, output: str, display: OutputFlags, etcd: ConnectionFlags) -> None:
@@ -127,7 +130,7 @@ def services_watch(name: str, prefix: str | None, fmt: str, output: str, display
 
     def show(items: list[Any]) -> None:
         if output == "json":
-            click.echo(_instances_json(name, items))
+            click.echo(json_line(_instances_json(name, items)))
         else:
             click.echo(f"--- {time.strftime('%H:%M:%S')} {name}: {len(items)} instances")
             click.echo(_instances_text(name, items))

@@ -227,7 +227,7 @@ def plan(
             continue
         if d.policy is Policy.ENFORCE:
             if own:
-                note = note or "adopted: existed, not owned by any apply set"
+                note = note or "existed with another value, not owned by any apply set"
             changes.append(_change(Action.UPDATE, d, obs, own=own, owner=owner, note=note, retag=retag and not own))
         elif d.policy is Policy.WARN:
             changes.append(_change(Action.DRIFT, d, obs, own=own, owner=owner, retag=retag and not own,

@@ -210,17 +210,27 @@ def ownership_only(changes: Iterable[Change]) -> int:
     return sum(1 for c in changes if c.retag and c.action in (Action.UNCHANGED, Action.DRIFT))
 
 
+def plan_counts(p: Plan) -> dict[str, int]:
+    """The numbers of a plan's summary, for its text line and its JSON `summary` alike. `create`,
+    `update`, `delete`, `unchanged`, `adopt`, `release` and `conflict` part the keys (each key in one,
+    by its `Result`; `unchanged` holds drift held by policy warn, a skipped conflict is `conflict`);
+    `drift` and `ownership` count keys among them (drifted; only the ownership record written)."""
+    result = count_results(p.changes)
+    conflict = p.counts.get(Action.CONFLICT.value, 0)
+    return {"create": result[Result.CREATED], "update": result[Result.UPDATED], "delete": result[Result.DELETED],
+            "unchanged": result[Result.UNCHANGED] + result[Result.SKIPPED] - conflict,
+            "adopt": result[Result.ADOPTED], "release": result[Result.RELEASED], "conflict": conflict,
+            "drift": p.counts.get(Action.DRIFT.value, 0), "ownership": ownership_only(p.changes)}
+
+
 def summary(p: Plan) -> str:
-    n = p.counts
-    line = (f"{n['create']} to create, {n['update']} to update, {n['delete']} to delete, "
-            f"{n['unchanged'] + n['drift']} unchanged")
+    n = plan_counts(p)
+    line = f"{n['create']} to create, {n['update']} to update, {n['delete']} to delete, {n['unchanged']} unchanged"
     extra = []
-    adopt = count_results(p.changes)[Result.ADOPTED]
-    records = ownership_only(p.changes)
-    if records:
-        extra.append(f"{_plural(records, 'ownership record')} to update")
-    if adopt:
-        extra.append(f"{adopt} to adopt")
+    if n["ownership"]:
+        extra.append(f"{_plural(n['ownership'], 'ownership record')} to update")
+    if n["adopt"]:
+        extra.append(f"{n['adopt']} to adopt")
     if n["release"]:
         extra.append(f"{n['release']} to release")
     if n["drift"]:
@@ -272,20 +282,43 @@ def commit_json(transactions: int, max_ops: int) -> dict[str, Any]:
     return {"transactions": transactions, "maxOperations": max_ops, "atomic": transactions <= 1}
 
 
-def result_summary(done: dict[str, Change], unchanged: int) -> str:
-    """One line for what an apply committed; `unchanged` counts the keys it did not need to touch."""
+def applied_counts(done: Mapping[str, Change], unchanged: int) -> dict[str, int]:
+    """The numbers of what an apply committed, for its text line and its JSON `applied.summary`
+    alike: one per `Result` of the committed changes (`unchanged`: the keys it did not need to touch),
+    and `ownership`, the committed changes whose only write was the key's ownership record."""
     count = count_results(done.values())
-    line = (f"{count[Result.CREATED]} created, {count[Result.UPDATED]} updated, "
-            f"{count[Result.DELETED]} deleted, {unchanged} unchanged")
+    return {"created": count[Result.CREATED], "updated": count[Result.UPDATED], "deleted": count[Result.DELETED],
+            "unchanged": unchanged, "adopted": count[Result.ADOPTED], "released": count[Result.RELEASED],
+            "ownership": ownership_only(done.values())}
+
+
+def unchanged_keys(p: Plan, done: Mapping[str, Change]) -> int:
+    """The keys of a plan an apply did not need to touch (not committed, nothing to write)."""
+    return sum(1 for c in p.changes if c.key not in done and not c.writes)
+
+
+def result_summary(done: Mapping[str, Change], unchanged: int) -> str:
+    """One line for what an apply committed; `unchanged` counts the keys it did not need to touch."""
+    n = applied_counts(done, unchanged)
+    line = f"{n['created']} created, {n['updated']} updated, {n['deleted']} deleted, {n['unchanged']} unchanged"
     extra = []
-    records = ownership_only(done.values())
-    if records:
-        extra.append(f"{_plural(records, 'ownership record')} updated")
-    if count[Result.ADOPTED]:
-        extra.append(f"{count[Result.ADOPTED]} adopted")
-    if count[Result.RELEASED]:
-        extra.append(f"{count[Result.RELEASED]} released")
+    if n["ownership"]:
+        extra.append(f"{_plural(n['ownership'], 'ownership record')} updated")
+    if n["adopted"]:
+        extra.append(f"{n['adopted']} adopted")
+    if n["released"]:
+        extra.append(f"{n['released']} released")
     return line + (f" ({', '.join(extra)})" if extra else "")
+
+
+def results_json(done: Mapping[str, Change], unchanged: int, *,
+                 removed: Mapping[str, Source] | None = None) -> dict[str, Any]:
+    """`applied.summary` and `applied.results` of the JSON documents: each committed change with its
+    `result` (the `Result` the text summary counts it under)."""
+    removed = removed or {}
+    return {"summary": applied_counts(done, unchanged),
+            "results": [change_json(c, result=result_of(c).value, removed_by=removed.get(c.key))
+                        for c in done.values()]}
 
 
 def _json_value(value: bytes | None, secret: bool) -> dict[str, Any] | str | None:
@@ -348,8 +381,7 @@ def plan_json(p: Plan, *, applyset_origin: str, removed: Mapping[str, Source] | 
         "applysetFrom": applyset_origin,
         "inSync": not p.has_changes and not p.conflicts,   # a conflict is not "in sync", though nothing is written
         "refused": p.refused,
-        "summary": {**dict(p.counts), "adopt": count_results(p.changes)[Result.ADOPTED],
-                    "ownership": ownership_only(p.changes)},
+        "summary": plan_counts(p),
         "commit": commit_json(*commit) if commit is not None else None,
         "changes": [change_json(c, removed_by=removed.get(c.key)) for c in p.changes],
         "live": [_live_json(s) for s in p.live],

@@ -27,7 +27,7 @@ from ..core.inventory import resolve_applyset
 from ..core.model import DesiredState
 from ..core.selector import select
 from ..errors import ClusterChangedError, EtcdConnectionError, EtcdsyncError, ManifestError, UsageError
-from ..etcd.store import Compare, Store, absent
+from ..etcd.store import Compare, KeyValue, Store, absent
 from ..history import daemon_identity, files_source, git_source, list_entries
 from ..settings import Connection, DaemonSettings
 from ..sources import Source
@@ -309,9 +309,7 @@ class Daemon:
         backoff = Backoff(BACKOFF_MIN, BACKOFF_MAX)
         while True:
             try:
-                kv = await self.store.get(key)
-                self._suspension_changed(key, kv.value if kv else None)
-                self._suspension_known.set()
+                kv = await self._read_suspension()
                 start = (await self.store.revision()) + 1 if kv is None else kv.mod_revision + 1
                 async for batch in self.store.watch(key, start_revision=start):
                     for ev in batch.events:
@@ -320,6 +318,14 @@ class Daemon:
             except EtcdsyncError as exc:
                 log.debug("suspension watch: %s", exc)
                 await asyncio.sleep(backoff.next())
+
+    async def _read_suspension(self) -> KeyValue | None:
+        """Read the apply set's suspension record now (before the first write, and before each watch)."""
+        key = suspend_key(self.settings.reserved, self.applyset)
+        kv = await self.store.get(key)
+        self._suspension_changed(key, kv.value if kv else None)
+        self._suspension_known.set()
+        return kv
 
     def _suspension_changed(self, key: str, value: bytes | None) -> None:
         assert self.reconciler is not None
@@ -404,7 +410,6 @@ class Daemon:
         assert self.reconciler is not None
         backoff = Backoff(BACKOFF_MIN, BACKOFF_MAX)
         self.trigger()
-        await self._suspension_known.wait()
         while True:
             await self._trigger.wait()
             self._trigger.clear()
@@ -416,13 +421,15 @@ class Daemon:
                 continue
             desired = self.desired
             assert desired is not None
-            if self.suspension is not None:     # no config writes; live instances are still kept
-                try:
-                    await self.live.sync(self.reconciler.active or desired)
-                except EtcdsyncError as exc:
-                    log.error("live instances: %s", exc)
-                continue
             try:
+                if not self._suspension_known.is_set():   # nothing is written before it was read once
+                    await self._read_suspension()
+                if self.suspension is not None:     # no config writes; live instances are still kept
+                    try:
+                        await self.live.sync(self.reconciler.active or desired)
+                    except EtcdsyncError as exc:
+                        log.error("live instances: %s", exc)
+                    continue
                 outcome = await self.reconciler.full(desired, superseded=functools.partial(self._superseded, desired))
                 await self.live.sync(self.reconciler.active or desired)
             except EtcdsyncError as exc:
