@@ -666,7 +666,9 @@ def test_etcd_restored_from_an_older_snapshot_is_re_read_and_drift_is_repaired_a
         subprocess.run([find_binary("etcdctl"), "--endpoints", cluster.endpoints[0], "snapshot", "save", str(snap)],
                        check=True, capture_output=True, timeout=30, env={**os.environ, "ETCDCTL_API": "3"})
         mdir = manifest(env, a="one")
-        d = Daemon(env, mdir, "--timeout", "2")
+        # 300 drifts of one key on purpose: flap detection (5 repairs a minute) would rightly leave
+        # the key alone, depending on how many of them the daemon repairs before the next lands
+        d = Daemon(env, mdir, "--timeout", "2", "--flap-threshold", "1000")
         daemons.append(d)
         d.wait_ready()
         for i in range(300):                     # revisions the restored cluster will not have
