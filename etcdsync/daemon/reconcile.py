@@ -91,6 +91,15 @@ class HistoryLog:
         except Exception as exc:  # noqa: BLE001 - history is never worth stopping the daemon for
             log.warning("history: repairs not recorded: %s", exc)
 
+    def forget(self) -> None:
+        """etcd's history was replaced (restored from an older snapshot, rebuilt): the open window's
+        repairs were made in a history that is gone, and their revisions name other writes now, so
+        they are dropped, not recorded."""
+        if self.repairs:
+            log.warning("history: %d repairs made before etcd's revision went backwards are not recorded",
+                        len(self.repairs))
+        self.repairs, self.flapping = [], set()
+
     async def close(self) -> None:
         """Record the open window now (shutdown)."""
         if self._flush is not None and not self._flush.done():
@@ -166,6 +175,8 @@ class Reconciler:
         self._own_order.clear()
         self.owned_in = {}
         self._warned = {}
+        if self.history is not None:
+            self.history.forget()
 
     def own(self, revision: int) -> bool:
         """True for a revision this reconciler committed."""
