@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from etcdsync.core.inventory import Chunk, Entry, Inventory
-from etcdsync.core.model import DesiredKey, DesiredState
+from etcdsync.core.model import DesiredKey, DesiredState, Selection
 from etcdsync.core.plan import Action, Observed, plan
-from etcdsync.core.selector import Requirement, parse_selector, select
+from etcdsync.core.selector import Requirement, matches, parse_selector, select
 from etcdsync.errors import ManifestError, UsageError
 from etcdsync.manifest import load_manifests
 from etcdsync.settings import Options
@@ -128,6 +128,8 @@ def test_select_keeps_the_selected_documents_keys_and_live_instances(tmp_path: P
     assert sorted(select(d, "team=pay,tier=web").keys) == ["/a/x", "/a/y"]
     assert sorted(select(d, "team=pay,tier!=web").keys) == ["/services/web/w1"]
     assert select(d, None) is d
+    assert s.selection == Selection("team=pay", frozenset({"ConfigSet/a", "Service/web"}), s.selection.declared, 3)
+    assert (s.selection.selector, s.selection.total) == ("team=pay", 3)
 
 
 def test_a_selector_that_selects_nothing_is_an_error_naming_it(tmp_path: Path) -> None:
@@ -138,6 +140,39 @@ def test_a_selector_that_selects_nothing_is_an_error_naming_it(tmp_path: Path) -
                             "(labels in the manifests: team=ops, team=pay, tier=web)")
     with pytest.raises(ManifestError, match="labels in the manifests: none"):
         select(DesiredState(labels={"ConfigSet/a": {}}), "x=y")
+
+
+@pytest.mark.parametrize("n, shown", [
+    (10, "l0=v, l1=v, l2=v, l3=v, l4=v, l5=v, l6=v, l7=v, l8=v, l9=v"),
+    (11, "l0=v, l10=v, l1=v, l2=v, l3=v, l4=v, l5=v, l6=v, l7=v, l8=v (and 1 more)"),
+    (13, "l0=v, l10=v, l11=v, l12=v, l1=v, l2=v, l3=v, l4=v, l5=v, l6=v (and 3 more)"),
+])
+def test_a_selector_that_selects_nothing_names_at_most_ten_labels(n: int, shown: str) -> None:
+    labels = {f"ConfigSet/d{i}": {f"l{i}": "v"} for i in range(n)}
+    with pytest.raises(ManifestError) as e:
+        select(DesiredState(labels=labels), "x=y")
+    assert str(e.value) == (f"-l/--selector 'x=y' selects none of the {n} ConfigSet and Service documents "
+                            f"(labels in the manifests: {shown})")
+
+
+def test_labels_named_in_the_error_are_shown_without_control_characters() -> None:
+    with pytest.raises(ManifestError) as e:
+        select(DesiredState(labels={"ConfigSet/a": {"t\x1b": "a\u009b"}, "Service/b": {"t": "x"}}), "t=y")
+    assert str(e.value) == ("-l/--selector 't=y' selects none of the 2 ConfigSet and Service "
+                            "documents (labels in the manifests: t\\u001b=a\\u009b, t=x)")
+
+
+def test_a_selection_keeps_the_rest_of_the_state_and_matches_all_terms() -> None:
+    d = DesiredState(keys={"/a/x": key("/a/x", A), "/b/x": key("/b/x", B)}, prefixes=("/a/", "/b/"),
+                     labels={A: {"team": "a", "tier": "web"}, B: {"team": "b", "tier": "web"}}, applyset="s")
+    s = select(d, "tier=web")
+    assert dict(s.keys) == dict(d.keys) and s.prefixes == d.prefixes and s.applyset == "s"
+    assert s.selection == Selection("tier=web", frozenset({A, B}), frozenset({"/a/x", "/b/x"}), 2)
+    assert list(select(d, "tier=web,team=b").keys) == ["/b/x"]
+    assert list(select(d, "team!=b,tier=web").keys) == ["/a/x"]
+    assert matches((), {}) and matches(parse_selector("a=b,c!=d"), {"a": "b"})
+    assert not matches(parse_selector("a=b,c!=d"), {"a": "b", "c": "d"})
+    assert not matches(parse_selector("a=b,c!=d"), {"c": "x"})
 
 
 # ------------------------------------------------------------------------------------------------
