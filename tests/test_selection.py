@@ -125,6 +125,7 @@ def test_select_keeps_the_selected_documents_keys_and_live_instances(tmp_path: P
     assert s.selection.declared == {"/a/x", "/a/y", "/b/x", "/services/web/w1", "/services/web/w2"}
     assert s.applyset == "set" and s.files == d.files and s.prefixes == d.prefixes
     assert sorted(select(d, "team!=pay").keys) == ["/b/x"]
+    assert select(d, "team!=pay").live == ()       # the live instances of an unselected Service are left out
     assert sorted(select(d, "team=pay,tier=web").keys) == ["/a/x", "/a/y"]
     assert sorted(select(d, "team=pay,tier!=web").keys) == ["/services/web/w1"]
     assert select(d, None) is d
