@@ -56,7 +56,8 @@ PURE_MODULES = {"test_inventory.py", "test_manifest_errors.py", "test_manifest_l
                 "test_packaging.py", "test_plan.py", "test_render.py", "test_core_plan_mutants.py",
                 "test_core_render_mutants.py", "test_core_inventory_mutants.py", "test_core_instances_mutants.py",
                 "test_core_values_mutants.py", "test_fielddiff.py", "test_gitsource.py", "test_flaps.py",
-                "test_mutant_catalogue.py", "test_manifest_overlays.py", "test_lint.py"}
+                "test_mutant_catalogue.py", "test_manifest_overlays.py", "test_lint.py",
+                "test_selection.py"}
 
 
 # test modules that talk to etcd but test nothing version-specific (the bench harness: scripts/bench

@@ -16,8 +16,10 @@ from etcdsync.core.inventory import (
     fence_key,
     inventory_prefix,
     parse_ownership,
+    resolve_applyset,
     sets_prefix,
 )
+from etcdsync.core.model import DesiredState, Source
 from etcdsync.errors import InventoryError, UsageError
 
 R = "/.etcdsync/"
@@ -255,3 +257,32 @@ def test_parse_ownership_skips_foreign_keys_before_the_chunks() -> None:
         (R + "sets/me/inventory/c1", b'{"v":1,"prefixes":{"/a/":["x"]}}', 5),
     ]
     assert parse_ownership(kvs, R).sets["me"].owned == {"/a/x": Entry("/a/")}
+
+
+def test_a_document_may_list_every_key_of_its_prefix() -> None:
+    """A list naming all the chunk's keys under a prefix is as valid as `true` (a subset, not a strict one)."""
+    value = b'{"v":2,"prefixes":{"/a/":["x","y"]},"documents":{"C/a":{"/a/":["y","x"]}}}'
+    assert decode_chunk(K, value) == {"/a/x": Entry("/a/", document="C/a"), "/a/y": Entry("/a/", document="C/a")}
+
+
+# ------------------------------------------------------------------------------------------------
+# the apply set's name: the flag, else the ApplySet document, else "default"
+
+def test_resolve_applyset_flag_document_default() -> None:
+    src = Source("m/set.yaml", 2, 1)
+    assert resolve_applyset("web", DesiredState()) == ("web", "flag")
+    assert resolve_applyset("web", DesiredState(applyset="web", applyset_source=src)) == ("web", "flag")
+    assert resolve_applyset(None, DesiredState(applyset="doc", applyset_source=src)) == ("doc", "document")
+    assert resolve_applyset("", DesiredState(applyset="doc", applyset_source=src)) == ("doc", "document")
+    assert resolve_applyset(None, DesiredState()) == ("default", "default")
+
+
+def test_resolve_applyset_refuses_a_flag_that_differs_from_the_document_and_bad_names() -> None:
+    src = Source("m/set.yaml", 2, 1)
+    with pytest.raises(UsageError) as e:
+        resolve_applyset("web", DesiredState(applyset="doc", applyset_source=src))
+    assert str(e.value) == "--applyset 'web' differs from the ApplySet document 'doc' at m/set.yaml:2:1; use one of them"
+    for flag, desired in (("a b", DesiredState()), (None, DesiredState(applyset="a b", applyset_source=src))):
+        with pytest.raises(UsageError) as e:
+            resolve_applyset(flag, desired)
+        assert str(e.value) == "applyset 'a b': use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"

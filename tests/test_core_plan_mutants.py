@@ -86,6 +86,16 @@ def test_retag_note_reports_new_values_for_prune_and_secret() -> None:
     assert retag_note(owned_entry(P, False, True), d) == "ownership record: "
 
 
+def test_retag_note_reports_the_document_recorded_and_declared() -> None:
+    d = dk("a")
+    assert retag_note(owned_entry(P, document=""), d) == "ownership record: document (not recorded) -> ConfigSet/app"
+    assert retag_note(owned_entry(P, document="ConfigSet/old"), d) == \
+        "ownership record: document ConfigSet/old -> ConfigSet/app"
+    assert retag_note(owned_entry(P), d._replace(document="")) == "ownership record: document ConfigSet/app -> (none)"
+    assert retag_note(owned_entry(Q, False, document=""), d) == \
+        "ownership record: prefix /config/other/ -> /config/app/, prune false -> true, document (not recorded) -> ConfigSet/app"
+
+
 def test_conflict_with_another_apply_set() -> None:
     d = dk("a", "1")
     p = plan(state(d), {d.key: Observed(b"0", 12)}, inventory({}), {d.key: "theirs"})

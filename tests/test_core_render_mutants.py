@@ -4,14 +4,20 @@ and field (mutation score of render.py)."""
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
 
 from etcdsync.core.model import HealthCheck, Policy, ServiceInstance, Source
 from etcdsync.core.plan import Action, Change, LiveStatus, Plan
 from etcdsync.core.render import (
+    MAX_FIELDS,
     change_json,
+    commit_json,
+    commit_line,
     escape,
+    origin_json,
+    plan_counts,
     plan_json,
     render_change,
     render_live,
@@ -21,6 +27,7 @@ from etcdsync.core.render import (
     secret_hash,
     show_value,
     summary,
+    unchanged_keys,
 )
 
 P = "/p/"
@@ -344,3 +351,110 @@ def test_result_summary_counts_only_non_put_adoptions() -> None:
         Change(Action.ADOPT, "/d", b"1", b"1", 1, own=True),
     )}
     assert result_summary(done, 0) == "1 created, 0 updated, 0 deleted, 0 unchanged (2 adopted)"
+
+
+# ------------------------------------------------------------------------------------------------
+# field diffs, commit lines, origins of removed keys and live instances, summaries of bare plans
+
+def test_field_lines_exact_signs_colours_values_and_shortening() -> None:
+    old = json.dumps({"n": 1, "gone": [1, 2], "s": "é", "w": "x" * 78}).encode()
+    new = json.dumps({"n": 2, "add": {"k": [1, 2]}, "s": "\u202e", "w": "x" * 79}).encode()
+    for action, head in ((Action.UPDATE, "<yellow!|~ /p/k>"), (Action.DRIFT, "<magenta!|! /p/k>")):
+        assert render_change(Change(action, P + "k", old, new, 1), st) == [
+            head,
+            "    <yellow|~ n: 1 → 2>",
+            '    <green|+ add: {"k":[1,2]}>',
+            '    <yellow|~ s: "é" → "\\u202e">',        # not ASCII-escaped; escaped only when unsafe
+            f'    <yellow|~ w: "{"x" * 78}" → "{"x" * 78}…>',   # 80 characters shown whole, 81 shortened to 80
+            "    <red|- gone: [1,2]>",
+        ]
+
+
+def test_field_lines_cap_counts_only_what_is_over_the_cap() -> None:
+    old = json.dumps({}).encode()
+    exactly = json.dumps({f"k{i}": i for i in range(MAX_FIELDS)}).encode()
+    lines = render_change(Change(Action.UPDATE, P + "k", old, exactly, 1), st)
+    assert len(lines) == 1 + MAX_FIELDS and lines[-1] == f"    <green|+ k{MAX_FIELDS - 1}: {MAX_FIELDS - 1}>"
+    over = json.dumps({f"k{i}": i for i in range(MAX_FIELDS + 2)}).encode()
+    lines = render_change(Change(Action.UPDATE, P + "k", old, over, 1), st)
+    assert len(lines) == 2 + MAX_FIELDS
+    assert lines[-1] == "    <cyan|... and 2 more changed fields (-o json lists them)>"
+
+
+def test_the_same_json_written_differently_is_said_then_shown() -> None:
+    c = Change(Action.UPDATE, P + "k", b'{"a": 1}', b'{"a":1}', 1)
+    assert render_change(c, st) == ["<yellow!|~ /p/k>", "    <cyan|the same JSON, written differently (key order or spacing)>",
+                                     '    <red|- {"a": 1}>', '    <green|+ {"a":1}>']
+    assert change_json(c)["fields"] == []
+
+
+def test_fields_only_for_updates_and_drift_of_a_value_that_is_not_secret() -> None:
+    old, new = b'{"a":1}', b'{"a":2}'
+    assert change_json(Change(Action.UPDATE, "/k", old, new, 1))["fields"] == [
+        {"path": "a", "op": "update", "old": 1, "new": 2}]
+    assert change_json(Change(Action.DRIFT, "/k", old, new, 1))["fields"] == [
+        {"path": "a", "op": "update", "old": 1, "new": 2}]
+    for c in (Change(Action.UNCHANGED, "/k", old, old, 1), Change(Action.CONFLICT, "/k", old, new, 1, owner="o"),
+              Change(Action.ADOPT, "/k", old, old, 1, own=True), Change(Action.UPDATE, "/k", old, new, 1, secret=True)):
+        assert "fields" not in change_json(c), c.action
+
+
+def test_commit_line_and_json() -> None:
+    assert commit_line(0, 8) == "commit: 1 transaction (atomic)"
+    assert commit_line(1, 8) == "commit: 1 transaction (atomic)"
+    assert commit_line(2, 8) == ("commit: 2 transactions of at most 8 operations "
+                                 "(not atomic: readers can see it half applied)")
+    assert commit_json(1, 8) == {"transactions": 1, "maxOperations": 8, "atomic": True}
+    assert commit_json(2, 8) == {"transactions": 2, "maxOperations": 8, "atomic": False}
+    assert commit_json(0, 8)["atomic"] is True
+    c = Change(Action.CREATE, "/a", None, b"1", 0, own=True)
+    p = Plan("me", (c,), counts=counts((c,)))
+    assert plan_json(p, applyset_origin="flag", commit=(2, 8))["commit"] == commit_json(2, 8)
+    assert plan_json(p, applyset_origin="flag")["commit"] is None
+
+
+def test_unchanged_keys_are_those_neither_committed_nor_written() -> None:
+    cs = (Change(Action.CREATE, "/a", None, b"1", 0), Change(Action.UNCHANGED, "/b", b"1", b"1", 1),
+          Change(Action.UNCHANGED, "/c", b"1", b"1", 1, retag=True), Change(Action.UNCHANGED, "/d", b"1", b"1", 1),
+          Change(Action.DRIFT, "/e", b"1", b"2", 1))
+    p = Plan("me", cs, counts=counts(cs))
+    assert unchanged_keys(p, {}) == 3
+    assert unchanged_keys(p, {"/a": cs[0], "/c": cs[2]}) == 3
+    assert unchanged_keys(p, {"/a": cs[0], "/b": cs[1]}) == 2
+    assert unchanged_keys(Plan("me", ()), {}) == 0
+
+
+def test_in_sync_means_nothing_to_write_and_no_conflict() -> None:
+    conflict = Change(Action.CONFLICT, "/a", b"0", b"1", 1, owner="o")
+    create = Change(Action.CREATE, "/b", None, b"1", 0)
+    for cs, in_sync in (((conflict,), False), ((create,), False), ((conflict, create), False), ((), True)):
+        assert plan_json(Plan("me", cs, counts=counts(cs)), applyset_origin="flag")["inSync"] is in_sync
+
+
+def test_plan_counts_of_a_plan_built_without_counts() -> None:
+    zero = {"create": 0, "update": 0, "delete": 0, "unchanged": 0, "adopt": 0, "release": 0, "conflict": 0,
+            "drift": 0, "ownership": 0}
+    assert plan_counts(Plan("me", ())) == zero
+    c = Change(Action.UNCHANGED, "/a", b"1", b"1", 1)
+    assert plan_counts(Plan("me", (c,))) == {**zero, "unchanged": 1}
+
+
+def test_origins_of_removed_keys_of_overridden_keys_and_of_live_instances() -> None:
+    layer1, layer2, over = Source("base/a.yaml", 1, 1), Source("prod/a.yaml", 4, 1), Source("base/a.yaml", 6, 3)
+    src = Source("prod/a.yaml", 7, 5, overrides=(over,), layers=(layer1, layer2))
+    assert origin_json(src) == {"value": "prod/a.yaml:7:5", "overrides": ["base/a.yaml:6:3"],
+                                "layers": ["base/a.yaml:1:1", "prod/a.yaml:4:1"]}
+    gone = Change(Action.DELETE, "/p/gone", b"1", None, 3)
+    kept = Change(Action.UPDATE, "/p/kept", b"0", b"1", 3, source=src)
+    removed = {"/p/gone": layer2, "/p/kept": layer2}
+    p = Plan("me", (gone, kept), counts=counts((gone, kept)))
+    for out in (plan_json(p, applyset_origin="flag", removed=removed)["changes"],
+                results_json({c.key: c for c in (gone, kept)}, 0, removed=removed)["results"]):
+        assert out[0]["origin"] == {"removedBy": "prod/a.yaml:4:1"} and "source" not in out[0]
+        assert out[1]["source"] == "prod/a.yaml:7:5" and out[1]["origin"] == origin_json(src)   # declared: not removed
+    assert "origin" not in plan_json(p, applyset_origin="flag")["changes"][0]
+    assert "origin" not in results_json({"/p/gone": gone}, 0)["results"][0]
+    i = ServiceInstance("svc", "i1", "h", 1, "/svc/i1", b"{}", "/svc/", ttl=5, source=src)
+    (live,) = plan_json(Plan("me", (), (LiveStatus(i, False, None),)), applyset_origin="flag")["live"]
+    assert live == {"key": "/svc/i1", "service": "svc", "id": "i1", "registered": False, "ttl": 5, "checked": False,
+                    "source": "prod/a.yaml:7:5", "origin": origin_json(src)}

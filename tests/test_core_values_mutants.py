@@ -17,6 +17,7 @@ from etcdsync.manifest.values import (
     Entry,
     SourcePolicy,
     compile_entry,
+    is_removal,
     node_value,
     resolve_entry,
     resolve_scalar,
@@ -171,6 +172,53 @@ def test_compile_entry_long_form_every_option() -> None:
         None, "HOME", None, Policy.WARN, False, False, k)
     e = compile_entry(k, mp(("fromFile", sc("a.txt")), ("prune", sc("true"))), F, Policy.ENFORCE, False)
     assert (e.value, e.from_env, e.from_file, e.prune) == (None, None, "a.txt", True)
+
+
+def test_compile_entry_records_which_options_the_entry_gives_itself() -> None:
+    k = sc("k")
+    for value, own in ((sc("x"), (False, False)), (mp(("value", sc("x"))), (False, False)),
+                       (mp(("value", sc("x")), ("prune", sc("true"))), (False, True)),
+                       (mp(("value", sc("x")), ("policy", sc("enforce"))), (True, False)),
+                       (mp(("value", sc("x")), ("policy", sc("warn")), ("prune", sc("false"))), (True, True))):
+        e = compile_entry(k, value, F, Policy.ENFORCE, True)
+        assert (e.own_policy, e.own_prune) == own, value
+        assert type(e.own_policy) is bool and type(e.own_prune) is bool
+
+
+# ------------------------------------------------------------------------------------------------
+# `{remove: true}` in an overlay
+
+
+def test_is_removal_true_only_for_remove_true_alone() -> None:
+    for text in ("true", "True", "TRUE"):
+        assert is_removal("k", mp(("remove", sc(text))), F) is True
+    assert is_removal("k", mp(("remove", sc("true", tag="bool"))), F) is True
+    for node in (sc("remove"), sq(sc("remove")), mp(("value", sc("remove"))), mp((None, sc("true"))),
+                 mp(("remove", sc("true")), ("when", sc("later"))),       # a JSON object with a "remove" field
+                 mp((None, sc("x")), ("remove", sc("true")))):           # a null key is no option name
+        assert is_removal("k", node, F) is False
+
+
+def test_remove_beside_options_is_refused_at_the_mapping() -> None:
+    fails("m.yaml:2:2: key 'k\\u001b': 'remove' stands alone ({remove: true} removes the key an earlier layer declares); "
+          "to store such a mapping as JSON, write {value: {...}}",
+          is_removal, "k\x1b", mp(("remove", sc("true")), ("value", sc("1"))), F)
+    fails("m.yaml:2:2: key 'k': 'remove' stands alone ({remove: true} removes the key an earlier layer declares); "
+          "to store such a mapping as JSON, write {value: {...}}",
+          is_removal, "k", mp(("secret", sc("true")), ("remove", sc("true"))), F)
+
+
+@pytest.mark.parametrize("value", [sc("false"), sc("true", plain=False), sc("yes"), sc("1"), sc(None),
+                                   sq(sc("true")), mp(("a", sc("true")))])
+def test_remove_must_be_true(value: Node) -> None:
+    value.line, value.column = 5, 9
+    fails("m.yaml:5:9: key 'k\\u001b': remove must be true (to keep the key, leave it out of the overlay)",
+          is_removal, "k\x1b", mp(("remove", value)), F)
+
+
+def test_remove_with_a_bad_tag_is_refused_at_the_value_in_its_file() -> None:
+    fails("m.yaml:3:4: value tagged '!!bool' is not true or false",
+          is_removal, "k", mp(("remove", sc("maybe", tag="bool"))), F)
 
 
 @pytest.mark.parametrize("value, message", [
