@@ -52,7 +52,7 @@ BAD_CHUNKS = [
     b'{"v":1,"prefixes":{"/a/":["x"]},"documents":{"ConfigSet/a":{"/a/":true}}}',   # not a field of format 1
     b'{"v":2,"prefixes":{"/a/":["x"]},"documents":[]}',
     b'{"v":2,"prefixes":{"/a/":["x"]},"documents":{"a":{"/a/":true}}}',             # not <kind>/<name>
-    b'{"v":2,"prefixes":{"/a/":["x"]},"documents":{"ConfigSet/a\u0001":{"/a/":true}}}',
+    rb'{"v":2,"prefixes":{"/a/":["x"]},"documents":{"ConfigSet/a\u0001":{"/a/":true}}}',
     b'{"v":2,"prefixes":{"/a/":["x"]},"documents":{"ConfigSet/a":{}}}',
     b'{"v":2,"prefixes":{"/a/":["x"]},"documents":{"ConfigSet/a":{"/b/":true}}}',    # a prefix it does not list
     b'{"v":2,"prefixes":{"/a/":["x"]},"documents":{"ConfigSet/a":{"/a/":["y"]}}}',   # a key it does not list
