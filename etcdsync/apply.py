@@ -107,18 +107,11 @@ async def apply(
             on_execute(p)
         ex = Executor(store, snap, p, reserved=reserved, limits=limits, fences=fences, progress=progress,
                       on_commit=on_commit, superseded=superseded)
-        layout = ex.layout()
-        outcome.layout = outcome.layout or layout
-        if on_layout is not None:
-            on_layout(layout, attempt)
-        if atomic:
-            refuse_split(layout)
+        _lay_out(ex, outcome, on_layout, attempt, atomic=atomic)
         try:
             await ex.run()
         except Conflict as conflict:
-            outcome.done.update(ex.done)
-            outcome.transactions += ex.transactions
-            outcome.revisions.extend(ex.revisions)
+            _account(outcome, ex)
             attempt += 1
             outcome.retried.extend(k for k in conflict.keys if k not in outcome.retried)
             log.info("conflict on %s; re-reading and re-planning (attempt %d)", ", ".join(conflict.keys[:5]), attempt + 1)
@@ -132,14 +125,10 @@ async def apply(
             await backoff.sleep()
             continue
         except RequestTooLargeError as exc:
-            outcome.done.update(ex.done)
-            outcome.transactions += ex.transactions
-            outcome.revisions.extend(ex.revisions)
+            _account(outcome, ex)
             too_large(limits, outcome, exc, atomic=atomic)
             continue
-        outcome.done.update(ex.done)
-        outcome.transactions += ex.transactions
-        outcome.revisions.extend(ex.revisions)
+        _account(outcome, ex)
         outcome.revision = ex.revision
         outcome.limits = limits
         if track_ownership:
@@ -246,12 +235,7 @@ async def apply_saved(
         if not p.has_changes:
             return outcome
         ex = Executor(store, snap, p, reserved=saved.reserved, limits=limits, progress=progress)
-        layout = ex.layout()
-        outcome.layout = outcome.layout or layout
-        if on_layout is not None:
-            on_layout(layout, attempt)
-        if atomic:
-            refuse_split(layout)
+        _lay_out(ex, outcome, on_layout, attempt, atomic=atomic)
         try:
             await ex.run()
         except Conflict as conflict:
@@ -273,7 +257,20 @@ async def apply_saved(
         return outcome
 
 
+def _lay_out(ex: Executor, outcome: Outcome, on_layout: Callable[[Layout, int], None] | None, attempt: int, *,
+             atomic: bool) -> None:
+    """Before an executor's first write: its split is the outcome's layout (the first one), shown by
+    `on_layout`; with `atomic`, a split plan is refused."""
+    layout = ex.layout()
+    outcome.layout = outcome.layout or layout
+    if on_layout is not None:
+        on_layout(layout, attempt)
+    if atomic:
+        refuse_split(layout)
+
+
 def _account(outcome: Outcome, ex: Executor) -> None:
+    """Add what an executor committed (also when it stopped half way) to the outcome."""
     outcome.done.update(ex.done)
     outcome.transactions += ex.transactions
     outcome.revisions.extend(ex.revisions)
