@@ -10,55 +10,22 @@ import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import Env, wait_for
-from gitrepos import Repo, git_daemon, isolate
+from gitrepos import Repo
 from history import Recorder
-from test_git_daemon import GitDaemon
+# the git daemon tests' manifest, fixtures (private git identity, a repository served by `git daemon`,
+# daemons stopped at the end) and daemon wrapper
+from test_git_daemon import CONFIG, GitDaemon, daemons, git_identity, served  # noqa: F401
 
 from etcdsync.core.history import encode_entry, entry_key, make_entry
 from etcdsync.errors import GitSourceError
 from etcdsync.sources.git import GitSource
 
-CONFIG = """\
-apiVersion: etcdsync/v1
-kind: ConfigSet
-metadata: {{name: app}}
-spec:
-  prefix: {ns}app/
-  data:
-    a: {a}
-    b: two
-"""
 BROKEN = "kind: [unclosed\n"
-
-
-@pytest.fixture(autouse=True)
-def git_identity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    isolate(monkeypatch, tmp_path / "home")
-
-
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[Repo, str]]:
-    base = tmp_path / "served"
-    base.mkdir()
-    repo = Repo(base)
-    with git_daemon(base, tmp_path / "git-daemon.log") as port:
-        yield repo, f"git://127.0.0.1:{port}/config.git"
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[GitDaemon]]:
-    started: list[GitDaemon] = []
-    yield started
-    for d in started:
-        if d.proc.poll() is None:
-            d.proc.kill()
-            d.proc.wait(5)
 
 
 def entries(env: Env) -> list[dict[str, object]]:
