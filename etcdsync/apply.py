@@ -16,7 +16,7 @@ from .core.model import DesiredState
 from .core.plan import Change, Plan, plan
 from .core.render import Result, count_results
 from .diff import diff, observe, refuse
-from .errors import ConflictError, GuardError, RequestTooLargeError
+from .errors import ConflictError, EtcdsyncError, GuardError, RequestTooLargeError
 from .etcd.store import Compare, Store
 from .execute import Conflict, Executor, Layout, Limits, Superseded
 from .settings import Options
@@ -88,54 +88,63 @@ async def apply(
     outcome: Outcome | None = None
     attempt = 0
     backoff = Backoff(0.05, 2.0)
-    while True:
-        p, snap = await diff(store, desired, applyset=applyset, reserved=reserved, options=options)
-        if outcome is None:
-            outcome = Outcome(p, revision=snap.revision)
-        if on_plan is not None:
-            on_plan(p, attempt)
-        refuse(p, applyset)
-        outcome.read_revision = snap.revision
-        if not p.has_changes:
+    try:
+        while True:
+            p, snap = await diff(store, desired, applyset=applyset, reserved=reserved, options=options)
+            if outcome is None:
+                outcome = Outcome(p, revision=snap.revision)
+            if on_plan is not None:
+                on_plan(p, attempt)
+            refuse(p, applyset)
+            outcome.read_revision = snap.revision
+            if not p.has_changes:
+                if track_ownership:
+                    inv = snap.ownership.inventory(applyset)
+                    outcome.owned_in = _owned_in((ck, c.mod_revision, c.entries) for ck, c in inv.chunks.items())
+                return outcome
+            if superseded():
+                raise Superseded()
+            if on_execute is not None:
+                on_execute(p)
+            ex = Executor(store, snap, p, reserved=reserved, limits=limits, fences=fences, progress=progress,
+                          on_commit=on_commit, superseded=superseded)
+            _lay_out(ex, outcome, on_layout, attempt, atomic=atomic)
+            try:
+                await ex.run()
+            except Conflict as conflict:
+                _account(outcome, ex)
+                attempt += 1
+                outcome.retried.extend(k for k in conflict.keys if k not in outcome.retried)
+                log.info("conflict on %s; re-reading and re-planning (attempt %d)", ", ".join(conflict.keys[:5]), attempt + 1)
+                if attempt >= max_attempts:
+                    keys = conflict.keys
+                    raise ConflictError(
+                        f"{keys[0]}: conflict, changed by another writer on each of {max_attempts} attempts"
+                        + (f" (and {len(keys) - 1} more keys: {', '.join(keys[1:6])})" if len(keys) > 1 else ""),
+                        keys,
+                    ) from None
+                await backoff.sleep()
+                continue
+            except RequestTooLargeError as exc:
+                _account(outcome, ex)
+                too_large(limits, outcome, exc, atomic=atomic)
+                continue
+            except (EtcdsyncError, Superseded):
+                _account(outcome, ex)      # the batches this executor committed before the error
+                raise
+            _account(outcome, ex)
+            outcome.revision = ex.revision
+            outcome.limits = limits
             if track_ownership:
-                inv = snap.ownership.inventory(applyset)
-                outcome.owned_in = _owned_in((ck, c.mod_revision, c.entries) for ck, c in inv.chunks.items())
+                prefix = inventory_prefix(reserved, applyset)
+                outcome.owned_in = _owned_in((ck, rev, entries) for ck, (rev, entries) in ex.chunks.items()
+                                             if ck.startswith(prefix))
             return outcome
-        if superseded():
-            raise Superseded()
-        if on_execute is not None:
-            on_execute(p)
-        ex = Executor(store, snap, p, reserved=reserved, limits=limits, fences=fences, progress=progress,
-                      on_commit=on_commit, superseded=superseded)
-        _lay_out(ex, outcome, on_layout, attempt, atomic=atomic)
-        try:
-            await ex.run()
-        except Conflict as conflict:
-            _account(outcome, ex)
-            attempt += 1
-            outcome.retried.extend(k for k in conflict.keys if k not in outcome.retried)
-            log.info("conflict on %s; re-reading and re-planning (attempt %d)", ", ".join(conflict.keys[:5]), attempt + 1)
-            if attempt >= max_attempts:
-                keys = conflict.keys
-                raise ConflictError(
-                    f"{keys[0]}: conflict, changed by another writer on each of {max_attempts} attempts"
-                    + (f" (and {len(keys) - 1} more keys: {', '.join(keys[1:6])})" if len(keys) > 1 else ""),
-                    keys,
-                ) from None
-            await backoff.sleep()
-            continue
-        except RequestTooLargeError as exc:
-            _account(outcome, ex)
-            too_large(limits, outcome, exc, atomic=atomic)
-            continue
-        _account(outcome, ex)
-        outcome.revision = ex.revision
-        outcome.limits = limits
-        if track_ownership:
-            prefix = inventory_prefix(reserved, applyset)
-            outcome.owned_in = _owned_in((ck, rev, entries) for ck, (rev, entries) in ex.chunks.items()
-                                         if ck.startswith(prefix))
-        return outcome
+    except (EtcdsyncError, Superseded) as exc:
+        # batches committed before the error are real writes: the caller records and reports them
+        if outcome is not None and outcome.done and exc.partial is None:
+            exc.partial = outcome
+        raise
 
 
 def _owned_in(chunks: Iterable[tuple[str, int, Mapping[str, Entry]]]) -> dict[str, tuple[str, int]]:
@@ -209,52 +218,60 @@ async def apply_saved(
     pending = {sc.change.key for sc in saved.changes}
     outcome: Outcome | None = None
     attempt = 0
-    while True:
-        committed = len(outcome.done) if outcome else 0
-        snap = await observe(store, desired, applyset=saved.applyset, reserved=saved.reserved)
-        inv = snap.ownership.inventory(saved.applyset)
-        others = snap.ownership.owners_except(saved.applyset)
-        fresh = plan(desired, snap.observed, inv, others, options)
-        bad = planfile.unknown(saved, fresh, pending)
-        if bad:
-            raise PlanMismatchError(bad, committed=committed)
-        moved = planfile.stale(saved, snap.observed, inv.owned, others, pending)
-        if moved:
-            raise StalePlanError(moved, committed=committed)
-        bad, changes = planfile.mismatches(saved, fresh, pending)
-        if bad:
-            raise PlanMismatchError(bad, committed=committed)
-        p = planfile.to_apply(saved.applyset, changes, len(inv.owned), options)
-        if outcome is None:
-            outcome = Outcome(p, revision=snap.revision)
-            if on_plan is not None:
-                on_plan(p, 0)
-        refuse(p, saved.applyset)
-        outcome.read_revision = snap.revision
-        outcome.limits = limits
-        if not p.has_changes:
+    try:
+        while True:
+            committed = len(outcome.done) if outcome else 0
+            snap = await observe(store, desired, applyset=saved.applyset, reserved=saved.reserved)
+            inv = snap.ownership.inventory(saved.applyset)
+            others = snap.ownership.owners_except(saved.applyset)
+            fresh = plan(desired, snap.observed, inv, others, options)
+            bad = planfile.unknown(saved, fresh, pending)
+            if bad:
+                raise PlanMismatchError(bad, committed=committed)
+            moved = planfile.stale(saved, snap.observed, inv.owned, others, pending)
+            if moved:
+                raise StalePlanError(moved, committed=committed)
+            bad, changes = planfile.mismatches(saved, fresh, pending)
+            if bad:
+                raise PlanMismatchError(bad, committed=committed)
+            p = planfile.to_apply(saved.applyset, changes, len(inv.owned), options)
+            if outcome is None:
+                outcome = Outcome(p, revision=snap.revision)
+                if on_plan is not None:
+                    on_plan(p, 0)
+            refuse(p, saved.applyset)
+            outcome.read_revision = snap.revision
+            outcome.limits = limits
+            if not p.has_changes:
+                return outcome
+            ex = Executor(store, snap, p, reserved=saved.reserved, limits=limits, progress=progress)
+            _lay_out(ex, outcome, on_layout, attempt, atomic=atomic)
+            try:
+                await ex.run()
+            except Conflict as conflict:
+                _account(outcome, ex)
+                keys = conflict.keys
+                raise ConflictError(
+                    f"{keys[0]}: changed by another writer while the saved plan was being applied"
+                    + (f" (and {len(keys) - 1} more keys: {', '.join(keys[1:6])})" if len(keys) > 1 else "")
+                    + f"; {len(outcome.done)} changes were committed before; a saved plan is never re-planned: "
+                    "make it again with `etcdsync diff --out`", keys) from None
+            except RequestTooLargeError as exc:
+                _account(outcome, ex)
+                too_large(limits, outcome, exc, atomic=atomic)
+                pending -= set(ex.done)
+                attempt += 1
+                continue
+            except EtcdsyncError:
+                _account(outcome, ex)      # the batches this executor committed before the error
+                raise
+            _account(outcome, ex)
+            outcome.revision = ex.revision
             return outcome
-        ex = Executor(store, snap, p, reserved=saved.reserved, limits=limits, progress=progress)
-        _lay_out(ex, outcome, on_layout, attempt, atomic=atomic)
-        try:
-            await ex.run()
-        except Conflict as conflict:
-            _account(outcome, ex)
-            keys = conflict.keys
-            raise ConflictError(
-                f"{keys[0]}: changed by another writer while the saved plan was being applied"
-                + (f" (and {len(keys) - 1} more keys: {', '.join(keys[1:6])})" if len(keys) > 1 else "")
-                + f"; {len(outcome.done)} changes were committed before; a saved plan is never re-planned: "
-                "make it again with `etcdsync diff --out`", keys) from None
-        except RequestTooLargeError as exc:
-            _account(outcome, ex)
-            too_large(limits, outcome, exc, atomic=atomic)
-            pending -= set(ex.done)
-            attempt += 1
-            continue
-        _account(outcome, ex)
-        outcome.revision = ex.revision
-        return outcome
+    except EtcdsyncError as exc:
+        if outcome is not None and outcome.done and exc.partial is None:
+            exc.partial = outcome
+        raise
 
 
 def _lay_out(ex: Executor, outcome: Outcome, on_layout: Callable[[Layout, int], None] | None, attempt: int, *,

@@ -29,13 +29,19 @@ Messages start with their subject and never contain a secret value.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 
 class EtcdsyncError(Exception):
-    """Base of every error etcdsync raises on purpose."""
+    """Base of every error etcdsync raises on purpose.
+
+    `partial`: set by an apply that committed some of its transactions before the error (its
+    outcome: what was written), so that the caller can still record and report those writes.
+    """
 
     exit_code = 2
     retryable = False
+    partial: Any = None
 
 
 class ManifestError(EtcdsyncError):

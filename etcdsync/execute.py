@@ -15,6 +15,7 @@ import logging
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from .applymark import split
 from .core.inventory import Entry, encode_chunk, fence_key, inventory_prefix
@@ -63,7 +64,10 @@ class Layout:
 
 class Superseded(Exception):
     """The desired state being applied was replaced by a newer one (the daemon reloaded its
-    manifests): nothing more of the old plan is committed; the caller plans the new state."""
+    manifests): nothing more of the old plan is committed; the caller plans the new state.
+    `partial`: as on EtcdsyncError, the outcome of what was committed before."""
+
+    partial: Any = None
 
 
 class Conflict(Exception):

@@ -298,10 +298,11 @@ def counts_of(results: Mapping[str, int]) -> dict[str, int]:
 
 
 def outcome_entry(outcome: Outcome, *, applyset: str, kind: str, who: str,
-                  source: Mapping[str, str]) -> HistoryEntry | None:
-    """The entry for an apply's outcome, or None when it committed nothing."""
+                  source: Mapping[str, str], failed: str = "") -> HistoryEntry | None:
+    """The entry for an apply's outcome, or None when it committed nothing. `failed`: the error that
+    stopped the apply after the batches in `outcome` were committed."""
     if not outcome.revisions or not outcome.done:
         return None
     return make_entry(applyset=applyset, kind=kind, who=who, revisions=outcome.revisions,
                       read=outcome.read_revision, source=source,
-                      counts={r.value: n for r, n in outcome.results().items()}, keys=outcome.done)
+                      counts={r.value: n for r, n in outcome.results().items()}, keys=outcome.done, failed=failed)

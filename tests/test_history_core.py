@@ -7,6 +7,7 @@ import json
 import pytest
 
 from etcdsync.core.history import (
+    MAX_FAILED,
     MAX_KEYS,
     MAX_REVISIONS,
     Suspension,
@@ -17,6 +18,7 @@ from etcdsync.core.history import (
     encode_entry,
     encode_suspension,
     entry_key,
+    entry_rows,
     make_entry,
     parse_id,
     suspend_key,
@@ -42,6 +44,16 @@ def test_an_entry_round_trips_and_its_key_sorts_by_id() -> None:
     assert entry_key(R, "web", 9) < entry_key(R, "web", 10) < entry_key(R, "web", 100)
 
 
+def test_an_entry_of_an_apply_that_failed_half_way_keeps_its_error_capped() -> None:
+    e = entry(failed="etcd: permission denied " + "x" * 1000)
+    assert e.failed.startswith("etcd: permission denied") and len(e.failed) == MAX_FAILED  # type: ignore[attr-defined]
+    assert json.loads(encode_entry(e))["failed"] == e.failed  # type: ignore[arg-type, attr-defined]
+    assert decode_entry(entry_key(R, "web", 11), encode_entry(e), reserved=R) == e  # type: ignore[arg-type]
+    assert "failed" not in json.loads(encode_entry(entry()))  # type: ignore[arg-type]
+    assert entry_rows([e])[1][3] == "apply (failed)"  # type: ignore[list-item]
+    assert entry_rows([entry()])[1][3] == "apply"  # type: ignore[list-item]
+
+
 def test_lists_are_capped_and_the_span_still_covers_every_write() -> None:
     e = make_entry(applyset="web", kind="reconcile", who="d", revisions=range(1, 501),
                    keys=[f"/k{i}" for i in range(300)])
@@ -57,7 +69,8 @@ def test_lists_are_capped_and_the_span_still_covers_every_write() -> None:
     lambda d: d.update(revisions=[10, 99]), lambda d: d.update(span=[11, 10]), lambda d: d.update(read=-1),
     lambda d: d.update(source={"evil": "x"}), lambda d: d.update(counts={"created": "2"}),
     lambda d: d.update(keys=[1]), lambda d: d.update(keysTotal=1), lambda d: d.update(repairs=[["/a"]]),
-    lambda d: d.update(time=True), lambda d: d.update(v=True),
+    lambda d: d.update(time=True), lambda d: d.update(v=True), lambda d: d.update(failed=1),
+    lambda d: d.update(failed="x" * (MAX_FAILED + 1)),
 ])
 def test_an_entry_of_another_shape_is_an_error_naming_its_key(change: object) -> None:
     doc = json.loads(encode_entry(entry()))  # type: ignore[arg-type]

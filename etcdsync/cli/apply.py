@@ -22,7 +22,7 @@ import click
 from ..core.history import DEFAULT_LIMIT
 from ..core.inventory import resolve_applyset
 from ..errors import EtcdsyncError, GuardError, UsageError
-from .history import history_limit_option, load_with_source, record_apply
+from .history import history_limit_option, load_with_source, record_apply, record_failed
 from .options import (
     ConnectionFlags,
     ManifestFlags,
@@ -167,8 +167,14 @@ def _plan_command(manifests: ManifestFlags, flags: PlanFlags, etcd: ConnectionFl
     async def go() -> Outcome:
         async with Store(conn) as store:
             if saved is not None:
-                outcome = await apply_saved(store, saved, desired, options=options, atomic=files.atomic,
-                                            on_plan=shown.on_plan, on_layout=shown.on_layout, progress=shown.progress)
+                try:
+                    outcome = await apply_saved(store, saved, desired, options=options, atomic=files.atomic,
+                                                on_plan=shown.on_plan, on_layout=shown.on_layout,
+                                                progress=shown.progress)
+                except EtcdsyncError as exc:
+                    await record_failed(store, reserved, exc, applyset=applyset, source=provenance,
+                                        limit=history_limit)
+                    raise
                 await record_apply(store, reserved, outcome, applyset=applyset, source=provenance,
                                    limit=history_limit)
                 return outcome
@@ -190,10 +196,14 @@ def _plan_command(manifests: ManifestFlags, flags: PlanFlags, etcd: ConnectionFl
                         digest=digest, salt=secrets.token_hex(16), owned=snap.ownership.inventory(applyset).owned,
                         transactions=layout.transactions, max_ops=layout.max_ops))
                 return Outcome(p)
-            with _progress_bar(shown) as on_plan:
-                outcome = await apply(store, desired, applyset=applyset, reserved=reserved, options=options,
-                                      on_plan=on_plan, progress=shown.progress, atomic=files.atomic,
-                                      on_layout=shown.on_layout)
+            try:
+                with _progress_bar(shown) as on_plan:
+                    outcome = await apply(store, desired, applyset=applyset, reserved=reserved, options=options,
+                                          on_plan=on_plan, progress=shown.progress, atomic=files.atomic,
+                                          on_layout=shown.on_layout)
+            except EtcdsyncError as exc:
+                await record_failed(store, reserved, exc, applyset=applyset, source=provenance, limit=history_limit)
+                raise
             await record_apply(store, reserved, outcome, applyset=applyset, source=provenance, limit=history_limit)
             return outcome
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..core.history import DEFAULT_LIMIT
-from ..errors import InventoryError, UsageError
+from ..errors import EtcdsyncError, InventoryError, UsageError
 from .options import (
     DEFAULT_MANIFESTS,
     ConnectionFlags,
@@ -54,11 +54,12 @@ def load_with_source(manifests: ManifestFlags, reserved: str) -> tuple[DesiredSt
 
 
 async def record_apply(store: Store, reserved: str, outcome: Outcome, *, applyset: str, source: dict[str, str],
-                       limit: int, kind: str = "apply") -> HistoryEntry | None:
-    """Record the history entry of a committed apply (nothing when it wrote nothing)."""
+                       limit: int, kind: str = "apply", failed: str = "") -> HistoryEntry | None:
+    """Record the history entry of a committed apply (nothing when it wrote nothing); `failed`: the
+    error that stopped it after the writes in `outcome`."""
     from ..history import cli_identity, outcome_entry, record
 
-    entry = outcome_entry(outcome, applyset=applyset, kind=kind, who=cli_identity(), source=source)
+    entry = outcome_entry(outcome, applyset=applyset, kind=kind, who=cli_identity(), source=source, failed=failed)
     if entry is None:
         return None
     rev = await record(store, reserved, entry, limit=limit)
@@ -66,6 +67,29 @@ async def record_apply(store: Store, reserved: str, outcome: Outcome, *, applyse
         click.echo(f"warning: history entry {entry.id} was not recorded", err=True)
         return None
     return entry
+
+
+async def record_failed(store: Store, reserved: str, exc: EtcdsyncError, *, applyset: str, source: dict[str, str],
+                        limit: int, kind: str = "apply") -> None:
+    """An apply failed after committing some of its transactions (`exc.partial`): record those writes
+    as a failed entry and say so on stderr (the error itself is printed by the caller). Recording
+    may fail too (etcd gone): then a warning says the writes are not in the history."""
+    from ..apply import Outcome
+    from ..core.render import escape
+
+    outcome = exc.partial
+    if not isinstance(outcome, Outcome) or not outcome.done:
+        return
+    try:
+        entry = await record_apply(store, reserved, outcome, applyset=applyset, source=source, limit=limit,
+                                   kind=kind, failed=str(exc))
+    except EtcdsyncError as again:
+        click.echo(f"warning: {len(outcome.done)} changes were committed before the error, and their history "
+                   f"entry could not be recorded ({escape(str(again)[:200])})", err=True)
+        return
+    where = f"history entry {entry.id}" if entry is not None else "no history entry"
+    click.echo(f"note: {len(outcome.done)} changes were committed before the error ({where}); "
+               "the next apply completes the rest", err=True)
 
 
 def _warn_unreadable(bad: list[tuple[str, str]]) -> None:
@@ -292,8 +316,13 @@ def rollback(entry_id: str, applyset: str | None, do_apply: bool, reserved_prefi
             not_owned(p, entry)
             if not do_apply or not p.has_changes:
                 return p, None, None, entry
-            outcome = await apply(store, desired, applyset=entry.applyset, reserved=reserved_prefix, options=options,
-                                  on_plan=lambda again, _: not_owned(again, entry))
+            try:
+                outcome = await apply(store, desired, applyset=entry.applyset, reserved=reserved_prefix,
+                                      options=options, on_plan=lambda again, _: not_owned(again, entry))
+            except EtcdsyncError as exc:
+                await record_failed(store, reserved_prefix, exc, applyset=entry.applyset,
+                                    source={"rollbackOf": str(entry.id)}, limit=history_limit, kind="rollback")
+                raise
             recorded = await record_apply(store, reserved_prefix, outcome, applyset=entry.applyset,
                                           source={"rollbackOf": str(entry.id)}, limit=history_limit, kind="rollback")
             return p, outcome, recorded, entry

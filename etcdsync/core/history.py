@@ -25,6 +25,7 @@ ID_DIGITS = 16
 DEFAULT_LIMIT = 100          # entries kept per apply set (--history-limit)
 MAX_KEYS = 20                # key names listed per entry (the rest is a count)
 MAX_REVISIONS = 64           # revisions listed per entry (the span covers the rest)
+MAX_FAILED = 300             # characters of the error kept in an entry of an apply that failed half way
 KINDS = ("apply", "reconcile", "repair", "rollback")
 SOURCE_FIELDS = frozenset({"commit", "repository", "ref", "path", "digest", "files", "rollbackOf"})
 
@@ -89,6 +90,7 @@ class HistoryEntry:
     keys_total: int = 0
     repairs: tuple[tuple[str, int], ...] = ()
     flapping: tuple[str, ...] = ()
+    failed: str = ""                                 # the error that stopped it after these writes ("": none)
 
     @property
     def truncated(self) -> bool:
@@ -115,14 +117,17 @@ class HistoryEntry:
             doc["repairs"] = [[k, r] for k, r in self.repairs]
         if self.flapping:
             doc["flapping"] = list(self.flapping)
+        if self.failed:
+            doc["failed"] = self.failed
         return doc
 
 
 def make_entry(*, applyset: str, kind: str, who: str, revisions: Iterable[int], read: int = 0,
                source: Mapping[str, str] | None = None, counts: Mapping[str, int] | None = None,
                keys: Iterable[str] = (), repairs: Sequence[tuple[str, int]] = (), flapping: Iterable[str] = (),
-               now: float | None = None) -> HistoryEntry:
-    """An entry for writes at `revisions` (at least one): capped lists, the id is the last revision."""
+               failed: str = "", now: float | None = None) -> HistoryEntry:
+    """An entry for writes at `revisions` (at least one): capped lists, the id is the last revision.
+    `failed`: the error that stopped an apply after these writes (capped at MAX_FAILED characters)."""
     revs = sorted(set(revisions))
     if not revs:
         raise ValueError("a history entry records at least one write")
@@ -133,7 +138,7 @@ def make_entry(*, applyset: str, kind: str, who: str, revisions: Iterable[int], 
         revisions=tuple(shown_revs), span=(revs[0], revs[-1]), source=dict(source or {}),
         counts={k: v for k, v in sorted((counts or {}).items()) if v}, keys=tuple(names[:MAX_KEYS]),
         keys_total=len(names), repairs=tuple(sorted(repairs, key=lambda kr: kr[1])[-MAX_KEYS:]),
-        flapping=tuple(sorted(set(flapping))[:MAX_KEYS]))
+        flapping=tuple(sorted(set(flapping))[:MAX_KEYS]), failed=failed[:MAX_FAILED])
 
 
 def encode_entry(entry: HistoryEntry) -> bytes:
@@ -142,7 +147,7 @@ def encode_entry(entry: HistoryEntry) -> bytes:
 
 _ENTRY_FIELDS = frozenset({"v", "id", "applyset", "kind", "time", "who", "read", "revisions", "span", "source",
                            "counts", "keys", "keysTotal"})
-_ENTRY_OPTIONAL = frozenset({"repairs", "flapping"})
+_ENTRY_OPTIONAL = frozenset({"repairs", "flapping", "failed"})
 
 
 def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
@@ -231,8 +236,12 @@ def decode_entry(key: str, value: bytes, *, reserved: str) -> HistoryEntry:
                 raise _Bad("'repairs' is not a list of [key, revision]")
             repairs.append((item[0], _int(item[1], "repairs", low=1)))
         flapping = _str_list(doc.get("flapping", []), "flapping", MAX_KEYS)
+        failed = doc.get("failed", "")
+        if not isinstance(failed, str) or len(failed) > MAX_FAILED:
+            raise _Bad(f"'failed' is not a text of at most {MAX_FAILED} characters")
         return HistoryEntry(entry_id, applyset, doc["kind"], float(doc["time"]), doc["who"], read, revisions,
-                            (span[0], span[1]), dict(source), dict(counts), keys, total, tuple(repairs), flapping)
+                            (span[0], span[1]), dict(source), dict(counts), keys, total, tuple(repairs), flapping,
+                            failed)
     except (ValueError, RecursionError) as exc:
         reason = str(exc).replace("\n", " ")[:200]
         raise InventoryError(f"{_shown(key)}: history entry is not readable ({_shown(reason)}); "
@@ -325,7 +334,8 @@ def entry_rows(entries: Sequence[HistoryEntry]) -> list[list[str]]:
     for e in sorted(entries, key=lambda e: (e.id, e.applyset), reverse=True):
         names = ", ".join(e.keys[:3]) + (f" (+{e.keys_total - min(3, len(e.keys))} more)" if e.keys_total > 3 else "")
         flap = f"; flapping: {', '.join(e.flapping)}" if e.flapping else ""
-        rows.append([str(e.id), iso(e.time), e.applyset, e.kind, e.who, describe_source(e.source),
+        kind = f"{e.kind} (failed)" if e.failed else e.kind
+        rows.append([str(e.id), iso(e.time), e.applyset, kind, e.who, describe_source(e.source),
                      describe_counts(e.counts), names + flap])
     return rows
 
