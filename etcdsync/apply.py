@@ -4,12 +4,14 @@ run out (then a ConflictError names the keys that kept changing). Returns the Ou
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .applymark import marked
+from .claims import claim_key, claimed
 from .core import planfile
 from .core.inventory import Entry, inventory_prefix
 from .core.model import DesiredState
@@ -188,6 +190,7 @@ async def apply_saved(
     on_plan: Callable[[Plan, int], None] | None = None,
     on_layout: Callable[[Layout, int], None] | None = None,
     progress: Callable[[int], None] | None = None,
+    who: str = "etcdsync",
 ) -> Outcome:
     """Apply exactly the changes of a saved plan (`etcdsync apply --plan`), never a new plan.
 
@@ -205,6 +208,11 @@ async def apply_saved(
     value, action, owner or lease; a key of another apply set or under another client's lease
     without --take-ownership), all before anything is written. A compare that fails while
     committing (a writer raced the check) is a ConflictError too: a saved plan is never re-planned.
+
+    One process at a time applies a given plan file: before its first write it claims the plan
+    (claims.py; `who` is shown to a second process, which gets a ClaimedError and writes nothing),
+    and every transaction compares that claim, so a plan split into several transactions is applied
+    exactly once even when two processes apply it at the same moment.
     """
     options = options or Options()
     cluster = await store.cluster_id()
@@ -218,6 +226,8 @@ async def apply_saved(
     pending = {sc.change.key for sc in saved.changes}
     outcome: Outcome | None = None
     attempt = 0
+    claim = contextlib.AsyncExitStack()
+    fences: list[Compare] = []
     try:
         while True:
             committed = len(outcome.done) if outcome else 0
@@ -244,7 +254,11 @@ async def apply_saved(
             outcome.limits = limits
             if not p.has_changes:
                 return outcome
-            ex = Executor(store, snap, p, reserved=saved.reserved, limits=limits, progress=progress)
+            if not fences:     # before the first write
+                key = claim_key(saved.reserved, saved.applyset, planfile.plan_id(saved))
+                fences.append(await claim.enter_async_context(
+                    claimed(store, key, who=who, what=f"applying saved plan {planfile.plan_id(saved)}")))
+            ex = Executor(store, snap, p, reserved=saved.reserved, limits=limits, progress=progress, fences=fences)
             _lay_out(ex, outcome, on_layout, attempt, atomic=atomic)
             try:
                 await ex.run()
@@ -272,6 +286,8 @@ async def apply_saved(
         if outcome is not None and outcome.done and exc.partial is None:
             exc.partial = outcome
         raise
+    finally:
+        await claim.aclose()
 
 
 def _lay_out(ex: Executor, outcome: Outcome, on_layout: Callable[[Layout, int], None] | None, attempt: int, *,

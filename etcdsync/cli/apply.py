@@ -147,6 +147,7 @@ def _plan_command(manifests: ManifestFlags, flags: PlanFlags, etcd: ConnectionFl
     from ..diff import refuse
     from ..etcd.store import Store
     from ..execute import Executor, Layout, Limits
+    from ..history import cli_identity
 
     conn = etcd.connection()
     reserved = flags.reserved_prefix
@@ -170,7 +171,7 @@ def _plan_command(manifests: ManifestFlags, flags: PlanFlags, etcd: ConnectionFl
                 try:
                     outcome = await apply_saved(store, saved, desired, options=options, atomic=files.atomic,
                                                 on_plan=shown.on_plan, on_layout=shown.on_layout,
-                                                progress=shown.progress)
+                                                progress=shown.progress, who=cli_identity())
                 except EtcdsyncError as exc:
                     await record_failed(store, reserved, exc, applyset=applyset, source=provenance,
                                         limit=history_limit)

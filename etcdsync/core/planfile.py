@@ -61,6 +61,12 @@ def manifest_digest(desired: DesiredState) -> str:
     return "sha256:" + h.hexdigest()
 
 
+def plan_id(saved: SavedPlan) -> str:
+    """A saved plan's identity (16 hex digits, from its random salt): the name of its claim while
+    it is applied, so that two processes applying one plan file cannot both write."""
+    return hashlib.sha256(b"etcdsync-plan-claim\0" + saved.salt.encode()).hexdigest()[:16]
+
+
 def secret_digest(salt: str, key: str, value: bytes) -> str:
     """The salted hash a saved plan holds instead of a secret value."""
     return "sha256:" + hashlib.sha256(salt.encode() + b"\0" + key.encode() + b"\0" + value).hexdigest()
