@@ -162,7 +162,6 @@ def _plan_command(manifests: ManifestFlags, flags: PlanFlags, etcd: ConnectionFl
                  "name prune each other's keys)")
     options = flags.options()
     shown = _Shown(ctx)
-    digest = planfile.manifest_digest(desired)
 
     async def go() -> Outcome:
         async with Store(conn) as store:
@@ -187,7 +186,8 @@ def _plan_command(manifests: ManifestFlags, flags: PlanFlags, etcd: ConnectionFl
                 if files.out:
                     _write_plan(files.out, planfile.encode(
                         p, reserved=reserved, cluster_id=await store.cluster_id(), revision=snap.revision,
-                        digest=digest, salt=secrets.token_hex(16), owned=snap.ownership.inventory(applyset).owned,
+                        digest=planfile.manifest_digest(desired), salt=secrets.token_hex(16),
+                        owned=snap.ownership.inventory(applyset).owned,
                         transactions=layout.transactions, max_ops=layout.max_ops))
                 return Outcome(p)
             with _progress_bar(shown) as on_plan:
@@ -219,7 +219,8 @@ def _plan_command(manifests: ManifestFlags, flags: PlanFlags, etcd: ConnectionFl
         elif files.out:
             ctx.note(f"plan saved to {render.escape(files.out)}: apply it with `etcdsync apply --plan {render.escape(files.out)}`")
         return EXIT_DIFF if outcome.plan.has_changes else EXIT_OK
-    manifests_changed = saved is not None and saved.digest != digest
+    # the digest is computed only here and for --out: hashing every key costs each diff and apply otherwise
+    manifests_changed = saved is not None and saved.digest != planfile.manifest_digest(desired)
     if manifests_changed and ctx.output == "text":
         ctx.note(f"note: the manifests changed since {render.escape(files.plan or '')} was made; applying the saved "
                  "plan only (a new diff shows what else differs)")
