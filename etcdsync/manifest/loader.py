@@ -269,9 +269,30 @@ def _compile_configset(doc: _Doc, root: Node, spec: Mapping[str, Any], reserved:
     # peak memory, and the daemon's resident size stayed at that peak). Nothing reads the tree after
     # this: the document was validated and its other fields converted before.
     pairs, data.items = data.items, []
+    max_quick = MAX_KEY_VALUE_BYTES // 4     # key + value under this: within etcd's limit whatever the bytes
     for i in range(len(pairs)):          # by index: each pair is dropped from the list as it is read
-        key_node, value_node = pairs[i]
+        pair = pairs[i]
         pairs[i] = None
+        if len(pair) == 4:
+            # the common pair, compacted by the reader: an untagged ASCII scalar value (the text rule)
+            rel, line, column, text = pair
+            source = Source(file, line, column)
+            # what _BAD_KEY finds needs a character str.isprintable() refuses, a '.', '//' or a '/' at
+            # either end: a (non-empty) key with none of them is fine without running the expression
+            if not (rel and rel.isprintable() and "." not in rel and "//" not in rel and rel[0] != "/"
+                    and rel[-1] != "/") and (not rel or _BAD_KEY.search(rel)):
+                _reject_key(rel, file, source)
+            if not rel.isascii():
+                _check_display(rel, "key", file, source)
+            full = prefix + rel
+            if reserved and full.startswith(reserved):
+                _check_full_key(full, file, source, reserved)
+            value = text.encode("ascii")
+            if len(full) + len(value) > max_quick:
+                _check_size(full, value, source)
+            statics.append(DesiredKey(full, value, prefix, policy, prune, False, ident, source))
+            continue
+        key_node, value_node = pair
         rel = key_node.value or ""
         if not rel or _BAD_KEY.search(rel):
             _reject_key(rel, file, key_node)
@@ -307,7 +328,7 @@ def _compile_configset(doc: _Doc, root: Node, spec: Mapping[str, Any], reserved:
             statics.append(dk)
 
 
-def _reject_key(rel: str, file: str, key_node: Node) -> None:
+def _reject_key(rel: str, file: str, key_node: Node | Source) -> None:
     if not rel:
         raise node_error("empty key in data", file, key_node)
     if _BAD_CHARS.search(rel):
@@ -725,7 +746,7 @@ def _load(paths: Sequence[str | os.PathLike[str]], environ: Mapping[str, str], r
             files.append(file)
             text = read_file(file)
             n_docs = 0
-            for d in iter_documents(text, file):
+            for d in iter_documents(text, file, compact_data=True):
                 n_docs += 1
                 doc = _compile_document(d, reserved)
                 doc.layer_no = layer_no
