@@ -270,6 +270,7 @@ def _compile_configset(doc: _Doc, root: Node, spec: Mapping[str, Any], reserved:
     # this: the document was validated and its other fields converted before.
     pairs, data.items = data.items, []
     max_quick = MAX_KEY_VALUE_BYTES // 4     # key + value under this: within etcd's limit whatever the bytes
+    new = tuple.__new__                      # a NamedTuple built without its Python-level __new__
     for i in range(len(pairs)):          # by index: each pair is dropped from the list as it is read
         pair = pairs[i]
         pairs[i] = None
@@ -290,7 +291,7 @@ def _compile_configset(doc: _Doc, root: Node, spec: Mapping[str, Any], reserved:
             value = text.encode("ascii")
             if len(full) + len(value) > max_quick:
                 _check_size(full, value, source)
-            statics.append(DesiredKey(full, value, prefix, policy, prune, False, ident, source))
+            statics.append(new(DesiredKey, (full, value, prefix, policy, prune, False, ident, source)))  # DesiredKey(...)
             continue
         key_node, value_node = pair
         rel = key_node.value or ""
@@ -829,7 +830,7 @@ def _load(paths: Sequence[str | os.PathLike[str]], environ: Mapping[str, str], r
     removed = {key: at for doc in docs for key, at in doc.removed.items() if key not in keys and key not in live_keys}
     applyset = applysets[0] if applysets else None
     return DesiredState(
-        keys=dict(sorted(keys.items())),
+        keys={key: keys[key] for key in sorted(keys)},
         live=tuple(live),
         prefixes=tuple(sorted(prefixes)),
         applyset=applyset.name if applyset else None,
