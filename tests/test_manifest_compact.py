@@ -190,3 +190,13 @@ def test_a_key_at_the_size_limit_is_refused_at_its_position(parser: str, tmp_pat
         load_manifests([tmp_path], environ={})
     (tmp_path / "m.yaml").write_text(HEAD + "    ok: " + "x" * (MAX_KEY_VALUE_BYTES - len("/c/ok")) + "\n")
     assert len(load_manifests([tmp_path], environ={}).keys["/c/ok"].value) == MAX_KEY_VALUE_BYTES - 5
+
+
+@pytest.mark.parametrize("code", [c for c in range(0x80) if c not in (0x09, 0x0A, 0x0D) and not 0x20 <= c < 0x7F])
+def test_every_ascii_control_character_is_refused_at_its_position(code: int) -> None:
+    """decode() checks an ASCII file without its expression unless a byte is left over: each control
+    character (also DEL) must still be found, at its line and column."""
+    data = b"a: 1\nb: x" + bytes([code]) + b"y\n"
+    with pytest.raises(ManifestError, match=rf"^m.yaml:2:5: control character U\+{code:04X} is not allowed"):
+        yamlnodes.decode(data, "m.yaml")
+    assert yamlnodes.decode(b"a: 1\n\tb: x y\r\n", "m.yaml") == "a: 1\n\tb: x y\r\n"
