@@ -808,12 +808,16 @@ def _load(paths: Sequence[str | os.PathLike[str]], environ: Mapping[str, str], r
                 value = values.resolve_entry(entry, file, environ, sources.policy(root_of[file]))
                 _check_size(dk.key, value, dk.source)
                 statics.append(dk._replace(value=value))
-        for dk in statics:
-            assert dk.source is not None
-            seen = keys.get(dk.key)
-            if seen is not None:
-                raise duplicate(dk.key, seen.source, dk.source)
-            keys[dk.key] = dk
+        added = {dk.key: dk for dk in statics}
+        if len(added) == len(statics) and added.keys().isdisjoint(keys):
+            keys.update(added)      # the usual case, at C speed; any clash is found and named below
+        else:
+            for dk in statics:
+                assert dk.source is not None
+                seen = keys.get(dk.key)
+                if seen is not None:
+                    raise duplicate(dk.key, seen.source, dk.source)
+                keys[dk.key] = dk
         for inst in doc.live:
             source = inst.source or doc.source
             first = keys[inst.key].source if inst.key in keys else live_keys.get(inst.key)
@@ -821,7 +825,7 @@ def _load(paths: Sequence[str | os.PathLike[str]], environ: Mapping[str, str], r
                 raise duplicate(inst.key, first, source)
             live_keys[inst.key] = source
             live.append(inst)
-    for key, dk in keys.items():
+    for key, dk in keys.items() if live_keys else ():
         if key in live_keys:  # a live instance declared before a static key
             assert dk.source is not None
             raise duplicate(key, live_keys[key], dk.source)
