@@ -112,14 +112,21 @@ class Executor:
         self.fence = fence_key(reserved)
         self.fence_rev = snap.ownership.fence_revision
         self.inv_prefix = inventory_prefix(reserved, p.applyset)
+        self.writes = p.writes
         # chunk key -> [mod_revision, entries]; every set, since a takeover rewrites another set's chunk
         self.chunks: dict[str, tuple[int, dict[str, Entry]]] = {}
+        # key -> every chunk that lists it, as read, for the keys this plan takes out of their chunks
+        # (deletes, releases, retags, takeovers): what batches() sizes with, before anything is
+        # committed (not kept up to date afterwards; the other owned keys, 100,000 in a large set,
+        # need no entry)
         self.chunks_of: dict[str, list[str]] = {}
+        leaving = {c.key for c in self.writes if c.action in _REMOVES or c.retag or c.owner}
         for inv in snap.ownership.sets.values():
             for ck, chunk in inv.chunks.items():
                 self.chunks[ck] = (chunk.mod_revision, dict(chunk.entries))
-                for key in chunk.entries:
-                    self.chunks_of.setdefault(key, []).append(ck)
+                if leaving:
+                    for key in leaving.intersection(chunk.entries):
+                        self.chunks_of.setdefault(key, []).append(ck)
         self.done: dict[str, Change] = {}
         self.revision = snap.revision
         self.transactions = 0
@@ -151,7 +158,7 @@ class Executor:
         n_fences = len(self.fences)
         chunk_cost: dict[str, int] = {}
         entries: dict[tuple[str, bool, bool, str], Entry] = {}
-        writes = self.plan.writes
+        writes = self.writes
         puts = [c for c in writes if c.action not in _REMOVES]
         removes = [c for c in writes if c.action in _REMOVES]
         out: list[_Batch] = []
@@ -294,8 +301,6 @@ class Executor:
             for ck in group:
                 del self.chunks[ck]
             self.chunks[new_ck] = (result.revision, merged)
-            for key in merged:
-                self.chunks_of[key] = [c for c in self.chunks_of.get(key, []) if c not in group] + [new_ck]
 
     @staticmethod
     def _key_parts(c: Change) -> tuple[Compare | None, Op | None]:
@@ -363,12 +368,8 @@ class Executor:
                 self.chunks[ck] = (result.revision, remaining)
             else:
                 del self.chunks[ck]
-        for key in removed:
-            self.chunks_of.pop(key, None)
         if new_ck is not None:
             self.chunks[new_ck] = (result.revision, dict(batch.new_entries))
-            for key in batch.new_entries:
-                self.chunks_of.setdefault(key, []).append(new_ck)
         if batch.fenced:
             self.fence_rev = result.revision
         for c in batch.changes:

@@ -119,8 +119,13 @@ def test_batches_follow_the_cost_rules_exactly(seed: int) -> None:
     fences: list[Compare] = [mod_is("/election/x", 3)] * rng.randint(0, 2)
     ex = Executor(None, Snapshot(1, {}, ownership), p, reserved=RESERVED, limits=limits,  # type: ignore[arg-type]
                   fences=fences)
-    chunk_cost = {ck: sum(len(k) + 8 for k in entries) + 64 for ck, (_, entries) in ex.chunks.items()}
-    want = _model(list(p.writes), ex.chunks_of, chunk_cost, limits, len(fences))
+    chunks = {ck: chunk.entries for inv in ownership.sets.values() for ck, chunk in inv.chunks.items()}
+    chunk_cost = {ck: sum(len(k) + 8 for k in entries) + 64 for ck, entries in chunks.items()}
+    chunks_of: dict[str, list[str]] = {}
+    for ck, entries in chunks.items():
+        for key in entries:
+            chunks_of.setdefault(key, []).append(ck)
+    want = _model(list(p.writes), chunks_of, chunk_cost, limits, len(fences))
     got = ex.batches()
     assert [[c.key for c in b.changes] for b in got] == [b.keys for b in want]
     for b, m in zip(got, want, strict=True):
