@@ -162,6 +162,9 @@ def _plan_command(manifests: ManifestFlags, flags: PlanFlags, etcd: ConnectionFl
                  "name prune each other's keys)")
     options = flags.options()
     shown = _Shown(ctx)
+    # a text diff or apply shows the keys that change and counts the rest: the plan need not hold a
+    # Change per key in sync (100,000 of them in a large tree); -v, -o json and a saved plan list them
+    keep_unchanged = ctx.output != "text" or ctx.verbose or files.out is not None
 
     async def go() -> Outcome:
         async with Store(conn) as store:
@@ -172,7 +175,8 @@ def _plan_command(manifests: ManifestFlags, flags: PlanFlags, etcd: ConnectionFl
                                    limit=history_limit)
                 return outcome
             if not execute:
-                p, snap = await plan_only(store, desired, applyset=applyset, reserved=reserved, options=options)
+                p, snap = await plan_only(store, desired, applyset=applyset, reserved=reserved, options=options,
+                                          keep_unchanged=keep_unchanged)
                 shown.on_plan(p, 0)
                 refuse(p, applyset)       # the same refusals as apply's, also for diff
                 layout = Layout(0, Limits().max_ops)
@@ -193,7 +197,7 @@ def _plan_command(manifests: ManifestFlags, flags: PlanFlags, etcd: ConnectionFl
             with _progress_bar(shown) as on_plan:
                 outcome = await apply(store, desired, applyset=applyset, reserved=reserved, options=options,
                                       on_plan=on_plan, progress=shown.progress, atomic=files.atomic,
-                                      on_layout=shown.on_layout)
+                                      on_layout=shown.on_layout, keep_unchanged=keep_unchanged)
             await record_apply(store, reserved, outcome, applyset=applyset, source=provenance, limit=history_limit)
             return outcome
 

@@ -108,6 +108,9 @@ class Plan:
     refused: str | None = None             # the deletion guard's reason, when it refuses
     counts: Mapping[str, int] = field(default_factory=dict)
     kept: int = 0                          # owned keys not planned (-l: other documents; --prune=false)
+    # keys in sync and owned (nothing to write, ownership record as declared) that plan() was asked
+    # not to list (keep_unchanged=False): counted here and in counts["unchanged"], not in `changes`
+    unchanged: int = 0
 
     def __repr__(self) -> str:  # the default would list every key
         return f"Plan(applyset={self.applyset!r}, changes={len(self.changes)}, counts={dict(self.counts)})"
@@ -177,11 +180,17 @@ def plan(
     inventory: Inventory,
     other_owners: Mapping[str, str],
     options: Options = Options(),
+    *,
+    keep_unchanged: bool = True,
 ) -> Plan:
     """Compare declared keys with etcd and the inventory; decide one Action per key.
 
     With a selection (`desired.selection`, see core.selector) only owned keys recorded as belonging
     to a selected document, and declared by none, may be pruned; with `options.prune` False none is.
+    With `keep_unchanged` False, a key in sync and owned as declared (the bulk of a large tree once
+    applied) gets no Change: `Plan.unchanged` counts them (and `counts["unchanged"]` includes them);
+    every other unchanged key (a retag, create-only, adoption notes) is still listed. For callers
+    that show only what changes (a text diff or apply without -v) and never look up unchanged keys.
     """
     if options.selector is not None and desired.selection is None:
         desired = select(desired, options.selector)   # callers may narrow it first (the daemon does)
@@ -192,6 +201,7 @@ def plan(
     # key) from the DesiredKey unpacked at once; every other case goes through _change.
     new = tuple.__new__
     unchanged, create = Action.UNCHANGED, Action.CREATE
+    in_sync = 0    # unchanged keys not listed (keep_unchanged=False)
     for key, d in desired.keys.items():
         _, value, prefix, policy, prune, secret, document, source = d
         obs = observed.get(key)
@@ -199,8 +209,11 @@ def plan(
         if entry is not None:
             if obs is not None and obs.value == value and not obs.lease and entry.prefix == prefix and \
                     entry.prune == prune and entry.secret == secret and entry.document == document:
-                changes.append(new(Change, (unchanged, key, value, value, obs.mod_revision, prefix, policy, prune,
-                                            secret, False, False, None, "", document, source, 0)))
+                if keep_unchanged:
+                    changes.append(new(Change, (unchanged, key, value, value, obs.mod_revision, prefix, policy,
+                                                prune, secret, False, False, None, "", document, source, 0)))
+                else:
+                    in_sync += 1
                 continue
             mine = True
             owner = None
@@ -284,8 +297,9 @@ def plan(
         LiveStatus(i, i.key in observed, observed[i.key].value if i.key in observed else None) for i in desired.live
     )
     tally = Counter(map(_ACTION, changes))
+    tally[unchanged] += in_sync
     counts = {a.value: tally[a] for a in Action}
-    result = Plan(inventory.applyset, tuple(changes), live, len(owned), None, counts, kept)
+    result = Plan(inventory.applyset, tuple(changes), live, len(owned), None, counts, kept, in_sync)
     return replace(result, refused=guard(result, options))
 
 
