@@ -111,6 +111,7 @@ class Plan:
     # keys in sync and owned (nothing to write, ownership record as declared) that plan() was asked
     # not to list (keep_unchanged=False): counted here and in counts["unchanged"], not in `changes`
     unchanged: int = 0
+    _writes: tuple[Change, ...] | None = field(default=None, init=False, repr=False, compare=False)  # cache
 
     def __repr__(self) -> str:  # the default would list every key
         return f"Plan(applyset={self.applyset!r}, changes={len(self.changes)}, counts={dict(self.counts)})"
@@ -145,7 +146,12 @@ class Plan:
 
     @property
     def writes(self) -> tuple[Change, ...]:
-        return tuple(c for c in self.changes if c.writes)
+        """The changes that write (computed once: the executor, the apply marker and the CLI ask)."""
+        writes = self._writes
+        if writes is None:
+            writes = tuple(c for c in self.changes if c.writes)
+            object.__setattr__(self, "_writes", writes)   # a cache of the frozen plan's own changes
+        return writes
 
 
 def retag_note(entry: Entry, d: DesiredKey) -> str:
