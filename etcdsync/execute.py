@@ -6,6 +6,9 @@ ownership, and any extra fence the caller gives (the daemon's election key). A p
 transaction is applied in one; a larger one is split into batches that respect the server's limits,
 puts first and deletes last; batches that touch no shared inventory state commit concurrently. A
 failed compare raises `Conflict` naming the keys that moved (the caller re-reads and re-plans).
+
+(Over 350 lines: sizing the batches, committing them and merging inventory chunks share the
+executor's view of the inventory; the sizing loop is written out for 100,000-change plans.)
 """
 
 from __future__ import annotations

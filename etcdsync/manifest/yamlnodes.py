@@ -14,8 +14,9 @@ are state machines, so nesting depth costs them nothing) and build our own nodes
   ``!!seq``) are accepted; ``!!python/...``, ``!foo`` and friends are rejected with their position.
 
 Reading bytes (size bound, strict UTF-8, BOM, control characters) also lives here, so that every
-problem with a file's text is reported with its line and column. (That is why it runs a little over
-350 lines: one iterative builder and the byte checks that feed it.)
+problem with a file's text is reported with its line and column. (That is why it runs over 350
+lines: one iterative builder, with its compact form of a manifest's ``spec.data`` for large
+ConfigSets, and the byte checks that feed it.)
 """
 
 from __future__ import annotations
