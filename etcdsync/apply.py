@@ -70,6 +70,7 @@ async def apply(
     superseded: Callable[[], bool] = lambda: False,
     atomic: bool = False,
     on_layout: Callable[[Layout, int], None] | None = None,
+    keep_unchanged: bool = True,
 ) -> Outcome:
     """Observe, plan, refuse or execute; re-read and re-plan on conflicts.
 
@@ -83,7 +84,8 @@ async def apply(
     with `atomic` a plan that needs more than one transaction (by the limits known, or because etcd
     refused its one transaction as too large) is refused with a GuardError before anything is written.
     `limits` learned from the server (lowered when it refuses a batch) stay lowered in the object
-    given: pass the same one to every apply of a process.
+    given: pass the same one to every apply of a process. With `keep_unchanged` False the plans list
+    no key that is in sync and owned as declared (`Plan.unchanged` counts them; see core.plan.plan).
     """
     limits = limits or Limits()
     options = options or Options()
@@ -92,7 +94,8 @@ async def apply(
     backoff = Backoff(0.05, 2.0)
     try:
         while True:
-            p, snap = await diff(store, desired, applyset=applyset, reserved=reserved, options=options)
+            p, snap = await diff(store, desired, applyset=applyset, reserved=reserved, options=options,
+                                 keep_unchanged=keep_unchanged)
             if outcome is None:
                 outcome = Outcome(p, revision=snap.revision)
             if on_plan is not None:

@@ -53,12 +53,12 @@ async def observe(store: Store, desired: DesiredState, *, applyset: str, reserve
 
 
 async def diff(store: Store, desired: DesiredState, *, applyset: str, reserved: str,
-               options: Options | None = None) -> tuple[Plan, Snapshot]:
+               options: Options | None = None, keep_unchanged: bool = True) -> tuple[Plan, Snapshot]:
     """Read etcd and plan `desired` against it; writes nothing. The snapshot is what the plan was made
-    from (the executor compares against its revisions)."""
+    from (the executor compares against its revisions). `keep_unchanged`: see core.plan.plan."""
     snap = await observe(store, desired, applyset=applyset, reserved=reserved)
     p = plan(desired, snap.observed, snap.ownership.inventory(applyset),
-             snap.ownership.owners_except(applyset), options or Options())
+             snap.ownership.owners_except(applyset), options or Options(), keep_unchanged=keep_unchanged)
     return p, snap
 
 

@@ -6,6 +6,9 @@ ownership, and any extra fence the caller gives (the daemon's election key). A p
 transaction is applied in one; a larger one is split into batches that respect the server's limits,
 puts first and deletes last; batches that touch no shared inventory state commit concurrently. A
 failed compare raises `Conflict` naming the keys that moved (the caller re-reads and re-plans).
+
+(Over 350 lines: sizing the batches, committing them and merging inventory chunks share the
+executor's view of the inventory; the sizing loop is written out for 100,000-change plans.)
 """
 
 from __future__ import annotations
@@ -80,15 +83,13 @@ class Conflict(Exception):
 
 @dataclass
 class _Batch:
-    compares: list[Compare] = field(default_factory=list)
-    ops: list[Op] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)
     new_entries: dict[str, Entry] = field(default_factory=dict)
     touched: set[str] = field(default_factory=set)        # chunk keys rewritten by this batch
     fenced: bool = False                                  # adds ownership of existing keys: compare the fence
-    size: int = 0                                         # bytes of the key operations
-    entries_size: int = 0                                 # bytes of the new chunk
-    touched_size: int = 0                                 # bytes of the rewritten chunks
+    compares: int = 0                                     # compares on the keys themselves
+    ops: int = 0                                          # operations on the keys themselves
+    size: int = 0                                         # bytes: key operations, new chunk, rewritten chunks
 
     @property
     def independent(self) -> bool:
@@ -97,12 +98,7 @@ class _Batch:
 
 
 _KEY_WRITES = frozenset({Action.CREATE, Action.UPDATE, Action.DELETE})   # see Executor._key_parts
-
-
-def _needs_fence(c: Change) -> bool:
-    # Creating a key compares its absence, which already excludes a concurrent creator; adopting an
-    # existing key (or taking it over) must exclude a concurrent adopter: the ownership fence does.
-    return c.own and c.action is not Action.CREATE
+_REMOVES = frozenset({Action.DELETE, Action.RELEASE})
 
 
 class Executor:
@@ -123,14 +119,21 @@ class Executor:
         self.fence = fence_key(reserved)
         self.fence_rev = snap.ownership.fence_revision
         self.inv_prefix = inventory_prefix(reserved, p.applyset)
+        self.writes = p.writes
         # chunk key -> [mod_revision, entries]; every set, since a takeover rewrites another set's chunk
         self.chunks: dict[str, tuple[int, dict[str, Entry]]] = {}
+        # key -> every chunk that lists it, as read, for the keys this plan takes out of their chunks
+        # (deletes, releases, retags, takeovers): what batches() sizes with, before anything is
+        # committed (not kept up to date afterwards; the other owned keys, 100,000 in a large set,
+        # need no entry)
         self.chunks_of: dict[str, list[str]] = {}
+        leaving = {c.key for c in self.writes if c.action in _REMOVES or c.retag or c.owner}
         for inv in snap.ownership.sets.values():
             for ck, chunk in inv.chunks.items():
                 self.chunks[ck] = (chunk.mod_revision, dict(chunk.entries))
-                for key in chunk.entries:
-                    self.chunks_of.setdefault(key, []).append(ck)
+                if leaving:
+                    for key in leaving.intersection(chunk.entries):
+                        self.chunks_of.setdefault(key, []).append(ck)
         self.done: dict[str, Change] = {}
         self.revision = snap.revision
         self.transactions = 0
@@ -142,24 +145,80 @@ class Executor:
         return sum(len(k) + 8 for k in entries) + 64
 
     def batches(self) -> list[_Batch]:
-        """The transactions the plan is split into (puts first, deletes last), by the one set of cost
-        rules (`_fits`): computed once, before anything is committed, so `run` commits exactly these
-        and `layout` reports them. Chunk costs are taken before any commit: a rewritten chunk only
-        shrinks, so the estimate errs on the safe side."""
-        if self._batches is None:
-            puts = [c for c in self.plan.writes if c.action not in (Action.DELETE, Action.RELEASE)]
-            removes = [c for c in self.plan.writes if c.action in (Action.DELETE, Action.RELEASE)]
-            out: list[_Batch] = []
-            batch = _Batch()
-            for change in [*puts, *removes]:
-                if batch.changes and not self._fits(batch, change):
+        """The transactions the plan is split into (puts first, deletes last), computed once, before
+        anything is committed, so that `run` commits exactly these and `layout` reports them. Chunk
+        costs are taken before any commit: a rewritten chunk only shrinks, so the estimate errs on the
+        safe side.
+
+        A batch is closed when the next change would take it over a limit. Its cost with a change
+        added, counted as etcd counts a request: compares = one per key written or owned + one per
+        inventory chunk rewritten + the new chunk (when the batch records ownership) + the ownership
+        fence (when it adopts) + the caller's fences; operations = one per key written + the same
+        chunk and fence writes; bytes = each key twice, its value and 32 for each key operation, the
+        key and 8 per new inventory entry, the rewritten chunks' size, and 128. Only counters are kept
+        per batch (the compares and operations themselves are built when it is committed), and a
+        change that rewrites no chunk (every create and update of keys no other set owns) costs a
+        few integer additions."""
+        if self._batches is not None:
+            return self._batches
+        max_ops, max_bytes = self.limits.max_ops, self.limits.max_bytes
+        n_fences = len(self.fences)
+        chunk_cost: dict[str, int] = {}
+        entries: dict[tuple[str, bool, bool, str], Entry] = {}
+        writes = self.writes
+        puts = [c for c in writes if c.action not in _REMOVES]
+        removes = [c for c in writes if c.action in _REMOVES]
+        out: list[_Batch] = []
+        batch = _Batch()
+        for c in [*puts, *removes]:
+            action = c.action
+            key_len = len(c.key)
+            owning = c.own or c.retag
+            writes_key = action in _KEY_WRITES
+            # creating a key compares its absence, which already excludes a concurrent creator; adopting
+            # an existing key (or taking it over) must exclude a concurrent adopter: the ownership fence
+            fence = c.own and action is not Action.CREATE
+            size = 2 * key_len + len(c.new or b"") + 32 + (key_len + 8 if owning else 0)
+            touches = self._chunks_touched(c)
+            new_touched: list[str] = []
+            touched_size = 0
+            if touches:
+                for ck in touches:
+                    if ck not in batch.touched and ck not in new_touched:
+                        new_touched.append(ck)
+                        if ck not in chunk_cost:
+                            chunk_cost[ck] = self._chunk_cost(ck)
+                        touched_size += chunk_cost[ck]
+            if batch.changes:
+                chunk_ops = (len(batch.touched) + len(new_touched) + (bool(batch.new_entries) or owning)
+                             + (batch.fenced or fence))
+                compares = batch.compares + (writes_key or c.own) + chunk_ops + n_fences
+                ops = batch.ops + writes_key + chunk_ops
+                if not (compares <= max_ops and ops <= max_ops
+                        and batch.size + size + touched_size + 128 <= max_bytes):
                     out.append(batch)
                     batch = _Batch()
-                self._add(batch, change)
-            if batch.changes:
-                out.append(batch)
-            self._batches = out
-        return self._batches
+                    if touches:   # every chunk it touches is new to the new batch (and its cost known)
+                        new_touched = list(dict.fromkeys(touches))
+                        touched_size = sum(chunk_cost[ck] for ck in new_touched)
+            batch.changes.append(c)
+            batch.compares += writes_key or c.own
+            batch.ops += writes_key
+            batch.size += size + touched_size
+            if new_touched:
+                batch.touched.update(new_touched)
+            if owning:
+                shape = (c.prefix, c.prune, c.secret, c.document)
+                entry = entries.get(shape)
+                if entry is None:   # entries are immutable: one per shape (most keys share a handful)
+                    entry = entries[shape] = Entry(c.prefix, c.prune, c.secret, c.document)
+                batch.new_entries[c.key] = entry
+            if fence:
+                batch.fenced = True
+        if batch.changes:
+            out.append(batch)
+        self._batches = out
+        return out
 
     def layout(self) -> Layout:
         """How the plan will be committed: how many transactions, under which operation limit."""
@@ -249,8 +308,6 @@ class Executor:
             for ck in group:
                 del self.chunks[ck]
             self.chunks[new_ck] = (result.revision, merged)
-            for key in merged:
-                self.chunks_of[key] = [c for c in self.chunks_of.get(key, []) if c not in group] + [new_ck]
 
     @staticmethod
     def _key_parts(c: Change) -> tuple[Compare | None, Op | None]:
@@ -266,53 +323,26 @@ class Executor:
         return None, None
 
     def _chunks_touched(self, c: Change) -> list[str]:
-        if c.action in (Action.DELETE, Action.RELEASE) or c.retag or c.owner:
+        """The inventory chunks a change removes its key from (to be rewritten in its batch)."""
+        if c.action in _REMOVES or c.retag or c.owner:
             return self.chunks_of.get(c.key, [])
         return []
-
-    def _cost(self, batch: _Batch, change: Change) -> tuple[int, int, int]:
-        """(compares, ops, bytes) of the batch with `change` added; O(1) in the batch size."""
-        new_touched = [ck for ck in self._chunks_touched(change) if ck not in batch.touched]
-        touched = len(batch.touched) + len(new_touched)
-        owning = change.own or change.retag
-        new_chunk = int(bool(batch.new_entries) or owning)
-        fence = int(batch.fenced or _needs_fence(change))
-        writes_key = change.action in _KEY_WRITES
-        compares = len(batch.compares) + int(writes_key or change.own) + touched + new_chunk + fence + len(self.fences)
-        ops = len(batch.ops) + int(writes_key) + touched + new_chunk + fence
-        size = (batch.size + 2 * len(change.key) + len(change.new or b"") + 32
-                + batch.touched_size + sum(self._chunk_cost(ck) for ck in new_touched)
-                + batch.entries_size + (len(change.key) + 8 if owning else 0) + 128)
-        return compares, ops, size
-
-    def _fits(self, batch: _Batch, change: Change) -> bool:
-        compares, ops, size = self._cost(batch, change)
-        return compares <= self.limits.max_ops and ops <= self.limits.max_ops and size <= self.limits.max_bytes
-
-    def _add(self, batch: _Batch, c: Change) -> None:
-        cmp_, op = self._key_parts(c)
-        if cmp_ is not None:
-            batch.compares.append(cmp_)
-        if op is not None:
-            batch.ops.append(op)
-        for ck in self._chunks_touched(c):
-            if ck not in batch.touched:
-                batch.touched.add(ck)
-                batch.touched_size += self._chunk_cost(ck)
-        if c.own or c.retag:
-            batch.new_entries[c.key] = Entry(c.prefix, c.prune, c.secret, c.document)
-            batch.entries_size += len(c.key) + 8
-        batch.fenced = batch.fenced or _needs_fence(c)
-        batch.size += 2 * len(c.key) + len(c.new or b"") + 32
-        batch.changes.append(c)
 
     async def _commit(self, batch: _Batch) -> None:
         if self.superseded():
             raise Superseded()
-        compares = list(batch.compares)
-        ops = list(batch.ops)
-        removed = {c.key for c in batch.changes
-                   if c.action in (Action.DELETE, Action.RELEASE) or c.retag or c.owner}
+        compares: list[Compare] = []
+        ops: list[Op] = []
+        key_parts = self._key_parts
+        for c in batch.changes:
+            cmp_, op = key_parts(c)
+            if cmp_ is not None:
+                compares.append(cmp_)
+            if op is not None:
+                ops.append(op)
+        # keys leaving a chunk this batch rewrites (a batch that rewrites none removes no key from one)
+        removed = {c.key for c in batch.changes if c.action in _REMOVES or c.retag or c.owner} \
+            if batch.touched else set()
         rewritten: dict[str, dict[str, Entry]] = {}
         for ck in sorted(batch.touched):
             rev, entries = self.chunks[ck]
@@ -345,12 +375,8 @@ class Executor:
                 self.chunks[ck] = (result.revision, remaining)
             else:
                 del self.chunks[ck]
-        for key in removed:
-            self.chunks_of.pop(key, None)
         if new_ck is not None:
             self.chunks[new_ck] = (result.revision, dict(batch.new_entries))
-            for key in batch.new_entries:
-                self.chunks_of.setdefault(key, []).append(new_ck)
         if batch.fenced:
             self.fence_rev = result.revision
         for c in batch.changes:

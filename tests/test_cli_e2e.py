@@ -47,6 +47,15 @@ def test_diff_apply_diff_and_second_apply_writes_nothing(env: Env, history: Reco
     r = env.cli("diff", "-f", str(f), "--applyset", "t")
     assert r.code == 0, r
     assert "0 to create, 0 to update, 0 to delete, 5 unchanged" in r.out
+    assert f"{env.ns}config/app/region" not in r.out
+    # the keys in sync are counted, not planned one by one, unless they are to be listed: -v, -o json
+    r = env.cli("diff", "-f", str(f), "--applyset", "t", "-v")
+    assert r.code == 0 and "0 to create, 0 to update, 0 to delete, 5 unchanged" in r.out, r
+    assert f"= {env.ns}config/app/region" in r.out and f"= {env.ns}config/app/features" in r.out, r.out
+    r = env.cli("diff", "-f", str(f), "--applyset", "t", "-o", "json")
+    doc = json.loads(r.out)
+    assert r.code == 0 and doc["summary"]["unchanged"] == 5 and len(doc["changes"]) == 5, r
+    assert {c["action"] for c in doc["changes"]} == {"unchanged"}
 
     rev = env.revision()
     r = env.cli("apply", "-f", str(f), "--applyset", "t")

@@ -168,3 +168,37 @@ def test_conflict_message_for_another_apply_set() -> None:
     p = plan(desired(dk("a", "1"), dk("b", "1")), {}, inv(), {P + "a": "one", P + "b": "one"})
     assert p.conflict_message("two") == (f"{P}a: owned by apply set 'one', not 'two' (and 1 more key); "
                                          "pass --take-ownership to move them")
+
+
+def test_keep_unchanged_false_leaves_out_only_keys_in_sync_and_owned_as_declared() -> None:
+    """What `etcdsync diff`/`apply` without -v or -o json plan: the same plan without a Change per key
+    in sync; `unchanged` and counts["unchanged"] still count them, every other change is listed."""
+    state = desired(dk("same", "1"), dk("same2", "2"), dk("new", "1"), dk("drift", "x", policy=Policy.WARN),
+                    dk("seed", "x", policy=Policy.CREATE_ONLY), dk("retag", "1", prune=False), dk("adopt", "1"),
+                    dk("upd", "new"))
+    seen = obs(same="1", same2="2", drift="y", seed="y", retag="1", adopt="1", upd="old", gone="1")
+    owned = inv("same", "same2", "drift", "seed", "retag", "upd", "gone")
+    full = plan(state, seen, owned, {}, Options(allow_empty=True))
+    lean = plan(state, seen, owned, {}, Options(allow_empty=True), keep_unchanged=False)
+    in_sync = {P + "same", P + "same2"}
+    assert [c for c in full.changes if c.key not in in_sync] == list(lean.changes)
+    assert {c.key for c in full.changes if c.key in in_sync} == in_sync
+    assert all(c.action is Action.UNCHANGED for c in full.changes if c.key in in_sync)
+    assert (full.unchanged, lean.unchanged) == (0, 2)
+    assert lean.counts == full.counts and lean.counts["unchanged"] == 4   # the two in sync, seed, retag
+    assert (lean.has_changes, lean.owned_after, lean.refused, lean.writes) == \
+        (full.has_changes, full.owned_after, full.refused, full.writes)
+    assert {c.key for c in lean.changes if c.action is Action.UNCHANGED} == {P + "seed", P + "retag"}
+
+
+def test_keep_unchanged_false_counts_in_the_summaries() -> None:
+    from etcdsync.core.render import plan_counts, render_plan, unchanged_keys
+
+    state = desired(dk("a", "1"), dk("b", "1"), dk("c", "1"))
+    seen = obs(a="1", b="1")
+    full = plan(state, seen, inv("a", "b"), {})
+    lean = plan(state, seen, inv("a", "b"), {}, keep_unchanged=False)
+    assert plan_counts(lean) == plan_counts(full) and plan_counts(lean)["unchanged"] == 2
+    assert render_plan(lean) == render_plan(full)
+    assert render_plan(lean).endswith("1 to create, 0 to update, 0 to delete, 2 unchanged")
+    assert unchanged_keys(lean, {}) == unchanged_keys(full, {}) == 2

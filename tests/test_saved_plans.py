@@ -273,6 +273,26 @@ def test_the_manifest_digest_leaves_secret_values_out() -> None:
     assert planfile.manifest_digest(state(b"1", False)) != planfile.manifest_digest(state(b"2", False))
 
 
+def test_the_manifest_digest_tells_every_declared_field_and_key_boundary_apart() -> None:
+    from etcdsync.core.model import Policy
+
+    def digest(*keys: DesiredKey) -> str:
+        return planfile.manifest_digest(DesiredState(keys={k.key: k for k in keys}, prefixes=("/a/",)))
+
+    base = DesiredKey("/a/k", b"v", "/a/")
+    variants = [
+        DesiredKey("/a/k", b"v", "/a/", Policy.WARN), DesiredKey("/a/k", b"v", "/a/", prune=False),
+        DesiredKey("/a/k", b"v", "/a/", secret=True), DesiredKey("/a/k", b"v", "/"), DesiredKey("/a/kv", b"", "/a/"),
+        DesiredKey("/a/k", b"v\n", "/a/"), DesiredKey("/a/k", b"v", "/a/", document="other"),
+    ]
+    assert digest(base) == digest(DesiredKey("/a/k", b"v", "/a/"))
+    assert digest(variants[-1]) == digest(base), "the document is not declared state"
+    assert len({digest(base), *(digest(v) for v in variants[:-1])}) == len(variants)
+    # where one key's value ends and the next key begins is part of what is hashed
+    assert digest(DesiredKey("/a/k", b"1", "/a/"), DesiredKey("/a/l", b"23", "/a/")) != \
+        digest(DesiredKey("/a/k", b"12", "/a/"), DesiredKey("/a/l", b"3", "/a/"))
+
+
 def test_bad_plan_files_through_the_cli_exit_2_with_one_line(env: Env) -> None:
     m = write_manifest(env, {"a": "1"})
     bad = env.tmp / "bad.json"

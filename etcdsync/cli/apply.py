@@ -163,7 +163,9 @@ def _plan_command(manifests: ManifestFlags, flags: PlanFlags, etcd: ConnectionFl
                  "name prune each other's keys)")
     options = flags.options()
     shown = _Shown(ctx)
-    digest = planfile.manifest_digest(desired)
+    # a text diff or apply shows the keys that change and counts the rest: the plan need not hold a
+    # Change per key in sync (100,000 of them in a large tree); -v, -o json and a saved plan list them
+    keep_unchanged = ctx.output != "text" or ctx.verbose or files.out is not None
 
     async def go() -> Outcome:
         async with Store(conn) as store:
@@ -180,7 +182,8 @@ def _plan_command(manifests: ManifestFlags, flags: PlanFlags, etcd: ConnectionFl
                                    limit=history_limit)
                 return outcome
             if not execute:
-                p, snap = await plan_only(store, desired, applyset=applyset, reserved=reserved, options=options)
+                p, snap = await plan_only(store, desired, applyset=applyset, reserved=reserved, options=options,
+                                          keep_unchanged=keep_unchanged)
                 shown.on_plan(p, 0)
                 refuse(p, applyset)       # the same refusals as apply's, also for diff
                 layout = Layout(0, Limits().max_ops)
@@ -194,14 +197,15 @@ def _plan_command(manifests: ManifestFlags, flags: PlanFlags, etcd: ConnectionFl
                 if files.out:
                     _write_plan(files.out, planfile.encode(
                         p, reserved=reserved, cluster_id=await store.cluster_id(), revision=snap.revision,
-                        digest=digest, salt=secrets.token_hex(16), owned=snap.ownership.inventory(applyset).owned,
+                        digest=planfile.manifest_digest(desired), salt=secrets.token_hex(16),
+                        owned=snap.ownership.inventory(applyset).owned,
                         transactions=layout.transactions, max_ops=layout.max_ops))
                 return Outcome(p)
             try:
                 with _progress_bar(shown) as on_plan:
                     outcome = await apply(store, desired, applyset=applyset, reserved=reserved, options=options,
                                           on_plan=on_plan, progress=shown.progress, atomic=files.atomic,
-                                          on_layout=shown.on_layout)
+                                          on_layout=shown.on_layout, keep_unchanged=keep_unchanged)
             except EtcdsyncError as exc:
                 await record_failed(store, reserved, exc, applyset=applyset, source=provenance, limit=history_limit)
                 raise
@@ -230,7 +234,8 @@ def _plan_command(manifests: ManifestFlags, flags: PlanFlags, etcd: ConnectionFl
         elif files.out:
             ctx.note(f"plan saved to {render.escape(files.out)}: apply it with `etcdsync apply --plan {render.escape(files.out)}`")
         return EXIT_DIFF if outcome.plan.has_changes else EXIT_OK
-    manifests_changed = saved is not None and saved.digest != digest
+    # the digest is computed only here and for --out: hashing every key costs each diff and apply otherwise
+    manifests_changed = saved is not None and saved.digest != planfile.manifest_digest(desired)
     if manifests_changed and ctx.output == "text":
         ctx.note(f"note: the manifests changed since {render.escape(files.plan or '')} was made; applying the saved "
                  "plan only (a new diff shows what else differs)")

@@ -6,9 +6,11 @@ unit-tested without etcd.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from operator import itemgetter
 from typing import NamedTuple, Protocol
 
 from ..settings import Options
@@ -106,6 +108,10 @@ class Plan:
     refused: str | None = None             # the deletion guard's reason, when it refuses
     counts: Mapping[str, int] = field(default_factory=dict)
     kept: int = 0                          # owned keys not planned (-l: other documents; --prune=false)
+    # keys in sync and owned (nothing to write, ownership record as declared) that plan() was asked
+    # not to list (keep_unchanged=False): counted here and in counts["unchanged"], not in `changes`
+    unchanged: int = 0
+    _writes: tuple[Change, ...] | None = field(default=None, init=False, repr=False, compare=False)  # cache
 
     def __repr__(self) -> str:  # the default would list every key
         return f"Plan(applyset={self.applyset!r}, changes={len(self.changes)}, counts={dict(self.counts)})"
@@ -140,7 +146,12 @@ class Plan:
 
     @property
     def writes(self) -> tuple[Change, ...]:
-        return tuple(c for c in self.changes if c.writes)
+        """The changes that write (computed once: the executor, the apply marker and the CLI ask)."""
+        writes = self._writes
+        if writes is None:
+            writes = tuple(c for c in self.changes if c.writes)
+            object.__setattr__(self, "_writes", writes)   # a cache of the frozen plan's own changes
+        return writes
 
 
 def retag_note(entry: Entry, d: DesiredKey) -> str:
@@ -157,6 +168,10 @@ def retag_note(entry: Entry, d: DesiredKey) -> str:
     return "ownership record: " + ", ".join(parts)
 
 
+_KEY = itemgetter(1)       # Change.key
+_ACTION = itemgetter(0)    # Change.action
+
+
 def _change(action: Action, d: DesiredKey, obs: ObservedLike | None, **kw: object) -> Change:
     return Change(
         action=action, key=d.key, old=obs.value if obs else None, new=d.value,
@@ -171,28 +186,50 @@ def plan(
     inventory: Inventory,
     other_owners: Mapping[str, str],
     options: Options = Options(),
+    *,
+    keep_unchanged: bool = True,
 ) -> Plan:
     """Compare declared keys with etcd and the inventory; decide one Action per key.
 
     With a selection (`desired.selection`, see core.selector) only owned keys recorded as belonging
     to a selected document, and declared by none, may be pruned; with `options.prune` False none is.
+    With `keep_unchanged` False, a key in sync and owned as declared (the bulk of a large tree once
+    applied) gets no Change: `Plan.unchanged` counts them (and `counts["unchanged"]` includes them);
+    every other unchanged key (a retag, create-only, adoption notes) is still listed. For callers
+    that show only what changes (a text diff or apply without -v) and never look up unchanged keys.
     """
     if options.selector is not None and desired.selection is None:
         desired = select(desired, options.selector)   # callers may narrow it first (the daemon does)
     changes: list[Change] = []
     owned = inventory.owned
+    # The two common cases of a large tree, in sync and owned (a no-op diff) or absent and unowned
+    # (a first apply), are built as the tuple they are (tuple.__new__: no Python-level __new__ per
+    # key) from the DesiredKey unpacked at once; every other case goes through _change.
+    new = tuple.__new__
+    unchanged, create = Action.UNCHANGED, Action.CREATE
+    in_sync = 0    # unchanged keys not listed (keep_unchanged=False)
     for key, d in desired.keys.items():
+        _, value, prefix, policy, prune, secret, document, source = d
         obs = observed.get(key)
         entry = owned.get(key)
-        if obs is not None and entry is not None and obs.value == d.value and not obs.lease and \
-                entry.prefix == d.prefix and entry.prune == d.prune and entry.secret == d.secret and \
-                entry.document == d.document:
-            # in sync and owned (the bulk of a large tree): built positionally, it is the hot path
-            changes.append(Change(Action.UNCHANGED, key, obs.value, d.value, obs.mod_revision, d.prefix, d.policy,
-                                  d.prune, d.secret, False, False, None, "", d.document, d.source))
-            continue
-        mine = entry is not None
-        owner = None if mine else other_owners.get(key)
+        if entry is not None:
+            if obs is not None and obs.value == value and not obs.lease and entry.prefix == prefix and \
+                    entry.prune == prune and entry.secret == secret and entry.document == document:
+                if keep_unchanged:
+                    changes.append(new(Change, (unchanged, key, value, value, obs.mod_revision, prefix, policy,
+                                                prune, secret, False, False, None, "", document, source, 0)))
+                else:
+                    in_sync += 1
+                continue
+            mine = True
+            owner = None
+        else:
+            mine = False
+            owner = other_owners.get(key)
+            if obs is None and owner is None:
+                changes.append(new(Change, (create, key, None, value, 0, prefix, policy, prune, secret, True, False,
+                                            None, "", document, source, 0)))
+                continue
         retag = mine and entry != Entry(d.prefix, d.prune, d.secret, d.document)
         if owner is not None and not options.take_ownership:
             changes.append(_change(Action.CONFLICT, d, obs, owner=owner,
@@ -260,15 +297,15 @@ def plan(
         else:
             changes.append(Change(Action.DELETE, **base))  # type: ignore[arg-type]
 
-    changes.sort(key=lambda c: c.key)
+    changes.sort(key=_KEY)
 
     live = tuple(
         LiveStatus(i, i.key in observed, observed[i.key].value if i.key in observed else None) for i in desired.live
     )
-    counts = {a.value: 0 for a in Action}
-    for c in changes:
-        counts[c.action.value] += 1
-    result = Plan(inventory.applyset, tuple(changes), live, len(owned), None, counts, kept)
+    tally = Counter(map(_ACTION, changes))
+    tally[unchanged] += in_sync
+    counts = {a.value: tally[a] for a in Action}
+    result = Plan(inventory.applyset, tuple(changes), live, len(owned), None, counts, kept, in_sync)
     return replace(result, refused=guard(result, options))
 
 

@@ -218,7 +218,7 @@ def plan_counts(p: Plan) -> dict[str, int]:
     result = count_results(p.changes)
     conflict = p.counts.get(Action.CONFLICT.value, 0)
     return {"create": result[Result.CREATED], "update": result[Result.UPDATED], "delete": result[Result.DELETED],
-            "unchanged": result[Result.UNCHANGED] + result[Result.SKIPPED] - conflict,
+            "unchanged": result[Result.UNCHANGED] + result[Result.SKIPPED] - conflict + p.unchanged,
             "adopt": result[Result.ADOPTED], "release": result[Result.RELEASED], "conflict": conflict,
             "drift": p.counts.get(Action.DRIFT.value, 0), "ownership": ownership_only(p.changes)}
 
@@ -294,7 +294,7 @@ def applied_counts(done: Mapping[str, Change], unchanged: int) -> dict[str, int]
 
 def unchanged_keys(p: Plan, done: Mapping[str, Change]) -> int:
     """The keys of a plan an apply did not need to touch (not committed, nothing to write)."""
-    return sum(1 for c in p.changes if c.key not in done and not c.writes)
+    return p.unchanged + sum(1 for c in p.changes if c.key not in done and not c.writes)
 
 
 def result_summary(done: Mapping[str, Change], unchanged: int) -> str:

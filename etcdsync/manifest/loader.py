@@ -269,9 +269,31 @@ def _compile_configset(doc: _Doc, root: Node, spec: Mapping[str, Any], reserved:
     # peak memory, and the daemon's resident size stayed at that peak). Nothing reads the tree after
     # this: the document was validated and its other fields converted before.
     pairs, data.items = data.items, []
+    max_quick = MAX_KEY_VALUE_BYTES // 4     # key + value under this: within etcd's limit whatever the bytes
+    new = tuple.__new__                      # a NamedTuple built without its Python-level __new__
     for i in range(len(pairs)):          # by index: each pair is dropped from the list as it is read
-        key_node, value_node = pairs[i]
+        pair = pairs[i]
         pairs[i] = None
+        if len(pair) == 4:
+            # the common pair, compacted by the reader: an untagged ASCII scalar value (the text rule)
+            rel, line, column, text = pair
+            source = Source(file, line, column)
+            # what _BAD_KEY finds needs a character str.isprintable() refuses, a '.', '//' or a '/' at
+            # either end: a (non-empty) key with none of them is fine without running the expression
+            if not (rel and rel.isprintable() and "." not in rel and "//" not in rel and rel[0] != "/"
+                    and rel[-1] != "/") and (not rel or _BAD_KEY.search(rel)):
+                _reject_key(rel, file, source)
+            if not rel.isascii():
+                _check_display(rel, "key", file, source)
+            full = prefix + rel
+            if reserved and full.startswith(reserved):
+                _check_full_key(full, file, source, reserved)
+            value = text.encode("ascii")
+            if len(full) + len(value) > max_quick:
+                _check_size(full, value, source)
+            statics.append(new(DesiredKey, (full, value, prefix, policy, prune, False, ident, source)))  # DesiredKey(...)
+            continue
+        key_node, value_node = pair
         rel = key_node.value or ""
         if not rel or _BAD_KEY.search(rel):
             _reject_key(rel, file, key_node)
@@ -307,7 +329,7 @@ def _compile_configset(doc: _Doc, root: Node, spec: Mapping[str, Any], reserved:
             statics.append(dk)
 
 
-def _reject_key(rel: str, file: str, key_node: Node) -> None:
+def _reject_key(rel: str, file: str, key_node: Node | Source) -> None:
     if not rel:
         raise node_error("empty key in data", file, key_node)
     if _BAD_CHARS.search(rel):
@@ -725,7 +747,7 @@ def _load(paths: Sequence[str | os.PathLike[str]], environ: Mapping[str, str], r
             files.append(file)
             text = read_file(file)
             n_docs = 0
-            for d in iter_documents(text, file):
+            for d in iter_documents(text, file, compact_data=True):
                 n_docs += 1
                 doc = _compile_document(d, reserved)
                 doc.layer_no = layer_no
@@ -786,12 +808,16 @@ def _load(paths: Sequence[str | os.PathLike[str]], environ: Mapping[str, str], r
                 value = values.resolve_entry(entry, file, environ, sources.policy(root_of[file]))
                 _check_size(dk.key, value, dk.source)
                 statics.append(dk._replace(value=value))
-        for dk in statics:
-            assert dk.source is not None
-            seen = keys.get(dk.key)
-            if seen is not None:
-                raise duplicate(dk.key, seen.source, dk.source)
-            keys[dk.key] = dk
+        added = {dk.key: dk for dk in statics}
+        if len(added) == len(statics) and added.keys().isdisjoint(keys):
+            keys.update(added)      # the usual case, at C speed; any clash is found and named below
+        else:
+            for dk in statics:
+                assert dk.source is not None
+                seen = keys.get(dk.key)
+                if seen is not None:
+                    raise duplicate(dk.key, seen.source, dk.source)
+                keys[dk.key] = dk
         for inst in doc.live:
             source = inst.source or doc.source
             first = keys[inst.key].source if inst.key in keys else live_keys.get(inst.key)
@@ -799,7 +825,7 @@ def _load(paths: Sequence[str | os.PathLike[str]], environ: Mapping[str, str], r
                 raise duplicate(inst.key, first, source)
             live_keys[inst.key] = source
             live.append(inst)
-    for key, dk in keys.items():
+    for key, dk in keys.items() if live_keys else ():
         if key in live_keys:  # a live instance declared before a static key
             assert dk.source is not None
             raise duplicate(key, live_keys[key], dk.source)
@@ -808,7 +834,7 @@ def _load(paths: Sequence[str | os.PathLike[str]], environ: Mapping[str, str], r
     removed = {key: at for doc in docs for key, at in doc.removed.items() if key not in keys and key not in live_keys}
     applyset = applysets[0] if applysets else None
     return DesiredState(
-        keys=dict(sorted(keys.items())),
+        keys={key: keys[key] for key in sorted(keys)},
         live=tuple(live),
         prefixes=tuple(sorted(prefixes)),
         applyset=applyset.name if applyset else None,
