@@ -1,5 +1,7 @@
 """Settings as frozen dataclasses, passed explicitly, and the defaults written once: the connection
-shared by library, CLI and daemon, the plan options, the daemon's settings, durations."""
+shared by library, CLI and daemon, the plan options, the daemon's settings, durations. (A config
+file's `Context` is a NamedTuple: a record read from the file, and every command imports this
+module, where a dataclass costs several times as much to create.)"""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import UsageError
 
@@ -60,8 +62,7 @@ def reserved_prefix_problem(value: str) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
-class Context:
+class Context(NamedTuple):
     """One named context of the config file (see `etcdsync.contexts`): connection settings that sit
     below flags and environment variables. Paths are absolute (resolved against the config file); a
     context never holds a password, only the file that does."""
@@ -195,7 +196,7 @@ class Connection:
         return cls(**values)  # type: ignore[arg-type]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Options:
     """How a plan treats ownership and deletions (apply, diff, teardown and the daemon)."""
 
