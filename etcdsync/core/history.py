@@ -8,6 +8,9 @@ Layout (R is the reserved prefix, default `/.etcdsync/`):
 An entry's id is the etcd revision of the last write it records, zero-padded in the key so that keys
 sort in time order. Entries are read strictly: a record that does not fit the one shape written here
 is an error naming its key, never guessed at. Nothing here does I/O.
+
+The records are NamedTuples: diff and apply import this module (for DEFAULT_LIMIT), and a dataclass
+costs several times as much to create at import.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import json
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import NamedTuple
 
 from ..errors import InventoryError, UsageError
 
@@ -66,8 +70,7 @@ def _shown(text: str) -> str:
     return _CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
-@dataclass(frozen=True)
-class HistoryEntry:
+class HistoryEntry(NamedTuple):
     """What one writing apply, reconcile, repair window or rollback did.
 
     `revisions`: the revisions of its own transactions (at most MAX_REVISIONS, then `span` still
@@ -83,8 +86,8 @@ class HistoryEntry:
     read: int                                        # the revision the plan was read at (0: none)
     revisions: tuple[int, ...]
     span: tuple[int, int]                            # first and last revision written
-    source: Mapping[str, str] = field(default_factory=dict)
-    counts: Mapping[str, int] = field(default_factory=dict)
+    source: Mapping[str, str] = MappingProxyType({})
+    counts: Mapping[str, int] = MappingProxyType({})
     keys: tuple[str, ...] = ()
     keys_total: int = 0
     repairs: tuple[tuple[str, int], ...] = ()
@@ -261,8 +264,7 @@ def dropped(ids: Iterable[int], limit: int) -> list[int]:
 
 # -- suspension ------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Suspension:
+class Suspension(NamedTuple):
     applyset: str
     who: str
     time: float
