@@ -41,9 +41,9 @@ def test_help_does_not_import_grpc() -> None:
 
 # Modules a plain `diff` has no use for: each is imported by the one path that needs it (a
 # multi-transaction apply's marker, an updated JSON value's field diff, a command that records who
-# wrote), never at the top of a module a diff imports.
-NOT_FOR_DIFF = ("etcdsync.viewcore", "etcdsync.core.fielddiff", "getpass", "etcdsync.daemon", "etcdsync.sources",
-                "etcdsync.views", "jsonschema")
+# wrote, the history commands), never at the top of a module a diff imports.
+NOT_FOR_DIFF = ("etcdsync.viewcore", "etcdsync.core.fielddiff", "getpass", "etcdsync.cli.history", "etcdsync.daemon",
+                "etcdsync.sources", "etcdsync.views", "jsonschema")
 
 
 def test_a_plain_diff_imports_only_what_it_uses(env: Env, history: Recorder) -> None:

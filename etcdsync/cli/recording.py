@@ -1,0 +1,54 @@
+"""What the writing commands (`apply`, `rollback`, `run`) share with the history: --history-limit,
+where the manifests came from, and recording the entry of a committed apply.
+
+Apart from cli/history.py so that `diff` and `apply` do not build the history commands they never run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import click
+
+from ..core.history import DEFAULT_LIMIT
+
+if TYPE_CHECKING:
+    from ..apply import Outcome
+    from ..core.history import HistoryEntry
+    from ..core.model import DesiredState
+    from ..etcd.store import Store
+    from .options import ManifestFlags
+
+history_limit_option = click.option(
+    "--history-limit", type=click.IntRange(min=1), default=DEFAULT_LIMIT, show_default=True,
+    help="History entries kept per apply set (the oldest are deleted when one is recorded).")
+
+
+def load_with_source(manifests: ManifestFlags, reserved: str) -> tuple[DesiredState, dict[str, str]]:
+    """The manifests, as `ManifestFlags.load` reads them, and their provenance for the history: the
+    commit (with --git) or a digest of the files."""
+    from ..history import files_source, git_source
+
+    git = manifests.git_source()
+    if git is None:
+        desired = manifests.load(reserved)
+        return desired, files_source(desired)
+    snapshot = asyncio.run(git.pull())
+    desired = snapshot.load(reserved_prefix=reserved, file_roots=manifests.file_roots, env_allow=manifests.env_allow)
+    return desired, git_source(snapshot.sha, git.url, git.ref, git.path)
+
+
+async def record_apply(store: Store, reserved: str, outcome: Outcome, *, applyset: str, source: dict[str, str],
+                       limit: int, kind: str = "apply") -> HistoryEntry | None:
+    """Record the history entry of a committed apply (nothing when it wrote nothing)."""
+    from ..history import cli_identity, outcome_entry, record
+
+    entry = outcome_entry(outcome, applyset=applyset, kind=kind, who=cli_identity(), source=source)
+    if entry is None:
+        return None
+    rev = await record(store, reserved, entry, limit=limit)
+    if rev is None:
+        click.echo(f"warning: history entry {entry.id} was not recorded", err=True)
+        return None
+    return entry
