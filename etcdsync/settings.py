@@ -23,8 +23,9 @@ GRPC_SERVICES_PREFIX = "services/"
 """Where they live in the `grpc` format (grpc-go's etcd naming resolver: no leading slash)."""
 
 
-_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
-_DURATION = re.compile(r"(?:[0-9]+(?:\.[0-9]+)?(?:ms|s|m|h))+")
+# patterns, compiled (and cached) by `re` on first use: most commands parse no duration
+_DURATION_PART = r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)"
+_DURATION = r"(?:[0-9]+(?:\.[0-9]+)?(?:ms|s|m|h))+"
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
@@ -34,8 +35,8 @@ def parse_duration(value: Any) -> float | None:
         return None
     if isinstance(value, (int, float)):
         seconds = float(value)
-    elif isinstance(value, str) and _DURATION.fullmatch(value):
-        seconds = sum(float(n) * _UNIT[u] for n, u in _DURATION_PART.findall(value))
+    elif isinstance(value, str) and re.fullmatch(_DURATION, value):
+        seconds = sum(float(n) * _UNIT[u] for n, u in re.findall(_DURATION_PART, value))
     else:
         return None
     if not math.isfinite(seconds) or seconds <= 0:
@@ -88,7 +89,7 @@ def _split(value: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)    # init=False: __init__ below (dataclass would build one and drop it)
 class Connection:
     """How to reach etcd. The same object serves the library, the CLI and the daemon."""
 

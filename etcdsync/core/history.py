@@ -32,10 +32,11 @@ MAX_REVISIONS = 64           # revisions listed per entry (the span covers the r
 KINDS = ("apply", "reconcile", "repair", "rollback")
 SOURCE_FIELDS = frozenset({"commit", "repository", "ref", "path", "digest", "files", "rollbackOf"})
 
-_APPLYSET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-_ID = re.compile(rf"^[0-9]{{{ID_DIGITS}}}$")
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
-_COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+# patterns, compiled (and cached) by `re` on first use: a diff imports this module and uses none of them
+_APPLYSET = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+_ID = rf"^[0-9]{{{ID_DIGITS}}}$"
+_CONTROL = "[\x00-\x1f\x7f-\x9f]"
+_COMMIT = r"[0-9a-f]{40}|[0-9a-f]{64}"
 
 
 def history_prefix(reserved: str, applyset: str | None = None) -> str:
@@ -67,7 +68,7 @@ class _Bad(ValueError):
 
 
 def _shown(text: str) -> str:
-    return _CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    return re.sub(_CONTROL, lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 class HistoryEntry(NamedTuple):
@@ -183,7 +184,7 @@ def decode_entry(key: str, value: bytes, *, reserved: str) -> HistoryEntry:
     try:
         rest = key[len(history_prefix(reserved)):] if key.startswith(history_prefix(reserved)) else ""
         applyset, _, ident = rest.partition("/")
-        if not _APPLYSET.fullmatch(applyset) or not _ID.fullmatch(ident):
+        if not re.fullmatch(_APPLYSET, applyset) or not re.fullmatch(_ID, ident):
             raise _Bad("not a history entry key (history/<apply set>/<16-digit id>)")
         doc = json.loads(value, object_pairs_hook=_no_duplicates)
         if not isinstance(doc, dict):
@@ -248,7 +249,7 @@ def last_commit(entries: Iterable[HistoryEntry], *, repository: str, path: str) 
     for e in sorted(entries, key=lambda e: (e.id, e.applyset), reverse=True):
         src = e.source
         if (src.get("repository") == repository and src.get("path", "") == path
-                and _COMMIT.fullmatch(src.get("commit", ""))):
+                and re.fullmatch(_COMMIT, src.get("commit", ""))):
             return e
     return None
 
@@ -283,7 +284,7 @@ def decode_suspension(key: str, value: bytes, *, reserved: str) -> Suspension:
     """The suspension record at `key` (strict, like entries); an InventoryError naming it otherwise."""
     try:
         applyset = key[len(suspend_prefix(reserved)):] if key.startswith(suspend_prefix(reserved)) else ""
-        if not _APPLYSET.fullmatch(applyset):
+        if not re.fullmatch(_APPLYSET, applyset):
             raise _Bad("not a suspension key (suspend/<apply set>)")
         doc = json.loads(value, object_pairs_hook=_no_duplicates)
         if not isinstance(doc, dict) or set(doc) != {"v", "applyset", "who", "time", "reason"}:
