@@ -30,7 +30,6 @@ from .core.plan import Action, Plan
 from .errors import EtcdsyncError
 from .etcd.store import Put, Store, absent
 from .tasks import cancel_and_wait
-from .viewcore import encode_marker, marker_prefix
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +53,8 @@ class _Scope:
     async def begin(self, store: Store, reserved: str, plan: Plan) -> None:
         if self.lease or not any(c.action in _VALUE_WRITES for c in plan.writes):
             return
+        from .viewcore import encode_marker, marker_prefix  # only a multi-transaction apply marks
+
         prefixes = {c.prefix for c in plan.writes if c.action in _VALUE_WRITES}
         lease = await store.lease_grant(MARK_TTL)
         self.store, self.lease = store, lease

@@ -9,13 +9,12 @@ oldest entries beyond the limit are deleted in the same transaction, each compar
 
 from __future__ import annotations
 
-import getpass
 import hashlib
 import logging
 import os
 import socket
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .apply import Outcome
 from .core.history import (
@@ -42,6 +41,8 @@ log = logging.getLogger(__name__)
 
 def cli_identity() -> str:
     """Who runs a command: user@host."""
+    import getpass  # only a command that writes needs it (diff does not)
+
     try:
         user = getpass.getuser()
     except (KeyError, OSError):
@@ -151,8 +152,7 @@ async def find_entry(store: Store, reserved: str, entry_id: int, applyset: str |
 
 # -- a key's past -------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class KeyEvent:
+class KeyEvent(NamedTuple):
     revision: int
     type: str            # put | delete
     value: bytes

@@ -1,5 +1,7 @@
 """Settings as frozen dataclasses, passed explicitly, and the defaults written once: the connection
-shared by library, CLI and daemon, the plan options, the daemon's settings, durations."""
+shared by library, CLI and daemon, the plan options, the daemon's settings, durations. (A config
+file's `Context` is a NamedTuple: a record read from the file, and every command imports this
+module, where a dataclass costs several times as much to create.)"""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import UsageError
 
@@ -21,8 +23,9 @@ GRPC_SERVICES_PREFIX = "services/"
 """Where they live in the `grpc` format (grpc-go's etcd naming resolver: no leading slash)."""
 
 
-_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
-_DURATION = re.compile(r"(?:[0-9]+(?:\.[0-9]+)?(?:ms|s|m|h))+")
+# patterns, compiled (and cached) by `re` on first use: most commands parse no duration
+_DURATION_PART = r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)"
+_DURATION = r"(?:[0-9]+(?:\.[0-9]+)?(?:ms|s|m|h))+"
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
@@ -32,8 +35,8 @@ def parse_duration(value: Any) -> float | None:
         return None
     if isinstance(value, (int, float)):
         seconds = float(value)
-    elif isinstance(value, str) and _DURATION.fullmatch(value):
-        seconds = sum(float(n) * _UNIT[u] for n, u in _DURATION_PART.findall(value))
+    elif isinstance(value, str) and re.fullmatch(_DURATION, value):
+        seconds = sum(float(n) * _UNIT[u] for n, u in re.findall(_DURATION_PART, value))
     else:
         return None
     if not math.isfinite(seconds) or seconds <= 0:
@@ -60,8 +63,7 @@ def reserved_prefix_problem(value: str) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
-class Context:
+class Context(NamedTuple):
     """One named context of the config file (see `etcdsync.contexts`): connection settings that sit
     below flags and environment variables. Paths are absolute (resolved against the config file); a
     context never holds a password, only the file that does."""
@@ -87,7 +89,7 @@ def _split(value: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)    # init=False: __init__ below (dataclass would build one and drop it)
 class Connection:
     """How to reach etcd. The same object serves the library, the CLI and the daemon."""
 
@@ -195,7 +197,7 @@ class Connection:
         return cls(**values)  # type: ignore[arg-type]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Options:
     """How a plan treats ownership and deletions (apply, diff, teardown and the daemon)."""
 

@@ -7,7 +7,8 @@ import subprocess
 import sys
 import tomllib
 
-from conftest import ROOT
+from conftest import ROOT, Env
+from history import Recorder
 
 
 def test_console_script_and_dockerfile_agree() -> None:
@@ -36,3 +37,25 @@ def test_help_does_not_import_grpc() -> None:
            "print('grpc' in sys.modules, 'jsonschema' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.stdout.strip().splitlines()[-1] == "False False"
+
+
+# Modules a plain `diff` has no use for: each is imported by the one path that needs it (a
+# multi-transaction apply's marker, an updated JSON value's field diff, a command that records who
+# wrote, the history commands), never at the top of a module a diff imports.
+NOT_FOR_DIFF = ("etcdsync.viewcore", "etcdsync.core.fielddiff", "getpass", "etcdsync.cli.history", "etcdsync.daemon",
+                "etcdsync.sources", "etcdsync.views", "jsonschema")
+
+
+def test_a_plain_diff_imports_only_what_it_uses(env: Env, history: Recorder) -> None:
+    f = env.write("m/floor.yaml", "apiVersion: etcdsync/v1\nkind: ConfigSet\nmetadata: {name: floor}\n"
+                                  "spec: {prefix: {ns}floor/, data: {key: value}}\n")
+    assert env.cli("apply", "-f", str(f), "--applyset", "floor").code == 0
+    code = ("import sys\nfrom etcdsync.cli.main import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as exc:\n"
+            "    print('exit', exc.code)\n"
+            f"print(sorted(m for m in {NOT_FOR_DIFF!r} if m in sys.modules or any(k.startswith(m + '.') for k in sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code, "diff", "-f", str(f), "--applyset", "floor", "--reserved-prefix",
+                          env.reserved, "--endpoints", ",".join(env.endpoints), "--no-color"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+    lines = out.stdout.strip().splitlines()
+    assert "0 to create, 0 to update, 0 to delete, 1 unchanged" in out.stdout, out
+    assert lines[-2:] == ["exit 0", "[]"], out

@@ -22,7 +22,6 @@ import click
 from ..core.history import DEFAULT_LIMIT
 from ..core.inventory import resolve_applyset
 from ..errors import EtcdsyncError, GuardError, UsageError
-from .history import history_limit_option, load_with_source, record_apply, record_failed
 from .options import (
     ConnectionFlags,
     ManifestFlags,
@@ -36,6 +35,7 @@ from .options import (
     reserved_option,
 )
 from .output import DIFF_LIMIT, EXIT_DIFF, EXIT_OK, Ctx, emit_json, plural, run
+from .recording import history_limit_option, load_with_source, record_apply, record_failed
 
 if TYPE_CHECKING:
     from ..apply import Outcome

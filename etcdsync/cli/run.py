@@ -12,7 +12,6 @@ import click
 from ..core.inventory import resolve_applyset
 from ..errors import UsageError
 from ..settings import RESERVED_PREFIX
-from .history import history_limit_option
 from .options import (
     ConnectionFlags,
     ManifestFlags,
@@ -26,6 +25,7 @@ from .options import (
     parse_duration,
 )
 from .output import Ctx, run
+from .recording import history_limit_option
 
 if TYPE_CHECKING:
     from ..sources import Source

@@ -8,6 +8,9 @@ Layout (R is the reserved prefix, default `/.etcdsync/`):
 An entry's id is the etcd revision of the last write it records, zero-padded in the key so that keys
 sort in time order. Entries are read strictly: a record that does not fit the one shape written here
 is an error naming its key, never guessed at. Nothing here does I/O.
+
+The records are NamedTuples: diff and apply import this module (for DEFAULT_LIMIT), and a dataclass
+costs several times as much to create at import.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import json
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import NamedTuple
 
 from ..errors import InventoryError, UsageError
 
@@ -29,10 +33,11 @@ MAX_FAILED = 300             # characters of the error kept in an entry of an ap
 KINDS = ("apply", "reconcile", "repair", "rollback")
 SOURCE_FIELDS = frozenset({"commit", "repository", "ref", "path", "digest", "files", "rollbackOf"})
 
-_APPLYSET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-_ID = re.compile(rf"^[0-9]{{{ID_DIGITS}}}$")
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
-_COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+# patterns, compiled (and cached) by `re` on first use: a diff imports this module and uses none of them
+_APPLYSET = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+_ID = rf"^[0-9]{{{ID_DIGITS}}}$"
+_CONTROL = "[\x00-\x1f\x7f-\x9f]"
+_COMMIT = r"[0-9a-f]{40}|[0-9a-f]{64}"
 
 
 def history_prefix(reserved: str, applyset: str | None = None) -> str:
@@ -64,11 +69,10 @@ class _Bad(ValueError):
 
 
 def _shown(text: str) -> str:
-    return _CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    return re.sub(_CONTROL, lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
-@dataclass(frozen=True)
-class HistoryEntry:
+class HistoryEntry(NamedTuple):
     """What one writing apply, reconcile, repair window or rollback did.
 
     `revisions`: the revisions of its own transactions (at most MAX_REVISIONS, then `span` still
@@ -84,8 +88,8 @@ class HistoryEntry:
     read: int                                        # the revision the plan was read at (0: none)
     revisions: tuple[int, ...]
     span: tuple[int, int]                            # first and last revision written
-    source: Mapping[str, str] = field(default_factory=dict)
-    counts: Mapping[str, int] = field(default_factory=dict)
+    source: Mapping[str, str] = MappingProxyType({})
+    counts: Mapping[str, int] = MappingProxyType({})
     keys: tuple[str, ...] = ()
     keys_total: int = 0
     repairs: tuple[tuple[str, int], ...] = ()
@@ -185,7 +189,7 @@ def decode_entry(key: str, value: bytes, *, reserved: str) -> HistoryEntry:
     try:
         rest = key[len(history_prefix(reserved)):] if key.startswith(history_prefix(reserved)) else ""
         applyset, _, ident = rest.partition("/")
-        if not _APPLYSET.fullmatch(applyset) or not _ID.fullmatch(ident):
+        if not re.fullmatch(_APPLYSET, applyset) or not re.fullmatch(_ID, ident):
             raise _Bad("not a history entry key (history/<apply set>/<16-digit id>)")
         doc = json.loads(value, object_pairs_hook=_no_duplicates)
         if not isinstance(doc, dict):
@@ -254,7 +258,7 @@ def last_commit(entries: Iterable[HistoryEntry], *, repository: str, path: str) 
     for e in sorted(entries, key=lambda e: (e.id, e.applyset), reverse=True):
         src = e.source
         if (src.get("repository") == repository and src.get("path", "") == path
-                and _COMMIT.fullmatch(src.get("commit", ""))):
+                and re.fullmatch(_COMMIT, src.get("commit", ""))):
             return e
     return None
 
@@ -270,8 +274,7 @@ def dropped(ids: Iterable[int], limit: int) -> list[int]:
 
 # -- suspension ------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Suspension:
+class Suspension(NamedTuple):
     applyset: str
     who: str
     time: float
@@ -290,7 +293,7 @@ def decode_suspension(key: str, value: bytes, *, reserved: str) -> Suspension:
     """The suspension record at `key` (strict, like entries); an InventoryError naming it otherwise."""
     try:
         applyset = key[len(suspend_prefix(reserved)):] if key.startswith(suspend_prefix(reserved)) else ""
-        if not _APPLYSET.fullmatch(applyset):
+        if not re.fullmatch(_APPLYSET, applyset):
             raise _Bad("not a suspension key (suspend/<apply set>)")
         doc = json.loads(value, object_pairs_hook=_no_duplicates)
         if not isinstance(doc, dict) or set(doc) != {"v", "applyset", "who", "time", "reason"}:

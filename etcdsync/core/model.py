@@ -1,6 +1,9 @@
 """Frozen value types shared by the loader, the planner and the executor.
 
-Everything here is plain data: no I/O, no etcd client types.
+Everything here is plain data: no I/O, no etcd client types. Records are NamedTuples where tuple
+semantics are harmless: every command imports this module, and a frozen slotted dataclass costs
+about ten times as much to create at import. `Source` stays a dataclass (its overlay history is
+not part of its equality), and so does `DesiredState` (one per load; `dataclasses.replace`d).
 """
 
 from __future__ import annotations
@@ -52,8 +55,7 @@ class DesiredKey(NamedTuple):
     source: Source | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class HealthCheck:
+class HealthCheck(NamedTuple):
     """A check gating a live registration: TCP connect or HTTP GET of a path."""
 
     kind: str                        # "tcp" | "http"
@@ -63,8 +65,7 @@ class HealthCheck:
     failures: int = 3                # consecutive failures before deregistering
 
 
-@dataclass(frozen=True, slots=True)
-class ServiceInstance:
+class ServiceInstance(NamedTuple):
     """One instance of a Service document; `key`/`value` are exactly what etcd holds."""
 
     service: str
@@ -86,8 +87,7 @@ class ServiceInstance:
         return self.ttl is not None or self.check is not None
 
 
-@dataclass(frozen=True, slots=True)
-class ServiceDecl:
+class ServiceDecl(NamedTuple):
     """A Service document as declared (instances apart): for the registry lint."""
 
     name: str
@@ -96,8 +96,7 @@ class ServiceDecl:
     source: Source | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Selection:
+class Selection(NamedTuple):
     """What a label selector (`-l`) chose from a tree: only the keys of `documents` are planned, and
     only owned keys recorded as belonging to one of them may be pruned."""
 
@@ -107,7 +106,7 @@ class Selection:
     total: int = 0                   # documents in the tree (ConfigSet and Service)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class DesiredState:
     """Everything the manifests declare, after overlays, ready for planning."""
 

@@ -26,8 +26,8 @@ import binascii
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import replace
+from typing import Any, NamedTuple
 
 from ..errors import UsageError
 from ..settings import Options
@@ -86,8 +86,7 @@ def secret_digest(salt: str, key: str, value: bytes) -> str:
     return "sha256:" + hashlib.sha256(salt.encode() + b"\0" + key.encode() + b"\0" + value).hexdigest()
 
 
-@dataclass(frozen=True)
-class SavedChange:
+class SavedChange(NamedTuple):
     """One planned write: the change (`new` is None for a secret: only `value_hash` is known) and the
     key's ownership record as planned (`owned`: its entry in this set's inventory, else None)."""
 
@@ -96,8 +95,7 @@ class SavedChange:
     owned: Entry | None = None
 
 
-@dataclass(frozen=True)
-class SavedPlan:
+class SavedPlan(NamedTuple):
     applyset: str
     reserved: str
     cluster_id: str
@@ -111,8 +109,7 @@ class SavedPlan:
     changes: tuple[SavedChange, ...]
 
 
-@dataclass(frozen=True)
-class Stale:
+class Stale(NamedTuple):
     """A planned key that moved since the plan: its revision then and now (0: absent), or its owner."""
 
     key: str

@@ -14,11 +14,13 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .fielddiff import FieldChange, field_changes
 from .model import Source
 from .plan import Action, Change, LiveStatus, Plan
+
+if TYPE_CHECKING:
+    from .fielddiff import FieldChange
 
 MAX_LINES = 20
 MAX_CHARS = 2000
@@ -125,6 +127,8 @@ def _fields(c: Change) -> list[FieldChange] | None:
     """The changed paths of a JSON object or array value (never for a secret), else None."""
     if c.secret or c.action not in (Action.UPDATE, Action.DRIFT):
         return None
+    from .fielddiff import field_changes  # only updates need it: not imported by every diff
+
     return field_changes(c.old, c.new)
 
 
