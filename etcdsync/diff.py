@@ -38,7 +38,7 @@ def minimal_prefixes(prefixes: set[str]) -> list[str]:
 async def observe(store: Store, desired: DesiredState, *, applyset: str, reserved: str) -> Snapshot:
     """One ranged read of the reserved prefix, then one per prefix, all pinned to the same revision."""
     kvs, rev = await store.get_prefix(reserved)
-    ownership = parse_ownership(((kv.key, kv.value, kv.mod_revision) for kv in kvs), reserved)
+    ownership = parse_ownership(((kv.key, kv.value, kv.mod_revision) for kv in kvs), reserved, applyset=applyset)
     inv = ownership.inventory(applyset)
     prefixes = minimal_prefixes(set(desired.prefixes) | inv.prefixes | {i.prefix for i in desired.live})
     results = await asyncio.gather(*(store.get_prefix(p, revision=rev) for p in prefixes))

@@ -119,10 +119,13 @@ class Executor:
         self.fence = fence_key(reserved)
         self.fence_rev = snap.ownership.fence_revision
         self.inv_prefix = inventory_prefix(reserved, p.applyset)
-        # chunk key -> [mod_revision, entries]; every set, since a takeover rewrites another set's chunk
+        # chunk key -> [mod_revision, entries]; our set, and every other set that lists a key whose
+        # chunks this plan rewrites (a takeover, a delete of a key two sets list): other sets' chunks
+        # are decoded only when needed (core/inventory.py)
         self.chunks: dict[str, tuple[int, dict[str, Entry]]] = {}
         self.chunks_of: dict[str, list[str]] = {}
-        for inv in snap.ownership.sets.values():
+        touched = [c.key for c in p.changes if c.action in (Action.DELETE, Action.RELEASE) or c.retag or c.owner]
+        for inv in snap.ownership.listing(p.applyset, touched):
             for ck, chunk in inv.chunks.items():
                 self.chunks[ck] = (chunk.mod_revision, dict(chunk.entries))
                 for key in chunk.entries:
