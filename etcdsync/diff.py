@@ -10,7 +10,7 @@ from .core.inventory import Ownership, parse_ownership
 from .core.model import DesiredState
 from .core.plan import ObservedLike, Plan, plan
 from .errors import GuardError, OwnershipError
-from .etcd.store import Store
+from .etcd.store import Seen, Store
 from .settings import Options
 
 
@@ -38,16 +38,31 @@ def minimal_prefixes(prefixes: set[str]) -> list[str]:
 async def observe(store: Store, desired: DesiredState, *, applyset: str, reserved: str) -> Snapshot:
     """One ranged read of the reserved prefix, then one per prefix, all pinned to the same revision."""
     kvs, rev = await store.get_prefix(reserved)
-    ownership = parse_ownership(((kv.key, kv.value, kv.mod_revision) for kv in kvs), reserved, applyset=applyset)
+    ownership = parse_ownership(((kv.key, kv.value, kv.mod_revision) for kv in kvs), reserved, applyset=applyset,
+                                keys=desired.keys)
     inv = ownership.inventory(applyset)
     prefixes = minimal_prefixes(set(desired.prefixes) | inv.prefixes | {i.prefix for i in desired.live})
-    results = await asyncio.gather(*(store.get_prefix(p, revision=rev) for p in prefixes))
     observed: dict[str, ObservedLike] = {}
-    for items, _ in results:
-        for kv in items:
-            observed[kv.key] = kv
-    for key in [k for k in observed if k.startswith(reserved)]:  # a declared prefix may cover ours
-        del observed[key]
+    declared = desired.keys
+
+    revisions: dict[int, int] = {}   # keys written by one transaction share one int
+
+    async def read(prefix: str) -> None:
+        # page by page, each key kept as a Seen; a declared key shares the desired state's key and,
+        # when equal, its value (at 100,000 keys the read is ~12 MB instead of ~33 MB of KeyValues)
+        async for items, _ in store.pages_of(prefix, revision=rev):
+            for kv in items:
+                key = kv.key
+                if key.startswith(reserved):   # a declared prefix may cover ours
+                    continue
+                mod = revisions.setdefault(kv.mod_revision, kv.mod_revision)
+                d = declared.get(key)
+                if d is None:
+                    observed[key] = Seen(kv.value, mod, kv.lease)
+                else:
+                    observed[d.key] = Seen(d.value if kv.value == d.value else kv.value, mod, kv.lease)
+
+    await asyncio.gather(*(read(p) for p in prefixes))
     return Snapshot(rev, observed, ownership)
 
 

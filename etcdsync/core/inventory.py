@@ -27,7 +27,7 @@ from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from ..errors import InventoryError, UsageError
-from .model import DesiredState
+from .model import DesiredKey, DesiredState
 
 APPLYSET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 CHUNK_VERSION = 2
@@ -336,10 +336,12 @@ def _key_list(doc: dict[str, object], name: str, listed: dict[str, Entry]) -> se
     return keys
 
 
-def decode_chunk(key: str, value: bytes, *, reserved: str | None = None) -> dict[str, Entry]:
+def decode_chunk(key: str, value: bytes, *, reserved: str | None = None,
+                 keys: Mapping[str, DesiredKey] | None = None) -> dict[str, Entry]:
     """Entries of one chunk, checked against the one shape ``encode_chunk`` writes: anything else
     (a wrong type, an unknown field, a key escaping its prefix) is an InventoryError naming ``key``.
-    A chunk read loosely could make `apply` delete keys no apply set ever wrote."""
+    A chunk read loosely could make `apply` delete keys no apply set ever wrote. With `keys` (the
+    desired state's), an owned key that is also declared is that key's own string."""
     try:
         doc = json.loads(value, object_pairs_hook=_no_duplicates)
         if not isinstance(doc, dict):
@@ -360,12 +362,20 @@ def decode_chunk(key: str, value: bytes, *, reserved: str | None = None) -> dict
                 raise _Bad(f"the keys of prefix {prefix!r} are not a list")
             plain = Entry(prefix, True)  # shared: entries are frozen
             for rel in rels:
-                out[prefix + _check_rel(rel, prefix)] = plain
+                full = prefix + _check_rel(rel, prefix)
+                if keys is not None and (d := keys.get(full)) is not None:
+                    full = d.key     # the desired state's string: an owned key is not held twice
+                out[full] = plain
         noprune = _key_list(doc, "noprune", out)
         secret = _key_list(doc, "secret", out)
         documents = _documents(doc, prefixes)
+        shared: dict[tuple[str, bool, bool, str], Entry] = {}   # one Entry per distinct record, not per key
         for full in noprune | secret | documents.keys():
-            out[full] = Entry(out[full].prefix, full not in noprune, full in secret, documents.get(full, ""))
+            record = (out[full].prefix, full not in noprune, full in secret, documents.get(full, ""))
+            entry = shared.get(record)
+            if entry is None:
+                entry = shared[record] = Entry(*record)
+            out[full] = entry
         return out
     except (ValueError, RecursionError) as exc:  # json's errors and _Bad are ValueErrors
         reason = str(exc).replace("\n", " ")
@@ -410,12 +420,13 @@ def _shown(text: str) -> str:
     return _CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
-def parse_ownership(kvs: Iterable[tuple[str, bytes, int]], reserved: str, *, applyset: str | None = None) -> Ownership:
+def parse_ownership(kvs: Iterable[tuple[str, bytes, int]], reserved: str, *, applyset: str | None = None,
+                    keys: Mapping[str, DesiredKey] | None = None) -> Ownership:
     """Build every set's inventory from (key, value, mod_revision) triples under the reserved prefix.
 
     With `applyset`, only that set's chunks are decoded here; every other set's are kept raw and
     decoded when (and if) a plan needs them (see Chunk and OtherOwners). Chunk keys are checked
-    here either way."""
+    here either way. `keys`: see decode_chunk (for `applyset`'s chunks)."""
     own = Ownership(reserved)
     base = sets_prefix(reserved)
     fence = fence_key(reserved)
@@ -439,7 +450,8 @@ def parse_ownership(kvs: Iterable[tuple[str, bytes, int]], reserved: str, *, app
         if inv is None:
             inv = own.sets[name] = Inventory(name)
         if applyset is None or name == applyset:
-            inv.add_chunk(Chunk(key, mod_revision, decode_chunk(key, value, reserved=reserved)))
+            inv.add_chunk(Chunk(key, mod_revision, decode_chunk(key, value, reserved=reserved,
+                                                                keys=keys if name == applyset else None)))
         else:
             inv.add_chunk(Chunk(key, mod_revision, raw=bytes(value), reserved=reserved))
     return own
