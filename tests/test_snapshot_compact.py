@@ -45,6 +45,11 @@ def test_observe_keeps_a_compact_snapshot(env: Env) -> None:
     k00 = desired.keys[p + "k00"]
     assert snap.observed[k00.key].value is k00.value                       # equal: the desired bytes
     assert snap.observed[p + "drift"].value == b"other"
+    # in sync: kept as its revision alone; drifted or undeclared: as a Seen
+    assert set(snap.observed._in_sync) == set(desired.keys) - {p + "drift"}   # type: ignore[attr-defined]
+    assert snap.observed.get(p + "nothing") is None and p + "nothing" not in snap.observed
+    assert p + "k00" in snap.observed and p + "extra" in snap.observed and len(snap.observed) == len(everything) - \
+        sum(kv.key.startswith(env.reserved) for kv in everything)
     assert snap.observed[p + "extra"] == Seen(b"x", snap.observed[p + "extra"].mod_revision, 0)
     by_txn = [o.mod_revision for k, o in snap.observed.items() if k.startswith(p + "k")]
     assert len({id(r) for r in by_txn}) == len(set(by_txn))                 # one int per revision
