@@ -42,23 +42,46 @@ from .watches import BACKOFF_MAX, BACKOFF_MIN, Watches
 log = logging.getLogger("etcdsync.daemon")
 
 
-_malloc_trim: Any = None
+_libc: Any = None
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8     # glibc's mallopt parameters
+HEAP_MMAP_THRESHOLD = 128 * 1024
+HEAP_ARENAS = 2
+
+
+def _glibc() -> Any:
+    global _libc
+    if _libc is None:
+        _libc = False
+        if sys.platform == "linux" and platform.libc_ver()[0] == "glibc":
+            try:
+                lib = ctypes.CDLL(None)
+                lib.malloc_trim, lib.mallopt      # noqa: B018 - both must exist
+                _libc = lib
+            except (OSError, AttributeError):
+                pass
+    return _libc
 
 
 def trim_heap() -> None:
     """Hand the C heap's free memory back to the system after a load (glibc's malloc_trim(0); a
     no-op elsewhere). Loading a large tree frees most of what it allocated, but glibc keeps freed
     memory mapped: 100,000 keys left the daemon ~12 MB larger than it needs to be. Takes ~1 ms."""
-    global _malloc_trim
-    if _malloc_trim is None:
-        _malloc_trim = False
-        if sys.platform == "linux" and platform.libc_ver()[0] == "glibc":
-            try:
-                _malloc_trim = ctypes.CDLL(None).malloc_trim
-            except (OSError, AttributeError):
-                pass
-    if _malloc_trim:
-        _malloc_trim(0)
+    if lib := _glibc():
+        lib.malloc_trim(0)
+
+
+def tune_heap() -> None:
+    """glibc only, once at start: blocks of 128 KiB or more are always their own mapping (returned
+    to the system when freed), and the process has at most 2 malloc arenas.
+
+    By default glibc raises its mmap threshold each time such a block is freed, so after the first
+    large dict or read buffer goes, the next ones come from the heap, where freed memory stays
+    mapped until a trim; and each of gRPC's threads gets an arena of its own. At 100,000 keys the
+    first reconcile's peak was ~9 MB higher, and the resident size once ready ~5 MB higher."""
+    if lib := _glibc():
+        lib.mallopt(M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD)
+        lib.mallopt(M_TRIM_THRESHOLD, 2 * HEAP_MMAP_THRESHOLD)
+        lib.mallopt(M_ARENA_MAX, HEAP_ARENAS)
 
 
 def _dump_tasks() -> None:
@@ -163,6 +186,7 @@ class Daemon:
     # -- main -----------------------------------------------------------------------
 
     async def run(self) -> int:
+        tune_heap()
         await self.source.prepare()                     # a git source fetches its commit
         try:
             self.desired = self._load()                 # a bad manifest at start-up is exit 2 ...
