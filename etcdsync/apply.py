@@ -155,8 +155,9 @@ async def apply(
 def _owned_in(chunks: Iterable[tuple[str, int, Mapping[str, Entry]]]) -> dict[str, tuple[str, int]]:
     out: dict[str, tuple[str, int]] = {}
     for ck, rev, entries in chunks:
+        where = (ck, rev)    # one tuple per chunk, shared by its keys (100,000 keys: ~6 MB less)
         for key in entries:
-            out.setdefault(key, (ck, rev))
+            out.setdefault(key, where)
     return out
 
 

@@ -4,13 +4,15 @@ plan made from it. Nothing here writes (`etcdsync diff`, and the first half of e
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from .core.inventory import Ownership, parse_ownership
-from .core.model import DesiredState
+from .core.model import DesiredKey, DesiredState
 from .core.plan import ObservedLike, Plan, plan
 from .errors import GuardError, OwnershipError
-from .etcd.store import Store
+from .etcd.store import KeyValue, Seen, Store
 from .settings import Options
 
 
@@ -19,8 +21,55 @@ class Snapshot:
     """etcd as read for one plan, all at one revision."""
 
     revision: int
-    observed: dict[str, ObservedLike]
+    observed: Mapping[str, ObservedLike]
     ownership: Ownership
+
+
+class Observed(Mapping[str, ObservedLike]):
+    """What `observe` read, compactly: a declared key that holds its desired value (and no lease) is
+    kept as its mod_revision alone, under the desired state's key string, and read back as a Seen
+    of the desired value; any other key as a Seen. At 100,000 keys in sync that is a dict of
+    revisions, not 100,000 Seen tuples (6.4 MB less at the reconcile's peak)."""
+
+    __slots__ = ("_declared", "_in_sync", "_other")
+
+    def __init__(self, declared: Mapping[str, DesiredKey]) -> None:
+        self._declared = declared
+        self._in_sync: dict[str, int] = {}
+        self._other: dict[str, Seen] = {}
+
+    def add(self, kv: KeyValue, revisions: dict[int, int]) -> None:
+        key = kv.key
+        mod = revisions.setdefault(kv.mod_revision, kv.mod_revision)   # one int per transaction's keys
+        d = self._declared.get(key)
+        if d is None:
+            self._other[key] = Seen(kv.value, mod, kv.lease)
+        elif kv.value == d.value and not kv.lease:
+            self._in_sync[d.key] = mod
+        else:
+            self._other[d.key] = Seen(d.value if kv.value == d.value else kv.value, mod, kv.lease)
+
+    def __getitem__(self, key: str) -> Seen:
+        mod = self._in_sync.get(key)
+        if mod is not None:
+            return Seen(self._declared[key].value, mod, 0)
+        return self._other[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        mod = self._in_sync.get(key)
+        if mod is not None:
+            return Seen(self._declared[key].value, mod, 0)
+        return self._other.get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._in_sync or key in self._other
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._in_sync
+        yield from self._other
+
+    def __len__(self) -> int:
+        return len(self._in_sync) + len(self._other)
 
 
 def minimal_prefixes(prefixes: set[str]) -> list[str]:
@@ -38,16 +87,22 @@ def minimal_prefixes(prefixes: set[str]) -> list[str]:
 async def observe(store: Store, desired: DesiredState, *, applyset: str, reserved: str) -> Snapshot:
     """One ranged read of the reserved prefix, then one per prefix, all pinned to the same revision."""
     kvs, rev = await store.get_prefix(reserved)
-    ownership = parse_ownership(((kv.key, kv.value, kv.mod_revision) for kv in kvs), reserved)
+    ownership = parse_ownership(((kv.key, kv.value, kv.mod_revision) for kv in kvs), reserved, applyset=applyset,
+                                keys=desired.keys)
     inv = ownership.inventory(applyset)
     prefixes = minimal_prefixes(set(desired.prefixes) | inv.prefixes | {i.prefix for i in desired.live})
-    results = await asyncio.gather(*(store.get_prefix(p, revision=rev) for p in prefixes))
-    observed: dict[str, ObservedLike] = {}
-    for items, _ in results:
-        for kv in items:
-            observed[kv.key] = kv
-    for key in [k for k in observed if k.startswith(reserved)]:  # a declared prefix may cover ours
-        del observed[key]
+    observed = Observed(desired.keys)
+    revisions: dict[int, int] = {}
+
+    async def read(prefix: str) -> None:
+        # page by page, each page kept compactly as it arrives (see Observed): at 100,000 keys the
+        # read holds ~5 MB instead of ~33 MB of KeyValues
+        async for items, _ in store.pages_of(prefix, revision=rev):
+            for kv in items:
+                if not kv.key.startswith(reserved):   # a declared prefix may cover ours
+                    observed.add(kv, revisions)
+
+    await asyncio.gather(*(read(p) for p in prefixes))
     return Snapshot(rev, observed, ownership)
 
 

@@ -120,7 +120,9 @@ class Executor:
         self.fence_rev = snap.ownership.fence_revision
         self.inv_prefix = inventory_prefix(reserved, p.applyset)
         self.writes = p.writes
-        # chunk key -> [mod_revision, entries]; every set, since a takeover rewrites another set's chunk
+        # chunk key -> [mod_revision, entries]; our set, and every other set that lists a key whose
+        # chunks this plan rewrites (a takeover, a delete of a key two sets list): other sets' chunks
+        # are decoded only when needed (core/inventory.py)
         self.chunks: dict[str, tuple[int, dict[str, Entry]]] = {}
         # key -> every chunk that lists it, as read, for the keys this plan takes out of their chunks
         # (deletes, releases, retags, takeovers): what batches() sizes with, before anything is
@@ -128,7 +130,7 @@ class Executor:
         # need no entry)
         self.chunks_of: dict[str, list[str]] = {}
         leaving = {c.key for c in self.writes if c.action in _REMOVES or c.retag or c.owner}
-        for inv in snap.ownership.sets.values():
+        for inv in snap.ownership.listing(p.applyset, sorted(leaving)):
             for ck, chunk in inv.chunks.items():
                 self.chunks[ck] = (chunk.mod_revision, dict(chunk.entries))
                 if leaving:

@@ -205,6 +205,29 @@ def test_key_owned_by_another_set_is_refused_unless_take_ownership(env: Env, his
     assert env.get(f"{env.ns}config/app/retry") == b"6"
 
 
+def test_a_plan_decodes_only_the_chunks_of_other_sets_it_needs(env: Env) -> None:
+    f = env.write("m/app.yaml", BASE)
+    assert env.cli("apply", "-f", str(f), "--applyset", "one").code == 0
+    # a chunk of another set that does not read, and that no reading of could list a key planned below
+    env.put(f"{env.reserved}sets/zz/inventory/broken", '{"v":1,"prefixes":{"/elsewhere/":"oops"}}')
+    two = BASE.replace("config/app/", "config/two/")
+    g = env.write("m2/app.yaml", two)
+    r = env.cli("apply", "-f", str(g), "--applyset", "two")
+    assert r.code == 0, r
+    # keys of "one" are still refused, with nothing written
+    rev = env.revision()
+    r = env.cli("apply", "-f", str(f), "--applyset", "two")
+    assert r.code == 3 and "owned by apply set 'one'" in r.err, r
+    assert env.untouched_since(rev)
+    # a chunk that may list a planned key and does not read is an error, never "not owned"
+    env.put(f"{env.reserved}sets/zz/inventory/broken", '{"v":1,"prefixes":{"%sconfig/three/":"retry"}}' % env.ns)
+    h = env.write("m3/app.yaml", BASE.replace("config/app/", "config/three/"))
+    rev = env.revision()
+    r = env.cli("apply", "-f", str(h), "--applyset", "three")
+    assert r.code == 2 and "sets/zz/inventory/broken: inventory chunk is not readable" in r.err, r
+    assert env.untouched_since(rev)
+
+
 def test_deletion_guard(env: Env, history: Recorder) -> None:
     f = env.write("m/app.yaml", BASE)
     assert env.cli("apply", "-f", str(f), "--applyset", "t").code == 0

@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from etcdsync.core.inventory import (
+    LOOKUPS_BEFORE_INDEX,
     Entry,
     check_applyset_name,
     decode_chunk,
@@ -140,3 +141,67 @@ def test_a_format_1_chunk_is_read_with_no_document() -> None:
     # the exact bytes the previous format wrote
     raw = b'{"v":1,"prefixes":{"/a/":["x","y"]},"noprune":["/a/y"],"secret":["/a/x"]}'
     assert decode_chunk("k", raw) == {"/a/x": Entry("/a/", True, True, ""), "/a/y": Entry("/a/", False, False, "")}
+
+
+# -- other apply sets' chunks are decoded only when a plan needs them ------------------------------
+
+def _lazy(*others: tuple[str, bytes]) -> list[tuple[str, bytes, int]]:
+    kvs = [(f"{R}sets/me/inventory/1", encode_chunk({"/m/1": Entry("/m/")}), 5)]
+    kvs += [(f"{R}sets/{name}/inventory/{i}", raw, 6 + i) for i, (name, raw) in enumerate(others)]
+    return kvs
+
+
+def test_other_sets_chunks_are_decoded_only_for_the_keys_asked() -> None:
+    many = encode_chunk({f"/o/k{i}": Entry("/o/") for i in range(1000)})
+    kvs = _lazy(("you", many), ("you", encode_chunk({"/p/a/b": Entry("/p/")})), ("zed", b"not json, never asked"))
+    own = parse_ownership(kvs, R, applyset="me")
+    assert own.inventory("me").owned == {"/m/1": Entry("/m/")}
+    chunks = [c for name in ("you", "zed") for c in own.sets[name].chunks.values()]
+    assert not any(c.decoded for c in chunks)
+    others = own.owners_except("me")
+    assert others.get("/q/nobody") is None and others.get("/o/k10000") is None
+    assert not any(c.decoded for c in chunks)          # no chunk quotes "k10000", "o/k10000" or "nobody"
+    assert others.get("/o/k999") == "you" and others.get("/p/a/b") == "you"
+    assert [c.decoded for c in chunks] == [True, True, False]
+    # the unreadable chunk of "zed" was never needed: no error (it cannot list any of those keys)
+
+
+def test_a_chunk_that_may_list_the_key_is_decoded_strictly() -> None:
+    own = parse_ownership(_lazy(("you", b'{"v":1,"prefixes":{"/o/":"x"},"junk":1}')), R, applyset="me")
+    with pytest.raises(InventoryError, match=f"^{R}sets/you/inventory/0: inventory chunk"):
+        own.owners_except("me").get("/o/x")
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"v":1,"prefixes":{"/o/":["\\u0078"]}}',                      # "x", escaped
+    b'{"v":1,"prefixes":{"/o/":["x\\u0079"]}}',                     # "xy", partly escaped
+    '{"v":1,"prefixes":{"/o/":["x"]}}'.encode("utf-16"),              # json.loads reads UTF-16 too
+    '{"v":1,"prefixes":{"/o/":["x"]}}'.encode("utf-32-le"),
+])
+def test_a_key_listed_in_another_spelling_is_still_found(raw: bytes) -> None:
+    own = parse_ownership(_lazy(("you", raw)), R, applyset="me")
+    listed = next(iter(decode_chunk("k", raw)))
+    assert own.owners_except("me").get(listed) == "you"
+    assert own.owners_except("me").get("/o/absent") is None
+
+
+def test_many_lookups_decode_every_other_set_once_and_answer_the_same() -> None:
+    kvs = _lazy(("you", encode_chunk({f"/o/k{i}": Entry("/o/") for i in range(100)})),
+                ("abe", encode_chunk({"/o/k1": Entry("/o/"), "/x/y": Entry("/x/")})))
+    eager = parse_ownership(kvs, R).owners_except("me")
+    lazy = parse_ownership(kvs, R, applyset="me").owners_except("me")
+    keys = [f"/o/k{i}" for i in range(0, 200, 3)] + ["/x/y", "/m/1"]
+    assert len(keys) > LOOKUPS_BEFORE_INDEX
+    assert [lazy.get(k) for k in keys] == [eager.get(k) for k in keys]
+    assert lazy.get("/o/k1") == "abe"                   # the first set by name, as before
+    assert dict(lazy) == dict(eager) and len(lazy) == 101
+
+
+def test_listing_finds_every_set_that_lists_a_touched_key() -> None:
+    kvs = _lazy(("you", encode_chunk({"/o/a": Entry("/o/")})), ("zed", encode_chunk({"/m/1": Entry("/m/")})),
+                ("abe", b"never decoded"))
+    own = parse_ownership(kvs, R, applyset="me")
+    assert [inv.applyset for inv in own.listing("me", [])] == ["me"]
+    assert [inv.applyset for inv in own.listing("me", ["/m/1"])] == ["me", "zed"]
+    assert [inv.applyset for inv in own.listing("me", ["/o/a", "/m/1"])] == ["me", "you", "zed"]
+    assert [inv.applyset for inv in own.listing("nobody", ["/o/a"])] == ["you"]

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from ..errors import InventoryError, UsageError
-from .model import DesiredState
+from .model import DesiredKey, DesiredState
 
 APPLYSET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 CHUNK_VERSION = 2
@@ -75,33 +75,159 @@ class Entry:
     document: str = ""        # the document that declared it ("ConfigSet/payments"); "": not recorded
 
 
-@dataclass(slots=True)
 class Chunk:
-    """One inventory chunk: its etcd key, the mod_revision we read it at, and its entries."""
+    """One inventory chunk: its etcd key, the mod_revision we read it at, and its entries.
 
-    key: str
-    mod_revision: int
-    entries: dict[str, Entry] = field(default_factory=dict)
+    A chunk read with `parse_ownership(..., applyset=NAME)` for another apply set than NAME keeps
+    its raw value and is decoded (strictly, as always) the first time its entries are asked for, so
+    a plan of one set does not pay for every other set's inventory (see `OtherOwners`)."""
+
+    __slots__ = ("key", "mod_revision", "_entries", "_raw", "_reserved")
+
+    def __init__(self, key: str, mod_revision: int, entries: dict[str, Entry] | None = None, *,
+                 raw: bytes | None = None, reserved: str | None = None) -> None:
+        self.key = key
+        self.mod_revision = mod_revision
+        self._entries = entries if entries is not None or raw is not None else {}
+        self._raw = raw
+        self._reserved = reserved
+
+    @property
+    def entries(self) -> dict[str, Entry]:
+        if self._entries is None:
+            assert self._raw is not None
+            self._entries = decode_chunk(self.key, self._raw, reserved=self._reserved)
+            self._raw = None
+        return self._entries
+
+    @property
+    def decoded(self) -> bool:
+        return self._entries is not None
+
+    def may_list(self, key: str) -> bool:
+        """False only when this chunk certainly does not list `key` (without decoding it).
+
+        A chunk lists `key` as a relative key `rel` under a prefix ending in "/", so `rel` is one
+        of the suffixes of `key` after a "/". In a JSON text without a backslash every string is
+        its own UTF-8 bytes between quotes, so when none of those suffixes appears quoted in the raw
+        value, no reading of it lists `key`. A value with any escape or not in plain UTF-8, a key that cannot
+        be encoded, or a decoded chunk: True (decode and look)."""
+        raw = self._raw
+        if raw is None or b"\\" in raw or json.detect_encoding(raw) != "utf-8":   # json.loads reads UTF-16/32 too
+            return True
+        try:
+            data = key.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        at = data.find(b"/")
+        while at != -1:
+            if b'"' + data[at + 1:] + b'"' in raw:
+                return True
+            at = data.find(b"/", at + 1)
+        return False
+
+    def __repr__(self) -> str:
+        state = f"{len(self._entries)} entries" if self._entries is not None else "not decoded"
+        return f"Chunk({self.key!r}, {self.mod_revision}, {state})"
 
 
-@dataclass(slots=True)
 class Inventory:
-    """What one apply set owns; `chunks_of` maps a key to every chunk that lists it."""
+    """What one apply set owns; `chunks_of` maps a key to every chunk that lists it.
 
-    applyset: str
-    chunks: dict[str, Chunk] = field(default_factory=dict)
-    owned: dict[str, Entry] = field(default_factory=dict)
-    chunks_of: dict[str, list[str]] = field(default_factory=dict)
+    `owned` and `chunks_of` are built from the chunks when first asked for (decoding them)."""
+
+    __slots__ = ("applyset", "chunks", "_owned", "_chunks_of")
+
+    def __init__(self, applyset: str, chunks: dict[str, Chunk] | None = None) -> None:
+        self.applyset = applyset
+        self.chunks: dict[str, Chunk] = {}
+        self._owned: dict[str, Entry] | None = None
+        self._chunks_of: dict[str, list[str]] | None = None
+        for chunk in (chunks or {}).values():
+            self.add_chunk(chunk)
 
     def add_chunk(self, chunk: Chunk) -> None:
         self.chunks[chunk.key] = chunk
-        for key, entry in chunk.entries.items():
-            self.owned.setdefault(key, entry)
-            self.chunks_of.setdefault(key, []).append(chunk.key)
+        self._owned = self._chunks_of = None
+
+    @property
+    def owned(self) -> dict[str, Entry]:
+        if self._owned is None:
+            owned: dict[str, Entry] = {}
+            for chunk in self.chunks.values():
+                if not owned:
+                    owned.update(chunk.entries)
+                    continue
+                for key, entry in chunk.entries.items():
+                    owned.setdefault(key, entry)
+            self._owned = owned
+        return self._owned
+
+    @property
+    def chunks_of(self) -> dict[str, list[str]]:
+        if self._chunks_of is None:
+            out: dict[str, list[str]] = {}
+            for ck, chunk in self.chunks.items():
+                for key in chunk.entries:
+                    out.setdefault(key, []).append(ck)
+            self._chunks_of = out
+        return self._chunks_of
+
+    def lists(self, key: str) -> bool:
+        """True when some chunk lists `key`; decodes only the chunks that may list it."""
+        if self._owned is not None:
+            return key in self._owned
+        return any(chunk.may_list(key) and key in chunk.entries for chunk in self.chunks.values())
 
     @property
     def prefixes(self) -> set[str]:
         return {e.prefix for e in self.owned.values()}
+
+    def __repr__(self) -> str:
+        return f"Inventory({self.applyset!r}, {len(self.chunks)} chunks)"
+
+
+LOOKUPS_BEFORE_INDEX = 32   # OtherOwners: single look-ups before every other chunk is decoded at once
+
+
+class OtherOwners(Mapping[str, str]):
+    """key -> name of the (first, by name) apply set other than one that owns it, answered lazily.
+
+    A look-up decodes only the chunks that may list the key (`Chunk.may_list`), so planning a few
+    keys costs a few chunks, not every other set's inventory; after LOOKUPS_BEFORE_INDEX look-ups
+    (a large plan) every chunk is decoded once into one index, so a large plan costs what it always
+    did. Iterating or sizing it builds that index too. Chunks are decoded strictly: one that may list
+    a key and does not read is an InventoryError, never "not owned"."""
+
+    def __init__(self, sets: Mapping[str, Inventory], applyset: str) -> None:
+        self._sets = [sets[name] for name in sorted(sets) if name != applyset]
+        self._index: dict[str, str] | None = None
+        self._lookups = 0
+
+    def _build(self) -> dict[str, str]:
+        if self._index is None:
+            out: dict[str, str] = {}
+            for inv in self._sets:
+                for key in inv.owned:
+                    out.setdefault(key, inv.applyset)
+            self._index = out
+        return self._index
+
+    def __getitem__(self, key: str) -> str:
+        if self._index is None:
+            self._lookups += 1
+            if self._lookups <= LOOKUPS_BEFORE_INDEX:
+                for inv in self._sets:
+                    if inv.lists(key):
+                        return inv.applyset
+                raise KeyError(key)
+        return self._build()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._build())
+
+    def __len__(self) -> int:
+        return len(self._build())
 
 
 @dataclass(slots=True)
@@ -115,15 +241,17 @@ class Ownership:
     def inventory(self, applyset: str) -> Inventory:
         return self.sets.get(applyset) or Inventory(applyset)
 
-    def owners_except(self, applyset: str) -> dict[str, str]:
-        """key -> name of the (first, by name) other apply set that owns it."""
-        out: dict[str, str] = {}
-        for name in sorted(self.sets):
-            if name == applyset:
-                continue
-            for key in self.sets[name].owned:
-                out.setdefault(key, name)
-        return out
+    def owners_except(self, applyset: str) -> Mapping[str, str]:
+        """key -> name of the (first, by name) other apply set that owns it (lazy: see OtherOwners)."""
+        return OtherOwners(self.sets, applyset)
+
+    def listing(self, applyset: str, keys: Collection[str]) -> list[Inventory]:
+        """`applyset`'s inventory (when it has one) and every other set's that lists one of `keys`:
+        the chunks a plan of `applyset` touching those keys may rewrite. Beyond LOOKUPS_BEFORE_INDEX
+        keys, every set (all decoded, as a large plan needs most of them anyway)."""
+        if len(keys) > LOOKUPS_BEFORE_INDEX:
+            return list(self.sets.values())
+        return [inv for name, inv in self.sets.items() if name == applyset or any(inv.lists(k) for k in keys)]
 
 
 def encode_chunk(entries: Mapping[str, Entry]) -> bytes:
@@ -208,10 +336,12 @@ def _key_list(doc: dict[str, object], name: str, listed: dict[str, Entry]) -> se
     return keys
 
 
-def decode_chunk(key: str, value: bytes, *, reserved: str | None = None) -> dict[str, Entry]:
+def decode_chunk(key: str, value: bytes, *, reserved: str | None = None,
+                 keys: Mapping[str, DesiredKey] | None = None) -> dict[str, Entry]:
     """Entries of one chunk, checked against the one shape ``encode_chunk`` writes: anything else
     (a wrong type, an unknown field, a key escaping its prefix) is an InventoryError naming ``key``.
-    A chunk read loosely could make `apply` delete keys no apply set ever wrote."""
+    A chunk read loosely could make `apply` delete keys no apply set ever wrote. With `keys` (the
+    desired state's), an owned key that is also declared is that key's own string."""
     try:
         doc = json.loads(value, object_pairs_hook=_no_duplicates)
         if not isinstance(doc, dict):
@@ -232,12 +362,20 @@ def decode_chunk(key: str, value: bytes, *, reserved: str | None = None) -> dict
                 raise _Bad(f"the keys of prefix {prefix!r} are not a list")
             plain = Entry(prefix, True)  # shared: entries are frozen
             for rel in rels:
-                out[prefix + _check_rel(rel, prefix)] = plain
+                full = prefix + _check_rel(rel, prefix)
+                if keys is not None and (d := keys.get(full)) is not None:
+                    full = d.key     # the desired state's string: an owned key is not held twice
+                out[full] = plain
         noprune = _key_list(doc, "noprune", out)
         secret = _key_list(doc, "secret", out)
         documents = _documents(doc, prefixes)
+        shared: dict[tuple[str, bool, bool, str], Entry] = {}   # one Entry per distinct record, not per key
         for full in noprune | secret | documents.keys():
-            out[full] = Entry(out[full].prefix, full not in noprune, full in secret, documents.get(full, ""))
+            record = (out[full].prefix, full not in noprune, full in secret, documents.get(full, ""))
+            entry = shared.get(record)
+            if entry is None:
+                entry = shared[record] = Entry(*record)
+            out[full] = entry
         return out
     except (ValueError, RecursionError) as exc:  # json's errors and _Bad are ValueErrors
         reason = str(exc).replace("\n", " ")
@@ -282,8 +420,13 @@ def _shown(text: str) -> str:
     return _CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
-def parse_ownership(kvs: Iterable[tuple[str, bytes, int]], reserved: str) -> Ownership:
-    """Build every set's inventory from (key, value, mod_revision) triples under the reserved prefix."""
+def parse_ownership(kvs: Iterable[tuple[str, bytes, int]], reserved: str, *, applyset: str | None = None,
+                    keys: Mapping[str, DesiredKey] | None = None) -> Ownership:
+    """Build every set's inventory from (key, value, mod_revision) triples under the reserved prefix.
+
+    With `applyset`, only that set's chunks are decoded here; every other set's are kept raw and
+    decoded when (and if) a plan needs them (see Chunk and OtherOwners). Chunk keys are checked
+    here either way. `keys`: see decode_chunk (for `applyset`'s chunks)."""
     own = Ownership(reserved)
     base = sets_prefix(reserved)
     fence = fence_key(reserved)
@@ -306,5 +449,9 @@ def parse_ownership(kvs: Iterable[tuple[str, bytes, int]], reserved: str) -> Own
         inv = own.sets.get(name)
         if inv is None:
             inv = own.sets[name] = Inventory(name)
-        inv.add_chunk(Chunk(key, mod_revision, decode_chunk(key, value, reserved=reserved)))
+        if applyset is None or name == applyset:
+            inv.add_chunk(Chunk(key, mod_revision, decode_chunk(key, value, reserved=reserved,
+                                                                keys=keys if name == applyset else None)))
+        else:
+            inv.add_chunk(Chunk(key, mod_revision, raw=bytes(value), reserved=reserved))
     return own

@@ -83,6 +83,15 @@ class KeyValue(NamedTuple):
     lease: int = 0
 
 
+class Seen(NamedTuple):
+    """What a plan reads of one key (its value, mod_revision and lease): the compact form a large
+    read keeps per key instead of a KeyValue."""
+
+    value: bytes
+    mod_revision: int
+    lease: int = 0
+
+
 class Compare(NamedTuple):
     """A transaction guard on one key. Build with the helpers below."""
 
@@ -588,6 +597,21 @@ class Store:
 
     async def get_range(self, start: str, end: str, *, revision: int = 0, page: int = PAGE_KEYS) -> tuple[list[KeyValue], int]:
         out: list[KeyValue] = []
+        rev = revision
+        async for items, at in self.pages(start, end, revision=revision, page=page):
+            out.extend(items)
+            rev = at
+        return out, rev
+
+    def pages_of(self, prefix: str, *, revision: int, page: int = PAGE_KEYS) -> AsyncIterator[tuple[list[KeyValue], int]]:
+        """`pages` of every key under `prefix`."""
+        return self.pages(prefix, _s(prefix_range_end(_b(prefix))), revision=revision, page=page)
+
+    async def pages(self, start: str, end: str, *, revision: int = 0,
+                    page: int = PAGE_KEYS) -> AsyncIterator[tuple[list[KeyValue], int]]:
+        """The keys in [start, end) at one revision, one page (at most `page` keys) at a time, each
+        with that revision (the first page's, when `revision` is 0). A caller that keeps a compact
+        form of each page never holds a whole large read as KeyValues (or their protobufs) at once."""
         key = _b(start)
         range_end = _b(end)
         rev = revision
@@ -597,10 +621,14 @@ class Store:
             )
             if rev == 0:
                 rev = int(resp.header.revision)
-            out.extend(_kv(item) for item in resp.kvs)
-            if not resp.more or not resp.kvs:
-                return out, rev
-            key = bytes(resp.kvs[-1].key) + b"\x00"
+            items = [_kv(item) for item in resp.kvs]
+            more = bool(resp.more) and bool(items)
+            if more:
+                key = _b(items[-1].key) + b"\x00"
+            del resp                                       # the page's protobuf goes before the caller runs
+            yield items, rev
+            if not more:
+                return
 
     # -- writes --------------------------------------------------------------------
 

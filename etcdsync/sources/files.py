@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
 from ..core.model import DesiredState
+from ..errors import ManifestError
 
 
 def _outermost(dirs: set[str]) -> list[str]:
@@ -46,6 +48,35 @@ class FileSource:
 
         return load_manifests(list(self.paths), reserved_prefix=self.reserved, file_roots=self.file_roots,
                               env_allow=self.env_allow)
+
+    def fingerprint(self, sources: Iterable[str]) -> str | None:
+        """A digest of what a load would read now: the manifest files the -f paths hold (their paths,
+        found as the loader finds them, and bytes) and the fromFile `sources` (those the last load
+        read). When a load's state read exactly those sources, an equal fingerprint later means a
+        load would build the same state again (fromEnv values cannot change under a running
+        process), so a resync need not parse the tree. None when it cannot be told (a path missing
+        or unreadable)."""
+        from ..manifest.loader import collect_files
+
+        try:
+            files = [os.fspath(f) for layer in collect_files(self.paths) for f in layer]
+        except ManifestError:
+            return None
+        h = hashlib.sha256()
+        for path in [*files, "\0fromFile", *sorted(set(sources))]:     # "\0": no path holds one
+            h.update(path.encode("utf-8", "surrogateescape") + b"\0")
+            if path.startswith("\0"):
+                continue
+            size = 0
+            try:
+                with open(path, "rb") as fh:
+                    while block := fh.read(1 << 20):
+                        h.update(block)
+                        size += len(block)
+            except OSError:
+                return None
+            h.update(b"\0" + size.to_bytes(8, "big"))
+        return h.hexdigest()
 
     def watched(self, desired: DesiredState | None) -> tuple[list[str], Callable[[Any, str], bool]]:
         """The directories to watch and the filter of paths that may trigger a reload: manifest files
