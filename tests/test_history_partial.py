@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers_faults import Ctl, cli, start_auth_etcd
+from helpers_faults import Ctl, Daemons, cli, start_auth_etcd, wait_for
 
 from etcdsync.local.etcdbin import EtcdCluster
 
@@ -31,6 +31,22 @@ def auth_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EtcdCl
         yield c, root
     finally:
         c.stop()
+
+
+@pytest.fixture
+def daemons() -> Iterator[Daemons]:
+    d = Daemons()
+    try:
+        yield d
+    finally:
+        d.cleanup()
+
+
+def entries_of(cluster: EtcdCluster, applyset: str) -> list[dict[str, object]]:
+    r = cli("history", "--applyset", applyset, "--reserved-prefix", RESERVED, "-o", "json",
+            endpoints=cluster.endpoints, env=ROOT)
+    assert r.code == 0, r.err
+    return list(json.loads(r.out)["entries"])
 
 
 def configset(name: str, prefix: str, data: dict[str, str]) -> str:
@@ -81,3 +97,31 @@ def test_an_apply_failing_after_some_batches_records_them_as_a_failed_entry(
                              endpoints=cluster.endpoints, env=ROOT).out)["entries"]
     assert len(entries) == 2 and "failed" not in entries[0]
     assert entries[0]["counts"] == {"created": len(many) + 1 - len(written)}
+
+
+def test_a_reconcile_failing_after_some_batches_records_them_as_a_failed_entry(
+        auth_etcd: tuple[EtcdCluster, Ctl], tmp_path: Path, daemons: Daemons) -> None:
+    """The daemon's full reconcile commits the batches under /a/, then etcd refuses the one writing /b/
+    (retried with backoff, refused each time): the first attempt's writes are one reconcile entry
+    marked failed; the retries write nothing and record nothing."""
+    cluster, root = auth_etcd
+    mdir = tmp_path / "m"
+    mdir.mkdir()
+    many = {f"k{i:03d}": str(i) for i in range(300)}
+    (mdir / "a.yaml").write_text(configset("a", "/a/daemon/", many))
+    (mdir / "b.yaml").write_text(configset("b", "/b/", {"y": "1"}))
+    d = daemons.start(tmp_path, [mdir], endpoints=cluster.endpoints, reserved=RESERVED, applyset="partial-d",
+                      env=SYNC)
+    wait_for(lambda: bool(entries_of(cluster, "partial-d")), 20, f"a failed reconcile entry\n{d.logs()[-2000:]}")
+    wait_for(lambda: "permission denied" in d.logs(), 10, "the refused batch is logged")
+    written = root.values("/a/daemon/")
+    assert 0 < len(written) < len(many), len(written)
+    assert root.get("/b/y") is None
+    [entry] = entries_of(cluster, "partial-d")
+    assert entry["kind"] == "reconcile" and "permission denied" in str(entry["failed"]).lower(), entry
+    assert entry["keysTotal"] == len(written) and entry["counts"] == {"created": len(written)}
+    # the retries find /a/ in sync and write nothing more: still one entry, and nothing more under /a/
+    wait_for(lambda: d.logs().lower().count("permission denied") >= 3, 30, f"retries\n{d.logs()[-1500:]}")
+    assert len(entries_of(cluster, "partial-d")) == 1
+    assert root.values("/a/daemon/") == written
+    assert d.alive

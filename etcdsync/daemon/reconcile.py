@@ -22,7 +22,7 @@ from ..core.history import Suspension, make_entry
 from ..core.model import DesiredState, Policy
 from ..core.plan import Action
 from ..core.render import result_summary
-from ..errors import ConflictError, GuardError, OwnershipError
+from ..errors import ConflictError, EtcdsyncError, GuardError, OwnershipError
 from ..etcd.store import Compare, Put, Store, WatchEvent, absent, mod_is
 from ..execute import Limits, Superseded
 from ..history import outcome_entry, record
@@ -61,9 +61,11 @@ class HistoryLog:
         self.desired: DesiredState | None = None
         self._flush: asyncio.Task[None] | None = None
 
-    async def reconciled(self, outcome: Outcome, desired: DesiredState) -> None:
+    async def reconciled(self, outcome: Outcome, desired: DesiredState, *, failed: str = "") -> None:
+        """Record a full reconcile's writes; `failed`: why it stopped after them (a conflict on every
+        retry, a refusal, newer manifests or a suspension between two of its transactions)."""
         entry = outcome_entry(outcome, applyset=self.applyset, kind="reconcile", who=self.who,
-                              source=await self.source(desired))
+                              source=await self.source(desired), failed=failed)
         if entry is not None:
             await record(self.store, self.reserved, entry, limit=self.limit, fences=self.fences())
 
@@ -148,6 +150,7 @@ class Reconciler:
         self.store = store
         self.history = history                       # records what the daemon wrote (None: nothing)
         self.suspended: Suspension | None = None     # set while `etcdsync suspend` holds: no writes
+        self._stopped: tuple[Outcome, str] | None = None   # a full reconcile that stopped after some writes
         self.flaps = FlapDetector(flaps or FlapSettings())
         """Keys another writer fights: left alone for a cool-down (see daemon/flaps.py)."""
         self.wake = wake                             # asks for a full reconcile (when a cool-down ends)
@@ -196,12 +199,28 @@ class Reconciler:
         When `superseded()` turns True before a transaction (newer manifests were loaded, e.g. while
         etcd was away), nothing more of this plan is written and None is returned: the caller plans
         the newer state instead of committing an older manifest."""
+        error: EtcdsyncError | None = None
         async with self.lock:
             if self.suspended is not None:
                 return None
-            outcome = await self._full(desired, lambda: superseded() or self.suspended is not None)
-        if outcome is not None and outcome.done and self.history is not None:
-            await self.history.reconciled(outcome, desired)
+            self._stopped = None
+            try:
+                outcome = await self._full(desired, lambda: superseded() or self.suspended is not None)
+            except EtcdsyncError as exc:       # etcd unreachable, a permission refused: retried by the caller
+                self._stop(exc, str(exc))
+                outcome, error = None, exc
+            stopped, self._stopped = self._stopped, None
+        if self.history is not None:
+            if outcome is not None and outcome.done:
+                await self.history.reconciled(outcome, desired)
+            elif stopped is not None:      # it wrote some of its transactions, then stopped
+                try:
+                    await self.history.reconciled(stopped[0], desired, failed=stopped[1])
+                except EtcdsyncError as exc:
+                    log.warning("history: the %d writes of a reconcile that stopped half way are not recorded: %s",
+                                len(stopped[0].done), exc)
+        if error is not None:
+            raise error
         return outcome
 
     async def _full(self, desired: DesiredState, superseded: Callable[[], bool]) -> Outcome | None:
@@ -217,21 +236,26 @@ class Reconciler:
             outcome = await apply(self.store, planned, applyset=self.applyset, reserved=self.reserved,
                                   options=options, limits=self.limits, fences=self.fences(),
                                   on_commit=self._committed, on_execute=lambda _plan: self._start_writing(desired),
-                                  track_ownership=True, superseded=superseded)
-        except Superseded:
+                                  track_ownership=True, superseded=superseded, keep_unchanged=False)
+        except Superseded as exc:
             if self.suspended is not None:
                 log.info("reconcile: stopped writing: the apply set was suspended")
+                self._stop(exc, "stopped: the apply set was suspended")
             else:
                 log.info("reconcile: newer manifests were loaded meanwhile; planning those instead")
+                self._stop(exc, "stopped: newer manifests were loaded")
             return None
         except GuardError as exc:
             self._failed("refused", f"refused, keeping the last good state: {exc}")
+            self._stop(exc, str(exc))
             return None
         except OwnershipError as exc:
             self._failed("conflict", f"ownership conflict, keeping the last good state: {exc}")
+            self._stop(exc, str(exc))
             return None
         except ConflictError as exc:
             self._failed("conflict", f"conflict: {exc}")
+            self._stop(exc, str(exc))
             return None
         self.metrics.apply_duration.observe(time.perf_counter() - start)
         self.metrics.reconciles.labels("success").inc()
@@ -245,7 +269,7 @@ class Reconciler:
         self.status.last_success = time.time()
         if outcome.done:
             keys = sorted(outcome.done)
-            unchanged = sum(1 for c in p.changes if not c.writes)
+            unchanged = p.unchanged + sum(1 for c in p.changes if not c.writes)   # keys in sync are counted
             log.info("reconcile: %s: %s%s", result_summary(outcome.done, unchanged), ", ".join(keys[:20]),
                      f" (+{len(keys) - 20} more)" if len(keys) > 20 else "")
         warned: dict[str, int] = {}
@@ -257,6 +281,12 @@ class Reconciler:
                     log.warning("%s: drift held by policy warn (etcd differs from the manifest)", c.key)
         self._warned = warned
         return outcome
+
+    def _stop(self, exc: Exception, why: str) -> None:
+        """A full reconcile stopped: what it committed before (if anything) is recorded by `full`."""
+        partial = getattr(exc, "partial", None)
+        if isinstance(partial, Outcome) and partial.done:
+            self._stopped = (partial, why)
 
     def _failed(self, result: str, message: str) -> None:
         self.metrics.reconciles.labels(result).inc()
