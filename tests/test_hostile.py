@@ -529,9 +529,23 @@ _CHUNK = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _CTRL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
-def _claims(before: dict[str, tuple[bytes, int]], reserved: str) -> dict[str, set[str]] | None:
-    """apply set -> keys its inventory claims, read by the documented record format (independently of
-    etcdsync's parser), or None when any record is not in that format (then apply must refuse)."""
+def _may_list(raw: bytes, key: str) -> bool:
+    """Whether an unreadable inventory chunk could list `key` under any reading (README, "Ownership"):
+    it is not UTF-8, holds a `\\` escape, or holds a suffix of the key after a `/` as a quoted string."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    if "\\" in text:
+        return True
+    return any(f'"{key[i + 1:]}"' in text for i, ch in enumerate(key) if ch == "/")
+
+
+def _claims_and_unreadable(before: dict[str, tuple[bytes, int]],
+                           reserved: str) -> tuple[dict[str, set[str]] | None, list[tuple[str, bytes]]]:
+    """The claims of every readable chunk, and (apply set, raw value) of each chunk whose content is
+    not in the documented format; claims None when a record is unusable as a whole (a bad fence or
+    chunk key: then every command must refuse)."""
     def segs_ok(text: str) -> bool:
         return not _CTRL.search(text) and not any(s in (".", "..") for s in text.split("/"))
 
@@ -541,13 +555,14 @@ def _claims(before: dict[str, tuple[bytes, int]], reserved: str) -> dict[str, se
         return dict(pairs)
 
     out: dict[str, set[str]] = {}
+    unreadable: list[tuple[str, bytes]] = []
     for key, (value, _) in before.items():
         if not key.startswith(reserved):
             continue
         rest = key[len(reserved):]
         if rest == "ownership":
             if not _SET.fullmatch(value.decode("utf-8", "replace")):
-                return None
+                return None, unreadable
             continue
         if not rest.startswith("sets/"):
             continue
@@ -555,51 +570,60 @@ def _claims(before: dict[str, tuple[bytes, int]], reserved: str) -> dict[str, se
         if not tail.startswith("inventory/"):
             continue
         if not _SET.fullmatch(name) or not _CHUNK.fullmatch(tail[len("inventory/"):]):
+            return None, unreadable
+        listed = _chunk_claims(value, reserved, segs_ok, dup_check)
+        if listed is None:
+            unreadable.append((name, value))
+        else:
+            out.setdefault(name, set()).update(listed)
+    return out, unreadable
+
+
+def _chunk_claims(value: bytes, reserved: str, segs_ok: Any, dup_check: Any) -> set[str] | None:
+    """The keys one chunk lists, or None when it is not in the documented format."""
+    try:
+        doc = json.loads(value, object_pairs_hook=dup_check)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or type(doc.get("v")) is not int or doc["v"] not in (1, 2) \
+            or set(doc) - {"v", "prefixes", "noprune", "secret", *(("documents",) if doc["v"] == 2 else ())} \
+            or not isinstance(doc.get("prefixes"), dict):
+        return None
+    listed: set[str] = set()
+    for prefix, rels in doc["prefixes"].items():
+        if not prefix.endswith("/") or not segs_ok(prefix) or prefix.startswith(reserved) or not isinstance(rels, list):
             return None
-        try:
-            doc = json.loads(value, object_pairs_hook=dup_check)
-        except ValueError:
+        for rel in rels:
+            if not isinstance(rel, str) or not rel or rel.startswith("/") or not segs_ok(rel):
+                return None
+            listed.add(prefix + rel)
+    for flag in ("noprune", "secret"):
+        keys = doc.get(flag, [])
+        if not isinstance(keys, list) or not all(isinstance(k, str) and k in listed for k in keys):
             return None
-        if not isinstance(doc, dict) or type(doc.get("v")) is not int or doc["v"] not in (1, 2) \
-                or set(doc) - {"v", "prefixes", "noprune", "secret", *(("documents",) if doc["v"] == 2 else ())} \
-                or not isinstance(doc.get("prefixes"), dict):
+    # format 2: {"<kind>/<name>": {listed prefix: true | non-empty list of keys listed there}}, a key once
+    documents = doc.get("documents", {})
+    if not isinstance(documents, dict):
+        return None
+    documented: set[str] = set()
+    for doc_name, groups in documents.items():
+        kind, _, doc_rest = doc_name.partition("/")
+        if not kind.isalpha() or not kind.isascii() or not doc_rest or _CTRL.search(doc_name) \
+                or not isinstance(groups, dict) or not groups:
             return None
-        listed: set[str] = set()
-        for prefix, rels in doc["prefixes"].items():
-            if not prefix.endswith("/") or not segs_ok(prefix) or prefix.startswith(reserved) or not isinstance(rels, list):
+        for prefix, rels in groups.items():
+            if prefix not in doc["prefixes"]:
+                return None
+            if rels is True:
+                rels = doc["prefixes"][prefix]
+            elif not isinstance(rels, list) or not rels or \
+                    not all(isinstance(r, str) and r in doc["prefixes"][prefix] for r in rels):
                 return None
             for rel in rels:
-                if not isinstance(rel, str) or not rel or rel.startswith("/") or not segs_ok(rel):
+                if prefix + rel in documented:
                     return None
-                listed.add(prefix + rel)
-        for flag in ("noprune", "secret"):
-            keys = doc.get(flag, [])
-            if not isinstance(keys, list) or not all(isinstance(k, str) and k in listed for k in keys):
-                return None
-        # format 2: {"<kind>/<name>": {listed prefix: true | non-empty list of keys listed there}}, a key once
-        documents = doc.get("documents", {})
-        if not isinstance(documents, dict):
-            return None
-        documented: set[str] = set()
-        for doc_name, groups in documents.items():
-            kind, _, doc_rest = doc_name.partition("/")
-            if not kind.isalpha() or not kind.isascii() or not doc_rest or _CTRL.search(doc_name) \
-                    or not isinstance(groups, dict) or not groups:
-                return None
-            for prefix, rels in groups.items():
-                if prefix not in doc["prefixes"]:
-                    return None
-                if rels is True:
-                    rels = doc["prefixes"][prefix]
-                elif not isinstance(rels, list) or not rels or \
-                        not all(isinstance(r, str) and r in doc["prefixes"][prefix] for r in rels):
-                    return None
-                for rel in rels:
-                    if prefix + rel in documented:
-                        return None
-                    documented.add(prefix + rel)
-        out.setdefault(name, set()).update(listed)
-    return out
+                documented.add(prefix + rel)
+    return listed
 
 
 def _check_run(cmd: str, code: int, out: str, err: str, before: dict[str, tuple[bytes, int]],
@@ -612,9 +636,15 @@ def _check_run(cmd: str, code: int, out: str, err: str, before: dict[str, tuple[
     if code not in (0, 1):
         assert [ln for ln in err.splitlines() if ln.startswith("error:")], err[-800:]
     changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
-    claims = _claims(before, reserved)
-    if claims is None:
+    claims, unreadable = _claims_and_unreadable(before, reserved)
+    if claims is None or any(name == "t" for name, _ in unreadable):
         assert code == 2, f"{cmd} went ahead (exit {code}) over an ownership record not in the documented format"
+    elif unreadable and code in (0, 1):
+        # another set's unreadable chunk stops a plan only when it could list a key the plan touches
+        for name, raw in unreadable:
+            for key in sorted(set(desired.keys) | {k for k in changed if not k.startswith(reserved)}):
+                assert not _may_list(raw, key), \
+                    f"{cmd} went ahead (exit {code}) over set {name!r}'s unreadable chunk that may list {key!r}"
     if cmd == "diff" or code in (2, 3):
         assert not changed, f"{cmd} exited {code} but changed {sorted(changed)[:5]}"
         return
