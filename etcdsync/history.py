@@ -91,7 +91,14 @@ async def record(store: Store, reserved: str, entry: HistoryEntry, *, limit: int
     key = entry_key(reserved, entry.applyset, entry.id)
     for _ in range(3):
         try:
-            kvs, _ = await store.get_prefix(prefix)
+            kvs, read = await store.get_prefix(prefix)
+            if read < entry.id:
+                # etcd's history was replaced since these writes (restored from an older snapshot,
+                # rebuilt; e.g. while this record waited for a restarted member): their revisions
+                # name other writes now, so the entry is not recorded
+                log.warning("history: entry %d not recorded: etcd is at revision %d, before the writes it "
+                            "lists (its history was replaced)", entry.id, read)
+                return None
             ids = {}
             for kv in kvs:
                 rest = kv.key[len(prefix):]
@@ -99,7 +106,11 @@ async def record(store: Store, reserved: str, entry: HistoryEntry, *, limit: int
                     ids[int(rest)] = kv
             ids.pop(entry.id, None)
             gone = [ids[i] for i in dropped(ids, limit)]
-            compares: list[Compare] = [absent(key), *(mod_is(kv.key, kv.mod_revision) for kv in gone), *fences]
+            # the newest entry as read: a history replaced between the read and this transaction
+            # (a retried request reaching a restored member) lacks it or holds it at another revision
+            newest = [ids[max(ids)]] if ids else []
+            compares: list[Compare] = [absent(key), *(mod_is(kv.key, kv.mod_revision) for kv in {*gone, *newest}),
+                                       *fences]
             ops: list[Op] = [Put(key, encode_entry(entry)), *(Delete(kv.key) for kv in gone)]
             result = await store.txn(compares, ops)
         except EtcdsyncError as exc:

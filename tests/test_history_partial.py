@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers_faults import Ctl, Daemons, cli, start_auth_etcd, wait_for
@@ -125,3 +126,26 @@ def test_a_reconcile_failing_after_some_batches_records_them_as_a_failed_entry(
     assert len(entries_of(cluster, "partial-d")) == 1
     assert root.values("/a/daemon/") == written
     assert d.alive
+
+
+def test_an_entry_listing_revisions_etcd_has_not_reached_is_not_recorded(env: Any) -> None:
+    """A record that reaches an etcd whose history was replaced (restored from an older snapshot while
+    the record waited) finds it at a revision before the writes the entry lists: nothing is put."""
+    import asyncio
+
+    from etcdsync.core.history import make_entry
+    from etcdsync.etcd.store import Store
+    from etcdsync.history import record
+    from etcdsync.settings import Connection
+
+    ahead = env.revision() + 1000
+    entry = make_entry(applyset="gone", kind="repair", who="d", revisions=[ahead - 2, ahead], repairs=[("/x", ahead)])
+
+    async def go() -> int | None:
+        async with Store(Connection(env.endpoints)) as store:
+            return await record(store, env.reserved, entry, limit=10)
+
+    rev = env.revision()
+    assert asyncio.run(go()) is None
+    assert env.dump(env.reserved + "history/gone/") == {}
+    assert env.untouched_since(rev)
