@@ -278,16 +278,7 @@ def _compile_configset(doc: _Doc, root: Node, spec: Mapping[str, Any], reserved:
             # the common pair, compacted by the reader: an untagged ASCII scalar value (the text rule)
             rel, line, column, text = pair
             source = Source(file, line, column)
-            # what _BAD_KEY finds needs a character str.isprintable() refuses, a '.', '//' or a '/' at
-            # either end: a (non-empty) key with none of them is fine without running the expression
-            if not (rel and rel.isprintable() and "." not in rel and "//" not in rel and rel[0] != "/"
-                    and rel[-1] != "/") and (not rel or _BAD_KEY.search(rel)):
-                _reject_key(rel, file, source)
-            if not rel.isascii():
-                _check_display(rel, "key", file, source)
-            full = prefix + rel
-            if reserved and full.startswith(reserved):
-                _check_full_key(full, file, source, reserved)
+            full = _checked_key(prefix, rel, file, source, reserved)
             value = text.encode("ascii")
             if len(full) + len(value) > max_quick:
                 _check_size(full, value, source)
@@ -295,13 +286,7 @@ def _compile_configset(doc: _Doc, root: Node, spec: Mapping[str, Any], reserved:
             continue
         key_node, value_node = pair
         rel = key_node.value or ""
-        if not rel or _BAD_KEY.search(rel):
-            _reject_key(rel, file, key_node)
-        if not rel.isascii():
-            _check_display(rel, "key", file, key_node)
-        full = prefix + rel
-        if reserved and full.startswith(reserved):
-            _check_full_key(full, file, key_node, reserved)
+        full = _checked_key(prefix, rel, file, key_node, reserved)
         source = Source(file, key_node.line, key_node.column)
         if value_node.kind == SCALAR and value_node.tag is None:
             # fast path: the text rule
@@ -327,6 +312,22 @@ def _compile_configset(doc: _Doc, root: Node, spec: Mapping[str, Any], reserved:
         else:
             _check_size(full, entry.value, source)
             statics.append(dk)
+
+
+def _checked_key(prefix: str, rel: str, file: str, where: Node | Source, reserved: str) -> str:
+    """The full key of `rel` under `prefix`, once `rel` is a valid, displayable key outside the
+    reserved prefix (a ManifestError at `where` otherwise)."""
+    # what _BAD_KEY finds needs a character str.isprintable() refuses, a '.', '//' or a '/' at
+    # either end: a (non-empty) key with none of them is fine without running the expression
+    if not (rel and rel.isprintable() and "." not in rel and "//" not in rel and rel[0] != "/"
+            and rel[-1] != "/") and (not rel or _BAD_KEY.search(rel)):
+        _reject_key(rel, file, where)
+    if not rel.isascii():
+        _check_display(rel, "key", file, where)
+    full = prefix + rel
+    if reserved and full.startswith(reserved):
+        _check_full_key(full, file, where, reserved)
+    return full
 
 
 def _reject_key(rel: str, file: str, key_node: Node | Source) -> None:
