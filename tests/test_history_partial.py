@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 from helpers_faults import Ctl, Daemons, cli, start_auth_etcd, wait_for
+from test_security import SYNC, configset, daemons  # noqa: F401 - the user, the manifest and the fixture
 
 from etcdsync.local.etcdbin import EtcdCluster
 
-SYNC = {"ETCDSYNC_USER": "sync", "ETCDSYNC_PASSWORD": "syncpw"}
 ROOT = {"ETCDSYNC_USER": "root", "ETCDSYNC_PASSWORD": "rootpw"}
 RESERVED = "/.etcdsync/"
 
@@ -34,25 +34,11 @@ def auth_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EtcdCl
         c.stop()
 
 
-@pytest.fixture
-def daemons() -> Iterator[Daemons]:
-    d = Daemons()
-    try:
-        yield d
-    finally:
-        d.cleanup()
-
-
 def entries_of(cluster: EtcdCluster, applyset: str) -> list[dict[str, object]]:
     r = cli("history", "--applyset", applyset, "--reserved-prefix", RESERVED, "-o", "json",
             endpoints=cluster.endpoints, env=ROOT)
     assert r.code == 0, r.err
     return list(json.loads(r.out)["entries"])
-
-
-def configset(name: str, prefix: str, data: dict[str, str]) -> str:
-    rows = "".join(f"    {k}: {json.dumps(v)}\n" for k, v in data.items())
-    return f"apiVersion: etcdsync/v1\nkind: ConfigSet\nmetadata: {{name: {name}}}\nspec:\n  prefix: {prefix}\n  data:\n{rows}"
 
 
 def test_an_apply_failing_after_some_batches_records_them_as_a_failed_entry(

@@ -13,21 +13,13 @@ from typing import Any
 import pytest
 from conftest import Env
 from history import Recorder
+from test_saved_plans_races import write_manifest
 
 from etcdsync.claims import claims_prefix
 from etcdsync.core import planfile
 from etcdsync.errors import ConflictError
 
 N = 600            # five transactions of creates: more than the executor keeps in flight at once
-
-
-def write_manifest(env: Env, data: dict[str, str]) -> Path:
-    body = "".join(f"    {k}: {json.dumps(v)}\n" for k, v in data.items())
-    path = env.tmp / "m" / "app.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("apiVersion: etcdsync/v1\nkind: ConfigSet\nmetadata: {name: app}\nspec:\n"
-                    f"  prefix: {env.ns}app/\n  data:\n{body}")
-    return path.parent
 
 
 def split_plan(env: Env, history: Recorder) -> tuple[Path, Path, dict[str, str]]:
