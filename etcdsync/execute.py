@@ -35,7 +35,7 @@ MIN_OPS = 4
 MERGE_BELOW = 64          # inventory chunks with fewer entries are merged...
 MERGE_MIN_CHUNKS = 8      # ...once there are this many of them...
 MERGE_CAP = 4096          # ...into chunks of at most this many entries
-MAX_IN_FLIGHT = 4         # independent batches (creates/updates) committed concurrently
+MAX_IN_FLIGHT = 8         # independent batches (creates/updates) committed concurrently (4: ~30 % slower at 100,000 keys)
 
 
 @dataclass

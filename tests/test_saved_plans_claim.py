@@ -18,16 +18,18 @@ from test_saved_plans_races import write_manifest
 from etcdsync.claims import claims_prefix
 from etcdsync.core import planfile
 from etcdsync.errors import ConflictError
+from etcdsync.execute import MAX_IN_FLIGHT
 
-N = 600            # five transactions of creates: more than the executor keeps in flight at once
+N = 128 * (MAX_IN_FLIGHT + 1)    # more transactions of creates than the executor keeps in flight at once
+TRANSACTIONS = -(-N // 126)      # 126 creates each: 128 compares less the new inventory chunk's and the claim's
 
 
 def split_plan(env: Env, history: Recorder) -> tuple[Path, Path, dict[str, str]]:
-    data = {f"k{i:03d}": "v" for i in range(N)}
+    data = {f"k{i:04d}": "v" for i in range(N)}
     m = write_manifest(env, data)
     plan = env.tmp / "plan.json"
     r = env.cli("diff", "-f", str(m), "--out", str(plan))
-    assert r.code == 1 and "commit: 5 transactions" in r.out, r.out[-300:]
+    assert r.code == 1 and f"commit: {TRANSACTIONS} transactions" in r.out, r.out[-300:]
     history.declare({f"{env.ns}app/{k}": v for k, v in data.items()})
     return m, plan, data
 
@@ -61,7 +63,7 @@ def test_a_second_apply_of_a_split_plan_while_the_first_holds_it_is_refused_and_
     outcome = apply_in_process(env, m, plan, on_layout=on_layout)
     assert other[0].code == 3, (other[0].code, other[0].err)
     assert "is being done by first@test since" in other[0].err and "nothing written" in other[0].err, other[0].err
-    assert len(outcome.done) == N and outcome.transactions == 5
+    assert len(outcome.done) == N and outcome.transactions == TRANSACTIONS
     assert env.dump(f"{env.ns}app/") == {f"{env.ns}app/{k}": b"v" for k in data}
     assert env.dump(claims_prefix(env.reserved)) == {}, "the claim goes away with its apply"
     # every key was written once, by the first process (the checker fails on a second put of a value)
