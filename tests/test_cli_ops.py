@@ -422,6 +422,21 @@ def test_bash_completion_completes_commands(env: Env, tmp_path: Path) -> None:
     assert p.stdout.splitlines() == ["inventory", "register"], p
 
 
+@pytest.mark.parametrize(("args", "line"), [
+    (("completion",), "error: Missing argument '{bash|zsh|fish}'. Choose from: bash, zsh, fish "
+                      "(see 'etcdsync completion --help')"),
+    (("hist",), "error: No such command 'hist'. Did you mean 'history'? (see 'etcdsync --help')"),
+    (("aply",), "error: No such command 'aply'. (Did you mean one of: 'apply', 'applysets'?) (see 'etcdsync --help')"),
+    (("services", "lss"), "error: No such command 'lss'. Did you mean 'ls'? (see 'etcdsync services --help')"),
+    (("xyzzy",), "error: No such command 'xyzzy'. (see 'etcdsync --help')"),
+])
+def test_usage_errors_are_one_plain_line_with_suggestions(env: Env, args: tuple[str, ...], line: str) -> None:
+    """A missing choice lists the choices on the line (not click's escaped line breaks), and a typo in
+    a command name suggests the commands it was probably meant to be (also before they were imported)."""
+    r = env.cli(*args)
+    assert r.code == 2 and r.err.splitlines() == [line] and r.out == "", r
+
+
 def test_version(env: Env, tmp_path: Path) -> None:
     from importlib.metadata import version
 

@@ -14,6 +14,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -155,6 +156,22 @@ def _debug_requested(argv: list[str]) -> bool:
     return "--debug" in argv or os.environ.get("ETCDSYNC_DEBUG", "") not in ("", "0", "false")
 
 
+def _one_line(exc: click.UsageError) -> str:
+    """click's message on one line (its choice lists are one per line), and for an unknown command the
+    commands it was probably meant to be, as click does for unknown options."""
+    message = " ".join(part.strip() for part in exc.format_message().splitlines() if part.strip())
+    unknown = re.fullmatch(r"No such command '(.+)'\.", message)   # click looks only at loaded commands
+    if unknown is not None and exc.ctx is not None and isinstance(exc.ctx.command, click.Group):
+        import difflib
+
+        close = sorted(difflib.get_close_matches(unknown.group(1), exc.ctx.command.list_commands(exc.ctx)))
+        if len(close) == 1:
+            message += f" Did you mean {close[0]!r}?"
+        elif close:
+            message += f" (Did you mean one of: {', '.join(repr(c) for c in close)}?)"
+    return message
+
+
 def _command_path(args: list[str]) -> str:
     """`etcdsync` and the (sub)command words that lead `args`: for a usage error click raised without
     a context (an option missing its value), so that it points to the command's own --help."""
@@ -190,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
         from ..core.render import escape
 
         command = exc.ctx.command_path if exc.ctx is not None else _command_path(args)
-        click.echo(f"error: {escape(exc.format_message())} (see '{command} --help')", err=True)
+        click.echo(f"error: {escape(_one_line(exc))} (see '{command} --help')", err=True)
         code = EXIT_ERROR
     except click.ClickException as exc:
         from ..core.render import escape
