@@ -69,9 +69,25 @@ def files_digest(files: Iterable[str]) -> str:
 
 
 def files_source(desired: DesiredState) -> dict[str, str]:
+    """The digest of every manifest and every file they read, and the first three of them by name:
+    the manifests first, then the files read (resolved paths), each relative to the working directory
+    when it is inside it, as the manifests are usually named."""
     files = sorted(set(desired.files) | set(desired.sources))
-    shown = ", ".join(files[:3]) + (f" (+{len(files) - 3} more)" if len(files) > 3 else "")
+    names = list(dict.fromkeys(_shown_path(f) for f in [*sorted(set(desired.files)),
+                                                         *sorted(set(desired.sources) - set(desired.files))]))
+    shown = ", ".join(names[:3]) + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
     return {"digest": files_digest(files), "files": shown}
+
+
+def _shown_path(path: str) -> str:
+    if os.path.isabs(path):
+        try:
+            rel = os.path.relpath(path)
+        except ValueError:
+            return path
+        if not rel.startswith(os.pardir):
+            return rel
+    return path
 
 
 def git_source(commit: str, repository: str, ref: str | None, path: str | None) -> dict[str, str]:

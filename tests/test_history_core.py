@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -118,3 +119,23 @@ def test_suspension_records_and_ids() -> None:
     for bad in ("0", "-1", "x", "1" * 17, "４２"):
         with pytest.raises(UsageError):
             parse_id(bad)
+
+
+def test_the_files_source_names_the_manifests_first_relative_to_the_working_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What `history` shows as an apply's source: the manifests as named, then the files they read
+    (resolved) relative to the working directory too, not absolute paths sorted before them."""
+    from etcdsync.history import files_source
+    from etcdsync.manifest import load_manifests
+
+    (tmp_path / "m" / "files").mkdir(parents=True)
+    (tmp_path / "m" / "files" / "ca.pem").write_text("pem")
+    (tmp_path / "m" / "app.yaml").write_text(
+        "apiVersion: etcdsync/v1\nkind: ConfigSet\nmetadata: {name: app}\nspec:\n  prefix: /app/\n  data:\n"
+        "    ca: {fromFile: files/ca.pem}\n")
+    monkeypatch.chdir(tmp_path)
+    source = files_source(load_manifests(["m"], reserved_prefix="/.etcdsync/"))
+    assert source["files"] == "m/app.yaml, m/files/ca.pem", source
+    monkeypatch.chdir(tmp_path / "m" / "files")     # outside the working directory: absolute
+    assert files_source(load_manifests([str(tmp_path / "m")], reserved_prefix="/.etcdsync/"))["files"] == \
+        f"{tmp_path}/m/app.yaml, ca.pem"
