@@ -248,11 +248,11 @@ def test_live_instances_leases_checks_and_sigterm(env: Env, history: Recorder, d
     lease_id = json.loads(lease_hex)["kvs"][0]["lease"]
     env.etcdctl("lease", "revoke", format(lease_id, "x"))
     wait_for(lambda: env.get(plain) is not None, 5, "re-registered after lease revoke")
-    assert "re-registered" in d.logs() or "restoring" in d.logs()
+    assert "re-registered" in d.logs() or "restored" in d.logs()
     # SIGTERM: leased instances vanish at once, config stays, and the daemon does not fight its own revoke
     assert d.stop() == 0
     assert env.get(plain) is None
-    assert "restoring" not in d.logs().split("stopping:")[-1]
+    assert "restored" not in d.logs().split("stopping:")[-1]
     assert env.get(f"{env.ns}app/a") == b"one"
 
 

@@ -96,9 +96,9 @@ class LiveInstances:
         if key in self._registered and not self.stopping:
             inst = self._live[key]
             if ev.type == "delete" or ev.kv.value != inst.value:
-                log.warning("%s: live registration %s externally; restoring", key,
-                            "deleted" if ev.type == "delete" else "changed")
-                await self._lease_for(inst).refresh(key)
+                if await self._lease_for(inst).refresh(key, since=ev.kv.mod_revision):
+                    log.warning("%s: live registration %s externally; restored", key,
+                                "deleted" if ev.type == "delete" else "changed")
         return True
 
     async def _drop_live(self, key: str, *, delete: bool = True) -> None:

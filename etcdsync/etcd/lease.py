@@ -154,14 +154,23 @@ class LeasedKeys:
             return LOST
         return REREGISTERING if key in self._seen else REGISTERING
 
-    async def refresh(self, key: str | None = None) -> None:
-        """Check the lease now (e.g. a held key was deleted): re-register if lost, else put `key` again."""
+    async def refresh(self, key: str | None = None, *, since: int = 0) -> bool:
+        """Check the lease now (e.g. a held key was deleted): re-register if lost, else put `key` again;
+        whether anything was written. `since`: the revision of the change that asked (a watch event);
+        when our last put of `key` is newer, that change was answered already (a watch resumed after a
+        stall replays the delete of a lease that expired meanwhile, after the keepalive loop
+        re-registered it): nothing is written."""
         async with self._lock:
+            if key is not None and since and self._written.get(key, 0) > since:
+                return False
             ttl = await self._renew()
             if ttl <= 0:
                 await self._register()
             elif key is not None and key in self.items:
                 await self._write_keys([key])
+            else:
+                return False
+            return True
 
     async def close(self, *, revoke: bool = True) -> None:
         self._closed = True
