@@ -38,7 +38,7 @@ def inventory(entries: dict[str, Entry], name: str = "me") -> Inventory:
 
 def expect(action: Action, d: DesiredKey, old: str | None, revision: int, **kw: object) -> Change:
     return Change(action, d.key, None if old is None else old.encode(), d.value, revision, d.prefix, d.policy,
-                  d.prune, d.secret, document=DOC, source=SRC, **kw)  # type: ignore[arg-type]
+                  d.prune, d.secret, document=DOC, origin=SRC, **kw)  # type: ignore[arg-type]
 
 
 def only(p: Plan) -> Change:
