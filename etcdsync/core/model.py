@@ -3,7 +3,9 @@
 Everything here is plain data: no I/O, no etcd client types. Records are NamedTuples where tuple
 semantics are harmless: every command imports this module, and a frozen slotted dataclass costs
 about ten times as much to create at import. `Source` stays a dataclass (its overlay history is
-not part of its equality), and so does `DesiredState` (one per load; `dataclasses.replace`d).
+not part of its equality), and so does `DesiredState` (one per load; `dataclasses.replace`d). A
+DesiredKey holds its position compact (a file and an int, see `compact_source`) and makes the
+Source when asked: a Source per key was ~10 MB of a daemon holding 100,000 keys.
 """
 
 from __future__ import annotations
