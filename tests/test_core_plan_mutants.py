@@ -1,4 +1,4 @@
-"""The planner's every branch, asserted as whole Change tuples (all sixteen fields), exact notes, counts
+"""The planner's every branch, asserted as whole Change tuples (all seventeen fields), exact notes, counts
 and guard messages: a wrong field, a wrong branch or a changed word fails here (mutation score)."""
 
 from __future__ import annotations
@@ -6,13 +6,14 @@ from __future__ import annotations
 import pytest
 
 from etcdsync.core.inventory import Chunk, Entry, Inventory
-from etcdsync.core.model import DesiredKey, DesiredState, Policy, ServiceInstance, Source
+from etcdsync.core.model import DesiredKey, DesiredState, Policy, ServiceInstance, Source, compact_source
 from etcdsync.core.plan import Action, Change, Observed, Plan, guard, plan, retag_note
 from etcdsync.settings import Options
 
 P = "/config/app/"
 Q = "/config/other/"
 SRC = Source("m.yaml", 3, 5)
+ORIGIN, AT = compact_source("m.yaml", 3, 5)    # a key's position as the loader holds it
 DOC = "ConfigSet/app"
 
 
@@ -23,7 +24,7 @@ def owned_entry(prefix: str, prune: bool = True, secret: bool = False, document:
 
 def dk(rel: str, value: str = "v", *, prefix: str = P, policy: Policy = Policy.ENFORCE, prune: bool = True,
        secret: bool = False) -> DesiredKey:
-    return DesiredKey(prefix + rel, value.encode(), prefix, policy, prune, secret, DOC, SRC)
+    return DesiredKey(prefix + rel, value.encode(), prefix, policy, prune, secret, DOC, ORIGIN, AT)
 
 
 def state(*keys: DesiredKey, live: tuple[ServiceInstance, ...] = ()) -> DesiredState:
@@ -38,12 +39,23 @@ def inventory(entries: dict[str, Entry], name: str = "me") -> Inventory:
 
 def expect(action: Action, d: DesiredKey, old: str | None, revision: int, **kw: object) -> Change:
     return Change(action, d.key, None if old is None else old.encode(), d.value, revision, d.prefix, d.policy,
-                  d.prune, d.secret, document=DOC, source=SRC, **kw)  # type: ignore[arg-type]
+                  d.prune, d.secret, document=DOC, origin=ORIGIN, at=AT, **kw)  # type: ignore[arg-type]
 
 
 def only(p: Plan) -> Change:
     (c,) = p.changes
     return c
+
+
+def test_every_declared_change_names_where_its_key_was_declared() -> None:
+    """The fast paths (create, in sync) and _change (update, conflict) carry the key's compact position."""
+    a, b, c, d = dk("a", "1"), dk("b", "2"), dk("c", "3"), dk("d", "4")
+    observed = {b.key: Observed(b"2", 5), c.key: Observed(b"old", 6), d.key: Observed(b"x", 7)}
+    inv = inventory({b.key: owned_entry(P), c.key: owned_entry(P)})
+    p = plan(state(a, b, c, d), observed, inv, {d.key: "other"})
+    assert [ch.action for ch in p.changes] == [Action.CREATE, Action.UNCHANGED, Action.UPDATE, Action.CONFLICT]
+    assert [(ch.origin, ch.at, ch.source) for ch in p.changes] == [(ORIGIN, AT, SRC)] * 4
+    assert [str(ch.source) for ch in p.changes] == ["m.yaml:3:5"] * 4
 
 
 # ------------------------------------------------------------------------------------------------

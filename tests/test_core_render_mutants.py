@@ -59,7 +59,7 @@ def rich_plan() -> Plan:
         Change(Action.CONFLICT, P + "i", b"x", b"y", 9, owner="o", note="owned by apply set 'o'"),
         Change(Action.CONFLICT, P + "j", b"x", b"y", 9, lease=0xAB, note="held"),
         Change(Action.UPDATE, P + "k", b"s1", b"s2", 9, secret=True, document="ConfigSet/x",
-               source=Source("f.yaml", 2, 3)),
+               origin=Source("f.yaml", 2, 3)),
     )
     i = ServiceInstance("svc", "i1", "h", 1, "/svc/i1", b"{}", "/svc/", ttl=10.5)
     j = ServiceInstance("svc", "i2", "h", 1, "/svc/i2", b"{}", "/svc/", check=HealthCheck("tcp"))
@@ -445,7 +445,7 @@ def test_origins_of_removed_keys_of_overridden_keys_and_of_live_instances() -> N
     assert origin_json(src) == {"value": "prod/a.yaml:7:5", "overrides": ["base/a.yaml:6:3"],
                                 "layers": ["base/a.yaml:1:1", "prod/a.yaml:4:1"]}
     gone = Change(Action.DELETE, "/p/gone", b"1", None, 3)
-    kept = Change(Action.UPDATE, "/p/kept", b"0", b"1", 3, source=src)
+    kept = Change(Action.UPDATE, "/p/kept", b"0", b"1", 3, origin=src)
     removed = {"/p/gone": layer2, "/p/kept": layer2}
     p = Plan("me", (gone, kept), counts=counts((gone, kept)))
     for out in (plan_json(p, applyset_origin="flag", removed=removed)["changes"],

@@ -18,7 +18,7 @@ def svc(name: str, prefix: str = "/services/", fmt: str = "json", line: int = 1)
 
 
 def cfg(key: str, document: str = "ConfigSet/flags", line: int = 20) -> DesiredKey:
-    return DesiredKey(key, b"1", "/", document=document, source=Source("c.yaml", line, 5))
+    return DesiredKey(key, b"1", "/", document=document, origin=Source("c.yaml", line, 5))
 
 
 def codes(services: list[ServiceDecl], keys: list[DesiredKey] = ()) -> list[tuple[str, str | None, int | None]]:  # type: ignore[assignment]

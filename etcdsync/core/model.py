@@ -3,7 +3,9 @@
 Everything here is plain data: no I/O, no etcd client types. Records are NamedTuples where tuple
 semantics are harmless: every command imports this module, and a frozen slotted dataclass costs
 about ten times as much to create at import. `Source` stays a dataclass (its overlay history is
-not part of its equality), and so does `DesiredState` (one per load; `dataclasses.replace`d).
+not part of its equality), and so does `DesiredState` (one per load; `dataclasses.replace`d). A
+DesiredKey holds its position compact (a file and an int, see `compact_source`) and makes the
+Source when asked: a Source per key was ~10 MB of a daemon holding 100,000 keys.
 """
 
 from __future__ import annotations
@@ -41,9 +43,31 @@ class Source:
         return f"{self.file}:{self.line}:{self.column}"
 
 
+# Where a key was declared, without an object per key: the file (one string per file, shared) and
+# the line and column packed into one int, `line | column << LINE_BITS`. A Source is made from them
+# only when asked for (`DesiredKey.source`). A line beyond LINE_MAX, or a position with an overlay
+# history, stays a Source.
+LINE_BITS = 21
+LINE_MAX = (1 << LINE_BITS) - 1
+
+
+def compact_source(file: str, line: int, column: int) -> tuple[Source | str, int]:
+    """The compact (origin, at) of the position `file:line:column`, as DesiredKey and Change hold it."""
+    if 0 <= line <= LINE_MAX and column >= 0:
+        return file, line | column << LINE_BITS
+    return Source(file, line, column), 0
+
+
+def source_of(origin: Source | str | None, at: int) -> Source | None:
+    """The Source of a compact (origin, at): ``origin`` itself unless it is a file name."""
+    if origin is None or isinstance(origin, Source):
+        return origin
+    return Source(origin, at & LINE_MAX, at >> LINE_BITS)
+
+
 class DesiredKey(NamedTuple):
     """One etcd key the manifests declare, with its exact value bytes (a NamedTuple: cheap to build
-    by the 100,000)."""
+    by the 100,000). Where it was declared is `source`, made on demand from `origin` and `at`."""
 
     key: str
     value: bytes
@@ -52,7 +76,12 @@ class DesiredKey(NamedTuple):
     prune: bool = True
     secret: bool = False
     document: str = ""               # "ConfigSet/payments"
-    source: Source | None = None
+    origin: Source | str | None = None  # a Source, or the file, with the line and column packed in `at`
+    at: int = 0                      # see `compact_source`
+
+    @property
+    def source(self) -> Source | None:
+        return source_of(self.origin, self.at)
 
 
 class HealthCheck(NamedTuple):

@@ -15,7 +15,7 @@ from typing import NamedTuple, Protocol
 
 from ..settings import Options
 from .inventory import Entry, Inventory
-from .model import DesiredKey, DesiredState, Policy, ServiceInstance, Source
+from .model import DesiredKey, DesiredState, Policy, ServiceInstance, Source, source_of
 from .selector import select
 
 
@@ -72,8 +72,13 @@ class Change(NamedTuple):
     owner: str | None = None     # another apply set that owns the key (conflict or takeover)
     note: str = ""
     document: str = ""
-    source: Source | None = None
+    origin: Source | str | None = None  # where the key was declared: `source` (see model.compact_source)
+    at: int = 0
     lease: int = 0               # another client's lease holding the key (conflict or takeover)
+
+    @property
+    def source(self) -> Source | None:
+        return source_of(self.origin, self.at)
 
     @property
     def writes(self) -> bool:
@@ -176,7 +181,7 @@ def _change(action: Action, d: DesiredKey, obs: ObservedLike | None, **kw: objec
     return Change(
         action=action, key=d.key, old=obs.value if obs else None, new=d.value,
         revision=obs.mod_revision if obs else 0, prefix=d.prefix, policy=d.policy, prune=d.prune,
-        secret=d.secret, document=d.document, source=d.source, **kw,  # type: ignore[arg-type]
+        secret=d.secret, document=d.document, origin=d.origin, at=d.at, **kw,  # type: ignore[arg-type]
     )
 
 
@@ -209,7 +214,7 @@ def plan(
     unchanged, create = Action.UNCHANGED, Action.CREATE
     in_sync = 0    # unchanged keys not listed (keep_unchanged=False)
     for key, d in desired.keys.items():
-        _, value, prefix, policy, prune, secret, document, source = d
+        _, value, prefix, policy, prune, secret, document, origin, at = d
         obs = observed.get(key)
         entry = owned.get(key)
         if entry is not None:
@@ -217,7 +222,7 @@ def plan(
                     entry.prune == prune and entry.secret == secret and entry.document == document:
                 if keep_unchanged:
                     changes.append(new(Change, (unchanged, key, value, value, obs.mod_revision, prefix, policy,
-                                                prune, secret, False, False, None, "", document, source, 0)))
+                                                prune, secret, False, False, None, "", document, origin, at, 0)))
                 else:
                     in_sync += 1
                 continue
@@ -228,7 +233,7 @@ def plan(
             owner = other_owners.get(key)
             if obs is None and owner is None:
                 changes.append(new(Change, (create, key, None, value, 0, prefix, policy, prune, secret, True, False,
-                                            None, "", document, source, 0)))
+                                            None, "", document, origin, at, 0)))
                 continue
         retag = mine and entry != Entry(d.prefix, d.prune, d.secret, d.document)
         if owner is not None and not options.take_ownership:

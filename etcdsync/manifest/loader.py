@@ -28,7 +28,18 @@ from pathlib import Path
 from typing import Any
 
 from etcdsync.core.instances import encode_instance, grpc_addr, instance_key
-from etcdsync.core.model import DesiredKey, DesiredState, HealthCheck, Policy, ServiceDecl, ServiceInstance, Source
+from etcdsync.core.model import (
+    LINE_BITS,
+    LINE_MAX,
+    DesiredKey,
+    DesiredState,
+    HealthCheck,
+    Policy,
+    ServiceDecl,
+    ServiceInstance,
+    Source,
+    compact_source,
+)
 from etcdsync.errors import ManifestError
 from etcdsync.settings import RESERVED_PREFIX, parse_duration, services_prefix
 
@@ -276,18 +287,23 @@ def _compile_configset(doc: _Doc, root: Node, spec: Mapping[str, Any], reserved:
         pairs[i] = None
         if len(pair) == 4:
             # the common pair, compacted by the reader: an untagged ASCII scalar value (the text rule)
+            # (no Source per key: the file and the position packed in one int, see model.compact_source)
             rel, line, column, text = pair
-            source = Source(file, line, column)
-            full = _checked_key(prefix, rel, file, source, reserved)
+            full = _checked_key(prefix, rel, file, line, column, reserved)
             value = text.encode("ascii")
             if len(full) + len(value) > max_quick:
-                _check_size(full, value, source)
-            statics.append(new(DesiredKey, (full, value, prefix, policy, prune, False, ident, source)))  # DesiredKey(...)
+                _check_size(full, value, Source(file, line, column))
+            if line <= LINE_MAX:
+                statics.append(new(DesiredKey, (full, value, prefix, policy, prune, False, ident, file,
+                                                line | column << LINE_BITS)))  # DesiredKey(...)
+            else:
+                statics.append(DesiredKey(full, value, prefix, policy, prune, False, ident, Source(file, line, column)))
             continue
         key_node, value_node = pair
         rel = key_node.value or ""
-        full = _checked_key(prefix, rel, file, key_node, reserved)
-        source = Source(file, key_node.line, key_node.column)
+        full = _checked_key(prefix, rel, file, key_node.line, key_node.column, reserved)
+        source = Source(file, key_node.line, key_node.column)   # for messages; the key holds it compact
+        origin, at = compact_source(file, key_node.line, key_node.column)
         if value_node.kind == SCALAR and value_node.tag is None:
             # fast path: the text rule
             try:
@@ -295,7 +311,7 @@ def _compile_configset(doc: _Doc, root: Node, spec: Mapping[str, Any], reserved:
             except UnicodeEncodeError:
                 value = values.encode_text(value_node.value or "", value_node, file)
             _check_size(full, value, source)
-            statics.append(DesiredKey(full, value, prefix, policy, prune, False, ident, source))
+            statics.append(DesiredKey(full, value, prefix, policy, prune, False, ident, origin, at))
             continue
         if values.is_removal(rel, value_node, file):
             if doc.mode == "replace":
@@ -306,7 +322,7 @@ def _compile_configset(doc: _Doc, root: Node, spec: Mapping[str, Any], reserved:
         entry = values.compile_entry(key_node, value_node, file, policy, prune)
         if entry.own_policy or entry.own_prune:
             doc.explicit[rel] = (entry.own_policy, entry.own_prune)
-        dk = DesiredKey(full, entry.value or b"", prefix, entry.policy, entry.prune, entry.secret, ident, source)
+        dk = DesiredKey(full, entry.value or b"", prefix, entry.policy, entry.prune, entry.secret, ident, origin, at)
         if entry.value is None:
             doc.deferred.append((dk, entry))
         else:
@@ -314,19 +330,19 @@ def _compile_configset(doc: _Doc, root: Node, spec: Mapping[str, Any], reserved:
             statics.append(dk)
 
 
-def _checked_key(prefix: str, rel: str, file: str, where: Node | Source, reserved: str) -> str:
+def _checked_key(prefix: str, rel: str, file: str, line: int, column: int, reserved: str) -> str:
     """The full key of `rel` under `prefix`, once `rel` is a valid, displayable key outside the
-    reserved prefix (a ManifestError at `where` otherwise)."""
+    reserved prefix (a ManifestError at `file:line:column` otherwise)."""
     # what _BAD_KEY finds needs a character str.isprintable() refuses, a '.', '//' or a '/' at
     # either end: a (non-empty) key with none of them is fine without running the expression
     if not (rel and rel.isprintable() and "." not in rel and "//" not in rel and rel[0] != "/"
             and rel[-1] != "/") and (not rel or _BAD_KEY.search(rel)):
-        _reject_key(rel, file, where)
+        _reject_key(rel, file, Source(file, line, column))
     if not rel.isascii():
-        _check_display(rel, "key", file, where)
+        _check_display(rel, "key", file, Source(file, line, column))
     full = prefix + rel
     if reserved and full.startswith(reserved):
-        _check_full_key(full, file, where, reserved)
+        _check_full_key(full, file, Source(file, line, column), reserved)
     return full
 
 
@@ -578,7 +594,7 @@ def _merge(acc: _Doc, over: _Doc) -> _Doc:
         for rel, (dk, entry) in _items(over).items():
             earlier = before.get(rel)
             if earlier is not None:
-                dk = dk._replace(source=_overriding(dk.source, earlier[0].source))
+                dk = dk._replace(origin=_overriding(dk.source, earlier[0].source), at=0)
             items[rel] = (dk, entry)
             out.explicit.pop(rel, None)
             out.removed_rel.pop(rel, None)
@@ -655,7 +671,7 @@ def _finish_configset(doc: _Doc, reserved: str) -> None:
         src = Source(src.file, src.line, src.column, src.overrides, layers)
         key = prefix + rel
         dk = dk._replace(key=key, prefix=prefix, policy=dk.policy if own_policy else policy,
-                         prune=dk.prune if own_prune else prune, document=doc.ident, source=src)
+                         prune=dk.prune if own_prune else prune, document=doc.ident, origin=src, at=0)
         _check_full_key(key, src.file, src, reserved)
         if entry is None:
             _check_size(key, dk.value, src)
