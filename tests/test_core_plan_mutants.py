@@ -462,3 +462,29 @@ def test_a_lease_conflict_does_not_stop_planning_the_next_keys() -> None:
     first, second = dk("a", "1"), dk("b", "1")
     p = plan(state(first, second), {first.key: Observed(b"1", 12, lease=7)}, inventory({}), {})
     assert [c.action for c in p.changes] == [Action.CONFLICT, Action.CREATE]
+
+
+def test_a_change_planned_past_the_fast_paths_keeps_the_declared_flags() -> None:
+    """prune: false and secret: true reach the Change on every path (_change included: an update, a
+    drift, a conflict), where the executor records them in the inventory entry."""
+    a = dk("a", "1", prune=False, secret=True)
+    b = dk("b", "2", prune=False, policy=Policy.WARN)
+    c = dk("c", "3", prune=False)
+    observed = {a.key: Observed(b"old", 5), b.key: Observed(b"x", 6), c.key: Observed(b"3", 7)}
+    inv = inventory({a.key: owned_entry(P, prune=False, secret=True), b.key: owned_entry(P, prune=False)})
+    p = plan(state(a, b, c), observed, inv, {c.key: "theirs"})
+    assert p.changes == (expect(Action.UPDATE, a, "old", 5), expect(Action.DRIFT, b, "x", 6, note="drift held by policy warn"),
+                         expect(Action.CONFLICT, c, "3", 7, owner="theirs", note="owned by apply set 'theirs'"))
+    assert [(ch.prune, ch.secret) for ch in p.changes] == [(False, True), (False, False), (False, False)]
+
+
+@pytest.mark.parametrize("taken", [False, True])
+def test_the_keys_after_a_re_created_or_taken_over_key_are_planned_too(taken: bool) -> None:
+    """An owned key someone deleted (re-created) or another set's absent key (taken over) is planned,
+    and so is every key declared after it."""
+    a, b = dk("a", "1"), dk("b", "2")
+    inv = inventory({} if taken else {a.key: owned_entry(P)})
+    p = plan(state(a, b), {}, inv, {a.key: "theirs"} if taken else {}, Options(take_ownership=taken))
+    first = expect(Action.CREATE, a, None, 0, own=True, owner="theirs", note="taken over from apply set 'theirs'") \
+        if taken else expect(Action.CREATE, a, None, 0)
+    assert p.changes == (first, expect(Action.CREATE, b, None, 0, own=True))
