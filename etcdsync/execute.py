@@ -172,9 +172,32 @@ class Executor:
         removes = [c for c in writes if c.action in _REMOVES]
         out: list[_Batch] = []
         batch = _Batch()
+        create, update = Action.CREATE, Action.UPDATE
         for c in [*puts, *removes]:
             action = c.action
             key_len = len(c.key)
+            if (action is create or (action is update and not c.own)) and not c.retag and c.owner is None:
+                # the bulk of a large plan (creates, updates of owned keys): rewrites no chunk and needs
+                # no fence, so only the key's compare and operation and the new chunk count (the
+                # operations never exceed the compares, so the compares' check is the one needed)
+                owning = c.own
+                size = 2 * key_len + len(c.new or b"") + 32 + (key_len + 8 if owning else 0)
+                if batch.changes and not (
+                        batch.compares + 1 + len(batch.touched) + (owning or bool(batch.new_entries))
+                        + batch.fenced + n_fences <= max_ops and batch.size + size + 128 <= max_bytes):
+                    out.append(batch)
+                    batch = _Batch()
+                batch.changes.append(c)
+                batch.compares += 1
+                batch.ops += 1
+                batch.size += size
+                if owning:
+                    shape = (c.prefix, c.prune, c.secret, c.document)
+                    entry = entries.get(shape)
+                    if entry is None:
+                        entry = entries[shape] = Entry(c.prefix, c.prune, c.secret, c.document)
+                    batch.new_entries[c.key] = entry
+                continue
             owning = c.own or c.retag
             writes_key = action in _KEY_WRITES
             # creating a key compares its absence, which already excludes a concurrent creator; adopting
