@@ -57,8 +57,8 @@ def test_an_entry_of_an_apply_that_failed_half_way_keeps_its_error_capped() -> N
 
 def test_lists_are_capped_and_the_span_still_covers_every_write() -> None:
     e = make_entry(applyset="web", kind="reconcile", who="d", revisions=range(1, 501),
-                   keys=[f"/k{i}" for i in range(300)])
-    assert len(e.keys) == MAX_KEYS and e.keys_total == 300
+                   keys=[f"/k{i}" for i in reversed(range(300))] + ["/k7"])
+    assert e.keys == tuple(sorted(f"/k{i}" for i in range(300))[:MAX_KEYS]) and e.keys_total == 300
     assert len(e.revisions) == MAX_REVISIONS and e.span == (1, 500) and e.id == 500
     assert e.wrote(1) == "yes" and e.wrote(500) == "yes" and e.wrote(300) == "probably" and e.wrote(501) is None
     assert decode_entry(entry_key(R, "web", 500), encode_entry(e), reserved=R) == e

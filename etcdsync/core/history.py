@@ -15,6 +15,7 @@ costs several times as much to create at import.
 
 from __future__ import annotations
 
+import heapq
 import json
 import re
 import time
@@ -135,12 +136,12 @@ def make_entry(*, applyset: str, kind: str, who: str, revisions: Iterable[int], 
     revs = sorted(set(revisions))
     if not revs:
         raise ValueError("a history entry records at least one write")
-    names = sorted(set(keys))
+    names = set(keys)
     shown_revs = revs if len(revs) <= MAX_REVISIONS else revs[:MAX_REVISIONS - 1] + [revs[-1]]
     return HistoryEntry(
         id=revs[-1], applyset=applyset, kind=kind, time=round(time.time() if now is None else now, 3), who=who, read=read,
         revisions=tuple(shown_revs), span=(revs[0], revs[-1]), source=dict(source or {}),
-        counts={k: v for k, v in sorted((counts or {}).items()) if v}, keys=tuple(names[:MAX_KEYS]),
+        counts={k: v for k, v in sorted((counts or {}).items()) if v}, keys=tuple(heapq.nsmallest(MAX_KEYS, names)),
         keys_total=len(names), repairs=tuple(sorted(repairs, key=lambda kr: kr[1])[-MAX_KEYS:]),
         flapping=tuple(sorted(set(flapping))[:MAX_KEYS]), failed=failed[:MAX_FAILED])
 
