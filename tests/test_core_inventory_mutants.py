@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from etcdsync.core.inventory import (
+    LOOKUPS_BEFORE_INDEX,
     Chunk,
     Entry,
     Inventory,
@@ -19,7 +20,7 @@ from etcdsync.core.inventory import (
     resolve_applyset,
     sets_prefix,
 )
-from etcdsync.core.model import DesiredState, Source
+from etcdsync.core.model import DesiredKey, DesiredState, Source
 from etcdsync.errors import InventoryError, UsageError
 
 R = "/.etcdsync/"
@@ -286,3 +287,98 @@ def test_resolve_applyset_refuses_a_flag_that_differs_from_the_document_and_bad_
         with pytest.raises(UsageError) as e:
             resolve_applyset(flag, desired)
         assert str(e.value) == "applyset 'a b': use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"
+
+
+# -- declared keys held once, shared records, lazily decoded chunks of other apply sets ----------------
+
+def test_decode_chunk_holds_a_declared_key_as_the_desired_states_own_string() -> None:
+    declared = "".join(["/a/", "x"])    # built at run time: another object than the chunk's "/a/" + "x"
+    keys = {declared: DesiredKey(declared, b"v", "/a/")}
+    out = decode_chunk(K, b'{"v":2,"prefixes":{"/a/":["x","y"]},"noprune":["/a/x"]}', keys=keys)
+    assert out == {"/a/x": Entry("/a/", False), "/a/y": Entry("/a/")}
+    assert [k for k in out if k is declared] == ["/a/x"]    # the declared string, not a second copy
+
+
+def test_decode_chunk_shares_one_entry_per_distinct_record() -> None:
+    out = decode_chunk(K, b'{"v":2,"prefixes":{"/a/":["x","y","z"]},'
+                          b'"documents":{"ConfigSet/a":{"/a/":["x","y"]}},"noprune":["/a/x","/a/y"]}')
+    assert out == {"/a/x": Entry("/a/", False, False, "ConfigSet/a"), "/a/y": Entry("/a/", False, False, "ConfigSet/a"),
+                   "/a/z": Entry("/a/")}
+    assert out["/a/x"] is out["/a/y"]
+
+
+def test_parse_ownership_holds_the_own_sets_declared_keys_as_their_own_strings() -> None:
+    declared = "".join(["/a/", "x"])
+    keys = {declared: DesiredKey(declared, b"v", "/a/")}
+    own = parse_ownership([(K, b'{"v":2,"prefixes":{"/a/":["x"]}}', 5)], R, applyset="me", keys=keys)
+    [key] = own.sets["me"].owned
+    assert key == "/a/x" and key is declared
+
+
+def lazy(*others: tuple[str, bytes]) -> Ownership:
+    """Ownership as `diff` reads it for apply set "me": the other sets' chunks kept raw."""
+    kvs = [(K, encode_chunk({"/m/1": Entry("/m/")}), 5)]
+    kvs += [(f"{R}sets/{name}/inventory/c{i}", raw, 6 + i) for i, (name, raw) in enumerate(others)]
+    return parse_ownership(kvs, R, applyset="me")
+
+
+def test_another_sets_raw_chunk_keeps_its_revision_and_is_checked_against_the_reserved_prefix() -> None:
+    own = lazy(("you", b'{"v":1,"prefixes":{"/o/":["x"]}}'), ("zed", b'{"v":1,"prefixes":{"/.etcdsync/o/":["x"]}}'))
+    you, zed = own.sets["you"].chunks[R + "sets/you/inventory/c0"], own.sets["zed"].chunks[R + "sets/zed/inventory/c1"]
+    assert (you.mod_revision, you.decoded, zed.mod_revision, zed.decoded) == (6, False, 7, False)
+    assert own.owners_except("me").get("/o/x") == "you"
+    with pytest.raises(InventoryError) as e:
+        own.owners_except("me").get("/.etcdsync/o/x")
+    assert str(e.value) == refusal("prefix '/.etcdsync/o/' is under the reserved prefix", R + "sets/zed/inventory/c1")
+
+
+def test_chunk_states_and_repr() -> None:
+    empty = Chunk("k", 3)
+    assert (empty.entries, empty.decoded, repr(empty)) == ({}, True, "Chunk('k', 3, 0 entries)")
+    raw = Chunk("k", 4, raw=b'{"v":1,"prefixes":{"/a/":["x"]}}', reserved=R)
+    assert (raw.decoded, repr(raw)) == (False, "Chunk('k', 4, not decoded)")
+    assert raw.entries == {"/a/x": Entry("/a/")}
+    assert (raw.decoded, repr(raw)) == (True, "Chunk('k', 4, 1 entries)")
+
+
+def test_inventory_built_with_chunks_or_none() -> None:
+    empty = Inventory("zz")
+    assert (empty.owned, empty.chunks_of, empty.prefixes, empty.lists("/a/x")) == ({}, {}, set(), False)
+    inv = Inventory("me", {"any": Chunk("c1", 3, {"/a/x": Entry("/a/")})})
+    assert list(inv.chunks) == ["c1"] and inv.chunks_of == {"/a/x": ["c1"]}
+    assert (inv.lists("/a/x"), inv.lists("/a/y")) == (True, False)   # before and after `owned` is built
+    assert inv.owned == {"/a/x": Entry("/a/")}
+    assert (inv.lists("/a/x"), inv.lists("/a/y")) == (True, False)
+
+
+def test_a_key_utf_8_cannot_encode_is_still_found() -> None:
+    # json.loads decodes bytes with "surrogatepass": a lone surrogate written as its three bytes is a key
+    own = lazy(("you", b'{"v":1,"prefixes":{"/o/":["\xed\xa0\x80"]}}'))
+    assert own.owners_except("me").get("/o/\ud800") == "you"
+
+
+def test_a_key_with_an_empty_segment_is_found_after_every_slash() -> None:
+    own = lazy(("you", encode_chunk({"/o//x": Entry("/o//")})))     # lists "x" under "/o//"
+    assert own.owners_except("me").get("/o//x") == "you"
+
+
+def test_other_owners_decode_every_chunk_at_the_lookup_after_the_limit() -> None:
+    own = lazy(("you", encode_chunk({"/o/a": Entry("/o/")})), ("zed", encode_chunk({"/z/b": Entry("/z/")})))
+    chunks = [c for name in ("you", "zed") for c in own.sets[name].chunks.values()]
+    others = own.owners_except("me")
+    with pytest.raises(KeyError) as e:
+        others["/q/nobody"]
+    assert e.value.args == ("/q/nobody",)
+    for _ in range(LOOKUPS_BEFORE_INDEX - 1):
+        assert others.get("/q/nobody") is None
+    assert not any(c.decoded for c in chunks)        # 32 look-ups: no chunk quotes "nobody"
+    assert others.get("/q/nobody") is None
+    assert all(c.decoded for c in chunks)            # the 33rd built the index
+    assert (others.get("/o/a"), others.get("/z/b")) == ("you", "zed")
+
+
+def test_listing_takes_every_set_only_beyond_the_limit() -> None:
+    own = lazy(("you", encode_chunk({"/o/a": Entry("/o/")})), ("zed", encode_chunk({"/z/b": Entry("/z/")})))
+    keys = [f"/q/{i}" for i in range(LOOKUPS_BEFORE_INDEX)]
+    assert [inv.applyset for inv in own.listing("me", keys)] == ["me"]
+    assert [inv.applyset for inv in own.listing("me", [*keys, "/q/x"])] == ["me", "you", "zed"]
