@@ -59,6 +59,11 @@ class Observed(Mapping[str, ObservedLike]):
             else:
                 other[d.key] = Seen(d.value if value == d.value else value, mod, lease)
 
+    def synced(self, keys: Mapping[str, DesiredKey]) -> Mapping[str, int]:
+        """core.plan.SyncedObserved: the keys kept as their revision alone, when `keys` is the very
+        mapping they were compared with (else none: a plan of other keys looks each one up)."""
+        return self._in_sync if keys is self._declared else {}
+
     def __getitem__(self, key: str) -> Seen:
         mod = self._in_sync.get(key)
         if mod is not None:
