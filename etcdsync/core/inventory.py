@@ -155,11 +155,12 @@ class Inventory:
         if self._owned is None:
             owned: dict[str, Entry] = {}
             for chunk in self.chunks.values():
-                if not owned:
-                    owned.update(chunk.entries)
+                entries = chunk.entries
+                if not owned or owned.keys().isdisjoint(entries):   # the usual case: each key in one chunk
+                    owned.update(entries)
                     continue
-                for key, entry in chunk.entries.items():
-                    owned.setdefault(key, entry)
+                for key, entry in entries.items():
+                    owned.setdefault(key, entry)     # listed twice: the first chunk's entry
             self._owned = owned
         return self._owned
 
