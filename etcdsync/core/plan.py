@@ -178,7 +178,7 @@ class SyncedObserved(Protocol):
     def synced(self, keys: Mapping[str, DesiredKey]) -> Mapping[str, int]: ...
 
 
-_NONE: Mapping[str, int] = {}
+_NOTHING_SYNCED: Mapping[str, int] = {}    # what a plain mapping of observed keys says (see SyncedObserved)
 
 
 _KEY = itemgetter(1)       # Change.key
@@ -222,7 +222,7 @@ def plan(
     unchanged, create = Action.UNCHANGED, Action.CREATE
     in_sync = 0    # unchanged keys not listed (keep_unchanged=False)
     synced = getattr(observed, "synced", None)    # see SyncedObserved
-    synced_get = (synced(desired.keys) if synced is not None else _NONE).get
+    synced_get = (synced(desired.keys) if synced is not None else _NOTHING_SYNCED).get
     for key, d in desired.keys.items():
         _, value, prefix, policy, prune, secret, document, source = d
         entry = owned.get(key)
