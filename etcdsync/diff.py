@@ -4,7 +4,7 @@ plan made from it. Nothing here writes (`etcdsync diff`, and the first half of e
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,15 +39,30 @@ class Observed(Mapping[str, ObservedLike]):
         self._other: dict[str, Seen] = {}
 
     def add(self, kv: KeyValue, revisions: dict[int, int]) -> None:
-        key = kv.key
-        mod = revisions.setdefault(kv.mod_revision, kv.mod_revision)   # one int per transaction's keys
-        d = self._declared.get(key)
-        if d is None:
-            self._other[key] = Seen(kv.value, mod, kv.lease)
-        elif kv.value == d.value and not kv.lease:
-            self._in_sync[d.key] = mod
-        else:
-            self._other[d.key] = Seen(d.value if kv.value == d.value else kv.value, mod, kv.lease)
+        self.add_page((kv,), revisions, None)
+
+    def add_page(self, items: Iterable[KeyValue], revisions: dict[int, int], skip: str | None) -> None:
+        """Keep every key of a page but those under `skip` (one loop per page, not a call per key)."""
+        declared = self._declared.get
+        in_sync = self._in_sync
+        other = self._other
+        shared = revisions.setdefault     # one int per transaction's keys
+        for key, value, mod, _, _, lease in items:
+            if skip is not None and key.startswith(skip):
+                continue
+            mod = shared(mod, mod)
+            d = declared(key)
+            if d is None:
+                other[key] = Seen(value, mod, lease)
+            elif value == d.value and not lease:
+                in_sync[d.key] = mod
+            else:
+                other[d.key] = Seen(d.value if value == d.value else value, mod, lease)
+
+    def synced(self, keys: Mapping[str, DesiredKey]) -> Mapping[str, int]:
+        """core.plan.SyncedObserved: the keys kept as their revision alone, when `keys` is the very
+        mapping they were compared with (else none: a plan of other keys looks each one up)."""
+        return self._in_sync if keys is self._declared else {}
 
     def __getitem__(self, key: str) -> Seen:
         mod = self._in_sync.get(key)
@@ -98,9 +113,7 @@ async def observe(store: Store, desired: DesiredState, *, applyset: str, reserve
         # page by page, each page kept compactly as it arrives (see Observed): at 100,000 keys the
         # read holds ~5 MB instead of ~33 MB of KeyValues
         async for items, _ in store.pages_of(prefix, revision=rev):
-            for kv in items:
-                if not kv.key.startswith(reserved):   # a declared prefix may cover ours
-                    observed.add(kv, revisions)
+            observed.add_page(items, revisions, reserved)   # a declared prefix may cover ours
 
     await asyncio.gather(*(read(p) for p in prefixes))
     return Snapshot(rev, observed, ownership)

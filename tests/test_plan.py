@@ -202,3 +202,42 @@ def test_keep_unchanged_false_counts_in_the_summaries() -> None:
     assert render_plan(lean) == render_plan(full)
     assert render_plan(lean).endswith("1 to create, 0 to update, 0 to delete, 2 unchanged")
     assert unchanged_keys(lean, {}) == unchanged_keys(full, {}) == 2
+
+
+def test_a_snapshot_that_knows_its_keys_in_sync_plans_as_one_looked_up_key_by_key() -> None:
+    """diff.Observed hands plan() its keys in sync at once (core.plan.SyncedObserved): the plan is the
+    one made from the same snapshot as a plain dict of Seen, for every combination of value, lease,
+    record and owner; and a plan of other keys (a selection) gets nothing from it."""
+    import dataclasses
+    import itertools
+
+    from etcdsync.diff import Observed as Snapshot
+    from etcdsync.etcd.store import KeyValue
+
+    keys, kvs, entries = [], [], {}
+    combos = itertools.product([None, "1", "2"], [0, 5], [None, Entry(P, True, False, "ConfigSet/a"),
+                                                          Entry(P, False, False, "ConfigSet/a"), Entry(P),
+                                                          Entry("/config/", True, False, "ConfigSet/a")],
+                               [Policy.ENFORCE, Policy.WARN])
+    for n, (etcd_value, lease, entry, policy) in enumerate(combos):
+        rel = f"k{n:03d}"
+        keys.append(dk(rel, "1", policy=policy, document="ConfigSet/a"))
+        if etcd_value is not None:
+            kvs.append(KeyValue(P + rel, etcd_value.encode(), 100 + n, 1, 1, lease))
+        if entry is not None:
+            entries[P + rel] = entry
+    kvs.append(KeyValue(P + "undeclared", b"x", 99, 1, 1, 0))
+    entries[P + "undeclared"] = Entry(P)
+    state = desired(*keys)
+    snapshot = Snapshot(state.keys)
+    snapshot.add_page(kvs, {}, "/.etcdsync/")
+    looked_up = dict(snapshot.items())
+    assert snapshot.synced(state.keys) and snapshot.synced(dict(state.keys)) == {}
+    i = Inventory("default")
+    i.add_chunk(Chunk("/.etcdsync/sets/default/inventory/x", 7, entries))
+    for keep in (True, False):
+        for options in (Options(), Options(take_ownership=True), Options(prune=False)):
+            assert plan(state, snapshot, i, {P + "k001": "other"}, options, keep_unchanged=keep) == \
+                plan(state, looked_up, i, {P + "k001": "other"}, options, keep_unchanged=keep)
+    other = dataclasses.replace(state, keys={k: d._replace(value=b"2") for k, d in state.keys.items()})
+    assert plan(other, snapshot, i, {}) == plan(other, looked_up, i, {})   # other keys: looked up one by one

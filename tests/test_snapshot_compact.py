@@ -58,3 +58,41 @@ def test_observe_keeps_a_compact_snapshot(env: Env) -> None:
     assert _same(inv.owned, k00.key) is k00.key                              # not a second copy
     assert {e.document for e in inv.owned.values()} == {"ConfigSet/t"}
     assert len({id(e) for e in inv.owned.values()}) == 1                     # one Entry per record
+
+
+def test_pages_read_ahead_see_one_revision_and_stop_cleanly(env: Env) -> None:
+    """`Store.pages` asks for the next page before handing one over: every key once, in order, all at
+    the first page's revision even when keys change meanwhile; left early, the request it had sent is
+    cancelled (no task left behind, no error logged as lost)."""
+    p = env.ns + "pages/"
+    for i in range(23):
+        env.put(f"{p}k{i:02d}", f"v{i}")
+    lost: list[dict[str, Any]] = []
+
+    async def go() -> Any:
+        asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: lost.append(ctx))
+        async with Store(Connection(env.endpoints)) as store:
+            seen: list[tuple[str, bytes]] = []
+            revs = set()
+            async for items, rev in store.pages_of(p, revision=0, page=5):
+                revs.add(rev)
+                if not seen:     # written after the first page: a later revision, not seen by this read
+                    await store.put(p + "k00", b"changed")
+                    await store.put(p + "k99", b"new")
+                seen += [(kv.key, kv.value) for kv in items]
+            pages = store.pages_of(p, revision=0, page=5)
+            async for _ in pages:
+                break
+            asked = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]   # the second page's
+            await pages.aclose()
+            await asyncio.sleep(0.05)
+            left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            return seen, revs, asked, left
+
+    seen, revs, asked, left = asyncio.run(go())
+    assert seen == [(f"{p}k{i:02d}", f"v{i}".encode()) for i in range(23)]
+    assert len(revs) == 1
+    assert all(t.cancelled() for t in asked)     # the request and its gRPC call (none when answered already)
+    # sent before the first page was handed over: gRPC's own call task exists (not only ours, unstarted)
+    assert not asked or any("UnaryUnaryCall._invoke" in repr(t.get_coro()) for t in asked)
+    assert left == [] and lost == []

@@ -63,3 +63,22 @@ def test_a_surrogate_escaped_key_round_trips() -> None:
     key = b"/k/\xff".decode("utf-8", "surrogateescape")
     req = txn_request([absent(key)], [Put(key, b"v")])
     assert req.compare[0].key == b"/k/\xff" and req.success[0].request_put.key == b"/k/\xff"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.binary(max_size=12), st.binary(max_size=12), st.integers(0, 2**62), st.integers(0, 2**62),
+                          st.integers(0, 2**62), st.integers(0, 2**62)), max_size=8))
+def test_a_page_is_decoded_as_each_key_alone(kvs: list[tuple[bytes, bytes, int, int, int, int]]) -> None:
+    """`_kvs` (a page at once, as tuples) gives exactly the KeyValues `_kv` gives one by one, undecodable
+    key bytes included (surrogate-escaped)."""
+    from etcd3aio._protobuf import RangeResponse
+
+    from etcdsync.etcd.store import KeyValue, _kv, _kvs
+
+    resp = RangeResponse()
+    for key, value, mod, create, version, lease in kvs:
+        resp.kvs.add(key=key, value=value, mod_revision=mod, create_revision=create, version=version, lease=lease)
+    page = _kvs(resp.kvs)
+    assert page == [_kv(pb) for pb in resp.kvs]
+    assert all(type(kv) is KeyValue for kv in page)
+    assert [kv.key.encode("utf-8", "surrogateescape") for kv in page] == [k for k, *_ in kvs]

@@ -155,11 +155,12 @@ class Inventory:
         if self._owned is None:
             owned: dict[str, Entry] = {}
             for chunk in self.chunks.values():
-                if not owned:
-                    owned.update(chunk.entries)
+                entries = chunk.entries
+                if not owned or owned.keys().isdisjoint(entries):   # the usual case: each key in one chunk
+                    owned.update(entries)
                     continue
-                for key, entry in chunk.entries.items():
-                    owned.setdefault(key, entry)
+                for key, entry in entries.items():
+                    owned.setdefault(key, entry)     # listed twice: the first chunk's entry
             self._owned = owned
         return self._owned
 
@@ -341,48 +342,147 @@ def decode_chunk(key: str, value: bytes, *, reserved: str | None = None,
     """Entries of one chunk, checked against the one shape ``encode_chunk`` writes: anything else
     (a wrong type, an unknown field, a key escaping its prefix) is an InventoryError naming ``key``.
     A chunk read loosely could make `apply` delete keys no apply set ever wrote. With `keys` (the
-    desired state's), an owned key that is also declared is that key's own string."""
+    desired state's), an owned key that is also declared is that key's own string.
+
+    A chunk as etcdsync writes it is read by `_decoded_common` (checks over whole lists at once);
+    any other, and every chunk it declines, by `_decoded` (key by key: the reference, and the one
+    that says what is wrong). Both accept exactly the same chunks, with the same entries."""
     try:
         doc = json.loads(value, object_pairs_hook=_no_duplicates)
-        if not isinstance(doc, dict):
-            raise _Bad("not a JSON object")
-        version = doc.get("v")
-        if type(version) is not int or version not in READABLE_VERSIONS:
-            raise _Bad(f"unsupported inventory version {json.dumps(version)}")
-        extra = set(doc) - _FIELDS[version]
-        if extra:
-            raise _Bad(f"unknown field {min(extra)!r}")
-        prefixes = doc.get("prefixes")
-        if not isinstance(prefixes, dict):
-            raise _Bad("'prefixes' is not an object")
-        out: dict[str, Entry] = {}
-        for prefix, rels in prefixes.items():
-            _check_prefix(prefix, reserved)
-            if not isinstance(rels, list):
-                raise _Bad(f"the keys of prefix {prefix!r} are not a list")
-            plain = Entry(prefix, True)  # shared: entries are frozen
-            for rel in rels:
-                full = prefix + _check_rel(rel, prefix)
-                if keys is not None and (d := keys.get(full)) is not None:
-                    full = d.key     # the desired state's string: an owned key is not held twice
-                out[full] = plain
-        noprune = _key_list(doc, "noprune", out)
-        secret = _key_list(doc, "secret", out)
-        documents = _documents(doc, prefixes)
-        shared: dict[tuple[str, bool, bool, str], Entry] = {}   # one Entry per distinct record, not per key
-        for full in noprune | secret | documents.keys():
-            record = (out[full].prefix, full not in noprune, full in secret, documents.get(full, ""))
-            entry = shared.get(record)
-            if entry is None:
-                entry = shared[record] = Entry(*record)
-            out[full] = entry
-        return out
+        out = _decoded_common(doc, reserved, keys)
+        return out if out is not None else _decoded(doc, reserved, keys)
     except (ValueError, RecursionError) as exc:  # json's errors and _Bad are ValueErrors
         reason = str(exc).replace("\n", " ")
         if len(reason) > 200:
             reason = reason[:197] + "..."
         raise InventoryError(f"{_shown(key)}: inventory chunk is not readable ({_shown(reason)}); "
                              "fix or delete it by hand, etcdsync will not guess what it owns") from None
+
+
+def _decoded(doc: object, reserved: str | None, keys: Mapping[str, DesiredKey] | None) -> dict[str, Entry]:
+    """decode_chunk's reference reading of a parsed chunk, key by key: raises _Bad saying what is wrong."""
+    if not isinstance(doc, dict):
+        raise _Bad("not a JSON object")
+    version = doc.get("v")
+    if type(version) is not int or version not in READABLE_VERSIONS:
+        raise _Bad(f"unsupported inventory version {json.dumps(version)}")
+    extra = set(doc) - _FIELDS[version]
+    if extra:
+        raise _Bad(f"unknown field {min(extra)!r}")
+    prefixes = doc.get("prefixes")
+    if not isinstance(prefixes, dict):
+        raise _Bad("'prefixes' is not an object")
+    out: dict[str, Entry] = {}
+    for prefix, rels in prefixes.items():
+        _check_prefix(prefix, reserved)
+        if not isinstance(rels, list):
+            raise _Bad(f"the keys of prefix {prefix!r} are not a list")
+        plain = Entry(prefix, True)  # shared: entries are frozen
+        for rel in rels:
+            full = prefix + _check_rel(rel, prefix)
+            if keys is not None and (d := keys.get(full)) is not None:
+                full = d.key     # the desired state's string: an owned key is not held twice
+            out[full] = plain
+    noprune = _key_list(doc, "noprune", out)
+    secret = _key_list(doc, "secret", out)
+    documents = _documents(doc, prefixes)
+    _flag(out, noprune, secret, documents)
+    return out
+
+
+def _flag(out: dict[str, Entry], noprune: set[str], secret: set[str], documents: Mapping[str, str]) -> None:
+    """Give the keys in `noprune`, `secret` or `documents` their record (one Entry per distinct record)."""
+    shared: dict[tuple[str, bool, bool, str], Entry] = {}
+    for full in noprune | secret | documents.keys():
+        record = (out[full].prefix, full not in noprune, full in secret, documents.get(full, ""))
+        entry = shared.get(record)
+        if entry is None:
+            entry = shared[record] = Entry(*record)
+        out[full] = entry
+
+
+# In a list of relative keys joined by NUL, with a NUL before and after (and no NUL in any key): a
+# "." or ".." segment, between a boundary or "/" and the next one.
+_DOT_SEGMENT = re.compile(r"[\x00/]\.\.?(?=[\x00/])")
+
+
+def _plain_rels(rels: list[object]) -> bool:
+    """True only when every element of `rels` is a string that _check_rel accepts, checked over the
+    whole list at once (not a call per key). False: not known, _check_rel says (a key with a
+    character that is not printable, even one _check_rel accepts, is left to it)."""
+    if not rels:
+        return True
+    try:
+        flat = "".join(rels)   # type: ignore[arg-type]  # TypeError: not all strings
+    except TypeError:
+        return False
+    if not flat.isprintable():      # no control character (nor NUL: the boundaries below are ours)
+        return False
+    joined = "\x00" + "\x00".join(rels) + "\x00"   # type: ignore[arg-type]
+    if "\x00\x00" in joined or "\x00/" in joined:    # an empty key, or one starting with "/"
+        return False
+    return not (("/." in joined or "\x00." in joined) and _DOT_SEGMENT.search(joined))
+
+
+def _decoded_common(doc: object, reserved: str | None,
+                    keys: Mapping[str, DesiredKey] | None) -> dict[str, Entry] | None:
+    """The entries of a chunk of the shape etcdsync writes (each key listed once, each document
+    naming whole prefixes, `true`, no prefix named twice), checked a list at a time; None for
+    anything else, which `_decoded` then reads (and refuses, or reads as this would have: None
+    never changes what a chunk means, it only costs the slower reading). Raises nothing."""
+    if type(doc) is not dict:
+        return None
+    version = doc.get("v")
+    if type(version) is not int or version not in READABLE_VERSIONS or not doc.keys() <= _FIELDS[version]:
+        return None
+    prefixes = doc.get("prefixes")
+    documents = doc.get("documents", {})
+    if type(prefixes) is not dict or type(documents) is not dict:
+        return None
+    named: dict[str, str] = {}    # prefix -> the one document naming all of it
+    for name, groups in documents.items():
+        if type(groups) is not dict or not groups or not _DOCUMENT.match(name):
+            return None
+        for prefix, rels in groups.items():
+            if rels is not True or prefix in named or prefix not in prefixes:
+                return None
+            named[prefix] = name
+    out: dict[str, Entry] = {}
+    listed = 0
+    for prefix, rels in prefixes.items():
+        if type(rels) is not list or not _plain_rels(rels):
+            return None
+        try:
+            _check_prefix(prefix, reserved)
+        except _Bad:
+            return None
+        listed += len(rels)
+        entry = Entry(prefix, True, False, named.get(prefix, ""))   # shared: entries are frozen
+        if keys is None:
+            out.update(dict.fromkeys([prefix + rel for rel in rels], entry))
+        else:
+            get = keys.get
+            for rel in rels:
+                full = prefix + rel
+                d = get(full)
+                out[full if d is None else d.key] = entry   # the desired state's string (see decode_chunk)
+    if len(out) != listed:        # a key listed twice, or under two prefixes: _decoded says what that means
+        return None
+    if "noprune" in doc or "secret" in doc:
+        try:
+            noprune = _key_list(doc, "noprune", out)
+            secret = _key_list(doc, "secret", out)
+        except _Bad:
+            return None
+        shared: dict[tuple[str, bool, bool, str], Entry] = {}    # as in _flag: one Entry per record
+        for full in noprune | secret:
+            e = out[full]
+            record = (e.prefix, full not in noprune, full in secret, e.document)
+            flagged = shared.get(record)
+            if flagged is None:
+                flagged = shared[record] = Entry(*record)
+            out[full] = flagged
+    return out
 
 
 def _documents(doc: dict[str, object], prefixes: dict[str, list[str]]) -> dict[str, str]:

@@ -173,6 +173,19 @@ def retag_note(entry: Entry, d: DesiredKey) -> str:
     return "ownership record: " + ", ".join(parts)
 
 
+class SyncedObserved(Protocol):
+    """An observed mapping that knows, without a look-up per key, which declared keys hold their value.
+
+    `synced(keys)`: key -> mod_revision of every key that holds exactly the value `keys[key]` declares,
+    with no lease, read as `observed[key]` would answer; empty when `keys` is not the very mapping the
+    snapshot was read for (diff.Observed). `plan` counts such a key in sync without building its Seen."""
+
+    def synced(self, keys: Mapping[str, DesiredKey]) -> Mapping[str, int]: ...
+
+
+_NOTHING_SYNCED: Mapping[str, int] = {}    # what a plain mapping of observed keys says (see SyncedObserved)
+
+
 _KEY = itemgetter(1)       # Change.key
 _ACTION = itemgetter(0)    # Change.action
 
@@ -213,22 +226,28 @@ def plan(
     new = tuple.__new__
     unchanged, create = Action.UNCHANGED, Action.CREATE
     in_sync = 0    # unchanged keys not listed (keep_unchanged=False)
+    synced = getattr(observed, "synced", None)    # see SyncedObserved
+    synced_get = (synced(desired.keys) if synced is not None else _NOTHING_SYNCED).get
     for key, d in desired.keys.items():
         _, value, prefix, policy, prune, secret, document, origin, at = d
-        obs = observed.get(key)
         entry = owned.get(key)
         if entry is not None:
-            if obs is not None and obs.value == value and not obs.lease and entry.prefix == prefix and \
+            mod = synced_get(key)
+            if mod is None and (obs := observed.get(key)) is not None and obs.value == value and not obs.lease:
+                mod = obs.mod_revision
+            if mod is not None and entry.prefix == prefix and \
                     entry.prune == prune and entry.secret == secret and entry.document == document:
                 if keep_unchanged:
-                    changes.append(new(Change, (unchanged, key, value, value, obs.mod_revision, prefix, policy,
+                    changes.append(new(Change, (unchanged, key, value, value, mod, prefix, policy,
                                                 prune, secret, False, False, None, "", document, origin, at, 0)))
                 else:
                     in_sync += 1
                 continue
+            obs = observed.get(key)
             mine = True
             owner = None
         else:
+            obs = observed.get(key)
             mine = False
             owner = other_owners.get(key)
             if obs is None and owner is None:

@@ -162,8 +162,27 @@ def _s(data: bytes) -> str:
     return data.decode("utf-8", "surrogateescape")
 
 
+# Loop iterations a request needs before it is on the wire: its task calls the stub (1), whose call is
+# a task of its own that starts the gRPC batch (2); one more for margin. A page read ahead is not
+# sent before these: a reader that decodes a page without yielding would only send it afterwards.
+_SEND_STEPS = 3
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """A done callback for a request nobody awaits any more: its error, if any, is not logged as lost."""
+    if not future.cancelled():
+        future.exception()
+
+
 def _kv(pb: Any) -> KeyValue:
     return KeyValue(_s(pb.key), bytes(pb.value), pb.mod_revision, pb.create_revision, pb.version, pb.lease)
+
+
+def _kvs(pbs: Any) -> list[KeyValue]:
+    """`_kv` of each message of a page, built as the tuples they are (no __new__ call per key)."""
+    new = tuple.__new__
+    return [new(KeyValue, (pb.key.decode("utf-8", "surrogateescape"), bytes(pb.value), pb.mod_revision,
+                           pb.create_revision, pb.version, pb.lease)) for pb in pbs]
 
 
 _TARGETS = {"mod": _PbCompare.MOD, "version": _PbCompare.VERSION, "create": _PbCompare.CREATE, "value": _PbCompare.VALUE,
@@ -611,24 +630,41 @@ class Store:
                     page: int = PAGE_KEYS) -> AsyncIterator[tuple[list[KeyValue], int]]:
         """The keys in [start, end) at one revision, one page (at most `page` keys) at a time, each
         with that revision (the first page's, when `revision` is 0). A caller that keeps a compact
-        form of each page never holds a whole large read as KeyValues (or their protobufs) at once."""
-        key = _b(start)
+        form of each page never holds a whole large read as KeyValues (or their protobufs) at once.
+
+        The next page is asked for (and sent: see _SEND_STEPS) before this one is decoded and handed
+        over, so etcd serves it while the caller works on this one: at most the next page's protobuf
+        is held besides the caller's page. Left early, the request is cancelled."""
         range_end = _b(end)
         rev = revision
-        while True:
-            resp = await self._call("range", linearizable=True, fn=lambda k=key, r=rev: self._kv.get(k, range_end=range_end, revision=r, limit=page,  # type: ignore[misc]
-                                                     timeout=self.conn.timeout)
-            )
+
+        def ask(key: bytes) -> Awaitable[Any]:
+            return self._call("range", linearizable=True, fn=lambda: self._kv.get(
+                key, range_end=range_end, revision=rev, limit=page, timeout=self.conn.timeout))
+
+        ahead: asyncio.Future[Any] | None = None
+        try:
+            resp = await ask(_b(start))
             if rev == 0:
                 rev = int(resp.header.revision)
-            items = [_kv(item) for item in resp.kvs]
-            more = bool(resp.more) and bool(items)
-            if more:
-                key = _b(items[-1].key) + b"\x00"
-            del resp                                       # the page's protobuf goes before the caller runs
-            yield items, rev
-            if not more:
-                return
+            while True:
+                kvs = resp.kvs
+                more = bool(resp.more) and bool(kvs)
+                if more:     # asked before this page is decoded: etcd works on it meanwhile
+                    ahead = asyncio.ensure_future(ask(kvs[len(kvs) - 1].key + b"\x00"))
+                    for _ in range(_SEND_STEPS):
+                        await asyncio.sleep(0)
+                items = _kvs(kvs)
+                del resp, kvs                              # the page's protobuf goes before the caller runs
+                yield items, rev
+                if not more:
+                    return
+                assert ahead is not None
+                resp, ahead = await ahead, None
+        finally:
+            if ahead is not None:       # left before the next page was read: nobody will await it
+                ahead.cancel()
+                ahead.add_done_callback(_retrieved)
 
     # -- writes --------------------------------------------------------------------
 
