@@ -79,3 +79,4 @@ def test_a_live_instance_is_put_back_once_after_a_stall_longer_than_its_lease(
     assert kinds == ["put", "delete", "put"], (events, d.logs()[-2000:])
     assert events[2][2] not in (0, first_lease), "put back under a new lease"
     assert "restored" not in d.logs(), d.logs()[-1500:]
+    assert "resuming elsewhere" not in d.logs(), "one endpoint: there is no elsewhere"

@@ -829,7 +829,8 @@ class Store:
                 if not done:
                     why = f"watch {key}: stream silent for {deadline:g}s (member paused or partitioned)"
                     await self._failover(pinned, why)
-                    raise EtcdConnectionError(f"{why}; resuming elsewhere") from None
+                    raise EtcdConnectionError(f"{why}; resuming {'elsewhere' if len(self._endpoints) > 1 else 'when it answers'}"
+                                              ) from None
                 resp, read = read.result(), None
                 if resp is grpc.aio.EOF:
                     await self._failover(pinned, f"watch {key}: stream closed")
