@@ -16,6 +16,7 @@ import time
 from conftest import Env, wait_for
 from history import Recorder
 from test_daemon import Daemon, daemons  # noqa: F401 - the fixture
+from test_history_daemon import entries
 
 from etcdsync.core.history import Suspension, suspend_key
 from etcdsync.etcd.store import Store
@@ -68,6 +69,10 @@ def test_a_suspend_landing_mid_reconcile_stops_the_transactions_in_flight(
     suspended_at = asyncio.run(suspend_on_first_write(env, env.revision(), daemons))
     [d] = daemons
     wait_for(lambda: d.ready().get("suspended"), 10, lambda: f"readyz says suspended\n{d.logs()[-1500:]}")
+    # the stopped apply's last writes: its "applying" marker (what views hold back for) taken away,
+    # and the history entry of what it wrote before it stopped
+    wait_for(lambda: env.dump(f"{env.reserved}applying/") == {}, 10, "the apply's marker removed")
+    wait_for(lambda: any(e.get("failed") for e in entries(env)), 10, lambda: f"stopped reconcile recorded\n{d.logs()[-1500:]}")
     history.sync()
     written = key_revisions(env)
     late = sorted((rev, key) for key, rev in written.items() if rev > suspended_at)
