@@ -104,3 +104,30 @@ def test_a_daemon_started_while_suspended_writes_nothing(env: Env, history: Reco
     assert env.get(env.ns + KEY) is None
     assert env.cli("resume", "--applyset", "t", "--reserved-prefix", env.reserved).code == 0
     wait_for(lambda: env.get(env.ns + KEY) == b"one", 10, "applied after resume")
+
+
+def test_entries_name_the_digest_of_the_manifests_in_force(env: Env, history: Recorder, daemons: list[Daemon]) -> None:
+    """Reconciles and repairs record the digest of the manifests loaded when they wrote (computed once
+    per loaded state, again after an edit)."""
+    mdir = manifest(env, a="one")
+    d = Daemon(env, mdir)
+    daemons.append(d)
+    d.wait_ready()
+    key = env.ns + KEY
+
+    def newest(kind: str) -> str:
+        found = [e for e in entries(env) if e["kind"] == kind]
+        return str(found[0]["source"]["digest"]) if found else ""  # type: ignore[index]
+
+    wait_for(lambda: newest("reconcile"), 10, "reconcile recorded")
+    first = newest("reconcile")
+    env.put(key, "hand")
+    wait_for(lambda: newest("repair"), 10, lambda: f"repair recorded\n{d.logs()[-1500:]}")
+    assert newest("repair") == first
+    manifest(env, a="two")
+    wait_for(lambda: newest("reconcile") not in ("", first), 10, lambda: f"edit recorded\n{d.logs()[-1500:]}")
+    second = newest("reconcile")
+    repairs = len([e for e in entries(env) if e["kind"] == "repair"])
+    env.put(key, "hand again")
+    wait_for(lambda: len([e for e in entries(env) if e["kind"] == "repair"]) > repairs, 10, "second repair recorded")
+    assert newest("repair") == second != first
