@@ -60,6 +60,7 @@ class Watches:
             prefixes = self.prefixes()
             seen = {p: start - 1 for p in prefixes}
             endpoint = self.store.endpoint
+            history = self.store.changes     # etcd's history as these watches start from it
             tasks: list[asyncio.Task[Any]] = [
                 asyncio.create_task(self._watch_one(p, start, seen), name=f"watch {p}") for p in prefixes]
             tasks.append(asyncio.create_task(self._watchdog(prefixes, seen), name="watchdog"))
@@ -80,6 +81,11 @@ class Watches:
             finally:  # also when this loop is cancelled: the watch tasks must not outlive it
                 await cancel_and_wait(*tasks)
             last = min(seen.values()) if seen else start - 1
+            if failure is not None and not isinstance(failure, CompactedError) and self.store.changes != history:
+                # the store found etcd's history replaced while these watches were failing (restored
+                # from an older snapshot, wiped): their revisions are void, resuming from them would
+                # find the change again later and re-read everything once more
+                failure = CompactedError(f"{failure}; etcd's history was replaced meanwhile", 0)
             if isinstance(failure, CompactedError):
                 log.warning("%s; full re-read", failure)
                 self.reconciled.clear()

@@ -412,6 +412,12 @@ class Store:
         return lease
 
     @property
+    def changes(self) -> int:
+        """How many times this store saw etcd's history replaced (revision backwards, new cluster id):
+        revisions seen before a change are void after it."""
+        return self._changes
+
+    @property
     def endpoint(self) -> str:
         """The endpoint requests go to now."""
         return self._endpoints[self._pinned].url if self._endpoints else ""
