@@ -382,3 +382,95 @@ def test_listing_takes_every_set_only_beyond_the_limit() -> None:
     keys = [f"/q/{i}" for i in range(LOOKUPS_BEFORE_INDEX)]
     assert [inv.applyset for inv in own.listing("me", keys)] == ["me"]
     assert [inv.applyset for inv in own.listing("me", [*keys, "/q/x"])] == ["me", "you", "zed"]
+
+
+# -- decode_chunk's list-at-a-time reading (_decoded_common) and its key-by-key reading (_decoded) ----
+
+def _fast(value: bytes, keys: dict[str, DesiredKey] | None = None, reserved: str | None = R) -> dict[str, Entry] | None:
+    import json
+
+    from etcdsync.core import inventory as inv
+    return inv._decoded_common(json.loads(value), reserved, keys)
+
+
+def _declared(*fulls: str) -> dict[str, DesiredKey]:
+    """Declared keys equal to the chunk's, as other string objects (so `is` tells which one a dict holds)."""
+    return {"".join(list(f)): DesiredKey("".join(list(f)), b"v", "/") for f in fulls}
+
+
+WRITTEN = {
+    "/a/x": Entry("/a/", True, False, "ConfigSet/a"),
+    "/a/y": Entry("/a/", False, False, "ConfigSet/a"),
+    "/a/z": Entry("/a/", False, False, "ConfigSet/a"),
+    "/a/s": Entry("/a/", True, True, "ConfigSet/a"),
+    "/b/k": Entry("/b/", True, False, ""),
+    "/b/.k": Entry("/b/", True, False, ""),
+    "/c/q": Entry("/c/", True, False, "Service/c"),
+}
+
+
+@pytest.mark.parametrize("entries", [
+    WRITTEN,
+    {k: e for k, e in WRITTEN.items() if not e.document},                    # no "documents" field
+    {k: e for k, e in WRITTEN.items() if e.prune and not e.secret},          # no "noprune", no "secret"
+    {"/b/k": Entry("/b/")},                                                  # one prefix, one key
+])
+@pytest.mark.parametrize("with_keys", [False, True])
+def test_every_shape_etcdsync_writes_is_read_a_list_at_a_time(entries: dict[str, Entry], with_keys: bool) -> None:
+    """A chunk as encode_chunk writes it (every field present or not, several prefixes, documents
+    naming whole prefixes, flags by key) is read by _decoded_common, never declined, with the entries
+    decode_chunk gives and the declared key strings."""
+    value = encode_chunk(entries)
+    keys = _declared(*entries) if with_keys else None
+    fast = _fast(value, keys)
+    assert fast is not None
+    assert fast == entries and list(fast.items()) == list(decode_chunk(K, value, reserved=R, keys=keys).items())
+    if keys is not None:
+        assert all(full is keys[full].key for full in fast)
+    assert _fast(value, keys, None) == entries
+
+
+def test_a_written_chunk_never_reaches_the_key_by_key_reading(monkeypatch: pytest.MonkeyPatch) -> None:
+    from etcdsync.core import inventory as inv
+
+    def refused(*args: object) -> None:
+        raise AssertionError("the key-by-key reading was used")
+    monkeypatch.setattr(inv, "_decoded", refused)
+    assert decode_chunk(K, encode_chunk(WRITTEN), reserved=R, keys=_declared("/a/x")) == WRITTEN
+
+
+def test_flagged_keys_of_one_record_share_one_entry() -> None:
+    """As _flag does: one Entry object per distinct record, also in the list-at-a-time reading."""
+    out = _fast(encode_chunk(WRITTEN))
+    assert out is not None
+    assert out["/a/y"] is out["/a/z"] and out["/a/x"] is not out["/a/y"]
+    assert out["/b/k"] is out["/b/.k"]
+
+
+def test_a_declined_chunk_read_key_by_key_holds_the_declared_key_strings() -> None:
+    """A document naming some keys of a prefix (not `true`) is not the shape etcdsync writes: the
+    list-at-a-time reading declines it, and the key-by-key one still holds an owned key that is also
+    declared as the desired state's string."""
+    value = b'{"v":2,"prefixes":{"/a/":["x","y"]},"documents":{"ConfigSet/a":{"/a/":["x"]}}}'
+    keys = _declared("/a/x", "/a/y")
+    assert _fast(value, keys) is None
+    out = decode_chunk(K, value, reserved=R, keys=keys)
+    assert out == {"/a/x": Entry("/a/", True, False, "ConfigSet/a"), "/a/y": Entry("/a/")}
+    assert all(full is keys[full].key for full in out)
+    assert decode_chunk(K, value, reserved=R, keys={}) == out
+
+
+@pytest.mark.parametrize(("rels", "plain"), [
+    ([], True),
+    (["x"], True),
+    ([".x", "a/.b", "x.", "..."], True),
+    (["a", ""], False),
+    (["a", "/x"], False),
+    (["a", "b/../c"], False),
+    (["a", ".."], False),
+    (["a", "x\x01"], False),
+    (["a", 1], False),
+])
+def test_plain_rels_over_a_whole_list(rels: list[object], plain: bool) -> None:
+    from etcdsync.core import inventory as inv
+    assert inv._plain_rels(rels) is plain

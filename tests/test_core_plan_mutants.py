@@ -488,3 +488,39 @@ def test_the_keys_after_a_re_created_or_taken_over_key_are_planned_too(taken: bo
     first = expect(Action.CREATE, a, None, 0, own=True, owner="theirs", note="taken over from apply set 'theirs'") \
         if taken else expect(Action.CREATE, a, None, 0)
     assert p.changes == (first, expect(Action.CREATE, b, None, 0, own=True))
+
+
+class _SyncedSnapshot(dict):  # type: ignore[type-arg]
+    """An observed mapping that knows its keys in sync (core.plan.SyncedObserved) for the one mapping
+    of declared keys it was read for, and records every key looked up one by one."""
+
+    def __init__(self, seen: dict[str, Observed], keys: object) -> None:
+        super().__init__(seen)
+        self.keys_read_for = keys
+        self.looked_up: list[str] = []
+
+    def synced(self, keys: object) -> dict[str, int]:
+        if keys is not self.keys_read_for:
+            return {}
+        return {k: o.mod_revision for k, o in self.items()
+                if k in keys and o.value == keys[k].value and not o.lease}  # type: ignore[operator,index]
+
+    def get(self, key: str, default: object = None) -> object:  # type: ignore[override]
+        self.looked_up.append(key)
+        return super().get(key, default)
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_owned_keys_in_sync_by_the_snapshot_are_never_looked_up_one_by_one(keep: bool) -> None:
+    """plan() takes the keys a snapshot says are in sync from `synced(desired.keys)`, the very mapping
+    of declared keys, and looks up only the others (a drifted, an absent, an unowned key); the plan
+    is the one a plain dict of the same keys gives."""
+    a, b, c, d = dk("a", "1"), dk("b", "2"), dk("c", "3"), dk("d", "4")
+    s = state(a, b, c, d)
+    seen = {a.key: Observed(b"1", 11), b.key: Observed(b"old", 12), d.key: Observed(b"4", 14)}
+    inv = inventory({a.key: owned_entry(P), b.key: owned_entry(P), c.key: owned_entry(P)})
+    snapshot = _SyncedSnapshot(seen, s.keys)
+    p = plan(s, snapshot, inv, {}, keep_unchanged=keep)
+    assert p == plan(s, dict(seen), inv, {}, keep_unchanged=keep)
+    assert set(snapshot.looked_up) == {b.key, c.key, d.key}
+    assert (p.changes[0] == expect(Action.UNCHANGED, a, "1", 11)) if keep else (p.unchanged == 1)
