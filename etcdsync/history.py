@@ -85,7 +85,7 @@ def _shown_path(path: str) -> str:
             rel = os.path.relpath(path)
         except ValueError:
             return path
-        if not rel.startswith(os.pardir):
+        if rel != os.pardir and not rel.startswith(os.pardir + os.sep):
             return rel
     return path
 
