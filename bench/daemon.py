@@ -21,7 +21,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from etcd3aio.kv import prefix_range_end
+from etcd3aio._protobuf import Compare
+from etcd3aio.kv import KVService, prefix_range_end
 
 from etcdsync.local.etcdbin import EtcdCluster, free_ports
 
@@ -161,6 +162,54 @@ async def _measure_repairs(addr: str, n: int, drifts: int, seed: int = 7,
     return out
 
 
+async def _measure_raw_repairs(addr: str, n: int, drifts: int, seed: int = 7) -> list[float]:
+    """The repair without etcdsync: drift a random key, and as soon as the watch shows the drift, write
+    the declared value back in a transaction guarded by the drift's mod_revision (as the daemon's repair
+    is), until the watch shows it. Seconds from sending the drift to seeing the repair, per drift."""
+    rng = random.Random(seed)
+    prefix = manifests.PREFIX.encode()
+    out: list[float] = []
+    async with raw_client(addr) as client:
+        assert client.kv is not None and client.watch is not None
+        kv, watch = client.kv, client.watch
+        revisions: asyncio.Queue[int] = asyncio.Queue()
+        created = asyncio.Event()
+
+        async def pump() -> None:
+            async for resp in watch.watch(prefix, range_end=prefix_range_end(prefix)):
+                if resp.created:
+                    created.set()
+                for ev in resp.events:
+                    revisions.put_nowait(ev.kv.mod_revision)
+
+        async def seen(rev: int) -> None:
+            while await revisions.get() != rev:
+                pass
+
+        watcher = asyncio.create_task(pump())
+        try:
+            async with asyncio.timeout(10):
+                await created.wait()
+            for d in range(drifts):
+                i = rng.randrange(n)
+                key = f"{manifests.PREFIX}{manifests.rel_key(i)}".encode()
+                sent = time.perf_counter()
+                async with asyncio.timeout(REPAIR_TIMEOUT):
+                    rev = (await kv.put(key, f"drift-{d}".encode())).header.revision
+                    await seen(rev)
+                    guard = Compare(result=Compare.EQUAL, target=Compare.MOD, key=key, mod_revision=rev)
+                    done = await kv.txn([guard], [KVService.txn_op_put(key, manifests.value(i).encode())])
+                    if not done.succeeded:
+                        raise RuntimeError(f"raw repair of {key!r}: the guard failed")
+                    await seen(done.header.revision)
+                out.append(time.perf_counter() - sent)
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await watcher
+    return out
+
+
 HIST = re.compile(r'^etcdsync_drift_repair_seconds_(bucket|sum|count)(\{le="([^"]+)"\})? (\S+)$')
 
 
@@ -183,20 +232,11 @@ def repair_histogram(metrics_text: str) -> dict[str, object]:
             "buckets": buckets}
 
 
-def drift_repair(manifest_dir: Path, etcd: Etcd, n: int, drifts: int, work: Path) -> Measurement:
-    """Start the daemon on N keys (it applies them), then drift and time the repairs."""
-    d = start_daemon(manifest_dir, etcd.endpoint, work / f"daemon-repair-{n}.log")
-    try:
-        time.sleep(0.5)                       # let the watches settle after the first reconcile
-        r = asyncio.run(_measure_repairs(etcd.addr, n, drifts))
-        status, body = d.get("/metrics")
-        hist = repair_histogram(body.decode()) if status == 200 else {}
-    finally:
-        d.stop()
-    if not r.from_send:
-        raise RuntimeError(f"no drift was repaired within {REPAIR_TIMEOUT}s: {d.tail_log()}")
+def _repair_measurement(n: int, drifts: int, r: Repairs, hist: dict[str, object], ready_seconds: float,
+                        extra: dict[str, object] | None = None) -> Measurement:
     lat = r.from_send
     p50 = percentile(lat, 50)
+    rtt = [s - a for s, a in zip(r.from_send, r.from_ack, strict=True)]
     details: dict[str, object] = {
         "drifts": drifts, "repaired": len(lat), "failures": r.failures,
         "measured_from": "sending the drifting put (so its own round trip is included), until a watch on "
@@ -205,9 +245,90 @@ def drift_repair(manifest_dir: Path, etcd: Etcd, n: int, drifts: int, work: Path
         "event_to_event_p50": percentile(r.event_to_event, 50) if r.event_to_event else None,
         "event_to_event_p99": percentile(r.event_to_event, 99) if r.event_to_event else None,
         "event_to_event_coalesced": r.coalesced,
-        "daemon_histogram": hist, "daemon_ready_seconds": d.ready_seconds,
+        # the drifting put's own round trip (etcd's share), and the rest (the daemon's and the watches')
+        "put_p50": percentile(rtt, 50), "put_p99": percentile(rtt, 99),
+        "from_ack_p50": percentile(r.from_ack, 50), "from_ack_p99": percentile(r.from_ack, 99),
+        "daemon_histogram": hist, "daemon_ready_seconds": ready_seconds, **(extra or {}),
     }
     return Measurement(DRIFT_REPAIR, n, seconds=p50, details=details)
+
+
+def _daemon_histogram(d: RunningDaemon) -> dict[str, object]:
+    status, body = d.get("/metrics")
+    return repair_histogram(body.decode()) if status == 200 else {}
+
+
+def drift_repair(manifest_dir: Path, etcd: Etcd, n: int, drifts: int, work: Path) -> Measurement:
+    """Start the daemon on N keys (it applies them), then drift and time the repairs."""
+    d = start_daemon(manifest_dir, etcd.endpoint, work / f"daemon-repair-{n}.log")
+    try:
+        time.sleep(0.5)                       # let the watches settle after the first reconcile
+        r = asyncio.run(_measure_repairs(etcd.addr, n, drifts))
+        hist = _daemon_histogram(d)
+    finally:
+        d.stop()
+    if not r.from_send:
+        raise RuntimeError(f"no drift was repaired within {REPAIR_TIMEOUT}s: {d.tail_log()}")
+    return _repair_measurement(n, drifts, r, hist, d.ready_seconds)
+
+
+REPAIR_ROUNDS = 20   # the interleaved comparison alternates this many rounds on each daemon
+
+
+def drift_repair_interleaved(small: tuple[Path, Etcd, int], big: tuple[Path, Etcd, int], drifts: int,
+                             work: Path, rounds: int = REPAIR_ROUNDS) -> list[Measurement]:
+    """Drift repair on two daemons at once (each on its own etcd: N small and N big keys), measured in
+    alternating rounds of drifts/rounds drifts each, so that whatever else the machine does during the
+    run weighs on both sizes alike. The ratio of the two p50s is the one to read; per round ratios
+    are kept in the details to show its spread."""
+    rounds = max(1, min(rounds, drifts))
+    running: list[RunningDaemon] = []
+    try:
+        for mdir, etcd, n in (small, big):
+            running.append(start_daemon(mdir, etcd.endpoint, work / f"daemon-repair-{n}.log"))
+        time.sleep(0.5)                       # let the watches settle after the first reconcile
+        per = [Repairs([], [], []) for _ in running]
+        round_p50: list[list[float]] = [[] for _ in running]
+        for k in range(rounds):
+            count = drifts // rounds + (k < drifts % rounds)
+            order = (0, 1) if k % 2 == 0 else (1, 0)      # neither size always goes first
+            for i in order:
+                _, etcd, n = (small, big)[i]
+                r = asyncio.run(_measure_repairs(etcd.addr, n, count, seed=1000 * i + k))
+                acc = per[i]
+                acc.from_send += r.from_send
+                acc.from_ack += r.from_ack
+                acc.event_to_event += r.event_to_event
+                acc.coalesced += r.coalesced
+                acc.failures += r.failures
+                if r.from_send:
+                    round_p50[i].append(percentile(r.from_send, 50))
+        hists = [_daemon_histogram(d) for d in running]
+    finally:
+        for d in running:
+            d.stop()
+    for (_, _, n), r, d in zip((small, big), per, running, strict=True):
+        if not r.from_send:
+            raise RuntimeError(f"no drift was repaired within {REPAIR_TIMEOUT}s at N={n:,}: {d.tail_log()}")
+    # the same drifts repaired by this client, without etcdsync, on the same two etcds (daemons stopped):
+    # what etcd itself makes of a guarded repair at each size
+    raw: list[list[float]] = [[], []]
+    for k in range(rounds):
+        count = drifts // rounds + (k < drifts % rounds)
+        for i in ((0, 1) if k % 2 == 0 else (1, 0)):
+            _, etcd, n = (small, big)[i]
+            raw[i] += asyncio.run(_measure_raw_repairs(etcd.addr, n, count, seed=1000 * i + k))
+    ratios = [b / s for s, b in zip(round_p50[0], round_p50[1], strict=False) if s]
+    shared = {"interleaved_rounds": rounds}
+    return [
+        _repair_measurement(small[2], drifts, per[0], hists[0], running[0].ready_seconds,
+                            {**shared, "round_p50": round_p50[0], "raw_p50": percentile(raw[0], 50),
+                             "raw_p99": percentile(raw[0], 99)}),
+        _repair_measurement(big[2], drifts, per[1], hists[1], running[1].ready_seconds,
+                            {**shared, "round_p50": round_p50[1], "round_p50_ratios": ratios,
+                             "round_p50_ratio_median": percentile(ratios, 50) if ratios else None,
+                             "raw_p50": percentile(raw[1], 50), "raw_p99": percentile(raw[1], 99)}),
+    ]
 
 
 def rss_and_idle(manifest_dir: Path, etcd: Etcd, n: int, idle_seconds: float, work: Path) -> list[Measurement]:

@@ -96,6 +96,15 @@ def single_table(r: Results) -> list[str]:
         x = big.details
         lines.append(f"| drift repair at {num(big.n)} owned keys: p50 / p99 (p50 ÷ p50 at {num(d.n if d else 0)}) | "
                      f"{secs(x['p50'])} / {secs(x['p99'])} ({big.ratios['p50_vs_1000']:.2f}×) |")
+        if x.get("interleaved_rounds") and d is not None:
+            lines.append(f"| the two sizes were measured at once, in {x['interleaved_rounds']} alternating rounds "
+                         f"each; median of the per-round p50 ratios | {x['round_p50_ratio_median']:.2f}× |")
+        if x.get("raw_p50") is not None and d is not None and d.details.get("raw_p50") is not None:
+            y = d.details
+            lines.append(f"| the same repair without etcdsync (the bench client writes the declared value back in "
+                         f"a transaction guarded by the drift's revision): p50 / p99 at {num(d.n)}, at "
+                         f"{num(big.n)} | {secs(y['raw_p50'])} / {secs(y['raw_p99'])}, "
+                         f"{secs(x['raw_p50'])} / {secs(x['raw_p99'])} |")
     p = r.get(DRIFT_REPAIR_PAUSED)
     if p:
         x = p.details

@@ -44,3 +44,29 @@ def test_bench_quick_mode(tmp_path: Path) -> None:
     assert "| workload | N = 1,000 |" in out
     assert "| target | measured | status |" in out
     assert not (tmp_path / "latest.png").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_interleaved_drift_repair_measures_both_sizes_and_the_raw_repair(tmp_path: Path) -> None:
+    """The repair-ratio row: two daemons at once, drifts alternating between them, then the same drifts
+    repaired by the bench client alone on the same two etcds."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        from bench import daemon, manifests
+        from bench.servers import fresh_etcd
+    finally:
+        sys.path.remove(str(ROOT))
+    small_dir, big_dir = tmp_path / "small", tmp_path / "big"
+    manifests.write_manifest(small_dir, 200)
+    manifests.write_manifest(big_dir, 500)
+    with fresh_etcd(str(tmp_path)) as small, fresh_etcd(str(tmp_path)) as big:
+        ms = daemon.drift_repair_interleaved((small_dir, small, 200), (big_dir, big, 500), 12, tmp_path, rounds=3)
+    assert [m.n for m in ms] == [200, 500]
+    for m in ms:
+        d = m.details
+        assert d["drifts"] == d["repaired"] == 12 and d["failures"] == 0, d
+        assert len(d["round_p50"]) == 3 and d["interleaved_rounds"] == 3
+        assert 0 < d["put_p50"] <= d["p50"] and 0 < d["raw_p50"] <= d["raw_p99"]
+        assert m.seconds == d["p50"]
+    assert len(ms[1].details["round_p50_ratios"]) == 3 and ms[1].details["round_p50_ratio_median"] > 0
