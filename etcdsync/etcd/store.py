@@ -433,10 +433,15 @@ class Store:
         n = len(self._endpoints)
         order = [(pinned + i) % n for i in range(1, n)]
         nxt = min(order, key=lambda i: self._endpoints[i].failed_at)
-        await self._open(self._endpoints[nxt])
+        target = self._endpoints[nxt]
+        await self._open(target)
         if pinned == self._pinned:
             self._pinned = nxt
-            log.info("etcd %s: %s; using %s", here.url, why, self._endpoints[nxt].url)
+            # a move to an endpoint that failed too within the timeout is the round of tries while
+            # every endpoint fails: said once, not once per try
+            recent = target.failed_at and loop.time() - target.failed_at < self.conn.timeout
+            log.log(logging.DEBUG if recent else logging.INFO, "etcd %s: %s; using %s", here.url,
+                    why.removeprefix(f"etcd {self._target}: "), target.url)
 
     async def _authenticate(self) -> None:
         """Get a new token. The request goes without the old token: etcd 3.4 refuses an Authenticate
@@ -548,6 +553,7 @@ class Store:
         per_try = self.conn.timeout / tries
         renewed = not renew
         backoff = 0.05
+        moves = 0              # moves to another endpoint since the last wait
         unreachable: EtcdsyncError | None = None
         while True:
             generation = self._token_generation
@@ -585,10 +591,15 @@ class Store:
                 wait = min(backoff, deadline - loop.time() - 0.05)
                 if retryable and wait > 0:
                     unreachable = mapped
-                    log.debug("%s: %s; trying again in %.2fs", what, mapped, wait)
-                    if self._pinned == pinned:       # the same endpoint again: give it a moment
+                    moves += self._pinned != pinned
+                    # the same endpoint again, or every endpoint refused in a row: give it a moment
+                    if self._pinned == pinned or moves >= len(self._endpoints):
+                        log.debug("%s: %s; trying again in %.2fs", what, mapped, wait)
                         await asyncio.sleep(wait)
                         backoff = min(backoff * 2, 0.5)
+                        moves = 0
+                    else:
+                        log.debug("%s: %s; trying the next endpoint", what, mapped)
                     continue
                 raise mapped from exc
 
