@@ -18,7 +18,7 @@ from .core.model import DesiredState
 from .core.plan import Change, Plan, plan
 from .core.render import Result, count_results
 from .diff import diff, observe, refuse
-from .errors import ConflictError, EtcdsyncError, GuardError, RequestTooLargeError
+from .errors import ConflictError, EtcdsyncError, GuardError, Interrupted, RequestTooLargeError
 from .etcd.store import Compare, Store
 from .execute import Conflict, Executor, Layout, Limits, Superseded
 from .settings import Options
@@ -71,6 +71,7 @@ async def apply(
     atomic: bool = False,
     on_layout: Callable[[Layout, int], None] | None = None,
     keep_unchanged: bool = True,
+    interrupted: Callable[[], str | None] = lambda: None,
 ) -> Outcome:
     """Observe, plan, refuse or execute; re-read and re-plan on conflicts.
 
@@ -79,7 +80,9 @@ async def apply(
     (`diff.diff` plans without writing.) With `track_ownership` the
     outcome says which inventory chunk (and its revision) records each owned key afterwards.
     `superseded()` is asked before every transaction: when it says True (a newer desired state was
-    loaded meanwhile) nothing more is committed and Superseded is raised.
+    loaded meanwhile) nothing more is committed and Superseded is raised. `interrupted()` likewise:
+    when it names a signal, no further transaction is sent, those in flight are waited for, and
+    Interrupted is raised (with `partial`, the outcome of what was committed).
     `on_layout(layout, attempt)` is told how each plan that passed the guards will be committed;
     with `atomic` a plan that needs more than one transaction (by the limits known, or because etcd
     refused its one transaction as too large) is refused with a GuardError before anything is written.
@@ -109,10 +112,11 @@ async def apply(
                 return outcome
             if superseded():
                 raise Superseded()
+            _stop_if(interrupted, outcome)
             if on_execute is not None:
                 on_execute(p)
             ex = Executor(store, snap, p, reserved=reserved, limits=limits, fences=fences, progress=progress,
-                          on_commit=on_commit, superseded=superseded)
+                          on_commit=on_commit, superseded=superseded, interrupted=interrupted)
             _lay_out(ex, outcome, on_layout, attempt, atomic=atomic)
             try:
                 await ex.run()
@@ -150,6 +154,14 @@ async def apply(
         if outcome is not None and outcome.done and exc.partial is None:
             exc.partial = outcome
         raise
+
+
+def _stop_if(interrupted: Callable[[], str | None], outcome: Outcome) -> None:
+    """Before an executor starts: a signal received meanwhile stops the apply here."""
+    stop = interrupted()
+    if stop is not None:
+        raise Interrupted(f"interrupted ({stop}): " + ("stopped after the transactions in flight" if outcome.done
+                                                       else "nothing written"))
 
 
 def _owned_in(chunks: Iterable[tuple[str, int, Mapping[str, Entry]]]) -> dict[str, tuple[str, int]]:
@@ -195,6 +207,7 @@ async def apply_saved(
     on_layout: Callable[[Layout, int], None] | None = None,
     progress: Callable[[int], None] | None = None,
     who: str = "etcdsync",
+    interrupted: Callable[[], str | None] = lambda: None,
 ) -> Outcome:
     """Apply exactly the changes of a saved plan (`etcdsync apply --plan`), never a new plan.
 
@@ -258,11 +271,13 @@ async def apply_saved(
             outcome.limits = limits
             if not p.has_changes:
                 return outcome
+            _stop_if(interrupted, outcome)
             if not fences:     # before the first write
                 key = claim_key(saved.reserved, saved.applyset, planfile.plan_id(saved))
                 fences.append(await claim.enter_async_context(
                     claimed(store, key, who=who, what=f"applying saved plan {planfile.plan_id(saved)}")))
-            ex = Executor(store, snap, p, reserved=saved.reserved, limits=limits, progress=progress, fences=fences)
+            ex = Executor(store, snap, p, reserved=saved.reserved, limits=limits, progress=progress, fences=fences,
+                          interrupted=interrupted)
             _lay_out(ex, outcome, on_layout, attempt, atomic=atomic)
             try:
                 await ex.run()

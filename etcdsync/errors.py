@@ -14,6 +14,7 @@
     ├── ConflictError          a concurrent writer won every retry (exit 3)  yes
     │   └── OwnershipError     a key is owned by another apply set (exit 3)  no
     ├── GuardError             the deletion guard refused the plan (exit 3)  no
+    ├── Interrupted            SIGINT/SIGTERM stopped an apply (exit 130)    no
     ├── GitSourceError         a git source failed (URL, ref, path, server)  per case
     └── WebhookError           a webhook request is not acceptable (HTTP)    no
 
@@ -111,6 +112,13 @@ class GuardError(EtcdsyncError):
     """The deletion guard refused a plan; nothing was written."""
 
     exit_code = 3
+
+
+class Interrupted(EtcdsyncError):
+    """SIGINT or SIGTERM asked a running apply to stop: it sent no transaction after the signal and
+    waited for those in flight (`partial`: what was committed). Exit 130, as for Ctrl-C."""
+
+    exit_code = 130
 
 
 class ClusterChangedError(EtcdConnectionError):

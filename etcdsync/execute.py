@@ -24,7 +24,7 @@ from .applymark import split
 from .core.inventory import Entry, encode_chunk, fence_key, inventory_prefix
 from .core.plan import Action, Change, Plan
 from .diff import Snapshot
-from .errors import UsageError
+from .errors import Interrupted, UsageError
 from .etcd.store import Compare, Delete, Get, KeyValue, Op, Put, Store, absent, mod_is
 
 log = logging.getLogger(__name__)
@@ -107,9 +107,11 @@ class Executor:
     def __init__(self, store: Store, snap: Snapshot, p: Plan, *, reserved: str, limits: Limits,
                  fences: Sequence[Compare] = (), progress: Callable[[int], None] | None = None,
                  on_commit: Callable[[int], None] | None = None,
-                 superseded: Callable[[], bool] = lambda: False) -> None:
+                 superseded: Callable[[], bool] = lambda: False,
+                 interrupted: Callable[[], str | None] = lambda: None) -> None:
         self.store = store
         self.superseded = superseded
+        self.interrupted = interrupted
         self.on_commit = on_commit
         self.plan = p
         self.reserved = reserved
@@ -356,6 +358,9 @@ class Executor:
     async def _commit(self, batch: _Batch) -> None:
         if self.superseded():
             raise Superseded()
+        stop = self.interrupted()
+        if stop is not None:
+            raise Interrupted(f"interrupted ({stop}): stopped after the transactions in flight")
         compares: list[Compare] = []
         ops: list[Op] = []
         key_parts = self._key_parts

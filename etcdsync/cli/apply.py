@@ -148,6 +148,7 @@ def _plan_command(manifests: ManifestFlags, flags: PlanFlags, etcd: ConnectionFl
     from ..etcd.store import Store
     from ..execute import Executor, Layout, Limits
     from ..history import cli_identity
+    from .interrupt import Interrupts
 
     conn = etcd.connection()
     reserved = flags.reserved_prefix
@@ -168,12 +169,18 @@ def _plan_command(manifests: ManifestFlags, flags: PlanFlags, etcd: ConnectionFl
     keep_unchanged = ctx.output != "text" or ctx.verbose or files.out is not None
 
     async def go() -> Outcome:
+        if not execute:
+            return await plan()
+        with Interrupts() as stop:     # SIGINT/SIGTERM: stop after the transactions in flight
+            return await write(stop)
+
+    async def write(stop: Interrupts) -> Outcome:
         async with Store(conn) as store:
             if saved is not None:
                 try:
                     outcome = await apply_saved(store, saved, desired, options=options, atomic=files.atomic,
                                                 on_plan=shown.on_plan, on_layout=shown.on_layout,
-                                                progress=shown.progress, who=cli_identity())
+                                                progress=shown.progress, who=cli_identity(), interrupted=stop)
                 except EtcdsyncError as exc:
                     await record_failed(store, reserved, exc, applyset=applyset, source=provenance,
                                         limit=history_limit)
@@ -181,36 +188,39 @@ def _plan_command(manifests: ManifestFlags, flags: PlanFlags, etcd: ConnectionFl
                 await record_apply(store, reserved, outcome, applyset=applyset, source=provenance,
                                    limit=history_limit)
                 return outcome
-            if not execute:
-                p, snap = await plan_only(store, desired, applyset=applyset, reserved=reserved, options=options,
-                                          keep_unchanged=keep_unchanged)
-                shown.on_plan(p, 0)
-                refuse(p, applyset)       # the same refusals as apply's, also for diff
-                layout = Layout(0, Limits().max_ops)
-                if p.has_changes:     # the executor's own split, so the count is the one apply commits
-                    layout = Executor(store, snap, p, reserved=reserved, limits=Limits()).layout()
-                    shown.on_layout(layout, 0)
-                if files.atomic:
-                    from ..apply import refuse_split
-
-                    refuse_split(layout)
-                if files.out:
-                    _write_plan(files.out, planfile.encode(
-                        p, reserved=reserved, cluster_id=await store.cluster_id(), revision=snap.revision,
-                        digest=planfile.manifest_digest(desired), salt=secrets.token_hex(16),
-                        owned=snap.ownership.inventory(applyset).owned,
-                        transactions=layout.transactions, max_ops=layout.max_ops))
-                return Outcome(p)
             try:
                 with _progress_bar(shown) as on_plan:
                     outcome = await apply(store, desired, applyset=applyset, reserved=reserved, options=options,
                                           on_plan=on_plan, progress=shown.progress, atomic=files.atomic,
-                                          on_layout=shown.on_layout, keep_unchanged=keep_unchanged)
+                                          on_layout=shown.on_layout, keep_unchanged=keep_unchanged,
+                                          interrupted=stop)
             except EtcdsyncError as exc:
                 await record_failed(store, reserved, exc, applyset=applyset, source=provenance, limit=history_limit)
                 raise
             await record_apply(store, reserved, outcome, applyset=applyset, source=provenance, limit=history_limit)
             return outcome
+
+    async def plan() -> Outcome:
+        async with Store(conn) as store:
+            p, snap = await plan_only(store, desired, applyset=applyset, reserved=reserved, options=options,
+                                      keep_unchanged=keep_unchanged)
+            shown.on_plan(p, 0)
+            refuse(p, applyset)       # the same refusals as apply's, also for diff
+            layout = Layout(0, Limits().max_ops)
+            if p.has_changes:     # the executor's own split, so the count is the one apply commits
+                layout = Executor(store, snap, p, reserved=reserved, limits=Limits()).layout()
+                shown.on_layout(layout, 0)
+            if files.atomic:
+                from ..apply import refuse_split
+
+                refuse_split(layout)
+            if files.out:
+                _write_plan(files.out, planfile.encode(
+                    p, reserved=reserved, cluster_id=await store.cluster_id(), revision=snap.revision,
+                    digest=planfile.manifest_digest(desired), salt=secrets.token_hex(16),
+                    owned=snap.ownership.inventory(applyset).owned,
+                    transactions=layout.transactions, max_ops=layout.max_ops))
+            return Outcome(p)
 
     try:
         outcome = run(go())

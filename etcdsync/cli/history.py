@@ -232,6 +232,7 @@ def rollback(entry_id: str, applyset: str | None, do_apply: bool, reserved_prefi
     from ..etcd.store import Store
     from ..history import find_entry, state_at
     from ..settings import Options
+    from .interrupt import Interrupts
 
     ident = _applyset_name(applyset)
     from ..core.history import parse_id
@@ -256,8 +257,10 @@ def rollback(entry_id: str, applyset: str | None, do_apply: bool, reserved_prefi
             if not do_apply or not p.has_changes:
                 return p, None, None, entry
             try:
-                outcome = await apply(store, desired, applyset=entry.applyset, reserved=reserved_prefix,
-                                      options=options, on_plan=lambda again, _: not_owned(again, entry))
+                with Interrupts() as stop:     # SIGINT/SIGTERM: stop after the transactions in flight
+                    outcome = await apply(store, desired, applyset=entry.applyset, reserved=reserved_prefix,
+                                          options=options, on_plan=lambda again, _: not_owned(again, entry),
+                                          interrupted=stop)
             except EtcdsyncError as exc:
                 await record_failed(store, reserved_prefix, exc, applyset=entry.applyset,
                                     source={"rollbackOf": str(entry.id)}, limit=history_limit, kind="rollback")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import click
 
 from ..core.history import DEFAULT_LIMIT
-from ..errors import EtcdsyncError
+from ..errors import EtcdsyncError, Interrupted
 
 if TYPE_CHECKING:
     from ..apply import Outcome
@@ -75,5 +75,6 @@ async def record_failed(store: Store, reserved: str, exc: EtcdsyncError, *, appl
                    f"entry could not be recorded ({escape(str(again)[:200])})", err=True)
         return
     where = f"history entry {entry.id}" if entry is not None else "no history entry"
-    click.echo(f"note: {len(outcome.done)} changes were committed before the error ({where}); "
+    before = "it stopped" if isinstance(exc, Interrupted) else "the error"
+    click.echo(f"note: {len(outcome.done)} changes were committed before {before} ({where}); "
                "the next apply completes the rest", err=True)
