@@ -375,7 +375,23 @@ def tls_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
             c.stop()
 
 
-def test_tls_and_protocol_refusals_in_words(tls_servers: dict[str, Any]) -> None:
+@pytest.fixture
+def http1_server() -> Iterator[str]:
+    """A plain HTTP/1.1 server on a free loopback port (not etcd), as its URL."""
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_tls_and_protocol_refusals_in_words(tls_servers: dict[str, Any], http1_server: str) -> None:
     t = tls_servers
     client = ["--cert", t["client"][0], "--key", t["client"][1]]
     cases = [
@@ -387,6 +403,9 @@ def test_tls_and_protocol_refusals_in_words(tls_servers: dict[str, Any]) -> None
         ("https to a plain-HTTP etcd", t["plain"].replace("http://", "https://"), ["--cacert", t["ca"]],
          "speaks plain http"),
         ("host name mismatch", t["named"], ["--cacert", t["ca"]], "does not name this host"),
+        # an HTTP/1 server (a metrics port, another service): no use waiting for it to answer gRPC, so it
+        # fails at once, not after the 10 s timeout
+        ("an HTTP/1 server", http1_server, ["--timeout", "10"], "not etcd's client port"),
     ]
     for name, url, flags, words in cases:
         t0 = time.monotonic()

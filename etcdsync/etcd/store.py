@@ -949,6 +949,10 @@ def _tls_problem(low: str, scheme: str, client_cert: bool) -> str | None:
         return "TLS: the endpoint speaks plain HTTP, not TLS; use an http:// endpoint (without --cacert)"
     if "ssl" in low or "handshake" in low:
         return f"TLS handshake failed ({_short(low)})"
+    if "failed parsing http/2" in low or "expected settings frame" in low:
+        # an HTTP/1 server (a metrics port, another service): waiting will not make it speak gRPC
+        return ("not etcd's client port: an HTTP/1 server answered, not gRPC (a metrics port or another "
+                "service?); etcd's clients connect to its --listen-client-urls (port 2379 by default)")
     return None
 
 
