@@ -21,6 +21,25 @@ def _outermost(dirs: set[str]) -> list[str]:
     return out
 
 
+def _symlinks_on(path: str, depth: int = 0) -> set[str]:
+    """Every symlink met while resolving the absolute `path` (the path itself included when it is one),
+    following each link's target; at most 40 links deep, as the kernel allows."""
+    if depth > 40:
+        return set()
+    head = os.sep
+    parts = [p for p in path.split(os.sep) if p]
+    for i, part in enumerate(parts):
+        here = os.path.join(head, part)
+        try:
+            target = os.readlink(here)
+        except OSError:           # not a link (or gone): go on with the next component
+            head = here
+            continue
+        rest = os.path.normpath(os.path.join(head, target, *parts[i + 1:]))
+        return {here} | _symlinks_on(rest, depth + 1)
+    return set()
+
+
 class FileSource:
     """The manifests under `paths` (-f), loaded like the one-shot commands load them."""
 
@@ -95,6 +114,10 @@ class FileSource:
         roots = dirs | {os.path.dirname(f) for f in files | sources}
         real_dirs = {os.path.realpath(d) for d in dirs}
         named = files | sources | {os.path.realpath(f) for f in files | sources}
+        # the symlinks a manifest or source path resolves through, hidden ones included: Kubernetes
+        # publishes a ConfigMap or Secret volume's new version by renaming a new `..data` symlink over
+        # the old one (`app.yaml -> ..data/app.yaml`), and no other name it touches is a manifest's
+        named |= {link for path in self._manifest_files() | files | sources for link in _symlinks_on(path)}
 
         def wanted(_change: Any, path: str) -> bool:
             if path in named:
@@ -108,6 +131,15 @@ class FileSource:
             return False
 
         return sorted(r for r in _outermost(roots) if os.path.isdir(r)), wanted
+
+    def _manifest_files(self) -> set[str]:
+        """The manifest files the -f paths hold now (as the loader finds them), absolute, unresolved."""
+        from ..manifest.loader import collect_files
+
+        try:
+            return {os.path.abspath(os.fspath(f)) for layer in collect_files(self.paths) for f in layer}
+        except ManifestError:
+            return set()
 
     async def changes(self, current: Callable[[], DesiredState | None]) -> AsyncIterator[None]:
         from watchfiles import awatch
