@@ -240,6 +240,7 @@ class Daemon:
         await self._stop.wait()
         log.info("stopping: revoking leases of live instances; config keys stay")
         self.live.stopping = True
+        await self._finish_reconcile(reconciler)
         await cancel_and_wait(follow, main)
         if reconciler.history is not None:
             await reconciler.history.close()
@@ -250,6 +251,19 @@ class Daemon:
         await self.store.close()
         log.info("stopped")
         return 0
+
+    async def _finish_reconcile(self, reconciler: Reconciler) -> None:
+        """On the way out: a full reconcile that is writing sends no further transaction, and those in
+        flight are waited for, so that what it committed is known and recorded ("stopped: the daemon
+        is stopping") before the tasks are cancelled; at most twice the request timeout and a second
+        (the transactions in flight, then the history entry)."""
+        reconciler.stopping = True
+        grace = 2 * self.conn.timeout + 1.0
+        try:
+            async with asyncio.timeout(grace):
+                await reconciler.idle()
+        except TimeoutError:
+            log.warning("stopping: the reconcile in progress did not end within %.0fs; cancelling it", grace)
 
     async def _start_from_history(self, broken: ManifestError) -> DesiredState:
         """The ref's head does not load at start-up: run the newest commit of the same repository (and

@@ -150,6 +150,10 @@ class Reconciler:
         self.store = store
         self.history = history                       # records what the daemon wrote (None: nothing)
         self.suspended: Suspension | None = None     # set while `etcdsync suspend` holds: no writes
+        self.stopping = False                         # the daemon is stopping: no new transaction
+        self._running = 0                             # full reconciles in progress (idle() waits for 0)
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._stopped: tuple[Outcome, str] | None = None   # a full reconcile that stopped after some writes
         self.flaps = FlapDetector(flaps or FlapSettings())
         """Keys another writer fights: left alone for a cool-down (see daemon/flaps.py)."""
@@ -199,13 +203,28 @@ class Reconciler:
         When `superseded()` turns True before a transaction (newer manifests were loaded, e.g. while
         etcd was away), nothing more of this plan is written and None is returned: the caller plans
         the newer state instead of committing an older manifest."""
+        self._running += 1
+        self._idle.clear()
+        try:
+            return await self._full_recorded(desired, superseded)
+        finally:
+            self._running -= 1
+            if not self._running:
+                self._idle.set()
+
+    async def idle(self) -> None:
+        """Until no full reconcile is in progress, its history entry included."""
+        await self._idle.wait()
+
+    async def _full_recorded(self, desired: DesiredState, superseded: Callable[[], bool]) -> Outcome | None:
         error: EtcdsyncError | None = None
         async with self.lock:
-            if self.suspended is not None:
+            if self.suspended is not None or self.stopping:
                 return None
             self._stopped = None
             try:
-                outcome = await self._full(desired, lambda: superseded() or self.suspended is not None)
+                outcome = await self._full(desired, lambda: superseded() or self.suspended is not None
+                                           or self.stopping)
             except EtcdsyncError as exc:       # etcd unreachable, a permission refused: retried by the caller
                 self._stop(exc, str(exc))
                 outcome, error = None, exc
@@ -238,7 +257,10 @@ class Reconciler:
                                   on_commit=self._committed, on_execute=lambda _plan: self._start_writing(desired),
                                   track_ownership=True, superseded=superseded, keep_unchanged=False)
         except Superseded as exc:
-            if self.suspended is not None:
+            if self.stopping:
+                log.info("reconcile: stopped writing: the daemon is stopping")
+                self._stop(exc, "stopped: the daemon is stopping")
+            elif self.suspended is not None:
                 log.info("reconcile: stopped writing: the apply set was suspended")
                 self._stop(exc, "stopped: the apply set was suspended")
             else:
