@@ -66,6 +66,8 @@ async def record_failed(store: Store, reserved: str, exc: EtcdsyncError, *, appl
 
     outcome = exc.partial
     if not isinstance(outcome, Outcome) or not outcome.done:
+        if isinstance(exc, Interrupted):
+            click.echo("note: nothing was written", err=True)
         return
     try:
         entry = await record_apply(store, reserved, outcome, applyset=applyset, source=source, limit=limit,
