@@ -178,3 +178,54 @@ def test_an_interrupted_saved_plan_records_what_it_committed(env: Env, history: 
     assert r.code == 3 and "the saved plan is stale" in r.err, r
     r = env.cli("apply", "-f", str(env.tmp / "m"), "--applyset", "t")
     assert r.code == 0 and written(env) == set(data), r
+
+
+def test_an_interrupted_rollback_records_what_it_committed(env: Env, history: Recorder) -> None:
+    """`rollback --apply` of 20,000 keys takes the same way out: 130, a failed rollback entry for what
+    was committed; the rollback run again completes it."""
+    lines = ["apiVersion: etcdsync/v1", "kind: ConfigSet", "metadata: {name: big}", "spec:",
+             f"  prefix: {env.ns}big/", "  data:"]
+    for version in (1, 2):
+        env.write("m/big.yaml", "\n".join(lines + [f"    k{i:05d}: v{version}-{i}" for i in range(N)]) + "\n")
+        history.declare({f"{env.ns}big/k{i:05d}": f"v{version}-{i}" for i in range(N)})
+        r = env.cli("apply", "-f", str(env.tmp / "m"), "--applyset", "t")
+        assert r.code == 0, r
+    first = min(int(str(e["id"])) for e in history_entries(env))
+    history.declare({f"{env.ns}big/k{i:05d}": f"v1-{i}" for i in range(N)})
+    start = env.revision()
+    proc_env = {**os.environ, "ETCDSYNC_ENDPOINTS": ",".join(env.endpoints)}
+    proc_env["PYTHONPATH"] = str(ROOT) + os.pathsep + proc_env.get("PYTHONPATH", "")
+
+    async def rollback_and_interrupt() -> subprocess.Popen[str]:
+        async with Store(Connection(env.endpoints)) as store:
+            events = store.watch_prefix(f"{env.ns}big/", start_revision=start + 1)
+            # stdout to a file: the rollback prints its whole plan (40,000 lines) before writing, more
+            # than a pipe holds while nobody reads it
+            proc = subprocess.Popen([sys.executable, "-m", "etcdsync", "rollback", str(first), "--apply",
+                                     "--reserved-prefix", env.reserved, "--applyset", "t"],
+                                    stdout=shown, stderr=subprocess.PIPE, text=True,
+                                    env=proc_env, cwd=env.tmp, stdin=subprocess.DEVNULL)
+            deadline = time.monotonic() + 30
+            async for batch in events:
+                if batch.events:
+                    break
+                assert proc.poll() is None, f"the rollback ended before writing: {proc.communicate()}"
+                assert time.monotonic() < deadline, "the rollback wrote nothing within 30 s"
+            proc.send_signal(signal.SIGINT)
+            await events.aclose()  # type: ignore[attr-defined]
+        return proc
+
+    with open(env.tmp / "rollback.out", "w") as shown:
+        proc = asyncio.run(rollback_and_interrupt())
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (proc.returncode, err[-2000:])
+    assert "Traceback" not in err, err[-3000:]
+    back = {k for k, v in env.dump(f"{env.ns}big/").items() if v.startswith(b"v1-")}
+    assert 0 < len(back) < N, f"{len(back)} of {N} keys rolled back: the interrupt did not land mid-rollback"
+    entry = history_entries(env)[0]
+    assert entry["kind"] == "rollback" and entry["failed"], entry
+    assert entry["counts"] == {"updated": len(back)}, (entry["counts"], len(back))
+    history.sync()
+    r = env.cli("rollback", str(first), "--apply", "--reserved-prefix", env.reserved, "--applyset", "t")
+    assert r.code == 0, r
+    assert all(v.startswith(b"v1-") for v in env.dump(f"{env.ns}big/").values())
