@@ -104,3 +104,30 @@ def test_daemon_watches_wait_while_every_endpoint_refuses(tmp_path: Path, daemon
         assert d.stop() == 0
     finally:
         cluster.stop()
+
+
+# ------------------------------------------------------------------------------------------------
+# leader election while etcd is away
+
+
+def test_elected_daemon_started_while_etcd_is_down_campaigns_once_it_comes_up(tmp_path: Path, daemons: Daemons) -> None:
+    """A daemon with --leader-elect whose first campaign found etcd down put its candidate key once
+    etcd came up. (Its lease was never granted and nothing tried again: it polled an election it
+    was not in, silently and forever, and wrote nothing.)"""
+    cluster = EtcdCluster(1, base_dir=str(tmp_path / "etcd"))      # ports chosen, not started yet
+    try:
+        mdir = tmp_path / "m"
+        mdir.mkdir()
+        (mdir / "app.yaml").write_text(configset("/x/app/", {"a": "one"}))
+        d = daemons.start(tmp_path, [mdir], "--leader-elect", "--timeout", "1", endpoints=cluster.endpoints,
+                          reserved="/x/.etcdsync/")
+        wait_for(lambda: "leader election: etcd" in d.logs(), 20, f"a failed campaign\n{d.logs()[-1500:]}")
+        cluster.start()
+        gw = Gateway(cluster.endpoints, timeout=2)
+        wait_for(lambda: value(gw, "/x/app/a") == b"one", 30, f"elected and converged once etcd came up\n{d.logs()[-2000:]}",
+                 step=0.2)
+        d.wait_ready(30)
+        assert d.ready()["leader"] is True
+        assert d.stop() == 0
+    finally:
+        cluster.stop()
