@@ -65,8 +65,15 @@ class Election:
                     self.key = f"{self.prefix}{secrets.token_hex(8)}"
                     self.leased = LeasedKeys(self.store, self.settings.election_ttl)
                     self.leased.items[self.key] = b"candidate"
-                    await self.leased.start()
                     log.info("leader election: campaigning as %s", self.key)
+                    try:
+                        await self.leased.start()
+                    except EtcdConnectionError:
+                        # etcd away: the keepalive loop grants the lease and puts the key once it
+                        # answers (left to this loop, a daemon started while etcd was down never
+                        # put its candidate key, and waited for an election it was not in forever)
+                        await self.leased.start(wait=False)
+                        raise
                 if await self.is_leader():
                     self.status.leader = True
                     self.metrics.leader.set(1)

@@ -43,6 +43,7 @@ class Watches:
         self.trigger = trigger             # ask for a full reconcile (see Daemon.trigger)
         self.reconciled = reconciled       # set by a finished full reconcile
         self.restart = restart             # set by a finished full reconcile: the prefixes may have changed
+        self.batches = 0                   # answers (events or progress) the watches received so far
 
     def prefixes(self) -> list[str]:
         desired = self.reconciler.active or self.desired()
@@ -54,12 +55,14 @@ class Watches:
     async def run(self) -> None:
         """Watch every prefix from the revision after the last full read; restart when the set changes."""
         backoff = Backoff(BACKOFF_MIN, BACKOFF_MAX)
+        moves = 0       # failures answered by resuming at once on another member, since an answer
         await self.reconciled.wait()
         start = self.reconciler.revision + 1
         while True:
             prefixes = self.prefixes()
             seen = {p: start - 1 for p in prefixes}
             endpoint = self.store.endpoint
+            batches = self.batches
             history = self.store.changes     # etcd's history as these watches start from it
             tasks: list[asyncio.Task[Any]] = [
                 asyncio.create_task(self._watch_one(p, start, seen), name=f"watch {p}") for p in prefixes]
@@ -94,11 +97,16 @@ class Watches:
                 start = self.reconciler.revision + 1
                 continue
             if failure is not None:
-                if last >= start:  # the watch delivered before failing: this is a new failure
+                if last >= start or self.batches != batches:
+                    # the watch delivered (an event or a progress answer) before failing: a new failure
                     backoff.reset()
+                    moves = 0
                 self.status.etcd_error = f"watch: {failure}"
-                if self.store.endpoint != endpoint:
-                    # the store moved to another member: resume there at once (drift repair waits)
+                if self.store.endpoint != endpoint and moves < len(self.store.conn.endpoints) - 1:
+                    # the store moved to another member: resume there at once (drift repair waits);
+                    # once every member failed in a row without an answer, wait like with one member
+                    # (moving on at once went round the dead members ~500 times a second)
+                    moves += 1
                     log.warning("watch: %s; resuming from revision %d on %s", failure, last + 1, self.store.endpoint)
                 else:
                     delay = backoff.next()
@@ -114,6 +122,7 @@ class Watches:
     async def _watch_one(self, prefix: str, start: int, seen: dict[str, int]) -> None:
         async for batch in self.store.watch_prefix(prefix, start_revision=start):
             received = time.perf_counter()
+            self.batches += 1
             seen[prefix] = max(seen[prefix], batch.revision if batch.progress else
                                max(ev.kv.mod_revision for ev in batch.events))
             self.status.etcd_error = None
