@@ -169,6 +169,7 @@ class Reconciler:
         self.lock = asyncio.Lock()
         self.active: DesiredState | None = None     # what repair() keeps (see the class docstring)
         self.revision = 0                            # the revision the last successful full reconcile read at
+        self.read_changes = -1                       # store.changes when that reconcile started reading
         self.owned_in: dict[str, tuple[str, int]] = {}   # owned key -> (its inventory chunk, chunk mod_revision)
         self._own: set[int] = set()                  # revisions of our own commits (bounded, oldest dropped)
         self._own_order: collections.deque[int] = collections.deque()
@@ -252,6 +253,7 @@ class Reconciler:
                 for k, d in desired.keys.items()})
         try:
             options = dataclasses.replace(self.options, own_leases=self.own_leases())
+            changes = self.store.changes
             outcome = await apply(self.store, planned, applyset=self.applyset, reserved=self.reserved,
                                   options=options, limits=self.limits, fences=self.fences(),
                                   on_commit=self._committed, on_execute=lambda _plan: self._start_writing(desired),
@@ -284,6 +286,7 @@ class Reconciler:
         self.metrics.last_success.set_to_current_time()
         self.active = desired
         self.revision = outcome.read_revision
+        self.read_changes = changes
         self.owned_in = outcome.owned_in
         p = outcome.plan
         self.metrics.owned_keys.set(p.owned_after)

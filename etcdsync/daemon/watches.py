@@ -91,10 +91,7 @@ class Watches:
                 failure = CompactedError(f"{failure}; etcd's history was replaced meanwhile", 0)
             if isinstance(failure, CompactedError):
                 log.warning("%s; full re-read", failure)
-                self.reconciled.clear()
-                self.trigger(None)
-                await self.reconciled.wait()
-                start = self.reconciler.revision + 1
+                start = await self._after_full_read(replaced=self.store.changes != history)
                 continue
             if failure is not None:
                 if last >= start or self.batches != batches:
@@ -112,12 +109,27 @@ class Watches:
                     delay = backoff.next()
                     log.warning("watch: %s; resuming from revision %d in %.1fs", failure, last + 1, delay)
                     await asyncio.sleep(delay)
+                if self.store.changes != history:
+                    # etcd's history was replaced while this loop waited (the daemon re-reads):
+                    # revision `last` is void, resuming from it would find the change once more
+                    start = await self._after_full_read(replaced=True)
+                    continue
                 start = last + 1
                 self.trigger(None)
                 continue
             backoff.reset()
             # the prefixes changed: new ones start after the last full read, which covered them
             start = min(last + 1, self.reconciler.revision + 1)
+
+    async def _after_full_read(self, *, replaced: bool) -> int:
+        """The revision to watch from after a full read. A compacted revision needs a new one. After
+        etcd's history was `replaced` the daemon re-reads on its own: when that read (one that began
+        in the current history) is already done, watch on from it rather than read once more."""
+        if not (replaced and self.reconciler.read_changes == self.store.changes and self.reconciler.revision):
+            self.reconciled.clear()
+            self.trigger(None)
+            await self.reconciled.wait()
+        return self.reconciler.revision + 1
 
     async def _watch_one(self, prefix: str, start: int, seen: dict[str, int]) -> None:
         async for batch in self.store.watch_prefix(prefix, start_revision=start):
