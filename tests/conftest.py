@@ -8,12 +8,18 @@ The fault tests that SIGKILL members (marker `cluster`, all of test_faults.py) a
 
 from __future__ import annotations
 
+import os
+
+# before grpc is imported: this process forks etcdsync and etcdctl subprocesses while its own gRPC
+# threads run; gRPC's fork support restarted its poller in the child, which aborted on the epoll fd
+# subprocess had closed (grpc/grpc#43055: a fuzz test's child died with SIGABRT)
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 import asyncio
 import contextlib
 import gc
 import io
 import json
-import os
 import secrets
 import signal
 import subprocess

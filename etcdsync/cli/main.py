@@ -193,6 +193,10 @@ def main(argv: list[str] | None = None) -> None:
     # gRPC's C core logs its own lines (TLS handshake failures, ...) to stderr; errors are ours to
     # report in one line. Must be set before grpc is imported.
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR" if debug else "NONE")
+    # etcdsync forks only to exec (git, etcd): gRPC's fork support would restart its poller in the
+    # child between fork and exec, where subprocess has closed its epoll fd: the child aborts
+    # (grpc/grpc#43055). Also read when grpc is imported.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     # A one-shot command builds one large, acyclic object graph (100,000 keys: ~1M objects) and
     # exits; the cyclic collector rescanning it doubled diff/apply times. The daemon turns it back on.
     gc.disable()
